@@ -1,0 +1,555 @@
+"""Segmentation metrics of the MyoPS challenge: Dice, Hausdorff distance (3D and mean per-slice 2D), folders.
+
+All masks and label maps are numpy arrays in ``(z, y, x)`` order; spacings are ``spacing_zyx`` in mm. A mask
+is any array whose non-zero voxels are "inside".
+
+Empty-mask policy (the same everywhere in this module):
+
+* **Dice** = ``2 |P & T| / (|P| + |T|)``. Both masks empty -> ``1.0`` (nothing to find and nothing found);
+  exactly one empty -> ``0.0``.
+* **Hausdorff distance** (mm) = ``max(max_{p in P} d(p, T), max_{t in T} d(t, P))`` where ``d`` is the
+  Euclidean distance, in physical units, between voxel centres, and ``P``/``T`` are the sets of all voxels of
+  each mask (voxel sets, not extracted surfaces: a mask inside the other has a directed distance of 0). Both
+  empty -> ``0.0``; exactly one empty -> ``NaN`` (undefined). ``NaN`` values are excluded from means and
+  counted separately (see :class:`MetricSummary`).
+* **Mean per-slice Hausdorff** (mm): the 2D Hausdorff distance of every z slice with the in-plane spacing,
+  averaged over the slices where pred or truth is non-empty. A slice where exactly one is empty is ``NaN`` and
+  is left out of the mean; the result is ``NaN`` when every such slice is ``NaN`` and ``0.0`` when both
+  volumes are empty (no slice to score, nothing missed).
+
+:func:`evaluate_folders` scores a folder of predicted label maps against a folder of ground-truth label maps;
+its file-matching rule is documented there.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk  # noqa: N813 (the conventional alias)
+
+from myops.errors import InputError
+from myops.labels import LV_EPICARDIUM_LABELS, LV_WALL_LABELS, PATHOLOGY_LABELS, SCAR
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+#: Keys of :func:`case_metrics`, in report order.
+METRIC_NAMES: Tuple[str, ...] = (
+    "dice_scar",
+    "dice_scar_edema",
+    "dice_myocardium",
+    "dice_lv",
+    "hd_lv_mm",
+    "hd_lv_2d_mm",
+    "hd_myocardium_mm",
+    "hd_myocardium_2d_mm",
+)
+
+#: Tolerance (mm for spacing/origin, unitless for direction cosines) of the prediction/truth grid check.
+GRID_TOLERANCE = 1e-4
+
+#: File extensions :func:`evaluate_folders` reads (longest first so ``.nii.gz`` wins over ``.gz``).
+IMAGE_EXTENSIONS: Tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+PREDICTION_SUFFIX = "_seg"
+TRUTH_SUFFIX = "_gd"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Mask metrics
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _as_mask_pair(pred: np.ndarray, truth: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(pred) != 0
+    b = np.asarray(truth) != 0
+    if a.shape != b.shape:
+        raise ValueError(f"pred and truth shapes differ: {a.shape} vs {b.shape}")
+    return a, b
+
+
+def _check_spacing(spacing: Sequence[float], ndim: int) -> Tuple[float, ...]:
+    values = tuple(float(s) for s in spacing)
+    if len(values) != ndim:
+        raise ValueError(f"spacing {tuple(spacing)} has {len(values)} values for a {ndim}D mask")
+    if not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing must be finite and positive, got {tuple(spacing)}")
+    return values
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice similarity coefficient of two masks of the same shape.
+
+    Args:
+        pred: predicted mask, any shape; non-zero is inside.
+        truth: reference mask, same shape.
+
+    Returns:
+        ``2 |P & T| / (|P| + |T|)`` in [0, 1]; 1.0 when both are empty, 0.0 when exactly one is.
+    """
+    a, b = _as_mask_pair(pred, truth)
+    total = int(a.sum()) + int(b.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def _directed_max(source: np.ndarray, target: np.ndarray, spacing: Tuple[float, ...]) -> float:
+    """Largest distance (mm) from a ``source`` voxel to its nearest ``target`` voxel (both non-empty)."""
+    image = sitk.GetImageFromArray(target.astype(np.uint8))
+    image.SetSpacing(tuple(reversed(spacing)))  # SimpleITK wants (x, y, z)
+    distance = sitk.SignedMaurerDistanceMap(
+        image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True, backgroundValue=0
+    )
+    values = sitk.GetArrayViewFromImage(distance)[source]
+    # Inside the target the map is <= 0 (distance to its own border): those voxels are at distance 0.
+    return max(float(values.max()), 0.0)
+
+
+def _hausdorff_nonempty(a: np.ndarray, b: np.ndarray, spacing: Tuple[float, ...]) -> float:
+    # Every nearest-voxel distance between the two sets is realised inside the bounding box of their union,
+    # so cropping to it changes no value and makes large, mostly empty volumes cheap.
+    union = np.logical_or(a, b)
+    box = []
+    for axis in range(union.ndim):
+        other = tuple(i for i in range(union.ndim) if i != axis)
+        present = np.flatnonzero(union.any(axis=other))
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    a, b = a[tuple(box)], b[tuple(box)]
+    return max(_directed_max(a, b, spacing), _directed_max(b, a, spacing))
+
+
+def hausdorff_distance(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float]) -> float:
+    """Symmetric Hausdorff distance (mm) between two masks, in physical units.
+
+    Uses exact Euclidean distance transforms (SimpleITK's Maurer map with the image spacing), so anisotropic
+    spacing (for example 0.7 x 0.7 x 15 mm) is handled exactly.
+
+    Args:
+        pred: predicted mask ``(z, y, x)`` (a 2D ``(y, x)`` mask works with a 2-value spacing).
+        truth: reference mask, same shape.
+        spacing_zyx: voxel size in mm, one value per axis, in array order.
+
+    Returns:
+        The distance in mm; 0.0 when both masks are empty, NaN when exactly one is.
+    """
+    a, b = _as_mask_pair(pred, truth)
+    spacing = _check_spacing(spacing_zyx, a.ndim)
+    has_a, has_b = bool(a.any()), bool(b.any())
+    if not has_a and not has_b:
+        return 0.0
+    if has_a != has_b:
+        return math.nan
+    return _hausdorff_nonempty(a, b, spacing)
+
+
+def mean_slice_hausdorff(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float]) -> float:
+    """Mean over z slices of the 2D Hausdorff distance (mm), with the in-plane spacing.
+
+    Slices where both masks are empty are skipped; a slice where exactly one is empty is NaN and excluded.
+
+    Args:
+        pred: predicted mask ``(z, y, x)``.
+        truth: reference mask, same shape.
+        spacing_zyx: voxel size ``(z, y, x)`` in mm (only ``y`` and ``x`` are used).
+
+    Returns:
+        The mean in mm; NaN if every scored slice is NaN; 0.0 if both volumes are empty.
+    """
+    a, b = _as_mask_pair(pred, truth)
+    if a.ndim != 3:
+        raise ValueError(f"mean_slice_hausdorff expects (z, y, x) masks, got shape {a.shape}")
+    spacing = _check_spacing(spacing_zyx, 3)
+    in_plane = spacing[1:]
+    values: List[float] = []
+    for z in range(a.shape[0]):
+        has_a, has_b = bool(a[z].any()), bool(b[z].any())
+        if not has_a and not has_b:
+            continue
+        values.append(_hausdorff_nonempty(a[z], b[z], in_plane) if has_a and has_b else math.nan)
+    if not values:
+        return 0.0
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan
+    return float(np.mean(finite))
+
+
+def case_metrics(
+    pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx: Sequence[float]
+) -> Dict[str, float]:
+    """The challenge metrics of one case from two MyoPS label maps.
+
+    Structures: scar = {2221}; scar + edema = {1220, 2221}; myocardium = LV wall {200, 1220, 2221};
+    LV = epicardial region {200, 500, 1220, 2221}.
+
+    Args:
+        pred_labels: predicted label map ``(z, y, x)`` with MyoPS values.
+        truth_labels: reference label map, same shape.
+        spacing_zyx: voxel size in mm.
+
+    Returns:
+        A dict with exactly the keys of :data:`METRIC_NAMES`: ``dice_*`` in [0, 1], ``hd_*_mm`` in mm (3D) and
+        ``hd_*_2d_mm`` (mean per-slice 2D), following the module's empty-mask policy.
+    """
+    pred = np.asarray(pred_labels)
+    truth = np.asarray(truth_labels)
+    if pred.shape != truth.shape or pred.ndim != 3:
+        raise ValueError(
+            f"expected two (z, y, x) label maps of one shape, got {pred.shape} and {truth.shape}"
+        )
+
+    def masks(values: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+        return np.isin(pred, values), np.isin(truth, values)
+
+    scar = masks((SCAR,))
+    pathology = masks(PATHOLOGY_LABELS)
+    wall = masks(LV_WALL_LABELS)
+    lv = masks(LV_EPICARDIUM_LABELS)
+    return {
+        "dice_scar": dice(*scar),
+        "dice_scar_edema": dice(*pathology),
+        "dice_myocardium": dice(*wall),
+        "dice_lv": dice(*lv),
+        "hd_lv_mm": hausdorff_distance(*lv, spacing_zyx),
+        "hd_lv_2d_mm": mean_slice_hausdorff(*lv, spacing_zyx),
+        "hd_myocardium_mm": hausdorff_distance(*wall, spacing_zyx),
+        "hd_myocardium_2d_mm": mean_slice_hausdorff(*wall, spacing_zyx),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Reports
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """Statistics of one metric over cases; NaN values are excluded and counted in ``n_nan``.
+
+    Attributes:
+        mean: mean of the finite values (NaN when ``n == 0``).
+        sd: sample standard deviation (``ddof=1``) of the finite values (NaN when ``n < 2``).
+        median: median of the finite values (NaN when ``n == 0``).
+        n: number of finite values.
+        n_nan: number of NaN values (undefined metric, e.g. a Hausdorff distance against an empty mask).
+    """
+
+    mean: float
+    sd: float
+    median: float
+    n: int
+    n_nan: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> MetricSummary:
+        """Summarise ``values`` (NaN allowed)."""
+        array = np.asarray(values, dtype=float)
+        finite = array[~np.isnan(array)]
+        n = int(finite.size)
+        return cls(
+            mean=float(finite.mean()) if n else math.nan,
+            sd=float(finite.std(ddof=1)) if n > 1 else math.nan,
+            median=float(np.median(finite)) if n else math.nan,
+            n=n,
+            n_nan=int(array.size - n),
+        )
+
+    def to_dict(self) -> Dict[str, Union[float, int]]:
+        return {"mean": self.mean, "sd": self.sd, "median": self.median, "n": self.n, "n_nan": self.n_nan}
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """Metrics of one case.
+
+    Attributes:
+        case: case name (file name without extension and ``_seg`` / ``_gd`` suffix).
+        metrics: values keyed by :data:`METRIC_NAMES`.
+        prediction_missing: True when no prediction was found and the case was scored as an empty prediction.
+        prediction_path: the prediction file, ``None`` when missing.
+        truth_path: the ground-truth file.
+    """
+
+    case: str
+    metrics: Dict[str, float]
+    prediction_missing: bool = False
+    prediction_path: Optional[str] = None
+    truth_path: Optional[str] = None
+
+
+def _json_number(value: float) -> Optional[float]:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+@dataclass
+class EvaluationReport:
+    """Per-case metrics plus their summary, as produced by :func:`evaluate_folders`.
+
+    Attributes:
+        cases: one :class:`CaseResult` per ground-truth case, sorted by name.
+        missing_predictions: cases with a truth but no prediction (scored as all-empty predictions).
+        missing_truths: cases with a prediction but no truth (not scored).
+    """
+
+    cases: List[CaseResult] = field(default_factory=list)
+    missing_predictions: List[str] = field(default_factory=list)
+    missing_truths: List[str] = field(default_factory=list)
+
+    @property
+    def metric_names(self) -> Tuple[str, ...]:
+        return METRIC_NAMES
+
+    @property
+    def summary(self) -> Dict[str, MetricSummary]:
+        """:class:`MetricSummary` per metric name, over all scored cases."""
+        return {
+            name: MetricSummary.of([c.metrics.get(name, math.nan) for c in self.cases])
+            for name in METRIC_NAMES
+        }
+
+    def to_dict(self) -> Dict[str, object]:
+        """JSON-ready dict; NaN becomes ``None``."""
+        return {
+            "metrics": list(METRIC_NAMES),
+            "cases": [
+                {
+                    "case": c.case,
+                    "prediction_missing": c.prediction_missing,
+                    "prediction_path": c.prediction_path,
+                    "truth_path": c.truth_path,
+                    **{name: _json_number(c.metrics.get(name, math.nan)) for name in METRIC_NAMES},
+                }
+                for c in self.cases
+            ],
+            "summary": {
+                name: {k: _json_number(v) for k, v in s.to_dict().items()} for name, s in self.summary.items()
+            },
+            "missing_predictions": list(self.missing_predictions),
+            "missing_truths": list(self.missing_truths),
+        }
+
+    def to_json(self, path: PathLike) -> None:
+        """Write :meth:`to_dict` as JSON (NaN written as ``null``)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    def to_csv(self, path: PathLike, include_summary: bool = True) -> None:
+        """Write one row per case (``case, prediction_missing, <metrics>``; NaN as ``nan``).
+
+        With ``include_summary``, rows named ``mean``, ``sd``, ``median``, ``n`` and ``n_nan`` follow, with an
+        empty ``prediction_missing`` cell.
+        """
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["case", "prediction_missing", *METRIC_NAMES])
+            for c in self.cases:
+                writer.writerow(
+                    [c.case, int(c.prediction_missing), *(repr(float(c.metrics[n])) for n in METRIC_NAMES)]
+                )
+            if include_summary:
+                summary = self.summary
+                for stat in ("mean", "sd", "median", "n", "n_nan"):
+                    writer.writerow([stat, "", *(getattr(summary[n], stat) for n in METRIC_NAMES)])
+
+    def format_table(self) -> str:
+        """A plain-text table for people: one line per case, then mean ± sd, median, n and NaN counts."""
+        headers = ["case", *METRIC_NAMES]
+
+        def cell(name: str, value: float) -> str:
+            if math.isnan(value):
+                return "nan"
+            return f"{value:.3f}" if name.startswith("dice") else f"{value:.2f}"
+
+        rows = []
+        for c in self.cases:
+            label = c.case + (" (missing)" if c.prediction_missing else "")
+            rows.append([label, *(cell(n, c.metrics[n]) for n in METRIC_NAMES)])
+        summary = self.summary
+        footer = [
+            ["mean ± sd", *(f"{cell(n, summary[n].mean)} ± {cell(n, summary[n].sd)}" for n in METRIC_NAMES)],
+            ["median", *(cell(n, summary[n].median) for n in METRIC_NAMES)],
+            ["n", *(str(summary[n].n) for n in METRIC_NAMES)],
+            ["n_nan", *(str(summary[n].n_nan) for n in METRIC_NAMES)],
+        ]
+        widths = [max(len(r[i]) for r in [headers, *rows, *footer]) for i in range(len(headers))]
+
+        def line(r: List[str]) -> str:
+            return "  ".join(
+                [r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]
+            ).rstrip()
+
+        rule = "-" * len(line(headers))
+        out = [line(headers), rule, *(line(r) for r in rows), rule, *(line(r) for r in footer)]
+        out.append(
+            "Dice in [0, 1]; hd_* in mm; nan = undefined (one mask empty), excluded from the statistics."
+        )
+        if self.missing_predictions:
+            out.append(f"Missing predictions (scored as empty): {', '.join(self.missing_predictions)}")
+        if self.missing_truths:
+            out.append(f"Predictions without ground truth (not scored): {', '.join(self.missing_truths)}")
+        return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Folders
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _split_extension(name: str) -> Optional[Tuple[str, str]]:
+    lower = name.lower()
+    if lower.endswith(".seg.nrrd"):
+        return None  # Slicer segmentation files: segment indices, not MyoPS label values
+    for ext in IMAGE_EXTENSIONS:
+        if lower.endswith(ext):
+            return name[: -len(ext)], ext
+    return None
+
+
+def _index_folder(folder: PathLike, suffix: str) -> Dict[str, Path]:
+    """Map case name -> file for one folder (see :func:`evaluate_folders` for the rule)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "is not a folder")
+    marked: Dict[str, List[Path]] = {}
+    plain: Dict[str, List[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file():
+            continue
+        split = _split_extension(path.name)
+        if split is None:
+            continue
+        stem = split[0]
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            marked.setdefault(stem[: -len(suffix)], []).append(path)
+        else:
+            plain.setdefault(stem, []).append(path)
+    chosen = marked if marked else plain
+    if marked and plain:
+        logger.debug("%s: ignoring %d file(s) without the %r suffix", folder, len(plain), suffix)
+    index: Dict[str, Path] = {}
+    for case, paths in chosen.items():
+        if len(paths) > 1:
+            raise InputError(folder, f"case {case!r} has several files: {', '.join(p.name for p in paths)}")
+        index[case] = paths[0]
+    return index
+
+
+def _read_labels(path: Path) -> sitk.Image:
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot be read as an image ({str(exc).strip().splitlines()[-1]})") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            path,
+            f"is not a 3D scalar label map (dimension {image.GetDimension()}, "
+            f"{image.GetNumberOfComponentsPerPixel()} components)",
+        )
+    return image
+
+
+def _check_same_grid(pred: sitk.Image, truth: sitk.Image, pred_path: Path, truth_path: Path) -> None:
+    problems = []
+    if pred.GetSize() != truth.GetSize():
+        problems.append(f"size {pred.GetSize()} vs {truth.GetSize()}")
+    for what, p, t in (
+        ("spacing", pred.GetSpacing(), truth.GetSpacing()),
+        ("origin", pred.GetOrigin(), truth.GetOrigin()),
+        ("direction", pred.GetDirection(), truth.GetDirection()),
+    ):
+        if not np.allclose(p, t, rtol=0.0, atol=GRID_TOLERANCE):
+            problems.append(f"{what} {tuple(round(v, 6) for v in p)} vs {tuple(round(v, 6) for v in t)}")
+    if problems:
+        raise InputError(
+            pred_path, f"grid differs from the ground truth {truth_path.name}: {'; '.join(problems)}"
+        )
+
+
+def _label_array(image: sitk.Image) -> np.ndarray:
+    array = sitk.GetArrayFromImage(image)
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.rint(array).astype(np.int32)
+    return array
+
+
+def evaluate_folders(
+    pred_dir: PathLike,
+    gt_dir: PathLike,
+    progress: Optional[Callable[[int, int, str], None]] = None,
+) -> EvaluationReport:
+    """Score every predicted label map in ``pred_dir`` against its ground truth in ``gt_dir``.
+
+    Matching rule: a file is an image if its name ends with one of :data:`IMAGE_EXTENSIONS` (``.seg.nrrd``
+    Slicer segmentations are ignored). The case name is the file name without its extension and without the
+    folder's suffix: ``_seg`` for predictions (``case_seg.nii.gz``), ``_gd`` for truths (``case_gd.nii.gz``).
+    If any file in a folder carries the suffix, only those files are used (so images such as
+    ``case_C0.nii.gz`` next to ``case_gd.nii.gz`` are ignored); otherwise every image counts with its bare
+    name (``case.nii.gz``). Two files of one case in a folder raise :class:`~myops.errors.InputError`.
+
+    Each pair must share its grid (size, spacing, origin, direction within :data:`GRID_TOLERANCE`), otherwise
+    :class:`~myops.errors.InputError` names the prediction. A truth without a prediction is scored as an
+    all-empty prediction (as the challenge does) and listed in ``missing_predictions``; a prediction without a
+    truth is listed in ``missing_truths`` and not scored. Metrics use the truth's spacing.
+
+    Args:
+        pred_dir: folder of predicted MyoPS label maps.
+        gt_dir: folder of ground-truth MyoPS label maps.
+        progress: optional ``callback(done, total, case)`` called after each case.
+
+    Returns:
+        An :class:`EvaluationReport`.
+    """
+    predictions = _index_folder(pred_dir, PREDICTION_SUFFIX)
+    truths = _index_folder(gt_dir, TRUTH_SUFFIX)
+    if not truths:
+        raise InputError(gt_dir, "contains no ground-truth label maps")
+    report = EvaluationReport(
+        missing_predictions=sorted(set(truths) - set(predictions)),
+        missing_truths=sorted(set(predictions) - set(truths)),
+    )
+    if report.missing_predictions:
+        logger.warning(
+            "%d case(s) have no prediction: %s",
+            len(report.missing_predictions),
+            ", ".join(report.missing_predictions),
+        )
+    if report.missing_truths:
+        logger.warning(
+            "%d prediction(s) have no ground truth: %s",
+            len(report.missing_truths),
+            ", ".join(report.missing_truths),
+        )
+    names = sorted(truths)
+    for done, case in enumerate(names, start=1):
+        truth_path = truths[case]
+        truth_image = _read_labels(truth_path)
+        truth = _label_array(truth_image)
+        spacing_zyx = tuple(reversed(truth_image.GetSpacing()))
+        pred_path = predictions.get(case)
+        if pred_path is None:
+            pred = np.zeros_like(truth)
+        else:
+            pred_image = _read_labels(pred_path)
+            _check_same_grid(pred_image, truth_image, pred_path, truth_path)
+            pred = _label_array(pred_image)
+        metrics = case_metrics(pred, truth, spacing_zyx)
+        logger.debug("%s: %s", case, metrics)
+        report.cases.append(
+            CaseResult(
+                case=case,
+                metrics=metrics,
+                prediction_missing=pred_path is None,
+                prediction_path=None if pred_path is None else str(pred_path),
+                truth_path=str(truth_path),
+            )
+        )
+        if progress is not None:
+            progress(done, len(names), case)
+    return report
