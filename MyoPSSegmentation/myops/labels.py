@@ -121,6 +121,13 @@ def terminology_string(spec: SegmentSpec) -> str:
         return f"{t.scheme}^{t.code}^{t.meaning}"
 
     return "~".join(
-        [TERMINOLOGY_CONTEXT, code(spec.category), code(spec.type), "^^", "Anatomic codes - DICOM master list",
-         code(spec.region), "^^"]
+        [
+            TERMINOLOGY_CONTEXT,
+            code(spec.category),
+            code(spec.type),
+            "^^",
+            "Anatomic codes - DICOM master list",
+            code(spec.region),
+            "^^",
+        ]
     )

@@ -1,0 +1,380 @@
+"""The ``myops`` command: segment, segment-batch, evaluate, demo, phantom, info.
+
+Bad input ends with one line on stderr (``myops: error: <file>: <problem>``), exit code 2, no traceback and no
+output file. This is the only module of the engine that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import __version__
+from .errors import InputError, ModelError, MyoPSError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+#: Accepted sequence suffixes in batch folders: role -> file name tags.
+BATCH_TAGS = {"bssfp": ("C0",), "lge": ("DE", "LGE"), "t2": ("T2",)}
+
+
+def _print(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _error(msg: str) -> None:
+    print(f"myops: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _format_timings(timings: Dict[str, float]) -> str:
+    order = ["read", "preprocess", "localize", "assn", "prsn", "postprocess", "write", "total"]
+    parts = [f"{k} {timings[k]:.2f}s" for k in order if k in timings]
+    return ", ".join(parts)
+
+
+def _make_segmenter(model: Optional[str], device: str, quiet: bool = False):
+    from .pipeline import Segmenter
+
+    segmenter = Segmenter(model_dir=model, device=device)
+    if not quiet:
+        _print(f"Device: {segmenter.device_choice.device} ({segmenter.device_choice.reason})")
+        _print(f"Model: {segmenter.model_dir}")
+        if not segmenter.trained:
+            _print("WARNING: this model is UNTRAINED (random weights); its segmentations are meaningless.")
+    return segmenter
+
+
+# -- segment --------------------------------------------------------------------------------------------------
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .io import check_output_path
+
+    inputs = [args.bssfp, args.lge, args.t2]
+    out = check_output_path(args.output, inputs)
+    for extra in (args.csv, args.json):
+        if extra is not None:
+            _check_side_file(extra, inputs)
+    segmenter = _make_segmenter(args.model, args.device)
+    result = segmenter.segment_files(args.bssfp, args.lge, args.t2, output=out)
+    _print(f"Wrote {out}")
+    _print(result.quantification.format_table())
+    if args.csv:
+        result.quantification.write_csv(args.csv)
+        _print(f"Wrote {args.csv}")
+    if args.json:
+        result.quantification.write_json(args.json)
+        _print(f"Wrote {args.json}")
+    _print(f"Timings: {_format_timings(result.timings_s)}")
+    return EXIT_OK
+
+
+def _check_side_file(path: str, inputs: Sequence[str]) -> None:
+    p = Path(path)
+    for item in inputs:
+        if Path(item).resolve() == p.resolve():
+            raise InputError(p, "output path is the same as an input; refusing to overwrite an input")
+    if not p.resolve().parent.is_dir():
+        raise InputError(p, f"output folder {p.resolve().parent} does not exist")
+
+
+# -- segment-batch ----------------------------------------------------------------------------------------------
+def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[str]]:
+    """Group ``<name>_C0.*``, ``<name>_DE.*``/``<name>_LGE.*`` and ``<name>_T2.*`` files by case name.
+
+    Returns:
+        (complete cases name -> role -> path, problems found as messages for incomplete cases).
+    """
+    from .io import IMAGE_SUFFIXES
+
+    cases: Dict[str, Dict[str, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        lower = name.lower()
+        suffix = next((s for s in IMAGE_SUFFIXES if lower.endswith(s)), None)
+        if suffix is None or not path.is_file():
+            continue
+        stem = name[: -len(suffix)]
+        for role, tags in BATCH_TAGS.items():
+            tag = next((t for t in tags if stem.endswith("_" + t)), None)
+            if tag is not None:
+                case = stem[: -len(tag) - 1]
+                cases.setdefault(case, {})[role] = path
+    complete = {k: v for k, v in cases.items() if len(v) == 3}
+    problems = [
+        f"{k}: missing {', '.join(r for r in BATCH_TAGS if r not in v)}" for k, v in cases.items() if len(v) != 3
+    ]
+    return complete, problems
+
+
+def cmd_segment_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
+    if not in_dir.is_dir():
+        raise InputError(in_dir, "input folder not found")
+    cases, problems = find_cases(in_dir)
+    if not cases:
+        raise InputError(in_dir, "no complete case (<name>_C0.*, <name>_DE.* or <name>_LGE.*, <name>_T2.*) found")
+    if out_dir.resolve() == in_dir.resolve():
+        raise InputError(out_dir, "output folder must differ from the input folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    segmenter = _make_segmenter(args.model, args.device)
+    failures: List[Tuple[str, str]] = [(p.split(":")[0], p.split(": ", 1)[1]) for p in problems]
+    rows = []
+    times = []
+    bar = tqdm(sorted(cases.items()), desc="Segmenting", unit="case", file=sys.stderr, disable=args.quiet)
+    for name, paths in bar:
+        bar.set_postfix_str(name)
+        out = out_dir / f"{name}_seg.nii.gz"
+        try:
+            result = segmenter.segment_files(paths["bssfp"], paths["lge"], paths["t2"], output=out)
+        except MyoPSError as exc:
+            failures.append((name, str(exc)))
+            tqdm.write(f"FAILED {name}: {exc}", file=sys.stderr)
+            continue
+        except Exception as exc:  # a broken case must not stop the batch
+            failures.append((name, f"unexpected {type(exc).__name__}: {exc}"))
+            tqdm.write(f"FAILED {name}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        times.append(result.timings_s["total"])
+        row = {"case": name, **result.quantification.to_dict()}
+        rows.append(row)
+    if rows:
+        import csv
+
+        with open(out_dir / "quantification.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            writer.writeheader()
+            writer.writerows(rows)
+    _print(f"Segmented {len(rows)} of {len(rows) + len(failures)} case(s) into {out_dir}")
+    if times:
+        times.sort()
+        _print(f"Median time per case: {times[len(times) // 2]:.2f} s (model loaded)")
+    for name, why in failures:
+        _print(f"  failed: {name}: {why}")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+# -- evaluate ------------------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import evaluate_folders
+
+    for d in (args.pred_dir, args.gt_dir):
+        if not Path(d).is_dir():
+            raise InputError(d, "folder not found")
+    report = evaluate_folders(args.pred_dir, args.gt_dir)
+    _print(report.format_table())
+    if args.csv:
+        report.to_csv(args.csv)
+        _print(f"Wrote {args.csv}")
+    if args.json:
+        report.to_json(args.json)
+        _print(f"Wrote {args.json}")
+    return EXIT_OK
+
+
+# -- demo ----------------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .figure import save_overview_png
+    from .metrics import case_metrics
+    from .model import DEFAULT_MODEL_DIR, build_random_model_folder
+    from .phantom import make_phantom_case, write_phantom_case
+    from .preprocessing import spacing_zyx_of
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _print("MyoPS demo: the whole cascade on a SYNTHETIC PHANTOM (not patient data).")
+    model = args.model
+    tmp = None
+    if model is None and not (DEFAULT_MODEL_DIR / "manifest.json").is_file():
+        tmp = tempfile.TemporaryDirectory()
+        model = str(build_random_model_folder(Path(tmp.name) / "untrained", preset="tiny"))
+        _print("NO TRAINED WEIGHTS ARE SHIPPED YET: running an untrained tiny network to show the mechanics only.")
+    try:
+        case = make_phantom_case(seed=args.seed)
+        paths = write_phantom_case(case, out_dir, name="phantom")
+        segmenter = _make_segmenter(model, args.device)
+        seg_path = out_dir / "phantom_seg.nii.gz"
+        result = segmenter.segment_files(paths["C0"], paths["DE"], paths["T2"], output=seg_path)
+        seg_nrrd = out_dir / "phantom.seg.nrrd"
+        from .io import write_segmentation
+
+        write_segmentation(seg_nrrd, result.labels)
+        truth = sitk.GetArrayFromImage(case.labels)
+        png = out_dir / "phantom_overview.png"
+        save_overview_png(
+            png,
+            sitk.GetArrayFromImage(case.bssfp),
+            sitk.GetArrayFromImage(case.lge),
+            sitk.GetArrayFromImage(case.t2),
+            result.labels_zyx,
+            truth_zyx=truth,
+            title="MyoPS demo (synthetic phantom)",
+        )
+        metrics = case_metrics(result.labels_zyx, truth, spacing_zyx_of(case.lge))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    _print(f"Inputs:        {paths['C0'].name}, {paths['DE'].name}, {paths['T2'].name} in {out_dir}")
+    _print(f"Label map:     {seg_path}")
+    _print(f"Segmentation:  {seg_nrrd}")
+    _print(f"Figure:        {png}")
+    _print("")
+    _print(result.quantification.format_table())
+    _print("")
+    _print("Agreement with the phantom's ground truth:")
+    for key, value in metrics.items():
+        unit = " mm" if key.startswith("hd") else ""
+        shown = "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}{unit}"
+        _print(f"  {key:<22} {shown}")
+    _print("")
+    _print(f"Timings: {_format_timings(result.timings_s)}")
+    if not segmenter.trained:
+        _print("Reminder: the model is untrained; the numbers above only show that the pipeline runs.")
+    return EXIT_OK
+
+
+# -- phantom / info ------------------------------------------------------------------------------------------
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from .phantom import make_phantom_case, write_phantom_case
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(args.n):
+        case = make_phantom_case(seed=args.seed + i)
+        paths = write_phantom_case(case, out_dir, name=f"phantom_{args.seed + i:03d}")
+        _print(f"Wrote {paths['DE'].name} (+ C0, T2, gd)")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .model import ModelBundle, resolve_model_dir
+    from .pipeline import choose_device
+
+    choice = choose_device(args.device)
+    _print(f"myops {__version__}")
+    _print(f"Device: {choice.device} ({choice.reason})")
+    folder = resolve_model_dir(args.model)
+    bundle = ModelBundle(folder)
+    m = bundle.manifest
+    _print(f"Model: {folder} (checksums verified)")
+    _print(f"  name: {m.get('name')}  trained: {m.get('trained')}")
+    for stage, entry in m["networks"].items():
+        _print(f"  {stage}: {entry['arch']} x{len(bundle.weight_files(stage))} {entry['config']}")
+    if m.get("metrics"):
+        _print("  metrics: " + json.dumps(m["metrics"].get("summary", m["metrics"]))[:800])
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="myops",
+        description="Segment myocardial scar, edema and myocardium from bSSFP, LGE and T2 cardiac MR "
+        "(cascade ASSN + DAE -> PRSN + CAFB). Research use only; not for clinical diagnosis.",
+    )
+    parser.add_argument("--version", action="version", version=f"myops {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--device",
+            default="auto",
+            choices=["auto", "cpu", "cuda"],
+            help="default: auto (CUDA when available)",
+        )
+        p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+
+    p = sub.add_parser("segment", help="segment one case", description="Segment one case onto the LGE grid.")
+    p.add_argument("--bssfp", required=True, help="bSSFP cine frame (C0): NIfTI, NRRD, MHA or DICOM folder")
+    p.add_argument("--lge", required=True, help="LGE (DE) volume; the output grid")
+    p.add_argument("--t2", required=True, help="T2-weighted volume")
+    p.add_argument("-o", "--output", required=True, help="output .nii.gz/.nii/.nrrd label map or .seg.nrrd")
+    p.add_argument("--csv", help="also write the quantification as CSV")
+    p.add_argument("--json", help="also write the quantification as JSON")
+    add_common(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser(
+        "segment-batch",
+        help="segment every case of a folder",
+        description=(
+            "Segment every case <name>_C0.*, <name>_DE.* (or <name>_LGE.*), <name>_T2.* of IN_DIR into "
+            "OUT_DIR/<name>_seg.nii.gz, plus OUT_DIR/quantification.csv. Exit code 1 if any case failed."
+        ),
+    )
+    p.add_argument("in_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common(p)
+    p.set_defaults(func=cmd_segment_batch)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="challenge metrics of predictions against ground truth",
+        description=(
+            "Pair PRED_DIR/<name>_seg.nii.gz with GT_DIR/<name>_gd.nii.gz and report Dice (scar, scar+edema, "
+            "myocardium, LV) and Hausdorff distances in mm per case and in summary."
+        ),
+    )
+    p.add_argument("pred_dir")
+    p.add_argument("gt_dir")
+    p.add_argument("--csv", help="write per-case metrics as CSV")
+    p.add_argument("--json", help="write per-case metrics and summary as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="run the cascade on a synthetic phantom (the embedded default)")
+    p.add_argument("--output-dir", default="demo-output", help="where to write the phantom, results and figure")
+    p.add_argument("--seed", type=int, default=2020, help="phantom seed")
+    add_common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("phantom", help="write synthetic three-sequence cases with ground truth (MyoPS layout)")
+    p.add_argument("out_dir")
+    p.add_argument("-n", type=int, default=1, help="number of cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("info", help="show the model folder (checksums verified) and the device")
+    add_common(p)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``myops`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    t0 = time.perf_counter()
+    try:
+        code = args.func(args)
+    except (InputError, ModelError) as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    except MyoPSError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    logging.getLogger(__name__).info("finished in %.2f s", time.perf_counter() - t0)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

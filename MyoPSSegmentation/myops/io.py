@@ -1,0 +1,298 @@
+"""Reading and validating input images; writing label maps and Slicer segmentations atomically.
+
+Every reader raises :class:`~myops.errors.InputError` naming the file and the problem, so the CLI can print one
+line and exit with code 2. Writers write to a temporary file beside the target and rename it, so a failure never
+leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .labels import SEGMENTS, terminology_string
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+#: Suffixes accepted for image inputs (a DICOM series folder is accepted too).
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Suffixes accepted for label-map outputs.
+LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+SEGMENTATION_SUFFIX = ".seg.nrrd"
+
+
+def has_suffix(path: PathLike, suffixes: Iterable[str]) -> bool:
+    """True when ``path``'s name ends with one of ``suffixes`` (case-insensitive)."""
+    name = Path(path).name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def read_image(path: PathLike) -> sitk.Image:
+    """Read one 3D MR volume from NIfTI, NRRD, MHA/MHD or a DICOM series folder, and validate it.
+
+    Args:
+        path: file, or folder holding one DICOM series.
+
+    Returns:
+        The image as read (original pixel type and LPS geometry), known to be 3D, scalar, finite and
+        non-constant.
+
+    Raises:
+        InputError: the file is missing, unreadable, not 3D, or has unusable intensities.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "file not found")
+    if p.is_dir():
+        image = _read_dicom_folder(p)
+    else:
+        try:
+            image = sitk.ReadImage(str(p))
+        except RuntimeError:
+            raise InputError(p, "not a readable image (expected NIfTI, NRRD, MHA or a DICOM series folder)") from None
+    validate_image(image, str(p))
+    return image
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(folder, "folder holds no DICOM series")
+    if len(series) > 1:
+        raise InputError(folder, f"folder holds {len(series)} DICOM series; point to a folder with exactly one")
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        raise InputError(folder, "DICOM series could not be read as one volume") from None
+
+
+def validate_image(image: sitk.Image, source: str) -> None:
+    """Refuse images the cascade cannot use.
+
+    Checks: 3 dimensions (a 4D cine series and a 2D image are refused), one component per voxel, finite
+    values, and more than one intensity.
+
+    Args:
+        image: the image to check.
+        source: file path or sequence name, used in the message.
+
+    Raises:
+        InputError: with a message that says what to do instead.
+    """
+    dim = image.GetDimension()
+    if dim == 4:
+        raise InputError(
+            source,
+            f"is 4D (size {image.GetSize()}, a cine series?); give one 3D frame, e.g. the end-diastolic one",
+        )
+    if dim == 2:
+        raise InputError(source, f"is a 2D image (size {image.GetSize()}); a 3D short-axis stack is needed")
+    if dim != 3:
+        raise InputError(source, f"has {dim} dimensions; a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            source,
+            f"has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour?); a scalar MR volume is needed",
+        )
+    if min(image.GetSize()) < 1 or image.GetSize()[0] < 16 or image.GetSize()[1] < 16:
+        raise InputError(source, f"is too small in-plane (size {image.GetSize()}); at least 16 x 16 pixels are needed")
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputError(source, f"has invalid voxel spacing {tuple(spacing)}")
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise InputError(source, "contains NaN or infinite values")
+    lo, hi = array.min(), array.max()
+    if lo == hi:
+        raise InputError(source, f"is constant (every voxel is {lo}); it carries no image")
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    """True when two images share size, spacing, origin and direction (within ``tol``)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def check_output_path(output: PathLike, inputs: Iterable[PathLike] = (), *, segmentation_ok: bool = True) -> Path:
+    """Check an output path before any work starts.
+
+    Args:
+        output: the file to write (``.nii.gz``, ``.nii``, ``.nrrd`` label map, or ``.seg.nrrd``).
+        inputs: input paths it must not equal.
+        segmentation_ok: whether ``.seg.nrrd`` is allowed.
+
+    Returns:
+        The output as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: wrong suffix, same as an input, or a folder that is missing or not writable.
+    """
+    out = Path(output)
+    allowed = LABELMAP_SUFFIXES + ((SEGMENTATION_SUFFIX,) if segmentation_ok else ())
+    if not has_suffix(out, allowed):
+        raise InputError(out, f"output must end with one of {', '.join(allowed)}")
+    out_resolved = out.resolve()
+    for item in inputs:
+        if Path(item).resolve() == out_resolved:
+            raise InputError(out, "output path is the same as an input; refusing to overwrite an input")
+    folder = out_resolved.parent
+    if not folder.is_dir():
+        raise InputError(out, f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(out, f"output folder {folder} is not writable")
+    if out.is_dir():
+        raise InputError(out, "output path is a folder")
+    return out
+
+
+def _atomic_target(path: Path) -> tuple:
+    """Return (tmp_path, final_path) with a temporary file in the same folder and the same suffix."""
+    name = path.name
+    suffix = next((s for s in (SEGMENTATION_SUFFIX, *LABELMAP_SUFFIXES) if name.lower().endswith(s)), path.suffix)
+    fd, tmp = tempfile.mkstemp(prefix=".myops-", suffix=suffix, dir=str(path.resolve().parent))
+    os.close(fd)
+    return Path(tmp), path
+
+
+def _replace_atomically(tmp: Path, final: Path) -> None:
+    os.replace(str(tmp), str(final))
+
+
+def write_labelmap(path: PathLike, labels: sitk.Image) -> Path:
+    """Write a label map (MyoPS values, unsigned 16-bit) atomically, compressed where the format allows."""
+    tmp, final = _atomic_target(Path(path))
+    try:
+        sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt16), str(tmp), True)
+        _replace_atomically(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("wrote label map %s", final)
+    return final
+
+
+def write_segmentation(path: PathLike, labels: sitk.Image) -> Path:
+    """Write a Slicer ``.seg.nrrd`` with one segment per output label (non-overlapping, one layer).
+
+    Segment names, label values, colours and terminology come from :data:`myops.labels.SEGMENTS`. Segments are
+    written even when empty, so every output has the same four segments.
+    """
+    import slicerio
+
+    arr_zyx = sitk.GetArrayFromImage(labels).astype(np.uint16)
+    voxels_ijk = np.ascontiguousarray(arr_zyx.transpose(2, 1, 0))
+    ijk_to_lps = np.eye(4)
+    direction = np.asarray(labels.GetDirection(), dtype=float).reshape(3, 3)
+    ijk_to_lps[:3, :3] = direction * np.asarray(labels.GetSpacing(), dtype=float)[None, :]
+    ijk_to_lps[:3, 3] = labels.GetOrigin()
+    segments = []
+    for i, spec in enumerate(SEGMENTS):
+        segments.append(
+            {
+                "id": f"Segment_{i + 1}",
+                "name": spec.name,
+                "labelValue": int(spec.value),
+                "layer": 0,
+                "color": list(spec.color),
+                "terminology": _slicerio_terminology(spec),
+                "extent": [
+                    0,
+                    voxels_ijk.shape[0] - 1,
+                    0,
+                    voxels_ijk.shape[1] - 1,
+                    0,
+                    voxels_ijk.shape[2] - 1,
+                ],
+                "tags": {"TerminologyEntry": terminology_string(spec)},
+            }
+        )
+    segmentation = {
+        "voxels": voxels_ijk,
+        "ijkToLPS": ijk_to_lps,
+        "containedRepresentationNames": ["Binary labelmap", "Closed surface"],
+        "masterRepresentation": "Binary labelmap",
+        "referenceImageExtentOffset": [0, 0, 0],
+        "segments": segments,
+    }
+    tmp, final = _atomic_target(Path(path))
+    try:
+        slicerio.write_segmentation(str(tmp), segmentation)
+        _replace_atomically(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("wrote segmentation %s", final)
+    return final
+
+
+def _slicerio_terminology(spec) -> dict:
+    def code(t) -> dict:
+        return {"CodingSchemeDesignator": t.scheme, "CodeValue": t.code, "CodeMeaning": t.meaning}
+
+    return {
+        "contextName": "MyoPS Segmentation",
+        "category": code(spec.category),
+        "type": code(spec.type),
+        "anatomicContextName": "Anatomic codes - DICOM master list",
+        "anatomicRegion": code(spec.region),
+    }
+
+
+def write_output(path: PathLike, labels: sitk.Image) -> Path:
+    """Write ``labels`` as a ``.seg.nrrd`` segmentation or a label map, chosen by the suffix of ``path``."""
+    if has_suffix(path, (SEGMENTATION_SUFFIX,)):
+        return write_segmentation(path, labels)
+    return write_labelmap(path, labels)
+
+
+def read_labelmap(path: PathLike) -> sitk.Image:
+    """Read a label map or a ``.seg.nrrd`` back as a MyoPS-valued label image."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "file not found")
+    if has_suffix(p, (SEGMENTATION_SUFFIX,)):
+        import slicerio
+
+        seg = slicerio.read_segmentation(str(p))
+        voxels = np.asarray(seg["voxels"])
+        if voxels.ndim == 4:
+            raise InputError(p, "segmentation has overlapping layers; export it as a label map first")
+        out = np.zeros(voxels.shape, dtype=np.uint16)
+        for segment in seg["segments"]:
+            value = _value_for_segment_name(segment.get("name", ""))
+            if value is not None:
+                out[voxels == segment["labelValue"]] = value
+        image = sitk.GetImageFromArray(out.transpose(2, 1, 0))
+        ijk_to_lps = np.asarray(seg["ijkToLPS"], dtype=float)
+        spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+        image.SetSpacing(tuple(spacing))
+        image.SetDirection(tuple((ijk_to_lps[:3, :3] / spacing[None, :]).ravel()))
+        image.SetOrigin(tuple(ijk_to_lps[:3, 3]))
+        return image
+    try:
+        return sitk.ReadImage(str(p))
+    except RuntimeError:
+        raise InputError(p, "not a readable label map") from None
+
+
+def _value_for_segment_name(name: str) -> Optional[int]:
+    for spec in SEGMENTS:
+        if spec.name.lower() == name.lower():
+            return spec.value
+    return None

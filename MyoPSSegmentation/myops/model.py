@@ -1,0 +1,323 @@
+"""Self-describing model folders: ``manifest.json`` plus ``.safetensors`` weights verified by sha256.
+
+A model folder holds everything needed to rebuild and run the cascade, and nothing executable: weights are
+safetensors (never unpickled), and every file listed in the manifest is checked against its sha256 before it is
+read. The manifest records the architectures with their full constructor arguments, the input specification,
+labels, postprocessing, provenance and cross-validation metrics.
+
+Manifest (schema version 1)::
+
+    {
+      "schema_version": 1,
+      "name": str, "description": str, "trained": bool,
+      "networks": {                       # the four stages of the cascade
+        "localizer": {"arch": "unet", "config": {...}, "weights": ["localizer.safetensors", ...]},
+        "assn": {...}, "dae": {...}, "prsn": {...}
+      },                                  # several weight files = an ensemble (probabilities averaged)
+      "input": {"sequences": ["bSSFP", "LGE", "T2"], "reference": "LGE",
+                "coarse_size": 128, "crop_size": 128, "crop_spacing_mm": 1.0,
+                "normalisation": {"method": "percentile_zscore", "percentiles": [0.5, 99.5]}},
+      "labels": [{"name", "value", "color", "terminology"}...],
+      "output": {"type": "labelmap", "grid": "LGE"},
+      "postprocessing": {...},            # see myops.postprocessing.PostprocessingConfig
+      "inference": {"tta_flips": bool},
+      "files": {"<file>": {"sha256": str, "size": int}},
+      "provenance": {...}, "metrics": {...}
+    }
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import ModelError
+from .labels import SEGMENTS
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+STAGES = ("localizer", "assn", "dae", "prsn")
+#: Folder of the model shipped with the package (found after ``pip install .`` and inside Slicer).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+
+DEFAULT_INPUT: Dict[str, Any] = {
+    "sequences": ["bSSFP", "LGE", "T2"],
+    "reference": "LGE",
+    "coarse_size": 128,
+    "crop_size": 128,
+    "crop_spacing_mm": 1.0,
+    "normalisation": {"method": "percentile_zscore", "percentiles": [0.5, 99.5]},
+}
+
+#: Network sizes by preset: "tiny" for tests and mechanics, "default" for the shipped model.
+PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "tiny": {
+        "localizer": {
+            "arch": "unet",
+            "config": {"in_channels": 3, "out_channels": 2, "features": [4, 8, 16]},
+        },
+        "assn": {"arch": "assn", "config": {"in_channels": 3, "out_channels": 2, "features": [4, 8, 16]}},
+        "dae": {"arch": "dae", "config": {"in_channels": 2, "out_channels": 2, "features": [4, 8, 16]}},
+        "prsn": {"arch": "prsn", "config": {"in_channels": 3, "out_channels": 4, "features": [4, 8, 16]}},
+    },
+    "default": {
+        "localizer": {
+            "arch": "unet",
+            "config": {"in_channels": 3, "out_channels": 2, "features": [8, 16, 32, 64, 128]},
+        },
+        "assn": {
+            "arch": "assn",
+            "config": {"in_channels": 3, "out_channels": 2, "features": [16, 32, 64, 128, 256]},
+        },
+        "dae": {
+            "arch": "dae",
+            "config": {"in_channels": 2, "out_channels": 2, "features": [16, 32, 64, 128, 256]},
+        },
+        "prsn": {
+            "arch": "prsn",
+            "config": {"in_channels": 3, "out_channels": 4, "features": [16, 32, 64, 128, 256]},
+        },
+    },
+}
+
+
+def sha256_of(path: Union[str, Path]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def labels_manifest() -> List[Dict[str, Any]]:
+    """Label entries for the manifest, from :data:`myops.labels.SEGMENTS`."""
+    out = []
+    for s in SEGMENTS:
+        out.append(
+            {
+                "name": s.name,
+                "value": s.value,
+                "color": list(s.color),
+                "terminology": {
+                    "category": list(s.category),
+                    "type": list(s.type),
+                    "region": list(s.region),
+                },
+            }
+        )
+    return out
+
+
+class ModelBundle:
+    """A verified model folder: its manifest and a way to build each stage's networks.
+
+    Args:
+        folder: the model folder.
+
+    Raises:
+        ModelError: missing folder or manifest, unsupported schema, missing file, checksum mismatch.
+    """
+
+    def __init__(self, folder: Union[str, Path]) -> None:
+        self.folder = Path(folder)
+        manifest_path = self.folder / MANIFEST
+        if not manifest_path.is_file():
+            raise ModelError(f"{self.folder}: no {MANIFEST} (not a model folder)")
+        try:
+            self.manifest: Dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{manifest_path}: cannot be read as JSON ({exc})") from None
+        version = self.manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ModelError(
+                f"{manifest_path}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+            )
+        for key in ("networks", "input", "files"):
+            if key not in self.manifest:
+                raise ModelError(f"{manifest_path}: missing key {key!r}")
+        missing = [s for s in STAGES if s not in self.manifest["networks"]]
+        if missing:
+            raise ModelError(f"{manifest_path}: networks {missing} are missing")
+        self.verify()
+
+    @property
+    def trained(self) -> bool:
+        """Whether the weights come from training (False for a randomly initialised folder)."""
+        return bool(self.manifest.get("trained", False))
+
+    @property
+    def input_spec(self) -> Dict[str, Any]:
+        spec = copy.deepcopy(DEFAULT_INPUT)
+        spec.update(self.manifest.get("input", {}))
+        return spec
+
+    def verify(self) -> None:
+        """Check every weight file referenced by the manifest exists, is listed, and matches its sha256."""
+        files = self.manifest["files"]
+        for stage in STAGES:
+            for name in self.weight_files(stage):
+                if name not in files:
+                    raise ModelError(f"{self.folder}: weight file {name} of {stage} has no checksum in the manifest")
+        for name, info in files.items():
+            path = self.folder / name
+            if Path(name).name != name or not path.is_file():
+                raise ModelError(f"{self.folder}: weight file {name} is missing")
+            digest = sha256_of(path)
+            if digest != info.get("sha256"):
+                raise ModelError(
+                    f"{path}: sha256 mismatch (expected {info.get('sha256')}, got {digest}); the file is corrupt or "
+                    "was modified - refusing to load it"
+                )
+
+    def weight_files(self, stage: str) -> List[str]:
+        weights = self.manifest["networks"][stage]["weights"]
+        return [weights] if isinstance(weights, str) else list(weights)
+
+    def build(self, stage: str, device: Union[str, torch.device] = "cpu") -> List[nn.Module]:
+        """Build the network(s) of one stage with their weights, in eval mode on ``device``.
+
+        Returns:
+            One module per weight file (more than one for an ensemble).
+        """
+        from safetensors.torch import load_file
+
+        from .networks import create_model
+
+        entry = self.manifest["networks"][stage]
+        models = []
+        for name in self.weight_files(stage):
+            model = create_model(entry["arch"], **entry["config"])
+            state = load_file(str(self.folder / name), device="cpu")
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise ModelError(
+                    f"{self.folder / name}: weights do not fit {entry['arch']} {entry['config']}: {exc}"
+                ) from None
+            models.append(model.to(device).eval())
+        return models
+
+
+def resolve_model_dir(model_dir: Optional[Union[str, Path]] = None) -> Path:
+    """The model folder to use: ``model_dir``, else ``$MYOPS_MODEL_DIR``, else the shipped default."""
+    if model_dir is not None:
+        return Path(model_dir)
+    env = os.environ.get("MYOPS_MODEL_DIR")
+    return Path(env) if env else DEFAULT_MODEL_DIR
+
+
+def save_model_folder(
+    folder: Union[str, Path],
+    networks: Mapping[str, Any],
+    *,
+    trained: bool,
+    name: str = "myops-cascade",
+    description: str = "",
+    input_spec: Optional[Mapping[str, Any]] = None,
+    postprocessing: Optional[Mapping[str, Any]] = None,
+    inference: Optional[Mapping[str, Any]] = None,
+    provenance: Optional[Mapping[str, Any]] = None,
+    metrics: Optional[Mapping[str, Any]] = None,
+    half_precision: bool = False,
+) -> Path:
+    """Write a model folder.
+
+    Args:
+        folder: target folder (created; existing weight files of the same names are replaced).
+        networks: stage -> ``(arch, config, [module, ...])`` for each of :data:`STAGES`; several modules make
+            an ensemble.
+        trained: whether the weights come from training.
+        half_precision: store floating-point tensors as float16 (halves the size; loaded back as float32).
+
+    Returns:
+        The folder.
+    """
+    from safetensors.torch import save_file
+
+    from .postprocessing import PostprocessingConfig
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files: Dict[str, Dict[str, Any]] = {}
+    entries: Dict[str, Any] = {}
+    for stage in STAGES:
+        arch, config, modules = networks[stage]
+        weight_names = []
+        for i, module in enumerate(modules):
+            fname = f"{stage}.safetensors" if len(modules) == 1 else f"{stage}_{i}.safetensors"
+            state = {}
+            for k, v in module.state_dict().items():
+                t = v.detach().cpu().contiguous()
+                if half_precision and t.is_floating_point():
+                    t = t.half()
+                state[k] = t
+            save_file(state, str(folder / fname))
+            files[fname] = {"sha256": sha256_of(folder / fname), "size": (folder / fname).stat().st_size}
+            weight_names.append(fname)
+        entries[stage] = {"arch": arch, "config": dict(config), "weights": weight_names}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "description": description,
+        "trained": trained,
+        "networks": entries,
+        "input": dict(input_spec or DEFAULT_INPUT),
+        "labels": labels_manifest(),
+        "output": {"type": "labelmap", "grid": "LGE", "dtype": "uint16"},
+        "postprocessing": dict(postprocessing or PostprocessingConfig().to_dict()),
+        "inference": dict(inference or {"tta_flips": False}),
+        "files": files,
+        "provenance": {
+            "myops_version": __version__,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **dict(provenance or {}),
+        },
+        "metrics": dict(metrics or {}),
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def build_random_model_folder(folder: Union[str, Path], preset: str = "tiny", seed: int = 0) -> Path:
+    """Write an *untrained* model folder with randomly initialised networks (tests, mechanics, benchmarks).
+
+    Args:
+        folder: target folder.
+        preset: a key of :data:`PRESETS`.
+        seed: torch seed for the initialisation.
+    """
+    from .networks import create_model
+
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    torch.manual_seed(seed)
+    networks = {}
+    for stage in STAGES:
+        entry = PRESETS[preset][stage]
+        model = create_model(entry["arch"], **entry["config"])
+        networks[stage] = (entry["arch"], model.config(), [model])
+    return save_model_folder(
+        folder,
+        networks,
+        trained=False,
+        name=f"untrained-{preset}",
+        description=f"Randomly initialised '{preset}' networks (seed {seed}); for tests and timing only.",
+        provenance={"seed": seed, "preset": preset},
+    )

@@ -1,0 +1,124 @@
+"""Anatomical constraints applied to the cascade's output, as documented, switchable choices.
+
+Input: the LV epicardial mask (ASSN) and the PRSN classes on the LGE grid. Output: a MyoPS label map.
+
+Choices (each a field of :class:`PostprocessingConfig`, recorded in the model manifest):
+- ``largest_lv_component``: keep only the largest 3D connected component of the LV epicardial region (one
+  connected LV), then, per slice, its largest 2D component (no stray islands on a slice).
+- ``fill_epicardium_holes``: fill holes in the epicardial region per slice (it is a solid disc by definition).
+- Scar and edema exist only inside the LV wall: the PRSN's wall classes are kept only inside the epicardial
+  region; everything inside the region that is not wall becomes LV blood pool. Always on: it is the cascade's
+  definition, not an option.
+- ``min_pathology_area_mm2``: per slice, connected scar or edema islands smaller than this area are relabelled as
+  normal myocardium (0 disables).
+- ``min_wall_area_mm2``: per slice, wall islands smaller than this area become LV blood pool (they lie inside the
+  epicardial region, so they are cavity); 0 disables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .labels import BACKGROUND, EDEMA, LV_BLOOD_POOL, MYOCARDIUM, SCAR
+
+
+@dataclass
+class PostprocessingConfig:
+    """Switches of the anatomical constraints (see the module docstring)."""
+
+    largest_lv_component: bool = True
+    fill_epicardium_holes: bool = True
+    min_pathology_area_mm2: float = 4.0
+    min_wall_area_mm2: float = 10.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PostprocessingConfig:
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def _components(mask: np.ndarray, fully_connected: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """Label connected components; returns (labels, sizes) with sizes[i] the voxel count of label i+1."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(image, fully_connected))
+    sizes = np.bincount(cc.ravel())[1:]
+    return cc, sizes
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component of a boolean mask (2D or 3D); empty stays empty."""
+    if not mask.any():
+        return mask.copy()
+    cc, sizes = _components(mask)
+    return cc == (int(np.argmax(sizes)) + 1)
+
+
+def fill_holes_2d(mask_yx: np.ndarray) -> np.ndarray:
+    """Fill holes of a 2D boolean mask (background not connected to the border becomes foreground)."""
+    if not mask_yx.any():
+        return mask_yx.copy()
+    filled = sitk.BinaryFillhole(sitk.GetImageFromArray(mask_yx.astype(np.uint8)), fullyConnected=False)
+    return sitk.GetArrayFromImage(filled).astype(bool)
+
+
+def remove_small_islands_2d(mask_yx: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Remove 2D connected components smaller than ``min_pixels``."""
+    if min_pixels <= 1 or not mask_yx.any():
+        return mask_yx.copy()
+    cc, sizes = _components(mask_yx)
+    keep = np.concatenate([[False], sizes >= min_pixels])
+    return keep[cc]
+
+
+def compose_labels(
+    epicardium_zyx: np.ndarray,
+    prsn_classes_zyx: np.ndarray,
+    spacing_zyx: Tuple[float, float, float],
+    config: Optional[PostprocessingConfig] = None,
+) -> np.ndarray:
+    """Combine the ASSN region and PRSN classes into a MyoPS label map under the anatomical constraints.
+
+    Args:
+        epicardium_zyx: boolean (z, y, x) LV epicardial region.
+        prsn_classes_zyx: int (z, y, x) PRSN main-branch classes {0 bg, 1 normal myocardium, 2 edema, 3 scar}.
+        spacing_zyx: voxel size in mm.
+        config: the constraints to apply (default: :class:`PostprocessingConfig` defaults).
+
+    Returns:
+        uint16 (z, y, x) label map with values 0, 200, 500, 1220, 2221.
+    """
+    config = config or PostprocessingConfig()
+    epi = np.asarray(epicardium_zyx, dtype=bool)
+    classes = np.asarray(prsn_classes_zyx)
+    pixel_mm2 = float(spacing_zyx[1] * spacing_zyx[2])
+    if config.largest_lv_component:
+        epi = largest_component(epi)
+        epi = np.stack([largest_component(s) for s in epi])
+    if config.fill_epicardium_holes:
+        epi = np.stack([fill_holes_2d(s) for s in epi])
+
+    wall = (classes > 0) & epi
+    if config.min_wall_area_mm2 > 0:
+        min_px = int(np.ceil(config.min_wall_area_mm2 / pixel_mm2))
+        wall = np.stack([remove_small_islands_2d(s, min_px) for s in wall])
+
+    labels = np.zeros(epi.shape, dtype=np.uint16)
+    labels[epi] = LV_BLOOD_POOL
+    labels[wall] = MYOCARDIUM
+    edema = wall & (classes == 2)
+    scar = wall & (classes == 3)
+    if config.min_pathology_area_mm2 > 0:
+        min_px = int(np.ceil(config.min_pathology_area_mm2 / pixel_mm2))
+        edema = np.stack([remove_small_islands_2d(s, min_px) for s in edema])
+        scar = np.stack([remove_small_islands_2d(s, min_px) for s in scar])
+    labels[edema] = EDEMA
+    labels[scar] = SCAR
+    labels[~epi] = BACKGROUND
+    return labels

@@ -1,0 +1,258 @@
+"""Geometry and intensity preprocessing shared by inference and training.
+
+Everything happens on the LGE volume's grid. bSSFP and T2 are first resampled onto it in physical space (when
+their grid differs). From then on, all work is per short-axis slice in that grid's own index plane: a *window* is
+an axis-aligned square of ``size`` x ``size`` pixels with isotropic in-plane spacing ``spacing_mm`` centred on a
+point ``(row, col)`` of the slice (index units). Sampling into a window and pasting back out of it are the same
+affine map in opposite directions, so paste-back is exact for any direction cosines (oblique volumes), any
+anisotropic spacing, and any off-centre heart.
+
+Arrays are ``(z, y, x)`` = (slice, row, column). ``spacing_zyx`` are the LGE voxel sizes in mm in that order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .io import same_grid
+
+logger = logging.getLogger(__name__)
+
+
+class Window(NamedTuple):
+    """An in-plane sampling window on every slice of a volume.
+
+    Attributes:
+        center_yx: (row, column) of the window centre in index units of the source slice, shape (Z, 2) or (2,).
+        spacing_mm: isotropic pixel size of the window in mm.
+        size: window side in pixels.
+    """
+
+    center_yx: np.ndarray
+    spacing_mm: float
+    size: int
+
+
+def spacing_zyx_of(image: sitk.Image) -> Tuple[float, float, float]:
+    """Voxel size of a SimpleITK image in (z, y, x) order, mm."""
+    sx, sy, sz = image.GetSpacing()
+    return (float(sz), float(sy), float(sx))
+
+
+def overlap_fraction(moving: sitk.Image, reference: sitk.Image) -> float:
+    """Fraction of ``reference`` voxels whose physical centre falls inside ``moving``'s voxel grid."""
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
+    ones.CopyInformation(moving)
+    ones = ones + 1
+    inside = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return float(sitk.GetArrayViewFromImage(inside).mean())
+
+
+def resample_onto(moving: sitk.Image, reference: sitk.Image, name: str) -> sitk.Image:
+    """Resample ``moving`` onto ``reference``'s grid in physical space (linear), as float32.
+
+    Args:
+        moving: image to resample.
+        reference: grid to resample onto (the LGE volume).
+        name: sequence name or file, used in messages.
+
+    Raises:
+        InputError: the two volumes do not overlap at all.
+    """
+    moving = sitk.Cast(moving, sitk.sitkFloat32)
+    if same_grid(moving, reference):
+        return moving
+    fraction = overlap_fraction(moving, reference)
+    if fraction == 0.0:
+        raise InputError(name, "does not overlap the LGE volume in space (check that the sequences are aligned)")
+    if fraction < 0.5:
+        logger.warning("%s covers only %.0f%% of the LGE volume", name, 100 * fraction)
+    logger.info("resampling %s onto the LGE grid (overlap %.0f%%)", name, 100 * fraction)
+    return sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def normalize_intensity(array: np.ndarray, percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+    """Clip to the given percentiles and z-score, per volume.
+
+    Args:
+        array: (z, y, x) intensities.
+        percentiles: lower and upper clipping percentiles.
+
+    Returns:
+        float32 array of the same shape, mean 0 and standard deviation 1 after clipping.
+
+    Raises:
+        ValueError: the array is constant after clipping.
+    """
+    a = np.asarray(array, dtype=np.float32)
+    lo, hi = np.percentile(a, percentiles)
+    if hi <= lo:
+        lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        raise ValueError("cannot normalise a constant image")
+    a = np.clip(a, lo, hi)
+    std = float(a.std())
+    return ((a - float(a.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
+
+
+def prepare_sequences(
+    bssfp: sitk.Image,
+    lge: sitk.Image,
+    t2: sitk.Image,
+    percentiles: Sequence[float] = (0.5, 99.5),
+) -> np.ndarray:
+    """Resample bSSFP and T2 onto the LGE grid and normalise all three.
+
+    Returns:
+        float32 array (3, z, y, x) in the order bSSFP, LGE, T2, on the LGE grid.
+    """
+    arrays = []
+    for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)):
+        on_grid = resample_onto(image, lge, name)
+        try:
+            arrays.append(normalize_intensity(sitk.GetArrayViewFromImage(on_grid), percentiles))
+        except ValueError:
+            raise InputError(name, "is constant where it overlaps the LGE volume") from None
+    return np.stack(arrays)
+
+
+def _window_grid(window: Window, n_slices: int, shape_yx: Tuple[int, int], spacing_yx: Tuple[float, float]):
+    """Normalised sampling grid (Z, size, size, 2) for ``grid_sample`` (align_corners=True)."""
+    size = window.size
+    centers = np.broadcast_to(np.asarray(window.center_yx, dtype=np.float64), (n_slices, 2))
+    offsets = (np.arange(size, dtype=np.float64) - (size - 1) / 2.0) * window.spacing_mm
+    rows = centers[:, 0, None] + offsets[None, :] / spacing_yx[0]  # (Z, size)
+    cols = centers[:, 1, None] + offsets[None, :] / spacing_yx[1]
+    ny, nx = shape_yx
+    gy = 2.0 * rows / max(ny - 1, 1) - 1.0
+    gx = 2.0 * cols / max(nx - 1, 1) - 1.0
+    grid = np.empty((n_slices, size, size, 2), dtype=np.float32)
+    grid[..., 0] = gx[:, None, :]
+    grid[..., 1] = gy[:, :, None]
+    return torch.from_numpy(grid)
+
+
+def sample_windows(
+    volumes: np.ndarray, spacing_yx: Tuple[float, float], window: Window, mode: str = "bilinear"
+) -> np.ndarray:
+    """Sample a window from every slice.
+
+    Args:
+        volumes: (C, z, y, x) arrays on the source grid.
+        spacing_yx: in-plane voxel size (row, column) of the source grid in mm.
+        window: where and how finely to sample.
+        mode: ``"bilinear"`` for images and probabilities, ``"nearest"`` for labels.
+
+    Returns:
+        float32 (z, C, size, size); outside the source the value is 0.
+    """
+    _, z, ny, nx = volumes.shape
+    grid = _window_grid(window, z, (ny, nx), spacing_yx)
+    src = torch.from_numpy(np.ascontiguousarray(volumes.transpose(1, 0, 2, 3), dtype=np.float32))
+    out = F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    return out.numpy()
+
+
+def paste_windows(
+    patches: np.ndarray,
+    shape_zyx: Tuple[int, int, int],
+    spacing_yx: Tuple[float, float],
+    window: Window,
+    fill: Optional[Sequence[float]] = None,
+    mode: str = "bilinear",
+) -> np.ndarray:
+    """Inverse of :func:`sample_windows`: resample window patches back onto the source grid.
+
+    Args:
+        patches: (z, C, size, size) per-slice values in window space (probabilities, or labels with
+            ``mode="nearest"``).
+        shape_zyx: shape of the source volume.
+        spacing_yx: in-plane voxel size of the source grid in mm.
+        window: the window the patches were sampled with.
+        fill: per-channel value outside the window (default 0; use 1 for the background probability).
+        mode: interpolation.
+
+    Returns:
+        float32 (C, z, y, x) on the source grid.
+    """
+    z, c, size, _ = patches.shape
+    nz, ny, nx = shape_zyx
+    if z != nz:
+        raise ValueError(f"patches have {z} slices, the volume {nz}")
+    centers = np.broadcast_to(np.asarray(window.center_yx, dtype=np.float64), (z, 2))
+    # Source pixel (r, c) -> window pixel u = (r - center) * spacing / window_spacing + (size - 1) / 2.
+    rows = np.arange(ny, dtype=np.float64)
+    cols = np.arange(nx, dtype=np.float64)
+    u = (rows[None, :] - centers[:, 0, None]) * spacing_yx[0] / window.spacing_mm + (size - 1) / 2.0
+    v = (cols[None, :] - centers[:, 1, None]) * spacing_yx[1] / window.spacing_mm + (size - 1) / 2.0
+    grid = np.empty((z, ny, nx, 2), dtype=np.float32)
+    grid[..., 0] = (2.0 * v / (size - 1) - 1.0)[:, None, :]
+    grid[..., 1] = (2.0 * u / (size - 1) - 1.0)[:, :, None]
+    inside = (np.abs(grid[..., 0]) <= 1.0) & (np.abs(grid[..., 1]) <= 1.0)  # (z, y, x)
+    src = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32))
+    out = F.grid_sample(src, torch.from_numpy(grid), mode=mode, padding_mode="border", align_corners=True).numpy()
+    out = out.transpose(1, 0, 2, 3)  # (C, z, y, x)
+    fill_values = np.zeros(c, dtype=np.float32) if fill is None else np.asarray(fill, dtype=np.float32)
+    for k in range(c):
+        out[k][~inside] = fill_values[k]
+    return np.ascontiguousarray(out)
+
+
+def full_view_window(shape_yx: Tuple[int, int], spacing_yx: Tuple[float, float], size: int) -> Window:
+    """A window that covers the whole field of view of a slice (the coarse localisation stage).
+
+    The window is square with isotropic spacing, so a non-square field of view is padded, never distorted.
+    """
+    ny, nx = shape_yx
+    extent = max(ny * spacing_yx[0], nx * spacing_yx[1])
+    center = np.array([(ny - 1) / 2.0, (nx - 1) / 2.0])
+    return Window(center, extent / size, size)
+
+
+def window_to_source(points_uv: np.ndarray, window_center_yx: np.ndarray, window: Window, spacing_yx) -> np.ndarray:
+    """Map window pixel coordinates (u=row, v=col), shape (N, 2), to source index (row, col)."""
+    size = window.size
+    pts = np.asarray(points_uv, dtype=np.float64)
+    rows = window_center_yx[0] + (pts[:, 0] - (size - 1) / 2.0) * window.spacing_mm / spacing_yx[0]
+    cols = window_center_yx[1] + (pts[:, 1] - (size - 1) / 2.0) * window.spacing_mm / spacing_yx[1]
+    return np.stack([rows, cols], axis=1)
+
+
+def heart_center_from_mask(
+    mask_zyx: np.ndarray, spacing_zyx: Tuple[float, float, float], min_area_mm2: float = 50.0
+) -> Optional[np.ndarray]:
+    """Centre (row, col) in index units of the largest 3D connected component of an LV mask.
+
+    Args:
+        mask_zyx: boolean (z, y, x) mask on the source grid.
+        spacing_zyx: voxel size in mm.
+        min_area_mm2: components smaller than this in-plane area in total are ignored.
+
+    Returns:
+        (2,) float array, or ``None`` when no component is large enough.
+    """
+    if not mask_zyx.any():
+        return None
+    image = sitk.GetImageFromArray(mask_zyx.astype(np.uint8))
+    cc = sitk.RelabelComponent(sitk.ConnectedComponent(image, True), sortByObjectSize=True)
+    largest = sitk.GetArrayViewFromImage(cc) == 1
+    area = largest.sum() * spacing_zyx[1] * spacing_zyx[2]
+    if area < min_area_mm2:
+        return None
+    _, rows, cols = np.nonzero(largest)
+    return np.array([rows.mean(), cols.mean()])
+
+
+def labels_to_targets(labels_zyx: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """Map MyoPS label values to class indices: class k+1 holds the values in ``groups[k]``; the rest is 0."""
+    out = np.zeros(labels_zyx.shape, dtype=np.int64)
+    for k, values in enumerate(groups):
+        out[np.isin(labels_zyx, list(values))] = k + 1
+    return out
