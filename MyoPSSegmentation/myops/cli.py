@@ -54,15 +54,21 @@ def _make_segmenter(model: Optional[str], device: str, quiet: bool = False):
 
 # -- segment --------------------------------------------------------------------------------------------------
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .io import check_output_path
+    from .io import check_output_path, read_image, write_output
 
     inputs = [args.bssfp, args.lge, args.t2]
     out = check_output_path(args.output, inputs)
     for extra in (args.csv, args.json):
         if extra is not None:
             _check_side_file(extra, inputs)
+    t0 = time.perf_counter()
+    images = [read_image(p) for p in inputs]  # bad input fails here, before the model is loaded
+    t_read = time.perf_counter() - t0
     segmenter = _make_segmenter(args.model, args.device)
-    result = segmenter.segment_files(args.bssfp, args.lge, args.t2, output=out)
+    result = segmenter.segment(*images)
+    t0 = time.perf_counter()
+    write_output(out, result.labels)
+    result.timings_s.update(read=t_read, write=time.perf_counter() - t0)
     _print(f"Wrote {out}")
     _print(result.quantification.format_table())
     if args.csv:

@@ -154,18 +154,30 @@ def check_output_path(output: PathLike, inputs: Iterable[PathLike] = (), *, segm
     folder = out_resolved.parent
     if not folder.is_dir():
         raise InputError(out, f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
+    if not os.access(folder, os.W_OK) or not _can_create_file_in(folder):
         raise InputError(out, f"output folder {folder} is not writable")
     if out.is_dir():
         raise InputError(out, "output path is a folder")
     return out
 
 
+def _can_create_file_in(folder: Path) -> bool:
+    """Probe writability by creating (and removing) a temporary file: permission bits alone lie for root."""
+    try:
+        with tempfile.TemporaryFile(dir=str(folder)):
+            return True
+    except OSError:
+        return False
+
+
 def _atomic_target(path: Path) -> tuple:
     """Return (tmp_path, final_path) with a temporary file in the same folder and the same suffix."""
     name = path.name
     suffix = next((s for s in (SEGMENTATION_SUFFIX, *LABELMAP_SUFFIXES) if name.lower().endswith(s)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=".myops-", suffix=suffix, dir=str(path.resolve().parent))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".myops-", suffix=suffix, dir=str(path.resolve().parent))
+    except OSError as exc:
+        raise InputError(path, f"cannot be written ({exc.strerror})") from None
     os.close(fd)
     return Path(tmp), path
 
@@ -180,6 +192,9 @@ def write_labelmap(path: PathLike, labels: sitk.Image) -> Path:
     try:
         sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt16), str(tmp), True)
         _replace_atomically(tmp, final)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(final, f"cannot be written ({exc})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -234,6 +249,9 @@ def write_segmentation(path: PathLike, labels: sitk.Image) -> Path:
     try:
         slicerio.write_segmentation(str(tmp), segmentation)
         _replace_atomically(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(final, f"cannot be written ({exc})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

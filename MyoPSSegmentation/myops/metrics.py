@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import SimpleITK as sitk  # noqa: N813 (the conventional alias)
+import SimpleITK as sitk
 
 from myops.errors import InputError
 from myops.labels import LV_EPICARDIUM_LABELS, LV_WALL_LABELS, PATHOLOGY_LABELS, SCAR

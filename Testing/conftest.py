@@ -1,0 +1,74 @@
+"""Shared fixtures: the engine on the import path, a tiny untrained model folder, synthetic volumes.
+
+The engine lives in ``MyoPSSegmentation/myops``; when it is not pip-installed the tests still find it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+for sub in ("MyoPSSegmentation", ""):
+    path = str(ROOT / sub) if sub else str(ROOT)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+#: The 25 labelled MyoPS cases, when present beside the checkout (never copied into it).
+REAL_DATA = Path(os.environ.get("MYOPS_DATA", ROOT.parent / "shared" / "data" / "myops2020" / "train25"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if REAL_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"MyoPS data not found at {REAL_DATA} (set MYOPS_DATA)")
+    for item in items:
+        if "realdata" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """An untrained tiny model folder (random weights, seed 0): for mechanics, never for quality."""
+    from myops.model import build_random_model_folder
+
+    return build_random_model_folder(tmp_path_factory.mktemp("models") / "tiny", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tiny_model_dir):
+    from myops.pipeline import Segmenter
+
+    return Segmenter(tiny_model_dir, device="cpu")
+
+
+def make_volume(
+    shape_zyx=(4, 60, 70),
+    spacing_xyz=(0.75, 0.8, 12.0),
+    origin=(-31.5, 12.25, 40.0),
+    direction=None,
+    seed: int = 0,
+    dtype=np.int16,
+) -> sitk.Image:
+    """A random 3D image with explicit (by default oblique, anisotropic, off-centre) geometry."""
+    rng = np.random.default_rng(seed)
+    array = (rng.random(shape_zyx) * 1000).astype(dtype)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin(origin)
+    image.SetDirection(tuple(oblique_direction() if direction is None else direction))
+    return image
+
+
+def oblique_direction(angles=(0.3, -0.5, 0.8)) -> np.ndarray:
+    """A proper rotation matrix (flattened row-major) from three Euler angles in radians."""
+    a, b, c = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return (rz @ ry @ rx).ravel()

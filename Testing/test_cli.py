@@ -1,0 +1,240 @@
+"""The ``myops`` command end to end on phantoms with a tiny untrained model, and every bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import ROOT, make_volume
+
+from myops.cli import find_cases, main
+from myops.phantom import make_phantom_case, write_phantom_case
+
+
+@pytest.fixture(scope="module")
+def case_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("case")
+    return write_phantom_case(make_phantom_case(seed=7), folder, name="p007")
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def segment_args(files, out, model):
+    return ["segment", "--bssfp", files["C0"], "--lge", files["DE"], "--t2", files["T2"], "-o", out, "--model", model,
+            "--device", "cpu"]  # fmt: skip
+
+
+def outputs_in(folder: Path):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# -- happy paths -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".seg.nrrd"])
+def test_segment_writes_output_on_the_lge_grid(case_files, tiny_model_dir, tmp_path, capsys, suffix):
+    out = tmp_path / f"result{suffix}"
+    code = run_cli(
+        *segment_args(case_files, out, tiny_model_dir), "--csv", tmp_path / "q.csv", "--json", tmp_path / "q.json"
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "Device: cpu (CPU requested)" in text
+    assert "UNTRAINED" in text
+    assert "Scar" in text and "mL" in text
+    lge = sitk.ReadImage(str(case_files["DE"]))
+    if suffix == ".seg.nrrd":
+        import slicerio
+
+        seg = slicerio.read_segmentation(str(out))
+        assert [s["name"] for s in seg["segments"]] == ["Myocardium", "Edema", "Scar", "LV blood pool"]
+        from myops.io import read_labelmap
+
+        labels = read_labelmap(out)
+    else:
+        labels = sitk.ReadImage(str(out))
+    assert labels.GetSize() == lge.GetSize()
+    np.testing.assert_allclose(labels.GetOrigin(), lge.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(labels.GetDirection(), lge.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(labels.GetSpacing(), lge.GetSpacing(), atol=1e-5)
+    assert (tmp_path / "q.csv").read_text().count("\n") >= 5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".myops-")]
+
+
+def test_seg_nrrd_and_labelmap_hold_the_same_labels(case_files, tiny_model_dir, tmp_path):
+    from myops.io import read_labelmap
+
+    assert run_cli(*segment_args(case_files, tmp_path / "a.nii.gz", tiny_model_dir)) == 0
+    assert run_cli(*segment_args(case_files, tmp_path / "a.seg.nrrd", tiny_model_dir)) == 0
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a.nii.gz")))
+    b = sitk.GetArrayFromImage(read_labelmap(tmp_path / "a.seg.nrrd"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_same_result_run_to_run_on_cpu(case_files, tiny_model_dir, tmp_path):
+    for name in ("r1.nii.gz", "r2.nii.gz"):
+        assert run_cli(*segment_args(case_files, tmp_path / name, tiny_model_dir)) == 0
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / n))) for n in ("r1.nii.gz", "r2.nii.gz"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_segment_batch_reports_failures_and_goes_on(tiny_model_dir, tmp_path, capsys):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    write_phantom_case(make_phantom_case(seed=1), in_dir, name="a")
+    paths = write_phantom_case(make_phantom_case(seed=2), in_dir, name="b")
+    paths["DE"].rename(in_dir / "b_LGE.nii.gz")  # the LGE tag is accepted too
+    bad = write_phantom_case(make_phantom_case(seed=3), in_dir, name="c")
+    bad["T2"].write_text("not an image")
+    write_phantom_case(make_phantom_case(seed=4), in_dir, name="d")["C0"].unlink()  # incomplete case
+    code = run_cli("segment-batch", in_dir, out_dir, "--model", tiny_model_dir, "--device", "cpu", "--quiet")
+    text = capsys.readouterr().out
+    assert code == 1
+    assert sorted(p.name for p in out_dir.glob("*_seg.nii.gz")) == ["a_seg.nii.gz", "b_seg.nii.gz"]
+    assert "Segmented 2 of 4" in text
+    assert "c_T2.nii.gz: not a readable image" in text
+    assert "d: missing bssfp" in text
+    assert (out_dir / "quantification.csv").is_file()
+
+
+def test_find_cases_groups_by_name(tmp_path):
+    for n in ("x_C0.nii.gz", "x_DE.nrrd", "x_T2.mha", "y_C0.nii", "notes.txt"):
+        (tmp_path / n).write_text("")
+    cases, problems = find_cases(tmp_path)
+    assert set(cases) == {"x"} and set(cases["x"]) == {"bssfp", "lge", "t2"}
+    assert problems == ["y: missing lge, t2"]
+
+
+def test_evaluate_prints_challenge_metrics(case_files, tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    truth = sitk.ReadImage(str(case_files["gd"]))
+    sitk.WriteImage(truth, str(gt / "p007_gd.nii.gz"))
+    sitk.WriteImage(truth, str(pred / "p007_seg.nii.gz"))
+    assert run_cli("evaluate", pred, gt, "--json", tmp_path / "m.json") == 0
+    text = capsys.readouterr().out
+    assert "dice_scar" in text and "p007" in text
+    import json
+
+    summary = json.loads((tmp_path / "m.json").read_text())
+    assert "p007" in json.dumps(summary)
+
+
+def test_demo_runs_and_writes_everything(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run_cli("demo", "--output-dir", out, "--model", tiny_model_dir, "--device", "cpu") == 0
+    text = capsys.readouterr().out
+    assert "SYNTHETIC PHANTOM" in text and "dice_scar" in text and "Timings" in text
+    for name in ("phantom_seg.nii.gz", "phantom.seg.nrrd", "phantom_overview.png", "phantom_DE.nii.gz"):
+        assert (out / name).is_file(), name
+    assert (out / "phantom_overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_info_verifies_the_model(tiny_model_dir, capsys):
+    assert run_cli("info", "--model", tiny_model_dir, "--device", "cpu") == 0
+    assert "checksums verified" in capsys.readouterr().out
+
+
+# -- bad input: one line, exit code 2, nothing written --------------------------------------------------------
+def _write(image: sitk.Image, path: Path) -> Path:
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _bad_inputs(case_files, folder: Path):
+    lge = sitk.ReadImage(str(case_files["DE"]))
+    arr = sitk.GetArrayFromImage(lge)
+    four_d = sitk.JoinSeries([lge, lge])
+    two_d = lge[:, :, 0]
+    far = make_volume(origin=(9000.0, 9000.0, 9000.0))
+    const = sitk.Image(lge.GetSize(), sitk.sitkInt16)
+    const.CopyInformation(lge)
+    const = const + 7
+    nan = sitk.GetImageFromArray(np.where(arr > 100, np.nan, arr).astype(np.float32))
+    nan.CopyInformation(lge)
+    text = folder / "notes.nii.gz"
+    text.write_text("hello")
+    return {
+        "missing file": ("t2", folder / "absent_T2.nii.gz", "file not found"),
+        "not an image": ("t2", text, "not a readable image"),
+        "4D volume": ("bssfp", _write(four_d, folder / "cine4d.nii.gz"), "is 4D"),
+        "2D image": ("t2", _write(two_d, folder / "flat.nii.gz"), "2D image"),
+        "no overlap": ("t2", _write(far, folder / "far_T2.nii.gz"), "does not overlap"),
+        "constant": ("bssfp", _write(const, folder / "const.nii.gz"), "is constant"),
+        "NaN": ("t2", _write(nan, folder / "nan.nrrd"), "NaN"),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind", ["missing file", "not an image", "4D volume", "2D image", "no overlap", "constant", "NaN"]
+)
+def test_bad_input_gives_one_line_and_exit_2(case_files, tiny_model_dir, tmp_path, capsys, kind):
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    role, path, expected = _bad_inputs(case_files, bad_dir)[kind]
+    files = dict(case_files)
+    files[{"bssfp": "C0", "t2": "T2"}[role]] = path
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code = run_cli(*segment_args(files, out_dir / "seg.nii.gz", tiny_model_dir))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("myops: error: "), err
+    assert expected in err[0]
+    if kind != "no overlap":  # the sequence name is given for spatial problems, the file otherwise
+        assert path.name in err[0]
+    else:
+        assert "T2" in err[0]
+    assert outputs_in(out_dir) == []
+
+
+def test_output_equal_to_input_is_refused(case_files, tiny_model_dir, capsys):
+    before = case_files["DE"].read_bytes()
+    code = run_cli(*segment_args(case_files, case_files["DE"], tiny_model_dir))
+    assert code == 2
+    assert "same as an input" in capsys.readouterr().err
+    assert case_files["DE"].read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["missing folder", "unwritable folder"])
+def test_unwritable_output_is_refused(case_files, tiny_model_dir, tmp_path, capsys, where):
+    out = tmp_path / "nope" / "seg.nii.gz" if where == "missing folder" else Path("/proc/seg.nii.gz")
+    code = run_cli(*segment_args(case_files, out, tiny_model_dir))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "does not exist" in err[0] or "not writable" in err[0]
+
+
+def test_bad_output_suffix_and_tampered_model(case_files, tiny_model_dir, tmp_path, capsys):
+    assert run_cli(*segment_args(case_files, tmp_path / "seg.png", tiny_model_dir)) == 2
+    assert "must end with" in capsys.readouterr().err
+    assert run_cli(*segment_args(case_files, tmp_path / "seg.nii.gz", tmp_path / "no-model")) == 2
+    assert "not a model folder" in capsys.readouterr().err
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(case_files, tiny_model_dir, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code = run_cli(*segment_args(case_files, tmp_path / "s.nii.gz", tiny_model_dir)[:-2], "--device", "cuda")
+    assert code == 2
+    assert "CUDA requested but" in capsys.readouterr().err
+
+
+def test_module_entry_point_prints_no_traceback(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "MyoPSSegmentation"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "myops", "segment", "--bssfp", "a.nii.gz", "--lge", "b.nii.gz", "--t2", "c.nii.gz",
+         "-o", str(tmp_path / "o.nii.gz")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["myops: error: a.nii.gz: file not found"]

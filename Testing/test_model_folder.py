@@ -1,0 +1,117 @@
+"""Model folders: manifest contents, round trip of weights, checksum verification, no pickle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from myops.errors import ModelError
+from myops.model import SCHEMA_VERSION, STAGES, ModelBundle, build_random_model_folder, resolve_model_dir, sha256_of
+from myops.networks import create_model
+
+
+def test_manifest_is_self_describing(tiny_model_dir):
+    manifest = json.loads((tiny_model_dir / "manifest.json").read_text())
+    assert manifest["schema_version"] == SCHEMA_VERSION
+    assert manifest["trained"] is False
+    for key in ("networks", "input", "labels", "postprocessing", "files", "provenance", "metrics", "output"):
+        assert key in manifest
+    assert set(manifest["networks"]) == set(STAGES)
+    names = {label["name"]: label["value"] for label in manifest["labels"]}
+    assert names == {"Myocardium": 200, "Edema": 1220, "Scar": 2221, "LV blood pool": 500}
+    for info in manifest["files"].values():
+        assert len(info["sha256"]) == 64 and info["size"] > 0
+    assert manifest["input"]["reference"] == "LGE"
+    assert "torch_version" in manifest["provenance"]
+
+
+def test_weights_round_trip_exactly(tiny_model_dir):
+    bundle = ModelBundle(tiny_model_dir)
+    entry = bundle.manifest["networks"]["prsn"]
+    torch.manual_seed(0)  # build_random_model_folder initialises all stages in STAGES order from seed 0
+    expected = {}
+    for stage in STAGES:
+        e = bundle.manifest["networks"][stage]
+        expected[stage] = create_model(e["arch"], **e["config"])
+    loaded = bundle.build("prsn")[0]
+    assert entry["arch"] == "prsn"
+    for (k, v), (k2, v2) in zip(expected["prsn"].state_dict().items(), loaded.state_dict().items()):
+        assert k == k2
+        assert torch.equal(v, v2)
+    assert not loaded.training
+
+
+def test_tampered_weight_file_is_refused(tiny_model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    weight = copy / "assn.safetensors"
+    data = bytearray(weight.read_bytes())
+    data[-1] ^= 0xFF
+    weight.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        ModelBundle(copy)
+
+
+def test_missing_weight_file_and_bad_manifest_are_refused(tiny_model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    (copy / "dae.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        ModelBundle(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelError, match="JSON"):
+        ModelBundle(copy)
+    with pytest.raises(ModelError, match="not a model folder"):
+        ModelBundle(tmp_path / "nowhere")
+
+
+def test_unlisted_schema_version_is_refused(tiny_model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="schema_version"):
+        ModelBundle(copy)
+
+
+def test_weights_are_safetensors_not_pickle(tiny_model_dir):
+    for f in tiny_model_dir.glob("*.safetensors"):
+        head = f.read_bytes()[:16]
+        assert not head.startswith(b"PK"), f"{f} looks like a torch.save zip archive"
+        header_len = int.from_bytes(head[:8], "little")
+        header = json.loads(f.read_bytes()[8 : 8 + header_len])  # a pickle would not parse
+        assert all("dtype" in v for k, v in header.items() if k != "__metadata__")
+        assert sha256_of(f) == json.loads((tiny_model_dir / "manifest.json").read_text())["files"][f.name]["sha256"]
+
+
+def test_model_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("MYOPS_MODEL_DIR", raising=False)
+    assert resolve_model_dir(None).name == "default"
+    monkeypatch.setenv("MYOPS_MODEL_DIR", str(tmp_path))
+    assert resolve_model_dir(None) == tmp_path
+    assert resolve_model_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_ensemble_folder_builds_every_member(tmp_path):
+    from myops.model import PRESETS, save_model_folder
+
+    networks = {}
+    for stage in STAGES:
+        e = PRESETS["tiny"][stage]
+        members = [create_model(e["arch"], **e["config"]) for _ in range(2 if stage == "prsn" else 1)]
+        networks[stage] = (e["arch"], members[0].config(), members)
+    folder = save_model_folder(tmp_path / "ens", networks, trained=False, half_precision=True)
+    bundle = ModelBundle(folder)
+    assert bundle.weight_files("prsn") == ["prsn_0.safetensors", "prsn_1.safetensors"]
+    assert len(bundle.build("prsn")) == 2
+    # half precision storage loads back as float32
+    assert all(p.dtype == torch.float32 for p in bundle.build("dae")[0].parameters())
+
+
+def test_unknown_preset(tmp_path):
+    with pytest.raises(KeyError, match="unknown preset"):
+        build_random_model_folder(tmp_path, preset="huge")
