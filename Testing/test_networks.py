@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+
 from myops import networks as nw
 from myops.networks import (
     ARCHITECTURES,
@@ -53,9 +54,7 @@ SHAPE_CASES = [
     ),
     (
         "unet",
-        dict(
-            in_channels=1, out_channels=2, features=TINY3, downsample="conv", upsample="bilinear", dropout=0.2
-        ),
+        dict(in_channels=1, out_channels=2, features=TINY3, downsample="conv", upsample="bilinear", dropout=0.2),
         (3, 1, 44, 20),
         [(3, 2, 44, 20)],
     ),
@@ -271,9 +270,7 @@ def test_mfb_rejects_mismatched_channels():
         mfb([torch.zeros(1, 2, 2, 2)] * 2)
 
 
-@pytest.mark.parametrize(
-    ("fusion", "block"), [("cafb", ChannelAttentionFusion), ("mfb", MaxSumProductFusion)]
-)
+@pytest.mark.parametrize(("fusion", "block"), [("cafb", ChannelAttentionFusion), ("mfb", MaxSumProductFusion)])
 def test_prsn_fuses_at_every_encoder_level(fusion, block):
     prsn = PathologyRegionNet(features=TINY3, fusion=fusion)
     assert len(prsn.fusions) == len(TINY3)
@@ -429,3 +426,9 @@ def test_count_parameters_counts_trainable_only_when_asked():
     trainable = nw.count_parameters(model, trainable_only=True)
     assert total == trainable + nw.count_parameters(model.dae)
     assert trainable == nw.count_parameters(model.assn)
+
+
+def test_default_cascade_fits_the_weight_budget():
+    """Localiser U-Net + ASSN + DAE + PRSN with default kwargs: <= 60 MB of fp32 weights in all."""
+    models = [UNet2d(1, 2), AnatomicalStructureNet(), ShapeDenoisingAutoencoder(), PathologyRegionNet()]
+    assert sum(4 * nw.count_parameters(m) for m in models) <= 60e6

@@ -128,9 +128,7 @@ def _check_input(x: Any, in_channels: int, levels: int, norm: str, model: str) -
     if x.ndim != 4:
         raise ValueError(f"{model} expects a 4D tensor (N, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[1] != in_channels:
-        raise ValueError(
-            f"{model} expects {in_channels} input channel(s) (dim 1), got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{model} expects {in_channels} input channel(s) (dim 1), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{model} expects a floating point tensor, got dtype {x.dtype}")
     factor = 2 ** (levels - 1)
@@ -230,9 +228,7 @@ class Encoder(nn.Module):
             [nn.Identity()] + [_down_layer(downsample, features[i - 1]) for i in range(1, len(features))]
         )
         chans_in = (in_channels, *features[:-1])
-        self.blocks = nn.ModuleList(
-            [ConvBlock(c_in, c_out, norm, dropout) for c_in, c_out in zip(chans_in, features)]
-        )
+        self.blocks = nn.ModuleList([ConvBlock(c_in, c_out, norm, dropout) for c_in, c_out in zip(chans_in, features)])
 
     def level(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Level ``i``: downsample (``i > 0``) then convolve. ``x`` is the previous level's output."""
@@ -357,9 +353,7 @@ class UNet2d(_ConfigMixin, nn.Module):
         upsample: str = "deconv",
     ):
         super().__init__()
-        self._config = _common_kwargs(
-            in_channels, out_channels, features, norm, dropout, downsample, upsample
-        )
+        self._config = _common_kwargs(in_channels, out_channels, features, norm, dropout, downsample, upsample)
         f = self._config["features"]
         self.in_channels, self.out_channels, self.features, self.norm = in_channels, out_channels, f, norm
         self.encoder = Encoder(in_channels, f, norm, dropout, downsample)
@@ -430,9 +424,7 @@ class AnatomicalStructureNet(_ConfigMixin, nn.Module):
         upsample: str = "deconv",
     ):
         super().__init__()
-        self._config = _common_kwargs(
-            in_channels, out_channels, features, norm, dropout, downsample, upsample
-        )
+        self._config = _common_kwargs(in_channels, out_channels, features, norm, dropout, downsample, upsample)
         f = self._config["features"]
         self.in_channels, self.out_channels, self.features, self.norm = in_channels, out_channels, f, norm
         self.encoders = nn.ModuleList([Encoder(1, f, norm, dropout, downsample) for _ in range(in_channels)])
@@ -471,7 +463,7 @@ class ShapeDenoisingAutoencoder(_ConfigMixin, nn.Module):
         self,
         in_channels: int = 2,
         out_channels: int = 2,
-        features: Sequence[int] = (8, 16, 32, 32, 32),
+        features: Sequence[int] = (4, 8, 16, 32, 64),
         latent_channels: int = 8,
         norm: str = "instance",
         dropout: float = 0.0,
@@ -479,17 +471,13 @@ class ShapeDenoisingAutoencoder(_ConfigMixin, nn.Module):
         upsample: str = "deconv",
     ):
         super().__init__()
-        self._config = _common_kwargs(
-            in_channels, out_channels, features, norm, dropout, downsample, upsample
-        )
+        self._config = _common_kwargs(in_channels, out_channels, features, norm, dropout, downsample, upsample)
         self._config["latent_channels"] = _check_positive_int("latent_channels", latent_channels)
         f = self._config["features"]
         self.in_channels, self.out_channels, self.features, self.norm = in_channels, out_channels, f, norm
         self.encoder = Encoder(in_channels, f, norm, dropout, downsample)
         self.to_latent = nn.Conv2d(f[-1], latent_channels, 1)
-        self.from_latent = nn.Sequential(
-            nn.Conv2d(latent_channels, f[-1], 1), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
-        )
+        self.from_latent = nn.Sequential(nn.Conv2d(latent_channels, f[-1], 1), nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
         self.decoder = Decoder(f[-1], f, None, norm, dropout, upsample)
         self.head = nn.Conv2d(f[0], out_channels, 1)
 
@@ -740,18 +728,12 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
         f = cfg["features"]
         self.in_channels, self.out_channels, self.features, self.norm = in_channels, out_channels, f, norm
         self.branches = nn.ModuleList(
-            [
-                PathologyBranchNet(1, k, f, norm, dropout, downsample, upsample)
-                for k in cfg["branch_out_channels"]
-            ]
+            [PathologyBranchNet(1, k, f, norm, dropout, downsample, upsample) for k in cfg["branch_out_channels"]]
         )
         self.main_encoder = Encoder(in_channels, f, norm, dropout, downsample)
         if fusion == "cafb":
             self.fusions = nn.ModuleList(
-                [
-                    ChannelAttentionFusion((n_branches + 1) * c, c, min(reduction, (n_branches + 1) * c))
-                    for c in f
-                ]
+                [ChannelAttentionFusion((n_branches + 1) * c, c, min(reduction, (n_branches + 1) * c)) for c in f]
             )
         else:
             self.fusions = nn.ModuleList([MaxSumProductFusion(c, c) for c in f])
