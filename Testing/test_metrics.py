@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 import pytest
-import SimpleITK as sitk  # noqa: N813 (the conventional alias)
+import SimpleITK as sitk
+
 from myops.errors import InputError
 from myops.labels import EDEMA, LV_BLOOD_POOL, MYOCARDIUM, RV_BLOOD_POOL, SCAR
 from myops.metrics import (

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+
 from myops.labels import EDEMA, LV_BLOOD_POOL, MYOCARDIUM, RV_BLOOD_POOL, SCAR
 from myops.quantify import Quantification, quantify
 
