@@ -1,0 +1,330 @@
+"""MyoPSLogic: from three volume nodes to an editable segmentation and a quantification table.
+
+Usable from the Slicer Python console, a script on slicer-core, or the module panel::
+
+    from MyoPSSegmentationLib.logic import MyoPSLogic
+    segmentationNode = MyoPSLogic().segment(bssfpNode, lgeNode, t2Node)
+
+The engine (:class:`myops.pipeline.Segmenter`) does all the image work; this module only converts nodes to
+SimpleITK images (in the LGE volume's frame), checks the inputs, and writes the result into the scene.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from myops.errors import InputError, MyoPSError
+
+from . import conversion, segments
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, str], None]
+CancelCallback = Callable[[], bool]
+#: ``factory(modelDir, device) -> segmenter``; the segmenter has ``segment(bssfp, lge, t2, progress=,
+#: should_cancel=)`` and ``device_choice`` like :class:`myops.pipeline.Segmenter`.
+SegmenterFactory = Callable[[Optional[str], str], object]
+
+#: Sequence names in messages, in the order the engine takes them.
+SEQUENCE_NAMES = ("bSSFP", "LGE", "T2")
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SegmentationEditedError(MyoPSError):
+    """The output segmentation holds edits (or segments this module did not write) that a run would destroy."""
+
+    def __init__(self, segmentationNode) -> None:
+        self.segmentationNodeName = segmentationNode.GetName()
+        super().__init__(
+            f"Segmentation '{self.segmentationNodeName}' has been edited since it was computed (or holds segments "
+            "this module did not write); choose a new output segmentation, or allow overwriting it"
+        )
+
+
+def _defaultSegmenterFactory(modelDir: Optional[str], device: str):
+    from myops.pipeline import Segmenter
+
+    return Segmenter(model_dir=modelDir, device=device)
+
+
+def sequenceProxyInfo(volumeNode) -> Optional[Tuple[str, int]]:
+    """(sequence name, number of frames) when ``volumeNode`` is the displayed frame of a 4D sequence, else None."""
+    scene = volumeNode.GetScene()
+    if scene is None:
+        return None
+    browsers = scene.GetNodesByClass("vtkMRMLSequenceBrowserNode")
+    for index in range(browsers.GetNumberOfItems()):
+        browser = browsers.GetItemAsObject(index)
+        if browser.IsProxyNodeID(volumeNode.GetID()):
+            sequence = browser.GetSequenceNode(volumeNode)
+            if sequence is not None and sequence.GetNumberOfDataNodes() > 1:
+                return sequence.GetName(), sequence.GetNumberOfDataNodes()
+    return None
+
+
+def validateInputNodes(bssfpNode, lgeNode, t2Node) -> None:
+    """Refuse inputs the engine cannot use, with one message naming the sequence at fault.
+
+    Checks: each volume is given, is a scalar (not a multi-component or 4D) volume with voxels, is not a frame
+    of a 4D sequence, no volume is picked twice, all are in the same scene, and the bSSFP and T2 volumes overlap
+    the LGE volume in space. The engine repeats its own checks (2D, constant, NaN, overlap).
+
+    Raises:
+        InputError: ``str(error)`` is the message to show.
+    """
+    nodes = dict(zip(SEQUENCE_NAMES, (bssfpNode, lgeNode, t2Node)))
+    for name, node in nodes.items():
+        if node is None:
+            raise InputError(name, "no volume selected; pick the " + name + " volume")
+        if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InputError(name, f"'{node.GetName()}' is a {node.GetClassName()}, not a scalar MR volume")
+        imageData = node.GetImageData()
+        if imageData is None or imageData.GetPointData().GetScalars() is None:
+            raise InputError(name, f"'{node.GetName()}' has no voxel data")
+        components = imageData.GetNumberOfScalarComponents()
+        if components > 1:
+            raise InputError(
+                name,
+                f"'{node.GetName()}' has {components} values per voxel (a 4D/multi-frame or colour volume); "
+                "pick a single 3D frame, e.g. the end-diastolic one",
+            )
+        proxy = sequenceProxyInfo(node)
+        if proxy is not None:
+            raise InputError(
+                name,
+                f"'{node.GetName()}' is the current frame of the 4D sequence '{proxy[0]}' ({proxy[1]} frames); "
+                "browse to the frame to use and copy it to a standalone volume "
+                "(Sequences module, or right-click > Clone in the Data module)",
+            )
+    seen: Dict[str, str] = {}
+    for name, node in nodes.items():
+        if node.GetID() in seen:
+            raise InputError(
+                name, f"'{node.GetName()}' is also selected as {seen[node.GetID()]}; pick three different volumes"
+            )
+        seen[node.GetID()] = name
+    if len({id(node.GetScene()) for node in nodes.values()}) != 1 or lgeNode.GetScene() is None:
+        raise InputError(None, "the three volumes must be in the same scene")
+    lgeBounds = _worldBounds(lgeNode, "LGE")
+    for name in ("bSSFP", "T2"):
+        bounds = _worldBounds(nodes[name], name)
+        if not _boundsOverlap(lgeBounds, bounds):
+            raise InputError(
+                name,
+                f"'{nodes[name].GetName()}' does not overlap the LGE volume in space; the three sequences must be "
+                "aligned (same patient coordinates). Register or reload them with their original geometry",
+            )
+
+
+def _worldBounds(node, name: str) -> np.ndarray:
+    """Axis-aligned RAS bounds of the voxel corners in world space, as ``(3, 2)`` min/max."""
+    dims = node.GetImageData().GetDimensions()
+    matrix = conversion.volumeIjkToRas(node, None, name)
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (-0.5, dims[0] - 0.5) for j in (-0.5, dims[1] - 0.5) for k in (-0.5, dims[2] - 0.5)]
+    )
+    world = (matrix @ corners.T)[:3]
+    return np.stack([world.min(axis=1), world.max(axis=1)], axis=1)
+
+
+def _boundsOverlap(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.all(a[:, 0] < b[:, 1]) and np.all(b[:, 0] < a[:, 1]))
+
+
+class MyoPSLogic:
+    """Scene-facing logic of the MyoPSSegmentation module (no GUI; slicer-core is enough).
+
+    Args:
+        modelDir: model folder for the engine; ``None``: the shipped default (checksums verified on load).
+        segmenterFactory: ``factory(modelDir, device)`` building the engine; tests inject stand-ins here.
+
+    The segmenter is built on first use and cached per ``(modelDir, device)``, so the model is loaded once.
+    """
+
+    def __init__(
+        self,
+        modelDir: Optional[Union[str, Path]] = None,
+        segmenterFactory: Optional[SegmenterFactory] = None,
+    ) -> None:
+        self.modelDir = None if modelDir is None else str(modelDir)
+        self.segmenterFactory = segmenterFactory or _defaultSegmenterFactory
+        self._segmenters: Dict[Hashable, object] = {}
+        #: What the last run did: seconds per stage, device and why, wall time.
+        self.lastRunInfo: Dict[str, object] = {}
+
+    # -- engine ------------------------------------------------------------------------------------------------
+    def getSegmenter(self, device: str = "auto"):
+        """The cached engine for ``device`` (built and its model verified on first call)."""
+        device = (device or "auto").lower()
+        if device not in DEVICES:
+            raise InputError("device", f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+        key = (self.modelDir, device)
+        if key not in self._segmenters:
+            logger.info("loading the MyoPS model (%s) for device %s", self.modelDir or "shipped default", device)
+            self._segmenters[key] = self.segmenterFactory(self.modelDir, device)
+        return self._segmenters[key]
+
+    # -- checks ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def validateInputs(bssfpNode, lgeNode, t2Node) -> None:
+        """See :func:`validateInputNodes`."""
+        validateInputNodes(bssfpNode, lgeNode, t2Node)
+
+    @staticmethod
+    def isEditedSinceLastRun(segmentationNode) -> bool:
+        """True when writing into ``segmentationNode`` would destroy the user's work."""
+        return segments.isEditedSinceLastRun(segmentationNode)
+
+    def checkOutputWritable(self, outputSegmentationNode, overwrite: bool = False) -> None:
+        """Raise :class:`SegmentationEditedError` unless the output is new, empty, unedited, or ``overwrite``."""
+        if outputSegmentationNode is None or overwrite:
+            return
+        if segments.isEditedSinceLastRun(outputSegmentationNode):
+            raise SegmentationEditedError(outputSegmentationNode)
+
+    # -- conversion --------------------------------------------------------------------------------------------
+    @staticmethod
+    def imagesFromNodes(bssfpNode, lgeNode, t2Node) -> List[sitk.Image]:
+        """The three volumes as SimpleITK images, all in the LGE volume's (local) coordinate frame."""
+        return [
+            conversion.sitkImageFromVolumeNode(node, frameNode=lgeNode, source=name)
+            for name, node in zip(SEQUENCE_NAMES, (bssfpNode, lgeNode, t2Node))
+        ]
+
+    # -- the one entry point -----------------------------------------------------------------------------------
+    def segment(
+        self,
+        bssfpNode,
+        lgeNode,
+        t2Node,
+        outputSegmentationNode=None,
+        device: str = "auto",
+        overwrite: bool = False,
+        progress: Optional[ProgressCallback] = None,
+        shouldCancel: Optional[CancelCallback] = None,
+        createClosedSurface: bool = True,
+    ):
+        """Segment myocardium, edema, scar and the LV blood pool.
+
+        Args:
+            bssfpNode, lgeNode, t2Node: scalar volume nodes of one scene (bSSFP cine frame "C0", LGE "DE", T2).
+            outputSegmentationNode: segmentation to write into; ``None`` creates a new one.
+            device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+            overwrite: allow replacing a segmentation the user has edited since the last run.
+            progress: ``progress(fraction, message)`` during the run.
+            shouldCancel: polled by the engine between stages; True aborts with ``CancelledError``.
+            createClosedSurface: build the closed surface for 3D display.
+
+        Returns:
+            the vtkMRMLSegmentationNode (reference geometry: the LGE volume; source representation: binary
+            labelmap; segments from :data:`myops.labels.SEGMENTS`), referencing a quantification table node.
+
+        Raises:
+            InputError: a missing, duplicate, 4D or non-overlapping input (the message names it).
+            SegmentationEditedError: the output has edits and ``overwrite`` is False.
+            ModelError: the model folder is missing or fails its checksums.
+            CancelledError: ``shouldCancel`` returned True.
+        """
+        started = time.perf_counter()
+        self.validateInputs(bssfpNode, lgeNode, t2Node)
+        self.checkOutputWritable(outputSegmentationNode, overwrite)
+        images = self.imagesFromNodes(bssfpNode, lgeNode, t2Node)
+        segmenter = self.getSegmenter(device)
+        result = segmenter.segment(*images, progress=progress, should_cancel=shouldCancel)
+        deviceChoice = getattr(segmenter, "device_choice", None)
+        info = {
+            "timings_s": dict(getattr(result, "timings_s", {}) or {}),
+            "device": getattr(result, "device", getattr(deviceChoice, "device", "")),
+            "deviceReason": getattr(deviceChoice, "reason", ""),
+        }
+        outputNode = self.writeResult(
+            result.labels,
+            result.quantification.as_rows(),
+            lgeNode,
+            outputSegmentationNode,
+            info=info,
+            overwrite=True,  # checked above, before the (long) run
+            createClosedSurface=createClosedSurface,
+        )
+        info["wall_s"] = time.perf_counter() - started
+        self.lastRunInfo = info
+        return outputNode
+
+    def writeResult(
+        self,
+        labels: sitk.Image,
+        quantificationRows: Sequence[Tuple[str, float, str]],
+        lgeNode,
+        outputSegmentationNode=None,
+        info: Optional[Dict[str, object]] = None,
+        overwrite: bool = False,
+        createClosedSurface: bool = True,
+    ):
+        """Write an engine result (label map on the LGE grid + quantification rows) into the scene.
+
+        Shared by :meth:`segment` and the panel's background run, so both land identically.
+
+        Returns:
+            the segmentation node (new when ``outputSegmentationNode`` is None).
+        """
+        if not conversion.sameGrid(labels, lgeNode):
+            raise RuntimeError("the engine returned labels that are not on the LGE volume's grid")
+        self.checkOutputWritable(outputSegmentationNode, overwrite)
+        scene = lgeNode.GetScene()
+        segmentationNode = outputSegmentationNode
+        if segmentationNode is None:
+            segmentationNode = scene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{lgeNode.GetName()} MyoPS")
+            )
+        segments.writeLabelsToSegmentation(labels, segmentationNode, lgeNode, createClosedSurface)
+        if info and info.get("device"):
+            segmentationNode.SetAttribute(segments.DEVICE_ATTRIBUTE, str(info["device"]))
+        segments.writeQuantificationTable(quantificationRows, segmentationNode)
+        return segmentationNode
+
+    @staticmethod
+    def quantificationTableNode(segmentationNode):
+        """The table node holding the quantification of ``segmentationNode`` (None before a run)."""
+        return segmentationNode.GetNodeReference(segments.QUANTIFICATION_REFERENCE_ROLE)
+
+
+#: Name tokens that make a volume's sequence obvious (lower case; a name is split at non-alphanumerics).
+_ROLE_TOKENS = {
+    "bSSFP": ("c0", "bssfp", "ssfp", "cine", "trufi", "fiesta"),
+    "LGE": ("de", "lge", "psir", "late"),
+    "T2": ("t2", "t2w", "stir"),
+}
+
+
+def _roleOfName(name: str) -> List[str]:
+    import re
+
+    tokens = [t for t in re.split(r"[^a-z0-9]+", (name or "").lower()) if t]
+    roles = []
+    for role, keys in _ROLE_TOKENS.items():
+        if any(token in keys for token in tokens):
+            roles.append(role)
+    return roles
+
+
+def guessInputVolumes(volumeNodes: Sequence) -> Dict[str, object]:
+    """Which volume is obviously bSSFP, LGE or T2, judged by name (``C0``/bSSFP/cine, ``DE``/LGE, T2).
+
+    Returns:
+        ``{role: node}`` for the roles exactly one volume claims, and only volumes claiming one role.
+    """
+    claims: Dict[str, List[object]] = {role: [] for role in SEQUENCE_NAMES}
+    for node in volumeNodes:
+        if node is None or node.IsA("vtkMRMLLabelMapVolumeNode"):
+            continue
+        roles = _roleOfName(node.GetName())
+        if len(roles) == 1:
+            claims[roles[0]].append(node)
+    return {role: nodes[0] for role, nodes in claims.items() if len(nodes) == 1}

@@ -1,0 +1,108 @@
+"""The panel's background run (process + file protocol), with a stand-in worker: no torch, no Qt, no slicer."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from slicer_support import assertSameImage, obliqueImage
+
+from myops.errors import CancelledError, InputError
+from MyoPSSegmentationLib import worker
+from MyoPSSegmentationLib.background import BackgroundSegmentation
+
+FAKE_WORKER = str(Path(__file__).resolve().parent / "slicer_fake_worker.py")
+
+
+def startRun(mode: str, device: str = "cpu") -> BackgroundSegmentation:
+    env = dict(os.environ, FAKE_WORKER_MODE=mode)
+    run = BackgroundSegmentation(sys.executable, device=device, env=env, workerScript=FAKE_WORKER)
+    images = [obliqueImage(seed=s) for s in (1, 2, 3)]
+    run.start(*images)
+    return run
+
+
+def pollUntilDone(run: BackgroundSegmentation, timeout: float = 60.0):
+    seen = []
+    deadline = time.monotonic() + timeout
+    while run.running:
+        assert time.monotonic() < deadline, "worker did not finish"
+        seen.append(run.poll())
+        time.sleep(0.02)
+    seen.append(run.poll())
+    return seen
+
+
+def test_successful_run_reports_progress_and_returns_labels_on_the_lge_grid():
+    run = startRun("ok", device="cuda")
+    try:
+        assert "--device" in run.command() and "cuda" in run.command()
+        seen = pollUntilDone(run)
+        assert (0.1, "fake on cuda") in seen or run.message == "Done"
+        assert seen[-1] == (1.0, "Done")
+        result = run.result()
+        lge = sitk.ReadImage(str(run.workDir / worker.INPUT_FILES["lge"]))
+        assertSameImage(lge, obliqueImage(seed=2), 1e-12)  # inputs written losslessly, LGE in the middle
+        assert result.labels.GetSize() == lge.GetSize()
+        np.testing.assert_allclose(result.labels.GetDirection(), lge.GetDirection(), atol=1e-12)
+        assert result.quantificationRows == [("Scar", 1.5, "mL")]
+        assert result.device == "cpu" and result.timings_s == {"total": 0.5}
+    finally:
+        run.cleanup()
+    assert not run.workDir.exists()
+
+
+def test_cancel_kills_the_worker_and_result_says_cancelled():
+    run = startRun("sleep")
+    try:
+        deadline = time.monotonic() + 30
+        while run.poll()[1] != "sleeping":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        started = time.monotonic()
+        run.cancel()
+        pollUntilDone(run, timeout=10)
+        assert time.monotonic() - started < 5
+        assert run.process.returncode != 0
+        with pytest.raises(CancelledError):
+            run.result()
+    finally:
+        run.cleanup()
+
+
+def test_engine_refusal_comes_back_as_input_error_with_its_message():
+    run = startRun("inputerror")
+    try:
+        pollUntilDone(run)
+        with pytest.raises(InputError) as info:
+            run.result()
+        assert str(info.value) == "T2: does not overlap the LGE volume"
+    finally:
+        run.cleanup()
+
+
+def test_crash_without_result_reports_exit_code_and_output():
+    run = startRun("crash")
+    try:
+        pollUntilDone(run)
+        with pytest.raises(RuntimeError, match=r"exit code 3(.|\n)*out of memory"):
+            run.result()
+    finally:
+        run.cleanup()
+
+
+def test_progress_reader_waits_for_complete_lines(tmp_path):
+    worker.writeProgress(tmp_path, 0.25, "a")
+    with open(tmp_path / worker.PROGRESS_FILE, "a", encoding="utf-8") as stream:
+        stream.write('{"fraction": 0.5, "mess')
+    records, offset = worker.readProgress(tmp_path)
+    assert records == [(0.25, "a")]
+    with open(tmp_path / worker.PROGRESS_FILE, "a", encoding="utf-8") as stream:
+        stream.write('age": "b"}\n')
+    records, _ = worker.readProgress(tmp_path, offset)
+    assert records == [(0.5, "b")]

@@ -1,0 +1,263 @@
+"""MyoPSLogic on real MRML (slicer-core) with a stand-in engine: segments, geometry, table, edit protection, inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from slicer_support import FakeSegmenter, assertSameImage, fakeFactory, fakeLabelsZyx, obliqueImage, requireSlicer
+
+slicer = requireSlicer()
+vtk = pytest.importorskip("vtk")
+
+from myops.errors import CancelledError, InputError  # noqa: E402
+from myops.labels import SCAR, SEGMENTS, terminology_string  # noqa: E402
+from MyoPSSegmentationLib import conversion, segments  # noqa: E402
+from MyoPSSegmentationLib.headless import newScene  # noqa: E402
+from MyoPSSegmentationLib.logic import MyoPSLogic, SegmentationEditedError, guessInputVolumes  # noqa: E402
+
+pytestmark = pytest.mark.slicer
+
+
+class Case:
+    """Three volumes in a scene: an oblique LGE, and bSSFP/T2 on other (overlapping) grids."""
+
+    def __init__(self) -> None:
+        self.scene = newScene()
+        self.lgeImage = obliqueImage(seed=1)
+        self.bssfpImage = obliqueImage(
+            shape_zyx=(7, 36, 40), spacing_xyz=(0.9, 0.9, 8.0), origin_lps=(-58.0, 25.0, 100.0), seed=2
+        )
+        self.t2Image = obliqueImage(shape_zyx=(4, 44, 50), spacing_xyz=(0.75, 0.75, 11.0), seed=3, dtype=np.float32)
+        self.bssfp = conversion.addVolumeNodeFromSitkImage(self.scene, self.bssfpImage, "patient1_C0")
+        self.lge = conversion.addVolumeNodeFromSitkImage(self.scene, self.lgeImage, "patient1_DE")
+        self.t2 = conversion.addVolumeNodeFromSitkImage(self.scene, self.t2Image, "patient1_T2")
+        self.logic = MyoPSLogic(segmenterFactory=fakeFactory)
+
+    def run(self, **kwargs):
+        return self.logic.segment(self.bssfp, self.lge, self.t2, **kwargs)
+
+
+@pytest.fixture
+def case():
+    return Case()
+
+
+def names(segmentationNode):
+    segmentation = segmentationNode.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def test_segment_returns_named_segments_with_colours_and_terminology(case):
+    node = case.run()
+    assert node.IsA("vtkMRMLSegmentationNode") and node.GetScene() is case.scene
+    assert names(node) == ["Myocardium", "Edema", "Scar", "LV blood pool"]
+    segmentation = node.GetSegmentation()
+    for spec in SEGMENTS:
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(spec.name))
+        np.testing.assert_allclose(segment.GetColor(), spec.color, atol=1e-6)
+        assert segments.segmentTerminologyString(segment) == terminology_string(spec)
+    colours = np.array([spec.color for spec in SEGMENTS])
+    distances = np.linalg.norm(colours[:, None] - colours[None], axis=-1)
+    assert distances[np.triu_indices(len(SEGMENTS), 1)].min() > 0.25, "segment colours too alike"
+
+
+def test_segmentation_lies_on_the_lge_geometry_and_holds_exactly_the_engine_labels(case):
+    node = case.run()
+    reference = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
+    assert reference.GetID() == case.lge.GetID()
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetSourceRepresentationName() == "Binary labelmap"
+    assert segmentation.ContainsRepresentation("Closed surface")
+    assert node.GetDisplayNode().GetPreferredDisplayRepresentationName3D() == "Closed surface"
+    exported = segments.segmentLabelArray(node, case.lge)
+    expected = fakeLabelsZyx(sitk.GetArrayViewFromImage(case.lgeImage).shape)
+    assert set(np.unique(expected)) == {0, 200, 500, 1220, 2221}
+    np.testing.assert_array_equal(exported, expected)
+
+
+def test_one_shared_layer_keeps_the_segments_non_overlapping(case):
+    node = case.run()
+    assert node.GetSegmentation().GetNumberOfLayers() == 1
+
+
+def test_engine_receives_the_volumes_in_the_lge_frame(case):
+    case.run()
+    engine = case.logic.getSegmenter("auto")
+    (bssfp, lge, t2) = engine.calls[-1]
+    assertSameImage(bssfp, case.bssfpImage, 1e-9)
+    assertSameImage(lge, case.lgeImage, 1e-9)
+    assertSameImage(t2, case.t2Image, 1e-9)
+
+
+def test_quantification_table_is_written_and_reused_on_rerun(case):
+    node = case.run()
+    table = case.logic.quantificationTableNode(node)
+    assert table is not None and table.IsA("vtkMRMLTableNode")
+    rows = segments.quantificationRows(table)
+    labels = fakeLabelsZyx(sitk.GetArrayViewFromImage(case.lgeImage).shape)
+    assert rows[0] == ("Myocardium voxels", float((labels == 200).sum()), "voxels")
+    assert [r[0] for r in rows] == ["Myocardium voxels", "Scar voxels", "Scar of LV myocardium"]
+    again = case.run(outputSegmentationNode=node)  # unedited: allowed
+    assert again is node
+    assert case.logic.quantificationTableNode(again).GetID() == table.GetID()
+    assert case.scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+
+
+def test_rerun_into_an_edited_segmentation_is_refused_and_a_new_node_leaves_it_untouched(case):
+    first = case.run()
+    painted = segments.segmentLabelArray(first, case.lge) == SCAR
+    painted[2, 5:9, 5:9] = True
+    segments.setSegmentMask(first, "Scar", painted, case.lge)
+    edited = segments.segmentLabelArray(first, case.lge)
+    assert case.logic.isEditedSinceLastRun(first)
+
+    with pytest.raises(SegmentationEditedError, match="edited"):
+        case.run(outputSegmentationNode=first)
+    np.testing.assert_array_equal(segments.segmentLabelArray(first, case.lge), edited)
+
+    second = case.run()
+    assert second.GetID() != first.GetID()
+    np.testing.assert_array_equal(segments.segmentLabelArray(first, case.lge), edited)
+    assert not case.logic.isEditedSinceLastRun(second)
+
+
+def test_refusal_happens_before_the_engine_runs(case):
+    first = case.run()
+    first.GetSegmentation().GetSegment("Edema").SetName("Edema (checked)")
+    engine = case.logic.getSegmenter("auto")
+    calls = len(engine.calls)
+    with pytest.raises(SegmentationEditedError):
+        case.run(outputSegmentationNode=first)
+    assert len(engine.calls) == calls
+
+
+def test_overwrite_replaces_an_edited_segmentation_when_asked(case):
+    first = case.run()
+    segments.setSegmentMask(first, "Scar", np.ones(case.lgeImage.GetSize()[::-1], bool), case.lge)
+    assert case.logic.isEditedSinceLastRun(first)
+    again = case.run(outputSegmentationNode=first, overwrite=True)
+    assert again is first and not case.logic.isEditedSinceLastRun(first)
+    np.testing.assert_array_equal(
+        segments.segmentLabelArray(first, case.lge), fakeLabelsZyx(sitk.GetArrayViewFromImage(case.lgeImage).shape)
+    )
+
+
+def test_a_users_own_segmentation_is_protected_and_an_empty_one_is_used(case):
+    own = case.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "manual contours")
+    own.GetSegmentation().AddEmptySegment("mine", "mine", [1.0, 0.0, 0.0])
+    with pytest.raises(SegmentationEditedError):
+        case.run(outputSegmentationNode=own)
+    assert names(own) == ["mine"]
+    empty = case.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    assert case.run(outputSegmentationNode=empty) is empty
+    assert names(empty) == [spec.name for spec in SEGMENTS]
+
+
+def test_segmentation_follows_the_lge_parent_transform(case):
+    transform = case.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "to scanner")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(1, 3, 12.0)
+    transform.SetMatrixTransformToParent(matrix)
+    for node in (case.bssfp, case.lge, case.t2):
+        node.SetAndObserveTransformNodeID(transform.GetID())
+    node = case.run()
+    assert node.GetTransformNodeID() == transform.GetID()
+    engine = case.logic.getSegmenter("auto")
+    assertSameImage(engine.calls[-1][2], case.t2Image, 1e-9)  # T2 expressed in the LGE frame: unchanged
+
+
+def test_segmenter_is_built_once_per_model_and_device():
+    built = []
+
+    def factory(modelDir, device):
+        built.append((modelDir, device))
+        return FakeSegmenter(modelDir, device)
+
+    logic = MyoPSLogic(modelDir="/models/a", segmenterFactory=factory)
+    assert logic.getSegmenter("cpu") is logic.getSegmenter("CPU")
+    logic.getSegmenter("auto")
+    logic.getSegmenter("cpu")
+    assert built == [("/models/a", "cpu"), ("/models/a", "auto")]
+    with pytest.raises(InputError, match="unknown device"):
+        logic.getSegmenter("tpu")
+
+
+def test_progress_is_reported_and_cancel_leaves_the_scene_unchanged(case):
+    seen = []
+    case.run(progress=lambda fraction, message: seen.append((fraction, message)))
+    assert seen[0][0] == 0.0 and seen[-1] == (1.0, "Done")
+    nodes = case.scene.GetNumberOfNodes()
+    with pytest.raises(CancelledError):
+        case.run(shouldCancel=lambda: True)
+    assert case.scene.GetNumberOfNodes() == nodes
+
+
+# -- bad inputs: one clear message each, naming the sequence -------------------------------------------------------
+def test_missing_volume(case):
+    with pytest.raises(InputError, match=r"^T2: no volume selected"):
+        case.logic.segment(case.bssfp, case.lge, None)
+
+
+def test_same_volume_twice(case):
+    with pytest.raises(InputError, match=r"^T2: 'patient1_DE' is also selected as LGE"):
+        case.logic.segment(case.bssfp, case.lge, case.lge)
+
+
+def test_volumes_that_do_not_overlap(case):
+    far = obliqueImage(seed=3, origin_lps=(400.0, 25.0, 100.0))
+    t2 = conversion.addVolumeNodeFromSitkImage(case.scene, far, "far away")
+    with pytest.raises(InputError, match=r"^T2: 'far away' does not overlap the LGE"):
+        case.logic.segment(case.bssfp, case.lge, t2)
+
+
+def test_multi_component_4d_volume(case):
+    node = case.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "cine 25 frames")
+    imageData = vtk.vtkImageData()
+    imageData.SetDimensions(48, 40, 5)
+    imageData.AllocateScalars(vtk.VTK_SHORT, 25)
+    node.SetAndObserveImageData(imageData)
+    with pytest.raises(InputError, match=r"^bSSFP: 'cine 25 frames' has 25 values per voxel"):
+        case.logic.segment(node, case.lge, case.t2)
+
+
+def test_frame_of_a_4d_sequence(case):
+    for className in ("vtkMRMLSequenceNode", "vtkMRMLSequenceBrowserNode"):  # the Sequences module does this in Slicer
+        if not case.scene.IsNodeClassRegistered(className):
+            case.scene.RegisterNodeClass(getattr(slicer, className)())
+    sequence = case.scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    for frame in range(3):
+        sequence.SetDataNodeAtValue(case.bssfp, str(frame))
+    browser = case.scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    browser.AddProxyNode(case.bssfp, sequence, False)
+    with pytest.raises(InputError, match=r"^bSSFP: .*4D sequence 'cine' \(3 frames\)"):
+        case.run()
+
+
+def test_label_map_is_not_an_mr_volume(case):
+    labelmap = case.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    with pytest.raises(InputError, match=r"^LGE: 'labels' is a vtkMRMLLabelMapVolumeNode"):
+        case.logic.segment(case.bssfp, labelmap, case.t2)
+
+
+def test_input_volumes_are_guessed_from_obvious_names(case):
+    extra = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), "localizer")
+    guessed = guessInputVolumes([case.t2, extra, case.lge, case.bssfp])
+    assert {role: node.GetName() for role, node in guessed.items()} == {
+        "bSSFP": "patient1_C0",
+        "LGE": "patient1_DE",
+        "T2": "patient1_T2",
+    }
+    ambiguous = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), "T2 map")
+    assert "T2" not in guessInputVolumes([case.t2, ambiguous, case.lge])
+    mixed = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), "LGE T2 fusion")
+    assert guessInputVolumes([mixed]) == {}
+    assert set(
+        guessInputVolumes(
+            [
+                conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), n)
+                for n in ("bSSFP cine", "PSIR", "T2w STIR")
+            ]
+        )
+    ) == {"bSSFP", "LGE", "T2"}
