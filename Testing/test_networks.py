@@ -432,3 +432,8 @@ def test_default_cascade_fits_the_weight_budget():
     """Localiser U-Net + ASSN + DAE + PRSN with default kwargs: <= 60 MB of fp32 weights in all."""
     models = [UNet2d(1, 2), AnatomicalStructureNet(), ShapeDenoisingAutoencoder(), PathologyRegionNet()]
     assert sum(4 * nw.count_parameters(m) for m in models) <= 60e6
+
+
+def test_weights_trained_with_dropout_load_without_it():
+    trained = create_model("prsn", features=TINY, dropout=0.3)
+    create_model("prsn", features=TINY, dropout=0.0).load_state_dict(trained.state_dict())

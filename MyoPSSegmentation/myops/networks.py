@@ -161,7 +161,7 @@ def _norm_layer(norm: str, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """Two (3x3 conv -> norm -> LeakyReLU) layers; optional Dropout2d between them.
+    """Two (3x3 conv -> norm -> LeakyReLU) layers with Dropout2d (``dropout > 0``) between them.
 
     ``(N, in_channels, H, W) -> (N, out_channels, H, W)``.
     """
@@ -171,9 +171,9 @@ class ConvBlock(nn.Sequential):
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
             _norm_layer(norm, out_channels),
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+            # Identity when dropout == 0 keeps the layer indices, hence state_dict keys, independent of dropout
+            nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
         ]
-        if dropout > 0:
-            layers.append(nn.Dropout2d(dropout))
         layers += [
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
             _norm_layer(norm, out_channels),
