@@ -121,9 +121,7 @@ def test_hausdorff_matches_brute_force(seed):
     spacing = (13.5, 0.7, 0.9)
     assert hausdorff_distance(a, b, spacing) == pytest.approx(_brute_force_hd(a, b, spacing), rel=1e-5)
     in_plane = (spacing[1], spacing[2])
-    expected_2d = [
-        _brute_force_hd(a[z], b[z], in_plane) for z in range(shape[0]) if a[z].any() and b[z].any()
-    ]
+    expected_2d = [_brute_force_hd(a[z], b[z], in_plane) for z in range(shape[0]) if a[z].any() and b[z].any()]
     assert mean_slice_hausdorff(a, b, spacing) == pytest.approx(np.mean(expected_2d), rel=1e-5)
 
 

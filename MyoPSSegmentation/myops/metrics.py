@@ -182,9 +182,7 @@ def mean_slice_hausdorff(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Seque
     return float(np.mean(finite))
 
 
-def case_metrics(
-    pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx: Sequence[float]
-) -> Dict[str, float]:
+def case_metrics(pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx: Sequence[float]) -> Dict[str, float]:
     """The challenge metrics of one case from two MyoPS label maps.
 
     Structures: scar = {2221}; scar + edema = {1220, 2221}; myocardium = LV wall {200, 1220, 2221};
@@ -202,9 +200,7 @@ def case_metrics(
     pred = np.asarray(pred_labels)
     truth = np.asarray(truth_labels)
     if pred.shape != truth.shape or pred.ndim != 3:
-        raise ValueError(
-            f"expected two (z, y, x) label maps of one shape, got {pred.shape} and {truth.shape}"
-        )
+        raise ValueError(f"expected two (z, y, x) label maps of one shape, got {pred.shape} and {truth.shape}")
 
     def masks(values: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
         return np.isin(pred, values), np.isin(truth, values)
@@ -310,10 +306,7 @@ class EvaluationReport:
     @property
     def summary(self) -> Dict[str, MetricSummary]:
         """:class:`MetricSummary` per metric name, over all scored cases."""
-        return {
-            name: MetricSummary.of([c.metrics.get(name, math.nan) for c in self.cases])
-            for name in METRIC_NAMES
-        }
+        return {name: MetricSummary.of([c.metrics.get(name, math.nan) for c in self.cases]) for name in METRIC_NAMES}
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-ready dict; NaN becomes ``None``."""
@@ -329,9 +322,7 @@ class EvaluationReport:
                 }
                 for c in self.cases
             ],
-            "summary": {
-                name: {k: _json_number(v) for k, v in s.to_dict().items()} for name, s in self.summary.items()
-            },
+            "summary": {name: {k: _json_number(v) for k, v in s.to_dict().items()} for name, s in self.summary.items()},
             "missing_predictions": list(self.missing_predictions),
             "missing_truths": list(self.missing_truths),
         }
@@ -350,9 +341,7 @@ class EvaluationReport:
             writer = csv.writer(handle)
             writer.writerow(["case", "prediction_missing", *METRIC_NAMES])
             for c in self.cases:
-                writer.writerow(
-                    [c.case, int(c.prediction_missing), *(repr(float(c.metrics[n])) for n in METRIC_NAMES)]
-                )
+                writer.writerow([c.case, int(c.prediction_missing), *(repr(float(c.metrics[n])) for n in METRIC_NAMES)])
             if include_summary:
                 summary = self.summary
                 for stat in ("mean", "sd", "median", "n", "n_nan"):
@@ -381,15 +370,11 @@ class EvaluationReport:
         widths = [max(len(r[i]) for r in [headers, *rows, *footer]) for i in range(len(headers))]
 
         def line(r: List[str]) -> str:
-            return "  ".join(
-                [r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]
-            ).rstrip()
+            return "  ".join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]).rstrip()
 
         rule = "-" * len(line(headers))
         out = [line(headers), rule, *(line(r) for r in rows), rule, *(line(r) for r in footer)]
-        out.append(
-            "Dice in [0, 1]; hd_* in mm; nan = undefined (one mask empty), excluded from the statistics."
-        )
+        out.append("Dice in [0, 1]; hd_* in mm; nan = undefined (one mask empty), excluded from the statistics.")
         if self.missing_predictions:
             out.append(f"Missing predictions (scored as empty): {', '.join(self.missing_predictions)}")
         if self.missing_truths:
@@ -467,9 +452,7 @@ def _check_same_grid(pred: sitk.Image, truth: sitk.Image, pred_path: Path, truth
         if not np.allclose(p, t, rtol=0.0, atol=GRID_TOLERANCE):
             problems.append(f"{what} {tuple(round(v, 6) for v in p)} vs {tuple(round(v, 6) for v in t)}")
     if problems:
-        raise InputError(
-            pred_path, f"grid differs from the ground truth {truth_path.name}: {'; '.join(problems)}"
-        )
+        raise InputError(pred_path, f"grid differs from the ground truth {truth_path.name}: {'; '.join(problems)}")
 
 
 def _label_array(image: sitk.Image) -> np.ndarray:

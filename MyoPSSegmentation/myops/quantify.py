@@ -75,9 +75,7 @@ class Quantification:
         rows = [(label, "n/a" if math.isnan(v) else f"{v:.1f}", unit) for label, v, unit in self.as_rows()]
         width = max(len(r[0]) for r in rows)
         value_width = max(len(r[1]) for r in rows)
-        return "\n".join(
-            f"{label.ljust(width)}  {value.rjust(value_width)} {unit}" for label, value, unit in rows
-        )
+        return "\n".join(f"{label.ljust(width)}  {value.rjust(value_width)} {unit}" for label, value, unit in rows)
 
     def write_csv(self, path: PathLike) -> None:
         """Write ``quantity,value,unit`` rows (:meth:`as_rows`); NaN written as ``nan``."""
@@ -89,9 +87,7 @@ class Quantification:
 
     def write_json(self, path: PathLike) -> None:
         """Write :meth:`to_dict` as a JSON object; NaN written as ``null``."""
-        data: Dict[str, Optional[float]] = {
-            k: None if math.isnan(v) else v for k, v in self.to_dict().items()
-        }
+        data: Dict[str, Optional[float]] = {k: None if math.isnan(v) else v for k, v in self.to_dict().items()}
         Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
