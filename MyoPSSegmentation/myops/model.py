@@ -78,18 +78,12 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
             "arch": "unet",
             "config": {"in_channels": 3, "out_channels": 2, "features": [8, 16, 32, 64, 128]},
         },
-        "assn": {
-            "arch": "assn",
-            "config": {"in_channels": 3, "out_channels": 2, "features": [16, 32, 64, 128, 256]},
-        },
+        "assn": {"arch": "assn", "config": {"in_channels": 3, "out_channels": 2, "features": [8, 16, 32, 64, 128]}},
         "dae": {
             "arch": "dae",
-            "config": {"in_channels": 2, "out_channels": 2, "features": [16, 32, 64, 128, 256]},
+            "config": {"in_channels": 2, "out_channels": 2, "features": [4, 8, 16, 32, 64], "latent_channels": 8},
         },
-        "prsn": {
-            "arch": "prsn",
-            "config": {"in_channels": 3, "out_channels": 4, "features": [16, 32, 64, 128, 256]},
-        },
+        "prsn": {"arch": "prsn", "config": {"in_channels": 3, "out_channels": 4, "features": [8, 16, 32, 64, 128]}},
     },
 }
 
