@@ -322,6 +322,8 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if lge.GetScene() is None:
             raise RuntimeError("the LGE volume was removed from the scene during the run")
         output, note = context["output"], ""
+        if output is not None and output.GetScene() is None:  # deleted during the run
+            output, note = None, " The chosen output segmentation was deleted during the run; a new one was made."
         try:
             node = self.logic.writeResult(
                 labels,

@@ -79,7 +79,7 @@ class FakeQuantification:
     def __init__(self, labels_zyx: np.ndarray) -> None:
         self.rows = [
             ("Myocardium voxels", float((labels_zyx == 200).sum()), "voxels"),
-            ("Scar voxels", float((labels_zyx == 2221).sum()), "voxels"),
+            ("Scar", float((labels_zyx == 2221).sum()) * 0.001, "mL"),
             ("Scar of LV myocardium", 12.5, "%"),
         ]
 

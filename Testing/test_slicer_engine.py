@@ -51,38 +51,42 @@ def loadCase(scene, paths):
     return [readWithSlicer(scene, paths[key], name) for key, name in (("bssfp", "C0"), ("lge", "DE"), ("t2", "T2"))]
 
 
-def test_exported_labelmap_equals_the_cli_output_for_the_same_files(phantomFiles, tiny_model_dir, logic, tmp_path):
+@pytest.fixture(scope="module")
+def cliOutput(phantomFiles, tiny_model_dir, tmp_path_factory):
+    """The ``myops segment`` label map for the phantom files."""
     from myops.cli import main
 
-    output = tmp_path / "cli_labels.nii.gz"
+    output = tmp_path_factory.mktemp("cli") / "cli_labels.nii.gz"
     argv = ["segment", "--bssfp", str(phantomFiles["bssfp"]), "--lge", str(phantomFiles["lge"])]
     argv += ["--t2", str(phantomFiles["t2"]), "-o", str(output), "--model", str(tiny_model_dir), "--device", "cpu"]
     assert main(argv) == 0
     cli = sitk.ReadImage(str(output))
-    cliLabels = sitk.GetArrayFromImage(cli)
-    assert np.count_nonzero(cliLabels) > 100, "the comparison needs a non-trivial label map"
+    assert np.count_nonzero(sitk.GetArrayViewFromImage(cli)) > 100, "the comparison needs a non-trivial label map"
+    return cli
 
+
+def test_exported_labelmap_equals_the_cli_output_for_the_same_files(phantomFiles, cliOutput, logic):
     scene = newScene()
     bssfp, lge, t2 = loadCase(scene, phantomFiles)
     segmentationNode = logic.segment(bssfp, lge, t2, device="cpu")
 
     exported = segments.segmentLabelArray(segmentationNode, lge)
-    np.testing.assert_array_equal(exported, cliLabels)
+    np.testing.assert_array_equal(exported, sitk.GetArrayFromImage(cliOutput))
     lgeGrid = conversion.sitkImageFromVolumeNode(lge)
-    np.testing.assert_allclose(lgeGrid.GetOrigin(), cli.GetOrigin(), atol=1e-5)
-    np.testing.assert_allclose(lgeGrid.GetSpacing(), cli.GetSpacing(), atol=1e-5)
-    np.testing.assert_allclose(lgeGrid.GetDirection(), cli.GetDirection(), atol=1e-5)
+    np.testing.assert_allclose(lgeGrid.GetOrigin(), cliOutput.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(lgeGrid.GetSpacing(), cliOutput.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(lgeGrid.GetDirection(), cliOutput.GetDirection(), atol=1e-5)
     rows = segments.quantificationRows(logic.quantificationTableNode(segmentationNode))
     assert {unit for _, _, unit in rows} >= {"mL", "%"}
     assert any("salvage" in label.lower() for label, _, _ in rows)
 
 
-def test_background_worker_gives_the_in_process_result(phantomFiles, tiny_model_dir, logic):
+def test_background_worker_gives_the_cli_result(phantomFiles, cliOutput, tiny_model_dir, logic):
+    from myops.quantify import quantify
+
     scene = newScene()
     bssfp, lge, t2 = loadCase(scene, phantomFiles)
     images = logic.imagesFromNodes(bssfp, lge, t2)
-    inProcess = logic.getSegmenter("cpu").segment(*images)
-
     run = BackgroundSegmentation(sys.executable, device="cpu", modelDir=str(tiny_model_dir))
     run.start(*images)
     try:
@@ -92,17 +96,15 @@ def test_background_worker_gives_the_in_process_result(phantomFiles, tiny_model_
         result = run.result()
     finally:
         run.cleanup()
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), sitk.GetArrayFromImage(inProcess.labels))
-    assert [r[0] for r in result.quantificationRows] == [r[0] for r in inProcess.quantification.as_rows()]
-    np.testing.assert_allclose(
-        [r[1] for r in result.quantificationRows], [r[1] for r in inProcess.quantification.as_rows()], rtol=1e-12
-    )
+    cliLabels = sitk.GetArrayFromImage(cliOutput)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), cliLabels)
+    expected = quantify(cliLabels, cliOutput.GetSpacing()[::-1]).as_rows()
+    assert [r[0] for r in result.quantificationRows] == [r[0] for r in expected]
+    np.testing.assert_allclose([r[1] for r in result.quantificationRows], [r[1] for r in expected], rtol=1e-9)
     assert result.device == "cpu" and "CPU" in result.deviceReason
 
     segmentationNode = logic.writeResult(result.labels, result.quantificationRows, lge)
-    np.testing.assert_array_equal(
-        segments.segmentLabelArray(segmentationNode, lge), sitk.GetArrayFromImage(inProcess.labels)
-    )
+    np.testing.assert_array_equal(segments.segmentLabelArray(segmentationNode, lge), cliLabels)
 
 
 def test_background_worker_relays_the_engines_refusal(tiny_model_dir):

@@ -97,7 +97,8 @@ def test_quantification_table_is_written_and_reused_on_rerun(case):
     rows = segments.quantificationRows(table)
     labels = fakeLabelsZyx(sitk.GetArrayViewFromImage(case.lgeImage).shape)
     assert rows[0] == ("Myocardium voxels", float((labels == 200).sum()), "voxels")
-    assert [r[0] for r in rows] == ["Myocardium voxels", "Scar voxels", "Scar of LV myocardium"]
+    assert [r[0] for r in rows] == ["Myocardium voxels", "Scar", "Scar of LV myocardium"]
+    assert rows[1] == ("Scar", pytest.approx(float((labels == 2221).sum()) * 0.001), "mL")
     again = case.run(outputSegmentationNode=node)  # unedited: allowed
     assert again is node
     assert case.logic.quantificationTableNode(again).GetID() == table.GetID()

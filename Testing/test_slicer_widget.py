@@ -175,6 +175,29 @@ def test_cancel_stops_the_worker_and_writes_nothing(panel, monkeypatch):
     assert panel.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == segmentations
 
 
+def test_without_pythonslicer_the_run_happens_in_process(panel, monkeypatch):
+    from slicer_support import fakeFactory
+
+    monkeypatch.setattr(background, "pythonSlicerExecutable", lambda: None)
+    panel.widget.logic.segmenterFactory = fakeFactory
+    panel.widget.onApplyButton()
+    assert panel.widget._run is None
+    assert panel.p.outputSegmentation.GetSegmentation().GetNumberOfSegments() == 4
+    assert panel.p.statusText.startswith("Done in") and "stand-in engine" in panel.p.statusText
+    assert panel.ui.progressBar.value == 100 or not panel.ui.progressBar.visible
+
+
+def test_output_deleted_during_the_run_gets_a_new_node(panel, monkeypatch):
+    useFakeWorker(monkeypatch, "ok")
+    chosen = panel.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "chosen")
+    panel.p.outputSegmentation = chosen
+    panel.widget.onApplyButton()
+    panel.scene.RemoveNode(chosen)
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
+    assert panel.p.outputSegmentation.GetScene() is panel.scene
+    assert "deleted during the run" in panel.p.statusText
+
+
 def test_input_problems_are_shown_as_one_clear_message(panel, monkeypatch):
     useFakeWorker(monkeypatch, "ok")
     panel.p.t2Volume = panel.p.lgeVolume
@@ -206,6 +229,7 @@ def test_missing_dependencies_are_installed_only_after_the_user_agrees(panel, mo
     assert "pip_install called: safetensors>=0.4" in panel.recorder.errors
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not engineAvailable()[0], reason=engineAvailable()[1] or "engine available")
 def test_apply_with_the_real_worker_and_engine(panel, tiny_model_dir):
     from myops.phantom import make_phantom_case
@@ -226,12 +250,15 @@ def test_apply_with_the_real_worker_and_engine(panel, tiny_model_dir):
     assert "on cpu" in panel.p.statusText
 
 
-def test_self_test_class_runs_the_shared_scenario(panel, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("MYOPS_MODEL_DIR", str(tiny_model_dir))
+def test_self_test_class_runs_the_shared_scenario(panel, monkeypatch):
+    """The Test class wiring; the scenario with the real engine runs in test_slicer_engine.py."""
+    from slicer_support import fakeFactory
+
+    pytest.importorskip("myops.phantom", reason="the self-test loads a phantom case from the engine")
+    module = panel.module
     monkeypatch.setenv("MYOPS_TEST_DEVICE", "cpu")
-    if not engineAvailable()[0]:
-        pytest.skip(engineAvailable()[1])
-    test = panel.module.MyoPSSegmentationTest()
+    monkeypatch.setattr(module, "MyoPSSegmentationLogic", lambda: module.MyoPSLogic(segmenterFactory=fakeFactory))
+    test = module.MyoPSSegmentationTest()
     test.runTest()
     assert test.displayed[-1] == "MyoPS Segmentation self-test passed"
     assert panel.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
