@@ -1,0 +1,138 @@
+"""Checkpoints without pickle: tensors in safetensors, everything else in JSON.
+
+A checkpoint of a stage is two files written atomically (temporary file + rename), the JSON last so that a
+present ``checkpoint.json`` always describes a complete ``checkpoint.safetensors``:
+
+- ``checkpoint.safetensors``: ``model.<name>`` parameters and buffers, ``optim.<index>.<key>`` optimizer state
+  tensors (Adam moments and step counts).
+- ``rng_rank<r>.safetensors``: the random state of process ``r`` (its batch-sampling generator, torch's CPU
+  generator and, on CUDA, the device generator), written by each process before the checkpoint itself.
+- ``checkpoint.json``: the step reached, the optimizer's param groups and non-tensor state, elapsed seconds,
+  and a fingerprint of the stage config (resuming under a different config is refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_TENSORS = "checkpoint.safetensors"
+CHECKPOINT_META = "checkpoint.json"
+
+
+def fingerprint(section: Mapping[str, Any]) -> str:
+    """sha256 of a config section's canonical JSON (first 16 hex digits)."""
+    text = json.dumps(section, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _atomic_write_bytes(path: Path, writer) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    writer(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (indent 2)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+
+
+def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
+    """Save contiguous CPU copies of ``tensors`` to a safetensors file atomically."""
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    _atomic_write_bytes(Path(path), lambda p: save_file(state, str(p), metadata=metadata))
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Split an optimizer state dict into tensors (``optim.<index>.<key>``) and JSON-able metadata."""
+    sd = optimizer.state_dict()
+    tensors: Dict[str, torch.Tensor] = {}
+    scalars: Dict[str, Dict[str, Any]] = {}
+    for index, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Dict[str, Any]:
+    """Rebuild an optimizer state dict from :func:`optimizer_to_flat`'s two parts."""
+    state: Dict[int, Dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, values in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_file(folder: Path, rank: int) -> Path:
+    return Path(folder) / f"rng_rank{rank}.safetensors"
+
+
+def save_rng_state(folder: Path, rank: int, data_generator: torch.Generator) -> None:
+    """Write this process's random state (batch generator, torch CPU and CUDA generators)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tensors = {"data": data_generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    save_tensors(rng_file(folder, rank), tensors)
+
+
+def load_rng_state(folder: Path, rank: int, data_generator: torch.Generator) -> None:
+    """Restore what :func:`save_rng_state` wrote."""
+    tensors = load_file(str(rng_file(folder, rank)), device="cpu")
+    data_generator.set_state(tensors["data"])
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+
+
+def save_checkpoint(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: Mapping[str, Any]
+) -> None:
+    """Write ``checkpoint.safetensors`` then ``checkpoint.json`` into ``folder`` (main process only).
+
+    Args:
+        folder: the stage folder.
+        model: the bare (not DDP-wrapped) module being trained.
+        optimizer: its optimizer.
+        meta: JSON-able fields (``step``, ``elapsed_s``, ``fingerprint``...).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+    tensors.update(opt_tensors)
+    save_tensors(folder / CHECKPOINT_TENSORS, tensors)
+    write_json(folder / CHECKPOINT_META, {**dict(meta), "optimizer": opt_meta})
+
+
+def has_checkpoint(folder: Path) -> bool:
+    folder = Path(folder)
+    return (folder / CHECKPOINT_META).is_file() and (folder / CHECKPOINT_TENSORS).is_file()
+
+
+def load_checkpoint(folder: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read a checkpoint: (tensors by name, metadata)."""
+    folder = Path(folder)
+    meta = json.loads((folder / CHECKPOINT_META).read_text(encoding="utf-8"))
+    tensors = load_file(str(folder / CHECKPOINT_TENSORS), device="cpu")
+    return tensors, meta
+
+
+def model_state_from(tensors: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The ``model.*`` entries of a checkpoint, without the prefix."""
+    return {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}

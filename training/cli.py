@@ -1,0 +1,253 @@
+"""``python -m training``: train, export and validate the MyoPS cascade.
+
+Examples (from the repository root)::
+
+    # 5-fold CV of the whole cascade (localiser, DAE, ASSN, PRSN, export, validation through the engine)
+    python -m training cv --config default --data ../shared/data/myops2020/train25 --run-name cv5
+    # one fold, or resume an interrupted run
+    python -m training cv --run-name cv5 --folds 2 --resume
+    # one stage of one fold
+    python -m training assn --run-name cv5 --fold 0 --resume
+    # the ensemble of the CV folds as the engine's model folder
+    python -m training export --run-name cv5 --folds all --out MyoPSSegmentation/myops/models/default
+    # multi-process (DDP): torchrun --nproc_per_node 2 -m training cv ...
+
+Each run lives in ``runs/<run-name>/`` (``--runs-dir``); see :mod:`training.cv` for its layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from .config import STAGE_ORDER, ConfigError
+from .cv import ALL, CaseCache, RunError, aggregate, describe_summary, export_ensemble, open_run, parse_folds, run_fold
+from .loop import StageExistsError
+from .runtime import setup_runtime, shutdown_runtime
+
+logger = logging.getLogger("training")
+
+
+def _common(p: argparse.ArgumentParser, data_required: bool = False) -> None:
+    p.add_argument(
+        "--config",
+        default=None,
+        help="config JSON or the name of a shipped one (default, tiny, table1_*, table2_*); "
+        "only needed when the run is created",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        required=data_required,
+        help="folder in MyoPS layout (<name>_C0/_DE/_T2/_gd.nii.gz); needed when the run is created",
+    )
+    p.add_argument("--run-name", required=True, help="name of the run folder under --runs-dir")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set assn.steps=500 (JSON values); repeatable",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help="training device (default: the config's runtime.device, auto = CUDA when present)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints; reuse completed stages")
+    p.add_argument("--overwrite", action="store_true", help="discard what the run or stage folder holds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train the MyoPS cascade (localiser, DAE, ASSN, PRSN), export engine model folders and "
+        "validate them with the engine's own pipeline.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples (from the repository root)::", 1)[1].split("Each run", 1)[0],
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "cv",
+        help="the whole cascade for some or all folds, then the CV summary",
+        description="Train localiser -> DAE -> ASSN -> PRSN for each fold, export the fold's model "
+        "folder, segment its held-out cases with myops.pipeline.Segmenter and score them; finally "
+        "pool the folds into cv_metrics.json and cv_cases.csv.",
+    )
+    _common(p)
+    p.add_argument(
+        "--folds",
+        nargs="*",
+        default=["all"],
+        help="fold indices (0 2 or 0,2), 'all' (every CV fold, default) or 'full' (train on all cases)",
+    )
+    p.add_argument(
+        "--export-ensemble",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="after the CV, export the ensemble of the folds run here to DIR",
+    )
+    p.set_defaults(func=cmd_cv)
+
+    helps = {
+        "localizer": "heart localiser (U-Net on coarse full-view windows)",
+        "dae": "DAE pre-training on corrupted ground-truth masks (Eq. 5)",
+        "assn": "ASSN with the frozen DAE (Eq. 6), or a Table 1 variant (assn.variant)",
+        "prsn": "PRSN on candidate regions (Eq. 13), or a Table 2 variant (prsn.variant)",
+    }
+    for stage in STAGE_ORDER:
+        p = sub.add_parser(
+            stage,
+            help=helps[stage],
+            description=f"Train one stage of one fold: {helps[stage]}. "
+            "Earlier stages it needs must be complete. When the fold's cascade is complete, it is "
+            "exported and validated.",
+        )
+        _common(p)
+        p.add_argument("--fold", required=True, help="fold index, or 'full' to train on all cases")
+        p.add_argument("--no-validate", action="store_true", help="export but do not validate")
+        p.set_defaults(func=cmd_stage, stage=stage)
+
+    p = sub.add_parser(
+        "export",
+        help="export trained folds (an ensemble when several) as a model folder",
+        description="Write an engine model folder (manifest + safetensors + sha256 + provenance + "
+        "CV metrics) from trained folds of a run.",
+    )
+    p.add_argument("--run-name", required=True)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--folds", nargs="*", default=["all"], help="fold indices, 'all' or 'full'")
+    p.add_argument(
+        "--ensemble-stages",
+        default="localizer,assn,prsn",
+        help="stages with one weight file per fold (others come from the first fold)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--name", default=None, help="model name in the manifest")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("summarize", help="pool the validated folds of a run (cv_metrics.json, cv_cases.csv)")
+    p.add_argument("--run-name", required=True)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_summarize)
+    return parser
+
+
+def _setup_logging(verbose: bool, log_file: Optional[Path] = None) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
+
+
+def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDER, validate: bool = True) -> int:
+    runtime_device = args.device
+    # The run's runtime section is only known after the run is opened; start with the defaults' device.
+    from .config import DEFAULTS
+
+    runtime = setup_runtime(DEFAULTS["runtime"], runtime_device)
+    try:
+        run_dir = args.runs_dir / args.run_name
+        run = open_run(run_dir, args.config, args.overrides, args.data, runtime, overwrite=args.overwrite)
+        config = run["config"]
+        if int(config["runtime"].get("num_threads", 0)) > 0:
+            import torch
+
+            torch.set_num_threads(int(config["runtime"]["num_threads"]))
+        if runtime.is_main:
+            _setup_logging(args.verbose, run_dir / "train.log")
+        folds = parse_folds(folds_arg, len(run["split"]["folds"]))
+        cache = CaseCache(config["data"]["percentiles"])
+        t0 = time.perf_counter()
+        for fold in folds:
+            summary = run_fold(
+                run_dir,
+                run,
+                fold,
+                runtime,
+                cache,
+                stages,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                validate=validate,
+                device=str(runtime.device.type),
+            )
+            if runtime.is_main and "summary" in summary:
+                print(f"fold {fold}: {describe_summary(summary['summary'])}", flush=True)
+        if runtime.is_main and validate and any(f != ALL for f in folds):
+            try:
+                cv = aggregate(run_dir)
+                print(f"CV ({cv['n_cases']} cases): {describe_summary(cv['summary'])}", flush=True)
+            except RunError as exc:
+                logger.info("%s", exc)
+        if runtime.is_main:
+            print(f"wall time {time.perf_counter() - t0:.0f} s; run folder {run_dir}", flush=True)
+        if getattr(args, "export_ensemble", None) is not None and runtime.is_main:
+            cv_folds = [f for f in folds if f != ALL]
+            out = export_ensemble(run_dir, cv_folds, args.export_ensemble, runtime)
+            print(f"ensemble model folder: {out}", flush=True)
+        runtime.barrier()
+    finally:
+        shutdown_runtime(runtime)
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    return _run_folds(args, args.folds)
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    return _run_folds(args, [args.fold], stages=(args.stage,), validate=not args.no_validate)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .config import DEFAULTS
+    from .cv import read_json
+
+    runtime = setup_runtime(DEFAULTS["runtime"], "cpu")
+    run_dir = args.runs_dir / args.run_name
+    split = read_json(run_dir / "split.json")
+    folds = parse_folds(args.folds, len(split["folds"]))
+    stages = tuple(s for s in args.ensemble_stages.split(",") if s)
+    out = export_ensemble(run_dir, folds, args.out, runtime, name=args.name, stages_to_ensemble=stages)
+    print(f"model folder: {out}")
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    cv = aggregate(args.runs_dir / args.run_name)
+    print(f"CV ({cv['n_cases']} cases): {describe_summary(cv['summary'])}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    if getattr(args, "no_progress", False):
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, RunError, StageExistsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

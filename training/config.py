@@ -1,0 +1,265 @@
+"""Run configuration: one JSON file holds every hyper-parameter and the seed.
+
+A config file is merged over :data:`DEFAULTS` (so a file may list only what it changes) and checked: an unknown
+key is an error (a typo must not silently fall back to a default). ``--set key.path=value`` overrides on the
+command line are applied after the file and recorded in the run's ``config.json``.
+
+Sections:
+
+- ``data``: geometry of the training samples, the same geometry the model folder's input spec declares
+  (``crop_size`` px at ``crop_spacing_mm``, ``coarse_size`` for the full-view localiser windows), the localiser
+  error simulated by jittering the fine window centre (``jitter_mm``), and the cross-validation (``folds``).
+- ``augment``: spatial (rotation, scale, flips) and per-sequence intensity augmentation.
+- ``localizer``, ``dae``, ``assn``, ``prsn``: one section per stage: architecture + constructor kwargs, the
+  variant (the paper's comparison models, Tables 1-2), the loss weights, the optimiser and the schedule.
+- ``export``: what goes into the engine model folder (postprocessing, half precision).
+- ``runtime``: threads, mixed precision, checkpoint and log intervals.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+PathLike = Union[str, Path]
+
+#: Folder of the shipped configs (``default.json``, ``tiny.json``, the comparison models).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+#: Stages of the cascade, in training order.
+STAGE_ORDER = ("localizer", "dae", "assn", "prsn")
+
+#: Variants of the ASSN stage (Table 1 of the paper).
+ASSN_VARIANTS = ("assn", "assn_wo_dae", "unet_bssfp")
+#: Variants of the PRSN stage (Table 2 of the paper).
+PRSN_VARIANTS = ("prsn", "mfb_prsn", "fusion_unet", "unet_scar", "unet_edema", "prsn_b_lge", "prsn_b_t2")
+
+
+def _optim(steps: int, batch_size: int, lr: float) -> Dict[str, Any]:
+    return {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": 1e-5,
+        "warmup_steps": 20,
+        "lr_schedule": "cosine",
+        "min_lr_fraction": 0.02,
+        "grad_clip": 5.0,
+    }
+
+
+DEFAULTS: Dict[str, Any] = {
+    "name": "default",
+    "seed": 2020,
+    "description": "",
+    "data": {
+        "folds": 5,
+        "crop_size": 128,
+        "crop_spacing_mm": 1.0,
+        "coarse_size": 128,
+        "jitter_mm": 8.0,
+        "context_factor": 1.75,
+        "percentiles": [0.5, 99.5],
+    },
+    "augment": {
+        "enabled": True,
+        "rotation_deg": 180.0,
+        "scale": 0.15,
+        "flip_prob": 0.5,
+        "coarse_shift_fraction": 0.08,
+        "intensity_prob": 0.8,
+        "gamma": 0.3,
+        "intensity_scale": 0.15,
+        "intensity_shift": 0.15,
+        "noise_std": 0.05,
+    },
+    "localizer": {
+        "arch": "unet",
+        "config": {"in_channels": 3, "out_channels": 2, "features": [8, 16, 32, 64]},
+        "ce_weight": 1.0,
+        **_optim(300, 8, 2e-3),
+    },
+    "dae": {
+        "arch": "dae",
+        "config": {"in_channels": 2, "out_channels": 2, "features": [8, 16, 32, 64], "latent_channels": 8},
+        "dice_weight": 1.0,
+        "noise": {
+            "morph_prob": 0.6,
+            "morph_max_px": 4,
+            "blob_prob": 0.6,
+            "max_blobs": 3,
+            "blob_radius_px": [3, 14],
+            "hole_prob": 0.4,
+            "warp_prob": 0.6,
+            "warp_px": 6.0,
+            "delete_prob": 0.4,
+            "soften_prob": 0.7,
+        },
+        **_optim(400, 16, 2e-3),
+    },
+    "assn": {
+        "variant": "assn",
+        "arch": "assn",
+        "config": {"in_channels": 3, "out_channels": 2, "features": [8, 16, 32, 64]},
+        "beta": 0.2,
+        "ce_weight": 1.0,
+        **_optim(600, 8, 2e-3),
+    },
+    "prsn": {
+        "variant": "prsn",
+        "arch": "prsn",
+        "config": {"in_channels": 3, "out_channels": 4, "features": [8, 16, 32, 64], "fusion": "cafb"},
+        "lambda_bssfp": 0.3,
+        "lambda_lge": 0.5,
+        "lambda_t2": 0.5,
+        "ce_weight": 1.0,
+        "mask_source": "perturbed_gt",
+        "mask_noise": {"morph_prob": 0.7, "morph_max_px": 3, "warp_prob": 0.5, "warp_px": 3.0},
+        **_optim(800, 8, 2e-3),
+    },
+    "export": {
+        "half_precision": False,
+        "tta_flips": False,
+        "postprocessing": {
+            "largest_lv_component": True,
+            "fill_epicardium_holes": True,
+            "min_pathology_area_mm2": 4.0,
+            "min_wall_area_mm2": 10.0,
+        },
+    },
+    "runtime": {
+        "num_threads": 0,
+        "amp": "auto",
+        "checkpoint_every": 100,
+        "log_every": 10,
+        "device": "auto",
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed (unknown key, wrong type, bad value)."""
+
+
+def _merge(base: Dict[str, Any], update: Mapping[str, Any], where: str, strict: bool) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        path = f"{where}.{key}" if where else key
+        if key not in base:
+            if strict:
+                raise ConfigError(f"unknown config key {path!r}; known here: {sorted(base)}")
+            out[key] = copy.deepcopy(value)
+        elif isinstance(base[key], dict) and key not in ("config",):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {path!r} must be an object, got {value!r}")
+            out[key] = _merge(base[key], value, path, strict)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def apply_overrides(config: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as JSON when they parse, else kept as strings)."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = config
+        for depth, key in enumerate(keys[:-1]):
+            if not isinstance(node, dict) or key not in node:
+                raise ConfigError(f"override {path!r}: unknown key {'.'.join(keys[: depth + 1])!r}")
+            node = node[key]
+        inside_config = "config" in keys[:-1]
+        if not isinstance(node, dict) or (keys[-1] not in node and not inside_config):
+            raise ConfigError(f"override {path!r}: unknown key {path!r}")
+        node[keys[-1]] = _parse_value(text)
+    return config
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    """Check values that would otherwise fail late (after minutes of training)."""
+    data = config["data"]
+    if int(data["folds"]) < 2:
+        raise ConfigError(f"data.folds must be >= 2, got {data['folds']}")
+    for key in ("crop_size", "coarse_size"):
+        if int(data[key]) < 16:
+            raise ConfigError(f"data.{key} must be >= 16, got {data[key]}")
+    if float(data["crop_spacing_mm"]) <= 0:
+        raise ConfigError("data.crop_spacing_mm must be > 0")
+    if float(data["context_factor"]) < 1.0:
+        raise ConfigError("data.context_factor must be >= 1")
+    if config["assn"]["variant"] not in ASSN_VARIANTS:
+        raise ConfigError(f"assn.variant must be one of {list(ASSN_VARIANTS)}, got {config['assn']['variant']!r}")
+    if config["prsn"]["variant"] not in PRSN_VARIANTS:
+        raise ConfigError(f"prsn.variant must be one of {list(PRSN_VARIANTS)}, got {config['prsn']['variant']!r}")
+    if config["prsn"]["mask_source"] not in ("perturbed_gt", "gt"):
+        raise ConfigError("prsn.mask_source must be 'perturbed_gt' or 'gt'")
+    for stage in STAGE_ORDER:
+        section = config[stage]
+        if int(section["steps"]) < 1 or int(section["batch_size"]) < 1:
+            raise ConfigError(f"{stage}.steps and {stage}.batch_size must be >= 1")
+        if float(section["lr"]) <= 0:
+            raise ConfigError(f"{stage}.lr must be > 0")
+        if section["lr_schedule"] not in ("cosine", "constant"):
+            raise ConfigError(f"{stage}.lr_schedule must be 'cosine' or 'constant'")
+    if config["runtime"]["amp"] not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError("runtime.amp must be one of auto, bf16, fp16, off")
+
+
+def resolve_config_path(name_or_path: PathLike) -> Path:
+    """A config path as given, or the name of a shipped config (``tiny`` -> ``training/configs/tiny.json``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / (p.name if p.suffix == ".json" else f"{p.name}.json")
+    if shipped.is_file():
+        return shipped
+    known = sorted(f.stem for f in CONFIG_DIR.glob("*.json"))
+    raise ConfigError(f"config {str(name_or_path)!r} not found (shipped configs: {known})")
+
+
+def load_config(name_or_path: Optional[PathLike] = None, overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """Load a config file over :data:`DEFAULTS`, apply overrides, validate.
+
+    Args:
+        name_or_path: a JSON file, the name of a shipped config, or ``None`` for the defaults.
+        overrides: ``key.path=value`` strings.
+
+    Returns:
+        The complete config (every key present).
+
+    Raises:
+        ConfigError: unknown keys, malformed JSON or invalid values.
+    """
+    config = copy.deepcopy(DEFAULTS)
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be an object")
+        base = loaded.pop("base", None)
+        if base is not None:
+            config = load_config(base)
+        config = _merge(config, loaded, "", strict=True)
+    config = apply_overrides(config, list(overrides))
+    validate_config(config)
+    return config
+
+
+def config_list(config: Mapping[str, Any], stage: str, key: str) -> List[Any]:
+    """``config[stage][key]`` as a list (helper for JSON arrays)."""
+    return list(config[stage][key])

@@ -1,0 +1,334 @@
+"""Runs, folds and cross-validation: the whole cascade for a fold, all folds, or all cases.
+
+A run folder (``runs/<name>/``) holds ``config.json`` (the complete config, fixed when the run is created),
+``split.json`` (data folder, sorted case names, the seeded folds) and one folder per fold (``fold_<k>``) or
+``all`` (trained on every case, no held-out cases). Each fold's cascade is: localiser -> DAE -> ASSN -> PRSN ->
+export (``fold_<k>/model``) -> validation of the held-out cases through :class:`myops.pipeline.Segmenter`
+(``fold_<k>/predictions``, ``fold_<k>/metrics.json``). :func:`aggregate` pools the folds into
+``cv_metrics.json`` (mean, sd, median per metric) and ``cv_cases.csv`` (one row per case).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from myops.metrics import METRIC_NAMES
+
+from .checkpoint import write_json
+from .config import STAGE_ORDER, ConfigError, load_config
+from .data import CaseData, CaseFiles, SliceBank, find_cases, load_case, make_folds
+from .export import export_model, read_json, summarise, validate_cases
+from .loop import StageResult
+from .runtime import Runtime
+from .stages import load_stage, run_stages
+
+logger = logging.getLogger(__name__)
+
+Fold = Union[int, str]
+ALL = "all"
+
+
+class RunError(RuntimeError):
+    """A run folder is inconsistent with what was asked (different config, unknown fold...)."""
+
+
+def fold_dirname(fold: Fold) -> str:
+    return ALL if fold == ALL else f"fold_{int(fold)}"
+
+
+def _comparable(config: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "runtime"}
+
+
+def open_run(
+    run_dir: Path,
+    config_arg: Optional[str],
+    overrides: Sequence[str],
+    data_dir: Optional[Path],
+    runtime: Runtime,
+    overwrite: bool = False,
+) -> Dict[str, Any]:
+    """Create a run folder or reopen it; returns ``{"config", "split"}``.
+
+    A new run writes ``config.json`` and ``split.json``. An existing run keeps its own config; a different
+    config (apart from the ``runtime`` section) is refused unless ``overwrite``.
+    """
+    run_dir = Path(run_dir)
+    cfg_path, split_path = run_dir / "config.json", run_dir / "split.json"
+    if cfg_path.is_file() and split_path.is_file() and not overwrite:
+        config = read_json(cfg_path)
+        split = read_json(split_path)
+        if config_arg is not None or overrides:
+            wanted = load_config(config_arg, overrides)
+            if _comparable(wanted) != _comparable(config):
+                raise RunError(f"{run_dir} was made with another config; use a new --run-name or --overwrite")
+            config["runtime"] = wanted["runtime"]
+        if data_dir is not None and Path(data_dir).resolve() != Path(split["data"]).resolve():
+            logger.warning("run %s was split on %s; reading the cases from %s", run_dir, split["data"], data_dir)
+            split["data"] = str(Path(data_dir).resolve())
+        return {"config": config, "split": split}
+    if data_dir is None:
+        raise RunError(f"{run_dir} does not exist yet: --data is needed to create it")
+    config = load_config(config_arg, overrides)
+    files = find_cases(data_dir)
+    names = [f.name for f in files]
+    folds = make_folds(names, int(config["data"]["folds"]), int(config["seed"]))
+    split = {"data": str(Path(data_dir).resolve()), "cases": names, "folds": folds, "seed": int(config["seed"])}
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(cfg_path, config)
+        write_json(split_path, split)
+    runtime.barrier()
+    return {"config": config, "split": split}
+
+
+class CaseCache:
+    """Prepared cases, loaded once per process and shared by the folds."""
+
+    def __init__(self, percentiles: Sequence[float]) -> None:
+        self.percentiles = tuple(percentiles)
+        self._cases: Dict[str, CaseData] = {}
+
+    def get(self, files: Sequence[CaseFiles]) -> List[CaseData]:
+        out = []
+        for f in files:
+            if f.name not in self._cases:
+                self._cases[f.name] = load_case(f, self.percentiles)
+            out.append(self._cases[f.name])
+        return out
+
+
+def fold_cases(split: Mapping[str, Any], fold: Fold) -> Dict[str, List[CaseFiles]]:
+    """``{"train": [...], "held_out": [...]}`` case files of a fold (``all``: every case, none held out)."""
+    files = {f.name: f for f in find_cases(split["data"])}
+    missing = [n for n in split["cases"] if n not in files]
+    if missing:
+        raise RunError(f"cases {missing} of the run's split are not in {split['data']}")
+    if fold == ALL:
+        held: List[str] = []
+    else:
+        k = int(fold)
+        if not 0 <= k < len(split["folds"]):
+            raise RunError(f"fold {fold} does not exist (folds 0..{len(split['folds']) - 1})")
+        held = list(split["folds"][k])
+    train = [files[n] for n in split["cases"] if n not in held]
+    return {"train": train, "held_out": [files[n] for n in held]}
+
+
+def run_fold(
+    run_dir: Path,
+    run: Mapping[str, Any],
+    fold: Fold,
+    runtime: Runtime,
+    cache: CaseCache,
+    stages: Sequence[str] = STAGE_ORDER,
+    resume: bool = False,
+    overwrite: bool = False,
+    validate: bool = True,
+    device: str = "cpu",
+) -> Dict[str, Any]:
+    """Train the requested stages of one fold; when the cascade is complete, export and validate it.
+
+    Returns:
+        The fold's summary (also ``fold_<k>/metrics.json`` when validated).
+    """
+    config, split = run["config"], run["split"]
+    fold_dir = Path(run_dir) / fold_dirname(fold)
+    parts = fold_cases(split, fold)
+    t0 = time.perf_counter()
+    bank = SliceBank(cache.get(parts["train"]), config["data"])
+    logger.info(
+        "%s: %d training cases (%d slices), %d held out",
+        fold_dirname(fold),
+        len(parts["train"]),
+        len(bank),
+        len(parts["held_out"]),
+    )
+    results = run_stages(config, bank, fold_dir, runtime, fold, stages, resume, overwrite)
+    summary: Dict[str, Any] = {
+        "fold": fold,
+        "train_cases": [f.name for f in parts["train"]],
+        "held_out": [f.name for f in parts["held_out"]],
+        "training_wall_s": {s: round(r.wall_s, 1) for s, r in results.items()},
+    }
+    needed = {"localizer", "assn", "prsn"} | ({"dae"} if config["assn"]["variant"] == "assn" else set())
+    if not needed.issubset(results):
+        logger.info("%s: stages %s are not trained yet; no export", fold_dirname(fold), sorted(needed - set(results)))
+        return summary
+    if runtime.is_main:
+        model_dir = export_fold(run_dir, run, fold, {s: [r] for s, r in results.items()}, runtime)
+        summary["model_dir"] = str(model_dir)
+        if validate and parts["held_out"]:
+            t1 = time.perf_counter()
+            rows = validate_cases(model_dir, parts["held_out"], fold_dir / "predictions", device=device)
+            summary["validation_wall_s"] = round(time.perf_counter() - t1, 1)
+            summary["cases"] = rows
+            summary["summary"] = summarise(rows)
+        summary["fold_wall_s"] = round(time.perf_counter() - t0, 1)
+        write_json(fold_dir / "metrics.json", summary)
+    runtime.barrier()
+    return summary
+
+
+def export_fold(
+    run_dir: Path, run: Mapping[str, Any], fold: Fold, stages: Mapping[str, List[StageResult]], runtime: Runtime
+) -> Path:
+    config, split = run["config"], run["split"]
+    parts = fold_cases(split, fold)
+    return export_model(
+        Path(run_dir) / fold_dirname(fold) / "model",
+        config,
+        stages,
+        name=f"{config['name']}-{fold_dirname(fold)}",
+        description=f"{config['name']}: cascade trained on {len(parts['train'])} cases ({fold_dirname(fold)})",
+        data_info={
+            "folder": split["data"],
+            "train_cases": [f.name for f in parts["train"]],
+            "held_out_cases": [f.name for f in parts["held_out"]],
+        },
+        runtime_info=runtime.describe(),
+    )
+
+
+def aggregate(run_dir: Path) -> Dict[str, Any]:
+    """Pool every validated fold of a run into ``cv_metrics.json`` and ``cv_cases.csv``."""
+    run_dir = Path(run_dir)
+    rows: List[Dict[str, Any]] = []
+    folds: Dict[str, Any] = {}
+    for path in sorted(run_dir.glob("fold_*/metrics.json")):
+        data = read_json(path)
+        if "cases" not in data:
+            continue
+        fold = path.parent.name
+        folds[fold] = {
+            "summary": data["summary"],
+            "training_wall_s": data.get("training_wall_s"),
+            "validation_wall_s": data.get("validation_wall_s"),
+            "fold_wall_s": data.get("fold_wall_s"),
+        }
+        for r in data["cases"]:
+            rows.append({"fold": fold, **r})
+    if not rows:
+        raise RunError(f"{run_dir} has no validated fold yet")
+    rows.sort(key=lambda r: r["case"])
+    result = {
+        "run": run_dir.name,
+        "n_cases": len(rows),
+        "folds": folds,
+        "summary": summarise(rows),
+        "total_fold_wall_s": round(sum((f.get("fold_wall_s") or 0.0) for f in folds.values()), 1),
+    }
+    write_json(run_dir / "cv_metrics.json", result)
+    columns = ["case", "fold", *METRIC_NAMES, "localized", "slices", "inference_s"]
+    with open(run_dir / "cv_cases.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    return result
+
+
+def export_ensemble(
+    run_dir: Path,
+    folds: Sequence[Fold],
+    out_dir: Path,
+    runtime: Runtime,
+    name: Optional[str] = None,
+    description: Optional[str] = None,
+    stages_to_ensemble: Sequence[str] = ("localizer", "assn", "prsn"),
+) -> Path:
+    """Export an ensemble of trained folds as one model folder, with the run's CV metrics in the manifest.
+
+    Stages in ``stages_to_ensemble`` get one weight file per fold (probabilities averaged by the engine); the
+    others (and always the DAE, which the engine pairs with every ASSN) come from the first fold listed.
+    """
+    run_dir = Path(run_dir)
+    run = {"config": read_json(run_dir / "config.json"), "split": read_json(run_dir / "split.json")}
+    config = run["config"]
+    stages: Dict[str, List[StageResult]] = {}
+    for stage in STAGE_ORDER:
+        members = folds if stage in stages_to_ensemble else list(folds)[:1]
+        for fold in members:
+            folder = run_dir / fold_dirname(fold) / stage
+            if not (folder / "final.json").is_file():
+                if stage == "dae" and config["assn"]["variant"] != "assn":
+                    continue
+                raise RunError(f"{folder} is not trained")
+            stages.setdefault(stage, []).append(load_stage(folder))
+    metrics: Dict[str, Any] = {}
+    if (run_dir / "cv_metrics.json").is_file():
+        cv = read_json(run_dir / "cv_metrics.json")
+        metrics = {
+            "cross_validation": {
+                "run": cv["run"],
+                "folds": len(cv["folds"]),
+                "n_cases": cv["n_cases"],
+                "protocol": "k-fold CV on the training folder; each fold's model validated on its held-out cases "
+                "through myops.pipeline.Segmenter; per-case 3D Dice and Hausdorff (myops.metrics.case_metrics)",
+                "summary": cv["summary"],
+            }
+        }
+    train_cases = sorted({c.name for f in folds for c in fold_cases(run["split"], f)["train"]})
+    return export_model(
+        Path(out_dir),
+        config,
+        stages,
+        name=name or f"{config['name']}-ensemble",
+        description=description
+        or f"{config['name']}: ensemble of folds {list(folds)} ({', '.join(stages_to_ensemble)} averaged)",
+        data_info={"folder": run["split"]["data"], "train_cases": train_cases, "folds": [str(f) for f in folds]},
+        runtime_info=runtime.describe(),
+        metrics=metrics,
+        extra_provenance={"run": run_dir.name},
+    )
+
+
+def parse_folds(values: Sequence[str], n_folds: int) -> List[Fold]:
+    """``["all"]`` -> every CV fold; ``["full"]`` -> the all-cases model; else fold indices."""
+    if not values or list(values) == ["all"]:
+        return list(range(n_folds))
+    out: List[Fold] = []
+    for v in values:
+        for part in str(v).split(","):
+            if part == "full":
+                out.append(ALL)
+            elif part:
+                try:
+                    k = int(part)
+                except ValueError:
+                    raise ConfigError(f"fold {part!r} is not an index, 'all' or 'full'") from None
+                if not 0 <= k < n_folds:
+                    raise ConfigError(f"fold {k} does not exist (0..{n_folds - 1})")
+                out.append(k)
+    return out
+
+
+def describe_summary(summary: Mapping[str, Any]) -> str:
+    """One line of the headline metrics (mean +- sd)."""
+
+    def fmt(key: str, scale: float = 1.0) -> str:
+        s = summary.get(key, {})
+        if s.get("mean") is None:
+            return f"{key} n/a"
+        sd = s.get("sd")
+        return f"{key} {s['mean'] * scale:.3f}" + (f" +- {sd * scale:.3f}" if sd is not None else "")
+
+    return ", ".join(fmt(k) for k in ("dice_scar", "dice_scar_edema", "dice_lv", "hd_lv_mm", "hd_lv_2d_mm"))
+
+
+__all__ = [
+    "ALL",
+    "CaseCache",
+    "RunError",
+    "aggregate",
+    "describe_summary",
+    "export_ensemble",
+    "fold_cases",
+    "open_run",
+    "parse_folds",
+    "run_fold",
+]

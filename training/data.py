@@ -1,0 +1,310 @@
+"""Training data from any folder in MyoPS layout, prepared exactly as the engine prepares inference inputs.
+
+A case is ``<name>_C0`` (bSSFP), ``<name>_DE`` (LGE), ``<name>_T2`` and ``<name>_gd`` (labels), each with any
+suffix the engine reads (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``...). Images are read with
+:func:`myops.io.read_image` and prepared with :func:`myops.preprocessing.prepare_sequences` (resampling onto
+the LGE grid, percentile clipping, z-score), the same code the inference pipeline runs.
+
+Per slice, two *context windows* are sampled once with :func:`myops.preprocessing.sample_windows` (bilinear for
+images, nearest for labels):
+
+- **fine**: centred on the case's ground-truth LV centre (the centroid of the largest 3D component of the LV
+  epicardial region, :func:`myops.preprocessing.heart_center_from_mask`, the same rule the pipeline applies to
+  the localiser's output), at ``crop_spacing_mm``, ``context_factor`` times larger than ``crop_size`` so that
+  rotation, scaling and the simulated localiser error (``jitter_mm``) never reach past its border;
+- **coarse**: the slice's whole field of view (:func:`myops.preprocessing.full_view_window`) at the spacing of a
+  ``coarse_size`` window, again with a margin.
+
+:class:`SliceBank` holds these windows as tensors and draws augmented training batches from them.
+Splits (:func:`make_folds`) are deterministic: sorted case names, a seeded permutation, ``k`` near-equal folds.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from myops.io import IMAGE_SUFFIXES, read_image
+from myops.labels import EDEMA, LV_EPICARDIUM_LABELS, MYOCARDIUM, SCAR
+from myops.preprocessing import (
+    Window,
+    full_view_window,
+    heart_center_from_mask,
+    prepare_sequences,
+    sample_windows,
+    spacing_zyx_of,
+)
+
+from .augment import augment_intensity, identity_affines, random_affines, warp_batch
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+ROLES = ("C0", "DE", "T2", "gd")
+
+#: MyoPS label value -> compact code stored in the context windows (0 bg, 1 myo, 2 LV blood, 3 edema, 4 scar,
+#: 5 other labelled structure, e.g. RV blood pool). Targets of every stage derive from these codes.
+CODE_OF_VALUE: Dict[int, int] = {MYOCARDIUM: 1, 500: 2, EDEMA: 3, SCAR: 4, 600: 5}
+
+
+class CaseFiles(NamedTuple):
+    """Paths of one case in MyoPS layout."""
+
+    name: str
+    c0: Path
+    de: Path
+    t2: Path
+    gd: Path
+
+
+@dataclass
+class CaseData:
+    """One case prepared as the engine prepares inference inputs.
+
+    Attributes:
+        name: case name.
+        volumes: float32 ``(3, z, y, x)`` bSSFP, LGE, T2 on the LGE grid, normalised.
+        labels: int ``(z, y, x)`` MyoPS label values.
+        spacing_zyx: LGE voxel size in mm.
+        center_yx: ground-truth LV centre (row, col) in index units.
+    """
+
+    name: str
+    volumes: np.ndarray
+    labels: np.ndarray
+    spacing_zyx: Tuple[float, float, float]
+    center_yx: np.ndarray
+
+
+def find_cases(folder: PathLike) -> List[CaseFiles]:
+    """All complete cases of a MyoPS-layout folder, sorted by name.
+
+    Raises:
+        FileNotFoundError: the folder is missing or holds no complete case.
+        ValueError: a case lacks one of its four files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data folder {folder} does not exist")
+    pattern = re.compile(
+        r"^(?P<name>.+)_(?P<role>C0|DE|T2|gd)(?P<ext>"
+        + "|".join(re.escape(s) for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True))
+        + r")$"
+    )
+    found: Dict[str, Dict[str, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        m = pattern.match(path.name)
+        if m and path.is_file():
+            found.setdefault(m.group("name"), {})[m.group("role")] = path
+    if not found:
+        raise FileNotFoundError(f"{folder} holds no case in MyoPS layout (<name>_C0/_DE/_T2/_gd.nii.gz)")
+    cases = []
+    for name in sorted(found):
+        roles = found[name]
+        missing = [r for r in ROLES if r not in roles]
+        if missing:
+            raise ValueError(f"case {name} in {folder} lacks {missing}")
+        cases.append(CaseFiles(name, roles["C0"], roles["DE"], roles["T2"], roles["gd"]))
+    return cases
+
+
+def load_case(files: CaseFiles, percentiles: Sequence[float] = (0.5, 99.5)) -> CaseData:
+    """Read and prepare one case (engine readers, :func:`prepare_sequences`) with its labels on the LGE grid."""
+    bssfp, lge, t2 = (read_image(p) for p in (files.c0, files.de, files.t2))
+    volumes = prepare_sequences(bssfp, lge, t2, percentiles)
+    gd = sitk.ReadImage(str(files.gd))
+    if gd.GetSize() != lge.GetSize():
+        gd = sitk.Resample(gd, lge, sitk.Transform(), sitk.sitkNearestNeighbor, 0, gd.GetPixelID())
+    labels = sitk.GetArrayFromImage(gd).astype(np.int32)
+    spacing = spacing_zyx_of(lge)
+    center = heart_center_from_mask(np.isin(labels, LV_EPICARDIUM_LABELS), spacing, min_area_mm2=0.0)
+    if center is None:
+        logger.warning("case %s has no LV label; using the image centre", files.name)
+        center = np.array([(labels.shape[1] - 1) / 2.0, (labels.shape[2] - 1) / 2.0])
+    return CaseData(files.name, volumes, labels, spacing, center)
+
+
+def make_folds(names: Sequence[str], folds: int, seed: int) -> List[List[str]]:
+    """Deterministic k-fold split: sort the names, permute with ``numpy.random.default_rng(seed)``, deal out.
+
+    Returns:
+        ``folds`` lists of held-out case names (each sorted); fold sizes differ by at most one.
+    """
+    ordered = sorted(names)
+    if folds < 2 or folds > len(ordered):
+        raise ValueError(f"cannot make {folds} folds from {len(ordered)} cases")
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    return [sorted(ordered[i] for i in perm[k::folds]) for k in range(folds)]
+
+
+def _even_context(size: int, factor: float) -> int:
+    ctx = int(np.ceil(size * factor))
+    return ctx + ((ctx - size) % 2)
+
+
+def encode_labels(labels: np.ndarray) -> np.ndarray:
+    """MyoPS label values -> compact codes (:data:`CODE_OF_VALUE`), int8."""
+    out = np.zeros(labels.shape, dtype=np.int8)
+    for value, code in CODE_OF_VALUE.items():
+        out[labels == value] = code
+    return out
+
+
+# Targets from compact codes ----------------------------------------------------------------------------------
+def epicardium_of(codes: torch.Tensor) -> torch.Tensor:
+    """LV epicardial region (200, 500, 1220, 2221) as long 0/1."""
+    return ((codes >= 1) & (codes <= 4)).long()
+
+
+def wall_of(codes: torch.Tensor) -> torch.Tensor:
+    """LV wall (200, 1220, 2221) as long 0/1: the B_bSSFP target."""
+    return ((codes == 1) | (codes == 3) | (codes == 4)).long()
+
+
+def main_target_of(codes: torch.Tensor) -> torch.Tensor:
+    """B_Main classes: 0 background, 1 normal myocardium (200), 2 edema (1220), 3 scar (2221)."""
+    out = torch.zeros_like(codes, dtype=torch.long)
+    out[codes == 1] = 1
+    out[codes == 3] = 2
+    out[codes == 4] = 3
+    return out
+
+
+def lge_target_of(codes: torch.Tensor) -> torch.Tensor:
+    """B_LGE classes: 0 background, 1 normal myocardium (200, 1220), 2 scar (2221)."""
+    out = torch.zeros_like(codes, dtype=torch.long)
+    out[(codes == 1) | (codes == 3)] = 1
+    out[codes == 4] = 2
+    return out
+
+
+def t2_target_of(codes: torch.Tensor) -> torch.Tensor:
+    """B_T2 classes: 0 background, 1 normal myocardium (200), 2 edema (1220, 2221)."""
+    out = torch.zeros_like(codes, dtype=torch.long)
+    out[codes == 1] = 1
+    out[(codes == 3) | (codes == 4)] = 2
+    return out
+
+
+class Batch(NamedTuple):
+    """An augmented batch: ``images`` ``(N, 3, S, S)`` float, ``codes`` ``(N, S, S)`` int8 compact labels."""
+
+    images: torch.Tensor
+    codes: torch.Tensor
+
+
+class SliceBank:
+    """Context windows of every slice of some cases, and augmented batches drawn from them.
+
+    Args:
+        cases: prepared cases.
+        data: the ``data`` config section (``crop_size``, ``crop_spacing_mm``, ``coarse_size``,
+            ``context_factor``, ``jitter_mm``).
+    """
+
+    def __init__(self, cases: Sequence[CaseData], data: Mapping[str, Any]) -> None:
+        if not cases:
+            raise ValueError("SliceBank needs at least one case")
+        self.crop_size = int(data["crop_size"])
+        self.crop_spacing_mm = float(data["crop_spacing_mm"])
+        self.coarse_size = int(data["coarse_size"])
+        self.jitter_mm = float(data["jitter_mm"])
+        factor = float(data["context_factor"])
+        self.fine_context = _even_context(self.crop_size, factor)
+        self.coarse_context = _even_context(self.coarse_size, factor)
+        fine_img, fine_lab, coarse_img, coarse_lab, owners = [], [], [], [], []
+        for case in cases:
+            spacing_yx = (case.spacing_zyx[1], case.spacing_zyx[2])
+            codes = encode_labels(case.labels)[None].astype(np.float32)
+            fine = Window(case.center_yx, self.crop_spacing_mm, self.fine_context)
+            fine_img.append(sample_windows(case.volumes, spacing_yx, fine))
+            fine_lab.append(sample_windows(codes, spacing_yx, fine, mode="nearest")[:, 0])
+            view = full_view_window(case.labels.shape[1:], spacing_yx, self.coarse_size)
+            coarse = Window(view.center_yx, view.spacing_mm, self.coarse_context)
+            coarse_img.append(sample_windows(case.volumes, spacing_yx, coarse))
+            coarse_lab.append(sample_windows(codes, spacing_yx, coarse, mode="nearest")[:, 0])
+            owners += [case.name] * case.labels.shape[0]
+        self.fine_images = torch.from_numpy(np.concatenate(fine_img))
+        self.fine_codes = torch.from_numpy(np.concatenate(fine_lab).round().astype(np.int8))
+        self.coarse_images = torch.from_numpy(np.concatenate(coarse_img))
+        self.coarse_codes = torch.from_numpy(np.concatenate(coarse_lab).round().astype(np.int8))
+        self.owners = owners
+        self.case_names = [c.name for c in cases]
+
+    def __len__(self) -> int:
+        return int(self.fine_images.shape[0])
+
+    def draw(
+        self,
+        batch_size: int,
+        gen: torch.Generator,
+        augment: Mapping[str, Any],
+        view: str = "fine",
+        indices: Optional[torch.Tensor] = None,
+    ) -> Batch:
+        """An augmented batch of fine (ASSN/PRSN/DAE) or coarse (localiser) windows.
+
+        Slices are drawn uniformly with replacement. The fine window centre is moved by up to ``jitter_mm``
+        (uniform in a disc) to simulate the localiser's error; the coarse window by up to
+        ``augment["coarse_shift_fraction"]`` of its side. With ``augment["enabled"]`` false only that shift is
+        applied.
+
+        Args:
+            batch_size: samples.
+            gen: random generator (its state advances; checkpoints store it).
+            augment: the ``augment`` config section.
+            view: ``"fine"`` or ``"coarse"``.
+            indices: slice indices to use instead of random ones (evaluation).
+        """
+        if view == "fine":
+            images, codes, out, ctx = self.fine_images, self.fine_codes, self.crop_size, self.fine_context
+            shift_px = self.jitter_mm / self.crop_spacing_mm
+        elif view == "coarse":
+            images, codes, out, ctx = self.coarse_images, self.coarse_codes, self.coarse_size, self.coarse_context
+            shift_px = float(augment["coarse_shift_fraction"]) * self.coarse_size
+        else:
+            raise ValueError(f"view must be 'fine' or 'coarse', got {view!r}")
+        if indices is None:
+            indices = torch.randint(0, len(self), (batch_size,), generator=gen)
+        n = int(indices.shape[0])
+        enabled = bool(augment["enabled"])
+        theta = random_affines(
+            n,
+            out,
+            ctx,
+            gen,
+            rotation_deg=float(augment["rotation_deg"]) if enabled else 0.0,
+            scale=float(augment["scale"]) if enabled else 0.0,
+            flip_prob=float(augment["flip_prob"]) if enabled else 0.0,
+            shift_px=shift_px,
+        )
+        img, lab = warp_batch(images[indices], codes[indices], theta, out)
+        if enabled:
+            img = augment_intensity(img, gen, augment)
+        return Batch(img, lab)
+
+    def central(self, indices: torch.Tensor, view: str = "fine") -> Batch:
+        """Un-augmented central windows (the exact crop the pipeline takes at the ground-truth centre)."""
+        if view == "fine":
+            images, codes, out, ctx = self.fine_images, self.fine_codes, self.crop_size, self.fine_context
+        else:
+            images, codes, out, ctx = self.coarse_images, self.coarse_codes, self.coarse_size, self.coarse_context
+        theta = identity_affines(int(indices.shape[0]), out, ctx)
+        img, lab = warp_batch(images[indices], codes[indices], theta, out)
+        return Batch(img, lab)
+
+
+def load_cases(files: Sequence[CaseFiles], percentiles: Sequence[float] = (0.5, 99.5)) -> List[CaseData]:
+    """:func:`load_case` for each case, logging progress."""
+    out = []
+    for f in files:
+        out.append(load_case(f, percentiles))
+        logger.debug("loaded %s: %s slices", f.name, out[-1].labels.shape[0])
+    return out

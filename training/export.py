@@ -1,0 +1,226 @@
+"""Export trained stages as the engine's model folder, and validate it through the engine.
+
+:func:`export_model` writes a folder with :func:`myops.model.save_model_folder` (manifest + safetensors +
+sha256), with the input spec of the training geometry, the postprocessing of the config, provenance (git commit,
+config, data set, date, hardware, wall time) and, when known, cross-validation metrics. Several runs of a stage
+(one per fold) make an ensemble: the engine averages their probabilities.
+
+:func:`validate_cases` runs :class:`myops.pipeline.Segmenter` on held-out cases' files - the whole cascade,
+localisation included, the one inference pipeline - writes the predictions and scores them with
+:func:`myops.metrics.case_metrics`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from torch import nn
+
+from myops.metrics import METRIC_NAMES, MetricSummary, case_metrics
+from myops.model import save_model_folder
+from myops.preprocessing import spacing_zyx_of
+
+from .baselines import IdentityShapePrior, SingleSequenceAdapter, register_adapters
+from .data import CaseFiles
+from .loop import StageResult
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_state() -> Dict[str, Any]:
+    """The repository's commit and whether training/ or the engine have uncommitted changes."""
+
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = run("rev-parse", "HEAD")
+    dirty = run("status", "--porcelain", "--", "training", "MyoPSSegmentation/myops")
+    return {"commit": commit or "unknown", "dirty": bool(dirty)}
+
+
+def input_spec(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The model folder's input spec from the training geometry."""
+    data = config["data"]
+    return {
+        "sequences": ["bSSFP", "LGE", "T2"],
+        "reference": "LGE",
+        "coarse_size": int(data["coarse_size"]),
+        "crop_size": int(data["crop_size"]),
+        "crop_spacing_mm": float(data["crop_spacing_mm"]),
+        "normalisation": {"method": "percentile_zscore", "percentiles": list(data["percentiles"])},
+    }
+
+
+def _assn_entries(config: Mapping[str, Any], assn: Sequence[StageResult], dae: Optional[Sequence[StageResult]]):
+    variant = config["assn"]["variant"]
+    if variant == "unet_bssfp":
+        modules = []
+        for r in assn:
+            adapter = SingleSequenceAdapter(r.config, channel=0)
+            adapter.inner.load_state_dict(r.module.state_dict())
+            modules.append(adapter)
+        assn_entry = ("training.single_sequence_assn", modules[0].config(), modules)
+    else:
+        assn_entry = (assn[0].arch, assn[0].config, [r.module for r in assn])
+    if variant == "assn":
+        if not dae:
+            raise ValueError("the 'assn' variant needs its DAE to export")
+        # The engine pairs every ASSN with the first DAE; ship the DAE of the first run.
+        dae_entry = (dae[0].arch, dae[0].config, [dae[0].module])
+    else:
+        prior = IdentityShapePrior(int(config["assn"]["config"].get("out_channels", 2)))
+        dae_entry = ("training.identity_shape_prior", prior.config(), [prior])
+    return assn_entry, dae_entry
+
+
+def export_model(
+    folder: Path,
+    config: Mapping[str, Any],
+    stages: Mapping[str, Sequence[StageResult]],
+    *,
+    name: str,
+    description: str,
+    data_info: Mapping[str, Any],
+    runtime_info: Mapping[str, Any],
+    metrics: Optional[Mapping[str, Any]] = None,
+    extra_provenance: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write an engine model folder from trained stages.
+
+    Args:
+        folder: target folder.
+        config: the run config.
+        stages: stage -> one :class:`StageResult` per ensemble member (``localizer``, ``assn``, ``prsn``;
+            ``dae`` when the ASSN variant uses it).
+        name, description: manifest fields.
+        data_info: the data set (folder, cases used for training).
+        runtime_info: hardware (see :meth:`training.runtime.Runtime.describe`).
+        metrics: cross-validation metrics for the manifest.
+        extra_provenance: more provenance fields.
+    """
+    assn_entry, dae_entry = _assn_entries(config, stages["assn"], stages.get("dae"))
+    networks: Dict[str, Any] = {
+        "localizer": (
+            stages["localizer"][0].arch,
+            stages["localizer"][0].config,
+            [r.module for r in stages["localizer"]],
+        ),
+        "assn": assn_entry,
+        "dae": dae_entry,
+        "prsn": (stages["prsn"][0].arch, stages["prsn"][0].config, [r.module for r in stages["prsn"]]),
+    }
+    wall = {s: round(sum(r.wall_s for r in rs), 1) for s, rs in stages.items()}
+    provenance = {
+        "git": git_state(),
+        "config": dict(config),
+        "data": dict(data_info),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hardware": dict(runtime_info),
+        "training_wall_s": wall,
+        "ensemble_members": {s: len(rs) for s, rs in stages.items()},
+        "seed": int(config["seed"]),
+        **dict(extra_provenance or {}),
+    }
+    export_cfg = config["export"]
+    for modules in (networks[s][2] for s in networks):
+        for m in modules:
+            m.cpu().eval()
+    return save_model_folder(
+        folder,
+        networks,
+        trained=True,
+        name=name,
+        description=description,
+        input_spec=input_spec(config),
+        postprocessing=dict(export_cfg["postprocessing"]),
+        inference={"tta_flips": bool(export_cfg["tta_flips"])},
+        provenance=provenance,
+        metrics=dict(metrics or {}),
+        half_precision=bool(export_cfg["half_precision"]),
+    )
+
+
+def validate_cases(
+    model_dir: Path,
+    cases: Sequence[CaseFiles],
+    prediction_dir: Path,
+    device: str = "cpu",
+) -> List[Dict[str, Any]]:
+    """Segment held-out cases with the engine and score them.
+
+    Args:
+        model_dir: an exported model folder.
+        cases: held-out cases (their image files are what the pipeline reads).
+        prediction_dir: where ``<case>_seg.nii.gz`` predictions go.
+        device: inference device.
+
+    Returns:
+        One row per case: ``case``, the :data:`myops.metrics.METRIC_NAMES` values, ``localized``, timings.
+    """
+    from myops.pipeline import Segmenter
+
+    register_adapters()
+    segmenter = Segmenter(model_dir, device=device)
+    prediction_dir = Path(prediction_dir)
+    prediction_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case in cases:
+        t0 = time.perf_counter()
+        out = prediction_dir / f"{case.name}_seg.nii.gz"
+        result = segmenter.segment_files(case.c0, case.de, case.t2, output=out)
+        truth_image = sitk.ReadImage(str(case.gd))
+        truth = sitk.GetArrayFromImage(truth_image)
+        metrics = case_metrics(result.labels_zyx, truth, spacing_zyx_of(truth_image))
+        rows.append(
+            {
+                "case": case.name,
+                **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()},
+                "localized": bool(result.localized),
+                "slices": int(truth.shape[0]),
+                "inference_s": round(result.timings_s.get("total", float("nan")), 3),
+                "wall_s": round(time.perf_counter() - t0, 3),
+            }
+        )
+        logger.info(
+            "%s: scar %.3f, scar+edema %.3f, LV %.3f",
+            case.name,
+            metrics["dice_scar"],
+            metrics["dice_scar_edema"],
+            metrics["dice_lv"],
+        )
+    return rows
+
+
+def summarise(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """:class:`myops.metrics.MetricSummary` of each metric over ``rows`` (``None`` counts as NaN)."""
+    out = {}
+    for name in METRIC_NAMES:
+        values = [float("nan") if r.get(name) is None else float(r[name]) for r in rows]
+        out[name] = MetricSummary.of(values).to_dict()
+    return {
+        k: {kk: (None if isinstance(vv, float) and np.isnan(vv) else vv) for kk, vv in v.items()}
+        for k, v in out.items()
+    }
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def modules_of(results: Sequence[StageResult]) -> List[nn.Module]:
+    return [r.module for r in results]

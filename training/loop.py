@@ -1,0 +1,281 @@
+"""The optimisation loop shared by every stage: Adam, warm-up + cosine schedule, AMP, DDP, checkpoints, logs.
+
+A stage folder receives:
+
+- ``checkpoint.safetensors`` / ``checkpoint.json`` / ``rng_rank<r>.safetensors`` every
+  ``runtime.checkpoint_every`` steps and at the end (:mod:`training.checkpoint`);
+- ``log.jsonl``: one JSON object per ``runtime.log_every`` steps (step, loss and its parts averaged over the
+  interval, learning rate, elapsed seconds);
+- ``final.safetensors`` + ``final.json`` when the stage is complete: the weights of the module the model folder
+  needs (e.g. the ASSN without its frozen DAE), its architecture and constructor kwargs, and a summary.
+
+``resume=True`` continues from the checkpoint (model, optimizer, random state, step), so an interrupted run
+ends with the same weights as an uninterrupted one (on the same hardware and thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    fingerprint,
+    has_checkpoint,
+    load_checkpoint,
+    load_rng_state,
+    model_state_from,
+    optimizer_from_flat,
+    save_checkpoint,
+    save_rng_state,
+    save_tensors,
+    write_json,
+)
+from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+FINAL_WEIGHTS = "final.safetensors"
+FINAL_META = "final.json"
+
+#: ``compute_loss(model, generator) -> (loss, parts)``: draws a batch, runs the (possibly DDP-wrapped) model.
+LossFn = Callable[[nn.Module, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
+
+
+class StageExistsError(RuntimeError):
+    """The stage folder already holds a run and neither ``resume`` nor ``overwrite`` was asked for."""
+
+
+@dataclass
+class StageResult:
+    """What a finished stage leaves behind.
+
+    Attributes:
+        stage: stage name.
+        arch: registry name of the exported module.
+        config: its constructor kwargs.
+        module: the exported module (eval mode, CPU).
+        folder: the stage folder.
+        losses: per-step training loss of this process (steps run in this call only).
+        wall_s: training seconds (summed over resumed sessions).
+        steps: steps completed.
+    """
+
+    stage: str
+    arch: str
+    config: Dict[str, Any]
+    module: nn.Module
+    folder: Path
+    losses: List[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    steps: int = 0
+
+
+def learning_rate(step: int, section: Mapping[str, Any]) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_fraction * lr`` (or constant)."""
+    lr = float(section["lr"])
+    warm = int(section.get("warmup_steps", 0))
+    total = int(section["steps"])
+    if warm > 0 and step < warm:
+        return lr * (step + 1) / warm
+    if section.get("lr_schedule", "cosine") == "constant":
+        return lr
+    progress = (step - warm) / max(1, total - warm)
+    floor = float(section.get("min_lr_fraction", 0.0))
+    return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether a stage folder holds its final weights."""
+    return (Path(folder) / FINAL_WEIGHTS).is_file() and (Path(folder) / FINAL_META).is_file()
+
+
+def load_final(folder: Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """``(final.json, final weights)`` of a completed stage."""
+    meta = json.loads((Path(folder) / FINAL_META).read_text(encoding="utf-8"))
+    return meta, load_file(str(Path(folder) / FINAL_WEIGHTS), device="cpu")
+
+
+def prepare_stage_folder(folder: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to silently mix a new run into a folder that holds an old one."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not (resume or overwrite):
+        raise StageExistsError(
+            f"{folder} already holds a run; pass --resume to continue it or --overwrite to start again"
+        )
+    if overwrite and folder.exists():
+        for name in ("checkpoint.safetensors", "checkpoint.json", "log.jsonl", FINAL_WEIGHTS, FINAL_META):
+            (folder / name).unlink(missing_ok=True)
+        for f in folder.glob("rng_rank*.safetensors"):
+            f.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def fit(
+    stage: str,
+    model: nn.Module,
+    compute_loss: LossFn,
+    section: Mapping[str, Any],
+    runtime_cfg: Mapping[str, Any],
+    runtime: Runtime,
+    folder: Path,
+    generator: torch.Generator,
+    export: Tuple[str, Dict[str, Any], Callable[[nn.Module], nn.Module]],
+    resume: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> StageResult:
+    """Train ``model`` for ``section["steps"]`` steps and write the stage folder.
+
+    Args:
+        stage: name shown in the progress bar and logs.
+        model: the module to train (on ``runtime.device``); frozen parts have ``requires_grad=False``.
+        compute_loss: see :data:`LossFn`.
+        section: the stage's config section (steps, lr, weight_decay, warm-up, schedule, grad_clip...).
+        runtime_cfg: the ``runtime`` config section (checkpoint_every, log_every).
+        runtime: device, AMP, DDP.
+        folder: the stage folder.
+        generator: batch-sampling generator of this process (seeded by the caller).
+        export: ``(arch, config, pick)``; ``pick(model)`` is the module whose weights form the stage's output.
+        resume: continue from the folder's checkpoint (when there is one).
+        overwrite: discard whatever the folder holds.
+        show_progress: show a tqdm bar (main process only).
+
+    Returns:
+        :class:`StageResult`.
+    """
+    folder = Path(folder)
+    if runtime.is_main:
+        prepare_stage_folder(folder, resume, overwrite)
+    runtime.barrier()
+    steps = int(section["steps"])
+    fp = fingerprint(section)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=float(section["lr"]), weight_decay=float(section["weight_decay"]))
+    start, elapsed_before = 0, 0.0
+    if resume and has_checkpoint(folder):
+        tensors, meta = load_checkpoint(folder)
+        if meta.get("fingerprint") != fp:
+            raise StageExistsError(
+                f"{folder}: the checkpoint was made with a different {stage} config; use --overwrite to restart"
+            )
+        model.load_state_dict(model_state_from(tensors))
+        optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+        load_rng_state(folder, runtime.rank, generator)
+        start, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+        logger.info("%s: resuming at step %d of %d", stage, start, steps)
+    train_model: nn.Module = model
+    if runtime.distributed:
+        ddp_kwargs = {"device_ids": [runtime.local_rank]} if runtime.device.type == "cuda" else {}
+        train_model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+    scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 else None
+    log_every = max(1, int(runtime_cfg.get("log_every", 10)))
+    ckpt_every = max(1, int(runtime_cfg.get("checkpoint_every", 100)))
+    clip = float(section.get("grad_clip", 0.0))
+    losses: List[float] = []
+    interval: Dict[str, List[float]] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        desc=stage,
+        disable=not (show_progress and runtime.is_main),
+        dynamic_ncols=True,
+        leave=True,
+    )
+    log_path = folder / "log.jsonl"
+    for step in range(start, steps):
+        lr = learning_rate(step, section)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        autocast = (
+            torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
+            if runtime.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            loss, parts = compute_loss(train_model, generator)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if clip > 0:
+            nn.utils.clip_grad_norm_(params, clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{stage}: loss became {value} at step {step}")
+        losses.append(value)
+        interval.setdefault("loss", []).append(value)
+        for k, v in parts.items():
+            interval.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))
+        bar.update(1)
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            bar.set_postfix({k: f"{sum(v) / len(v):.3f}" for k, v in interval.items()}, refresh=False)
+            if runtime.is_main:
+                record = {
+                    "step": done,
+                    "lr": lr,
+                    "elapsed_s": round(elapsed_before + time.perf_counter() - t0, 2),
+                    **{k: sum(v) / len(v) for k, v in interval.items()},
+                }
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            interval = {}
+        if done % ckpt_every == 0 or done == steps:
+            save_rng_state(folder, runtime.rank, generator)
+            runtime.barrier()
+            if runtime.is_main:
+                save_checkpoint(
+                    folder,
+                    model,
+                    optimizer,
+                    {
+                        "stage": stage,
+                        "step": done,
+                        "steps": steps,
+                        "fingerprint": fp,
+                        "elapsed_s": elapsed_before + time.perf_counter() - t0,
+                    },
+                )
+            runtime.barrier()
+    bar.close()
+    wall = elapsed_before + time.perf_counter() - t0
+    arch, config, pick = export
+    module = pick(model)
+    if runtime.is_main:
+        save_tensors(folder / FINAL_WEIGHTS, module.state_dict())
+        tail = losses[-min(len(losses), 20) :]
+        write_json(
+            folder / FINAL_META,
+            {
+                "stage": stage,
+                "arch": arch,
+                "config": config,
+                "steps": steps,
+                "wall_s": round(wall, 2),
+                "final_loss_mean_last20": (sum(tail) / len(tail)) if tail else None,
+                "runtime": runtime.describe(),
+            },
+        )
+    runtime.barrier()
+    module.eval()
+    return StageResult(stage, arch, config, module, folder, losses, wall, steps)

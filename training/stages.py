@@ -1,0 +1,325 @@
+"""The four stages of the cascade (and the comparison variants), each a loss on batches from a SliceBank.
+
+- **localiser** (:func:`train_localizer`): U-Net on coarse full-view windows; target the LV epicardial region;
+  Dice + cross-entropy.
+- **DAE** (:func:`train_dae`, Eq. 5): input a randomly corrupted and softened ground-truth LV epicardial mask
+  (:func:`training.augment.corrupt_masks`) as two-channel probabilities; target the clean mask. Loss: the
+  reconstruction error of Eq. 5 (mean squared error of the softmax against the one-hot target) plus
+  ``dice_weight`` x soft Dice (added: the engine thresholds the DAE output, so overlap is what matters).
+- **ASSN** (:func:`train_assn`, Eq. 6): ``Dice(f(I), L) + ce_weight * CE(f(I), L) + beta * Dice(D(E(f(I))), L)``
+  with the pre-trained DAE frozen (gradients flow through it into the ASSN); beta = 0.2. Cross-entropy is our
+  addition (``ce_weight``, 0 gives the paper's loss). Variants ``assn_wo_dae`` (no DAE term) and ``unet_bssfp``.
+- **PRSN** (:func:`train_prsn`, Eq. 13): on candidate regions ``C = I * M`` (Eq. 2-4), where ``M`` is the
+  ground-truth LV epicardial region after random erosion/dilation and a smooth warp (``mask_source =
+  "perturbed_gt"``; the perturbation stands in for the ASSN's errors at inference, and keeps the PRSN
+  independent of one particular ASSN), ``Loss = Dice_main + ce_weight * CE_main + 0.3 Dice_bSSFP + 0.5 Dice_LGE
+  + 0.5 Dice_T2``; branch targets as docs/architecture.md. Variants: the Table 2 baselines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from myops.networks import ShapeConstrainedASSN, create_model
+
+from .augment import corrupt_masks, soften_masks
+from .baselines import (
+    CLASS_MAPS,
+    INPUT_CHANNELS,
+    IdentityShapePrior,
+    PathologyAdapter,
+    SingleSequenceAdapter,
+    assn_variant_network,
+    prsn_variant_network,
+)
+from .config import STAGE_ORDER
+from .data import SliceBank, epicardium_of, lge_target_of, main_target_of, t2_target_of, wall_of
+from .loop import StageResult, fit, is_complete, load_final
+from .losses import cross_entropy, dice_ce_loss, reconstruction_loss, soft_dice_loss
+from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+def derived_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed derived from the run seed and a purpose (stage, fold, rank), stable across Python runs."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") >> 1
+
+
+def make_generator(seed: int, *parts: Any) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(derived_seed(seed, *parts))
+    return gen
+
+
+def init_model(arch: str, config: Mapping[str, Any], seed: int, *parts: Any) -> nn.Module:
+    """Build a registry network with a seed derived from ``parts`` (same weights on every DDP process)."""
+    torch.manual_seed(derived_seed(seed, "init", *parts))
+    return create_model(arch, **dict(config))
+
+
+def _stage_args(config: Mapping[str, Any], stage: str) -> Tuple[Mapping[str, Any], Mapping[str, Any]]:
+    return config[stage], config["augment"]
+
+
+def train_localizer(
+    config: Mapping[str, Any],
+    bank: SliceBank,
+    folder: Path,
+    runtime: Runtime,
+    fold: Any,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> StageResult:
+    """Heart localiser: U-Net on coarse full-view windows, target the LV epicardial region (Dice + CE)."""
+    section, aug = _stage_args(config, "localizer")
+    seed = int(config["seed"])
+    model = init_model(section["arch"], section["config"], seed, "localizer", fold).to(runtime.device)
+    ce_w = float(section["ce_weight"])
+    dev = runtime.device
+
+    def loss_fn(m: nn.Module, gen: torch.Generator):
+        batch = bank.draw(int(section["batch_size"]), gen, aug, view="coarse")
+        target = epicardium_of(batch.codes).to(dev)
+        logits = m(batch.images.to(dev))
+        dice = soft_dice_loss(logits, target)
+        ce = cross_entropy(logits, target)
+        return dice + ce_w * ce, {"dice": dice, "ce": ce}
+
+    gen = make_generator(seed, "localizer", fold, runtime.rank)
+    export = (section["arch"], model.config(), lambda m: m)
+    return fit("localizer", model, loss_fn, section, config["runtime"], runtime, folder, gen, export, resume, overwrite)
+
+
+def noisy_masks(clean: torch.Tensor, gen: torch.Generator, noise: Mapping[str, Any]) -> torch.Tensor:
+    """Eq. 5 input: corrupted, softened two-channel probabilities ``(N, 2, H, W)`` from ``(N, H, W)`` 0/1 masks."""
+    corrupted = corrupt_masks(clean[:, None].float(), gen, noise)
+    soft = soften_masks(corrupted, gen, float(noise.get("soften_prob", 0.0)))
+    return torch.cat([1.0 - soft, soft], dim=1)
+
+
+def train_dae(
+    config: Mapping[str, Any],
+    bank: SliceBank,
+    folder: Path,
+    runtime: Runtime,
+    fold: Any,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> StageResult:
+    """DAE pre-training on corrupted ground-truth LV masks (Eq. 5, plus soft Dice)."""
+    section, aug = _stage_args(config, "dae")
+    seed = int(config["seed"])
+    model = init_model(section["arch"], section["config"], seed, "dae", fold).to(runtime.device)
+    noise = section["noise"]
+    dice_w = float(section["dice_weight"])
+    no_intensity = {**aug, "intensity_prob": 0.0, "noise_std": 0.0}
+    dev = runtime.device
+
+    def loss_fn(m: nn.Module, gen: torch.Generator):
+        batch = bank.draw(int(section["batch_size"]), gen, no_intensity, view="fine")
+        clean = epicardium_of(batch.codes)
+        x = noisy_masks(clean, gen, noise).to(dev)
+        target = clean.to(dev)
+        logits = m(x)
+        rec = reconstruction_loss(logits, target)
+        dice = soft_dice_loss(logits, target)
+        return rec + dice_w * dice, {"mse": rec, "dice": dice}
+
+    gen = make_generator(seed, "dae", fold, runtime.rank)
+    export = (section["arch"], model.config(), lambda m: m)
+    return fit("dae", model, loss_fn, section, config["runtime"], runtime, folder, gen, export, resume, overwrite)
+
+
+def train_assn(
+    config: Mapping[str, Any],
+    bank: SliceBank,
+    folder: Path,
+    runtime: Runtime,
+    fold: Any,
+    dae: Optional[nn.Module] = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> StageResult:
+    """ASSN (Eq. 6 with the frozen DAE ``dae``), or the ``assn_wo_dae`` / ``unet_bssfp`` variants."""
+    section, aug = _stage_args(config, "assn")
+    variant = section["variant"]
+    seed = int(config["seed"])
+    arch, net_cfg = assn_variant_network(variant, section)
+    net = init_model(arch, net_cfg, seed, "assn", fold)
+    beta = float(section["beta"])
+    ce_w = float(section["ce_weight"])
+    dev = runtime.device
+    if variant == "assn":
+        if dae is None:
+            raise ValueError("the 'assn' variant needs the pre-trained DAE")
+        dae_copy = create_model("dae", **dae.config())
+        dae_copy.load_state_dict(dae.state_dict())
+        model: nn.Module = ShapeConstrainedASSN(net, dae_copy, freeze_dae=True).to(dev)
+        pick = lambda m: m.assn  # noqa: E731
+    else:
+        model = net.to(dev)
+        pick = lambda m: m  # noqa: E731
+    channels = [0] if variant == "unet_bssfp" else [0, 1, 2]
+
+    def loss_fn(m: nn.Module, gen: torch.Generator):
+        batch = bank.draw(int(section["batch_size"]), gen, aug, view="fine")
+        target = epicardium_of(batch.codes).to(dev)
+        out = m(batch.images[:, channels].to(dev))
+        if variant == "assn":
+            seg = dice_ce_loss(out.seg_logits, target, ce_w)
+            shape = soft_dice_loss(out.shape_logits, target)
+            return seg + beta * shape, {"seg": seg, "shape": shape}
+        seg = dice_ce_loss(out, target, ce_w)
+        return seg, {"seg": seg}
+
+    gen = make_generator(seed, "assn", fold, runtime.rank)
+    export = (arch, net.config(), pick)
+    return fit("assn", model, loss_fn, section, config["runtime"], runtime, folder, gen, export, resume, overwrite)
+
+
+def candidate_masks(codes: torch.Tensor, gen: torch.Generator, section: Mapping[str, Any]) -> torch.Tensor:
+    """``M`` of Eq. 2-4 for training: the ground-truth LV epicardial region, perturbed unless
+    ``mask_source == "gt"``; ``(N, 1, H, W)`` float."""
+    epi = epicardium_of(codes)[:, None].float()
+    if section["mask_source"] == "gt":
+        return epi
+    return corrupt_masks(epi, gen, section["mask_noise"])
+
+
+def train_prsn(
+    config: Mapping[str, Any],
+    bank: SliceBank,
+    folder: Path,
+    runtime: Runtime,
+    fold: Any,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> StageResult:
+    """PRSN on candidate regions (Eq. 13), or one of the Table 2 baselines (``prsn.variant``)."""
+    section, aug = _stage_args(config, "prsn")
+    variant = section["variant"]
+    seed = int(config["seed"])
+    arch, net_cfg = prsn_variant_network(variant, section)
+    model = init_model(arch, net_cfg, seed, "prsn", fold).to(runtime.device)
+    lam = (float(section["lambda_bssfp"]), float(section["lambda_lge"]), float(section["lambda_t2"]))
+    ce_w = float(section["ce_weight"])
+    dev = runtime.device
+
+    def loss_fn(m: nn.Module, gen: torch.Generator):
+        batch = bank.draw(int(section["batch_size"]), gen, aug, view="fine")
+        mask = candidate_masks(batch.codes, gen, section)
+        cand = (batch.images * mask).to(dev)
+        codes = batch.codes.to(dev)
+        if variant in ("prsn", "mfb_prsn"):
+            out = m(cand)
+            main = dice_ce_loss(out.main, main_target_of(codes), ce_w)
+            b_ssfp = soft_dice_loss(out.bssfp, wall_of(codes))
+            b_lge = soft_dice_loss(out.lge, lge_target_of(codes))
+            b_t2 = soft_dice_loss(out.t2, t2_target_of(codes))
+            loss = main + lam[0] * b_ssfp + lam[1] * b_lge + lam[2] * b_t2
+            return loss, {"main": main, "bssfp": b_ssfp, "lge": b_lge, "t2": b_t2}
+        target = {
+            "fusion_unet": main_target_of,
+            "unet_scar": lambda c: (c == 4).long(),
+            "unet_edema": lambda c: ((c == 3) | (c == 4)).long(),
+            "prsn_b_lge": lge_target_of,
+            "prsn_b_t2": t2_target_of,
+        }[variant](codes)
+        out = m(cand[:, INPUT_CHANNELS[variant]])
+        loss = dice_ce_loss(out, target, ce_w)
+        return loss, {"main": loss}
+
+    gen = make_generator(seed, "prsn", fold, runtime.rank)
+    if variant in ("prsn", "mfb_prsn"):
+        export = (arch, model.config(), lambda m: m)
+    else:
+        adapter_cfg = {
+            "inner_arch": arch,
+            "inner_config": model.config(),
+            "input_channels": INPUT_CHANNELS[variant],
+            "class_map": CLASS_MAPS[variant],
+        }
+        export = ("training.pathology_adapter", adapter_cfg, lambda m: _wrap_pathology(m, adapter_cfg))
+    return fit("prsn", model, loss_fn, section, config["runtime"], runtime, folder, gen, export, resume, overwrite)
+
+
+def _wrap_pathology(inner: nn.Module, adapter_cfg: Mapping[str, Any]) -> nn.Module:
+    adapter = PathologyAdapter(**adapter_cfg)
+    adapter.inner.load_state_dict(inner.state_dict())
+    return adapter
+
+
+def build_module(arch: str, config: Mapping[str, Any]) -> nn.Module:
+    """A network from the engine registry or a training adapter (``training.*``)."""
+    adapters = {
+        "training.pathology_adapter": PathologyAdapter,
+        "training.single_sequence_assn": SingleSequenceAdapter,
+        "training.identity_shape_prior": IdentityShapePrior,
+    }
+    if arch in adapters:
+        return adapters[arch](**dict(config))
+    return create_model(arch, **dict(config))
+
+
+def load_stage(folder: Path) -> StageResult:
+    """A completed stage from its ``final.safetensors`` / ``final.json``."""
+    meta, state = load_final(folder)
+    module = build_module(meta["arch"], meta["config"])
+    module.load_state_dict(state)
+    module.eval()
+    return StageResult(
+        meta["stage"],
+        meta["arch"],
+        meta["config"],
+        module,
+        Path(folder),
+        wall_s=float(meta.get("wall_s", 0.0)),
+        steps=int(meta.get("steps", 0)),
+    )
+
+
+def run_stages(
+    config: Mapping[str, Any],
+    bank: SliceBank,
+    fold_folder: Path,
+    runtime: Runtime,
+    fold: Any,
+    stages=STAGE_ORDER,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Dict[str, StageResult]:
+    """Train (or, with ``resume``, reuse completed) stages of one fold in cascade order.
+
+    A stage listed in ``stages`` is trained; any other stage it needs (the DAE for the ASSN) must be complete.
+    With ``resume``, completed stages are loaded instead of trained again.
+    """
+    results: Dict[str, StageResult] = {}
+    trainers = {"localizer": train_localizer, "dae": train_dae, "prsn": train_prsn}
+    needs_dae = config["assn"]["variant"] == "assn"
+    for stage in STAGE_ORDER:
+        folder = Path(fold_folder) / stage
+        wanted = stage in stages
+        if stage == "dae" and not needs_dae and not wanted:
+            continue
+        if (resume or not wanted) and is_complete(folder):
+            results[stage] = load_stage(folder)
+            logger.info("%s: using the completed stage in %s", stage, folder)
+            continue
+        if not wanted:
+            if stage == "dae" and "assn" in stages and needs_dae:
+                raise FileNotFoundError(f"the ASSN needs a trained DAE; {folder} has none (train the dae stage)")
+            continue
+        if stage == "assn":
+            dae = results["dae"].module if "dae" in results else None
+            results[stage] = train_assn(config, bank, folder, runtime, fold, dae, resume, overwrite)
+        else:
+            results[stage] = trainers[stage](config, bank, folder, runtime, fold, resume, overwrite)
+    return results
