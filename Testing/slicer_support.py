@@ -144,3 +144,13 @@ class FakeSegmenter:
 
 def fakeFactory(modelDir, device):
     return FakeSegmenter(modelDir, device)
+
+
+def readWithSlicer(scene, path, name="volume"):
+    """Load a file the way Slicer's Add Data does for a scalar volume (vtkMRMLVolumeArchetypeStorageNode)."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(node), f"Slicer could not read {path}"
+    return node

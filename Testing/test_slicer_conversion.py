@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from slicer_support import assertSameImage, obliqueImage, requireSlicer, rotation
+from slicer_support import assertSameImage, obliqueImage, readWithSlicer, requireSlicer, rotation
 
 slicer = requireSlicer()
 vtk = pytest.importorskip("vtk")
@@ -20,16 +20,6 @@ pytestmark = pytest.mark.slicer
 @pytest.fixture
 def scene():
     return newScene()
-
-
-def readWithSlicer(scene, path, name="volume"):
-    """Load a file the way Slicer's Add Data does for a scalar volume (vtkMRMLVolumeArchetypeStorageNode)."""
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(path))
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    assert storage.ReadData(node), f"Slicer could not read {path}"
-    return node
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])

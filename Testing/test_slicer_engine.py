@@ -11,8 +11,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from slicer_support import engineAvailable, requireSlicer
-from test_slicer_conversion import readWithSlicer
+from slicer_support import engineAvailable, readWithSlicer, requireSlicer
 
 slicer = requireSlicer()
 _available, _reason = engineAvailable()

@@ -164,8 +164,16 @@ def test_segmentation_follows_the_lge_parent_transform(case):
         node.SetAndObserveTransformNodeID(transform.GetID())
     node = case.run()
     assert node.GetTransformNodeID() == transform.GetID()
+    np.testing.assert_array_equal(
+        segments.segmentLabelArray(node, case.lge), fakeLabelsZyx(sitk.GetArrayViewFromImage(case.lgeImage).shape)
+    )
     engine = case.logic.getSegmenter("auto")
     assertSameImage(engine.calls[-1][2], case.t2Image, 1e-9)  # T2 expressed in the LGE frame: unchanged
+    painted = np.zeros(case.lgeImage.GetSize()[::-1], bool)
+    painted[3, 2:4, 2:5] = True
+    segments.setSegmentMask(node, "Scar", painted, case.lge)
+    assert (segments.segmentLabelArray(node, case.lge) == SCAR)[painted].all()
+    assert case.logic.isEditedSinceLastRun(node)
 
 
 def test_segmenter_is_built_once_per_model_and_device():

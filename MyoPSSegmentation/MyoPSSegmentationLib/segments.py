@@ -55,8 +55,18 @@ def _vtkMatrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
     return matrix
 
 
-def labelmapNodeFromLabels(labels: sitk.Image, specs: Sequence[SegmentSpec] = SEGMENTS):
-    """A labelmap volume node (not added to any scene) with ``specs[i].value`` remapped to ``i + 1``.
+def _orientedImage(arrayKji: np.ndarray, ijkToRas: np.ndarray):
+    """A vtkOrientedImageData (unsigned char) holding ``arrayKji`` with the given IJK-to-RAS geometry."""
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(arrayKji.shape[::-1])
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = arrayKji.astype(np.uint8).ravel()
+    image.SetImageToWorldMatrix(_vtkMatrix(ijkToRas))
+    return image
+
+
+def labelImageFromLabels(labels: sitk.Image, specs: Sequence[SegmentSpec] = SEGMENTS):
+    """An oriented image (the label map's own geometry) with ``specs[i].value`` remapped to ``i + 1``.
 
     Values of ``labels`` that no spec names (e.g. the RV blood pool, 600) become background.
     """
@@ -67,16 +77,9 @@ def labelmapNodeFromLabels(labels: sitk.Image, specs: Sequence[SegmentSpec] = SE
     unknown = set(np.unique(values).tolist()) - {0} - {int(s.value) for s in specs}
     if unknown:
         logger.warning("label values %s have no segment and are left out", sorted(unknown))
-    imageData = vtk.vtkImageData()
-    imageData.SetDimensions(labels.GetSize())
-    imageData.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars())[:] = remapped.ravel()
-    node = slicer.vtkMRMLLabelMapVolumeNode()
-    node.SetIJKToRASMatrix(
-        _vtkMatrix(ijkToRasFromLpsGeometry(labels.GetOrigin(), labels.GetSpacing(), labels.GetDirection()))
+    return _orientedImage(
+        remapped, ijkToRasFromLpsGeometry(labels.GetOrigin(), labels.GetSpacing(), labels.GetDirection())
     )
-    node.SetAndObserveImageData(imageData)
-    return node
 
 
 def writeLabelsToSegmentation(
@@ -103,9 +106,10 @@ def writeLabelsToSegmentation(
         for spec in SEGMENTS:
             segmentation.AddEmptySegment(segmentId(spec), spec.name, list(spec.color))
             segmentIds.InsertNextValue(segmentId(spec))
-        labelmapNode = labelmapNodeFromLabels(labels)
+        # The label map lies on the LGE's local grid, i.e. in the segmentation's own coordinates (the
+        # segmentation sits under the LGE's parent transform): import it without any transform.
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-            labelmapNode, segmentationNode, segmentIds
+            labelImageFromLabels(labels), segmentationNode, segmentIds, None
         ):
             raise RuntimeError("Slicer could not import the label map into the segmentation")
         for spec in SEGMENTS:
@@ -263,24 +267,20 @@ def segmentLabelArray(segmentationNode, referenceVolumeNode, specs: Optional[Seq
 def setSegmentMask(segmentationNode, segmentID: str, maskKji: np.ndarray, referenceVolumeNode) -> None:
     """Replace one segment's voxels with ``maskKji`` (non-zero = inside) given on the reference volume's grid.
 
-    This is what a Segment Editor paint/erase amounts to; the self-test uses it to simulate a user's correction.
+    The reference volume and the segmentation must share their parent transform (as MyoPS results do). This is
+    what a Segment Editor paint/erase amounts to; the self-test uses it to simulate a user's correction.
     """
     dims = referenceVolumeNode.GetImageData().GetDimensions()
     if tuple(maskKji.shape) != tuple(reversed(dims)):
         raise ValueError(f"mask shape {maskKji.shape} does not match the reference volume (K, J, I) {dims[::-1]}")
-    imageData = vtk.vtkImageData()
-    imageData.SetDimensions(dims)
-    imageData.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars())[:] = (np.asarray(maskKji) > 0).ravel()
-    labelmapNode = slicer.vtkMRMLLabelMapVolumeNode()
     ijkToRas = vtk.vtkMatrix4x4()
     referenceVolumeNode.GetIJKToRASMatrix(ijkToRas)
-    labelmapNode.SetIJKToRASMatrix(ijkToRas)
-    labelmapNode.SetAndObserveImageData(imageData)
+    matrix = np.array([[ijkToRas.GetElement(r, c) for c in range(4)] for r in range(4)])
     ids = vtk.vtkStringArray()
     ids.InsertNextValue(segmentID)
+    image = _orientedImage(np.asarray(maskKji) > 0, matrix)
     if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-        labelmapNode, segmentationNode, ids
+        image, segmentationNode, ids, None
     ):
         raise RuntimeError(f"could not update segment {segmentID!r}")
 
