@@ -102,6 +102,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._runContext = None
         self._timer = None
         self._cancelRequested = False
+        self._describedDevice = None
 
     # -- life cycle ----------------------------------------------------------------------------------------------
     def setup(self):
@@ -122,11 +123,9 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.editSegmentsButton.connect("clicked(bool)", self.onEditSegmentsButton)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
         self.initializeParameterNode()
         registerTerminology()
-        qt.QTimer.singleShot(0, self.onDeviceChanged)  # imports torch: after the panel is shown
 
     def cleanup(self):
         self._stopRun()
@@ -200,6 +199,9 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         ):
             widget.enabled = not running
         self.onOutputChanged()
+        if p and p.device != self._describedDevice:
+            self._describedDevice = p.device
+            qt.QTimer.singleShot(0, self._describeDevice)  # imports torch: after the panel is shown
 
     def onOutputChanged(self, node=None):
         segmentationNode = self._parameterNode.outputSegmentation if self._parameterNode else None
@@ -207,7 +209,8 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.quantificationTableView.setMRMLTableNode(table)
         self.ui.editSegmentsButton.enabled = segmentationNode is not None and self._run is None
 
-    def onDeviceChanged(self, index=None):
+    def _describeDevice(self):
+        """Show which GPU the chosen device gets, or why there is none."""
         from MyoPSSegmentationLib.device import describeDevice
 
         choice = self._parameterNode.device if self._parameterNode else DeviceChoice.AUTO
@@ -351,6 +354,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         from myops.errors import CancelledError
 
         self._cancelRequested = False
+        self._describedDevice = None
         self._run = "in-process"
         self._updateGui()
 
@@ -446,7 +450,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         still = dependencies.missingSummary()
         if still:
             slicer.util.errorDisplay("Still missing: " + ", ".join(still))
-        self.onDeviceChanged()
+        self._describeDevice()
         return not still
 
 

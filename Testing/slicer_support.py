@@ -15,7 +15,11 @@ SLICER_SKIP_REASON = (
 
 def requireSlicer():
     """Import ``slicer`` or skip the calling test module with a reason."""
-    return pytest.importorskip("slicer", reason=SLICER_SKIP_REASON)
+    try:
+        import slicer
+    except ImportError as error:  # not installed, or its libraries fail to load
+        pytest.skip(f"{SLICER_SKIP_REASON}; import failed: {error}", allow_module_level=True)
+    return slicer
 
 
 def engineAvailable() -> Tuple[bool, str]:

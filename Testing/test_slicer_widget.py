@@ -91,7 +91,12 @@ def test_inputs_are_preselected_by_name_and_apply_is_enabled(panel):
     assert panel.p.lgeVolume is panel.volumes["case7_DE"]
     assert panel.p.t2Volume is panel.volumes["case7_T2"]
     assert panel.ui.applyButton.enabled and not panel.ui.cancelButton.enabled
-    assert panel.ui.deviceInfoLabel.text  # which device, or why no GPU
+    from MyoPSSegmentationLib.device import describeDevice
+
+    assert panel.ui.deviceInfoLabel.text == describeDevice("auto")  # which device, or why no GPU
+    panel.p.device = panel.module.DeviceChoice.CUDA
+    slicer_qt_stubs.runSingleShots()
+    assert panel.ui.deviceInfoLabel.text == describeDevice("cuda")
     panel.scene.RemoveNode(panel.volumes["case7_T2"])
     panel.p.t2Volume = None
     assert not panel.ui.applyButton.enabled
