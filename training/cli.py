@@ -65,6 +65,14 @@ def _common(p: argparse.ArgumentParser, data_required: bool = False) -> None:
     p.add_argument("--resume", action="store_true", help="continue from checkpoints; reuse completed stages")
     p.add_argument("--overwrite", action="store_true", help="discard what the run or stage folder holds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--reuse-from",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="take the stages not trained here from this run (same split and stage configs), e.g. the main CV "
+        "when a comparison model retrains only the PRSN",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -86,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         "pool the folds into cv_metrics.json and cv_cases.csv.",
     )
     _common(p)
+    p.add_argument(
+        "--stages",
+        default=",".join(STAGE_ORDER),
+        help="comma-separated stages to train (default: all); the others come from --reuse-from or the run",
+    )
     p.add_argument(
         "--folds",
         nargs="*",
@@ -189,6 +202,7 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
                 overwrite=args.overwrite,
                 validate=validate,
                 device=str(runtime.device.type),
+                reuse_from=args.reuse_from,
             )
             if runtime.is_main and "summary" in summary:
                 print(f"fold {fold}: {describe_summary(summary['summary'])}", flush=True)
@@ -211,7 +225,11 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    return _run_folds(args, args.folds)
+    stages = tuple(s for s in args.stages.split(",") if s)
+    unknown = [s for s in stages if s not in STAGE_ORDER]
+    if unknown:
+        raise ConfigError(f"unknown stages {unknown}; choose from {list(STAGE_ORDER)}")
+    return _run_folds(args, args.folds, stages=stages)
 
 
 def cmd_stage(args: argparse.Namespace) -> int:

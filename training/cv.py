@@ -130,8 +130,12 @@ def run_fold(
     overwrite: bool = False,
     validate: bool = True,
     device: str = "cpu",
+    reuse_from: Optional[Path] = None,
 ) -> Dict[str, Any]:
     """Train the requested stages of one fold; when the cascade is complete, export and validate it.
+
+    ``reuse_from`` is another run with the same split whose completed stages stand in for the stages not
+    trained here (checked by :func:`check_reusable`).
 
     Returns:
         The fold's summary (also ``fold_<k>/metrics.json`` when validated).
@@ -148,12 +152,17 @@ def run_fold(
         len(bank),
         len(parts["held_out"]),
     )
-    results = run_stages(config, bank, fold_dir, runtime, fold, stages, resume, overwrite)
+    reuse_fold = None
+    if reuse_from is not None:
+        check_reusable(run, Path(reuse_from), [s for s in STAGE_ORDER if s not in stages])
+        reuse_fold = Path(reuse_from) / fold_dirname(fold)
+    results = run_stages(config, bank, fold_dir, runtime, fold, stages, resume, overwrite, reuse_fold)
     summary: Dict[str, Any] = {
         "fold": fold,
         "train_cases": [f.name for f in parts["train"]],
         "held_out": [f.name for f in parts["held_out"]],
         "training_wall_s": {s: round(r.wall_s, 1) for s, r in results.items()},
+        "stage_folders": {s: str(r.folder) for s, r in results.items()},
     }
     needed = {"localizer", "assn", "prsn"} | ({"dae"} if config["assn"]["variant"] == "assn" else set())
     if not needed.issubset(results):
@@ -172,6 +181,18 @@ def run_fold(
         write_json(fold_dir / "metrics.json", summary)
     runtime.barrier()
     return summary
+
+
+def check_reusable(run: Mapping[str, Any], other_dir: Path, stages: Sequence[str]) -> None:
+    """Refuse to reuse another run's stages unless it has the same split, data geometry, seed and stage configs."""
+    other_cfg = read_json(Path(other_dir) / "config.json")
+    other_split = read_json(Path(other_dir) / "split.json")
+    config, split = run["config"], run["split"]
+    if other_split["cases"] != split["cases"] or other_split["folds"] != split["folds"]:
+        raise RunError(f"{other_dir} has another split; its stages cannot be reused")
+    for key in ("data", "seed", *stages):
+        if other_cfg[key] != config[key]:
+            raise RunError(f"{other_dir} differs in config section {key!r}; its stages cannot be reused")
 
 
 def export_fold(

@@ -295,11 +295,14 @@ def run_stages(
     stages=STAGE_ORDER,
     resume: bool = False,
     overwrite: bool = False,
+    reuse_fold_folder: Optional[Path] = None,
 ) -> Dict[str, StageResult]:
     """Train (or, with ``resume``, reuse completed) stages of one fold in cascade order.
 
-    A stage listed in ``stages`` is trained; any other stage it needs (the DAE for the ASSN) must be complete.
-    With ``resume``, completed stages are loaded instead of trained again.
+    A stage listed in ``stages`` is trained; any other stage it needs (the DAE for the ASSN) must be complete,
+    in this fold's folder or else in ``reuse_fold_folder`` (the same fold of another run with the same split,
+    e.g. the main CV when a comparison run retrains only the PRSN). With ``resume``, completed stages are
+    loaded instead of trained again.
     """
     results: Dict[str, StageResult] = {}
     trainers = {"localizer": train_localizer, "dae": train_dae, "prsn": train_prsn}
@@ -312,6 +315,10 @@ def run_stages(
         if (resume or not wanted) and is_complete(folder):
             results[stage] = load_stage(folder)
             logger.info("%s: using the completed stage in %s", stage, folder)
+            continue
+        if not wanted and reuse_fold_folder is not None and is_complete(Path(reuse_fold_folder) / stage):
+            results[stage] = load_stage(Path(reuse_fold_folder) / stage)
+            logger.info("%s: reusing the completed stage of %s", stage, reuse_fold_folder)
             continue
         if not wanted:
             if stage == "dae" and "assn" in stages and needs_dae:

@@ -1,0 +1,418 @@
+"""Tests of training/: config, splits, augmentation, shape noise, losses, checkpoints, every stage on phantom data
+(loss goes down), resume, export to a model folder the engine runs, the comparison variants, the CLI.
+
+All on CPU with ``training/configs/tiny.json`` and synthetic phantoms (:mod:`myops.phantom`); seeded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import augment
+from training.baselines import register_adapters
+from training.checkpoint import optimizer_from_flat, optimizer_to_flat
+from training.cli import main as cli_main
+from training.config import ConfigError, load_config
+from training.cv import CaseCache, aggregate, export_ensemble, open_run, run_fold
+from training.data import SliceBank, find_cases, load_cases, main_target_of, make_folds
+from training.loop import learning_rate
+from training.losses import reconstruction_loss, soft_dice_loss
+from training.runtime import setup_runtime
+from training.stages import train_assn, train_dae, train_localizer, train_prsn
+
+N_PHANTOMS = 4
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """Four synthetic cases in MyoPS layout (3 slices each)."""
+    from myops.phantom import make_phantom_case, write_phantom_case
+
+    folder = tmp_path_factory.mktemp("phantoms")
+    for seed in range(N_PHANTOMS):
+        write_phantom_case(make_phantom_case(seed=seed, n_slices=3), folder, name=f"ph{seed:02d}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def phantom_cases(phantom_dir):
+    return load_cases(find_cases(phantom_dir))
+
+
+def tiny(*overrides: str):
+    return load_config("tiny", list(overrides))
+
+
+@pytest.fixture()
+def runtime():
+    return setup_runtime(tiny()["runtime"], "cpu")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config and splits
+# ----------------------------------------------------------------------------------------------------------
+def test_configs_load_and_reject_unknown_keys(tmp_path):
+    cfg = load_config("tiny")
+    assert cfg["assn"]["beta"] == pytest.approx(0.2)
+    assert (cfg["prsn"]["lambda_bssfp"], cfg["prsn"]["lambda_lge"], cfg["prsn"]["lambda_t2"]) == (0.3, 0.5, 0.5)
+    assert load_config("default")["data"]["crop_size"] == 128
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"assn": {"betta": 0.1}}))
+    with pytest.raises(ConfigError, match="betta"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="variant"):
+        load_config("tiny", ["prsn.variant=nonsense"])
+    assert load_config("tiny", ["assn.steps=3"])["assn"]["steps"] == 3
+
+
+def test_every_shipped_config_is_valid():
+    from training.config import CONFIG_DIR
+
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    assert {"default", "tiny"} <= set(names)
+    for name in names:
+        load_config(name)
+
+
+def test_folds_are_deterministic_disjoint_and_balanced():
+    names = [f"case_{i:02d}" for i in range(25)]
+    a = make_folds(list(reversed(names)), 5, seed=3)
+    assert a == make_folds(names, 5, seed=3)
+    assert a != make_folds(names, 5, seed=4)
+    flat = [n for fold in a for n in fold]
+    assert sorted(flat) == names and len(set(flat)) == 25
+    assert {len(f) for f in a} == {5}
+    with pytest.raises(ValueError):
+        make_folds(names[:3], 5, seed=0)
+
+
+def test_find_cases_reports_incomplete_cases(phantom_dir, tmp_path):
+    cases = find_cases(phantom_dir)
+    assert [c.name for c in cases] == [f"ph{i:02d}" for i in range(N_PHANTOMS)]
+    (tmp_path / "x_C0.nii.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match="lacks"):
+        find_cases(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        find_cases(tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling and augmentation
+# ----------------------------------------------------------------------------------------------------------
+def test_slice_bank_windows_follow_the_engine_geometry(phantom_cases):
+    cfg = tiny()
+    bank = SliceBank(phantom_cases, cfg["data"])
+    assert len(bank) == 3 * N_PHANTOMS
+    assert bank.fine_images.shape[1:] == (3, bank.fine_context, bank.fine_context)
+    # The central window of the context equals the engine's own crop at the ground-truth centre.
+    from myops.preprocessing import Window, sample_windows
+
+    case = phantom_cases[0]
+    window = Window(case.center_yx, cfg["data"]["crop_spacing_mm"], cfg["data"]["crop_size"])
+    crop = sample_windows(case.volumes, (case.spacing_zyx[1], case.spacing_zyx[2]), window)
+    central = bank.central(torch.arange(3)).images.numpy()
+    np.testing.assert_allclose(central, crop, atol=1e-4)
+    # The LV is in the middle of the un-augmented fine window.
+    codes = bank.central(torch.arange(len(bank))).codes
+    assert (codes[:, 14:18, 14:18] > 0).any(dim=(1, 2)).all()
+
+
+def test_warp_keeps_images_and_labels_aligned():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (3, 40, 40), generator=gen).to(torch.int8)
+    images = labels[:, None].float().repeat(1, 2, 1, 1)
+    theta = torch.zeros(3, 2, 3)
+    k = (24 - 1) / (40 - 1)
+    theta[0, 0, 1], theta[0, 1, 0] = -k, k  # 90 degrees
+    theta[1, 0, 0], theta[1, 1, 1] = -k, k  # mirror x
+    theta[2, 0, 0], theta[2, 1, 1] = k, -k  # mirror y
+    out_img, out_lab = augment.warp_batch(images, labels, theta, 24)
+    assert out_lab.dtype == torch.int8
+    torch.testing.assert_close(out_img[:, 0], out_lab.float(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out_lab[0], torch.rot90(labels[0, 8:32, 8:32], 1, (0, 1)))
+
+
+def test_random_affines_identity_when_disabled():
+    gen = torch.Generator().manual_seed(0)
+    theta = augment.random_affines(4, 32, 56, gen)
+    torch.testing.assert_close(theta, augment.identity_affines(4, 32, 56))
+
+
+def test_intensity_augmentation_is_per_sequence_and_seeded(phantom_cases):
+    params = tiny()["augment"]
+    x = torch.randn(4, 3, 16, 16)
+    a = augment.augment_intensity(x, torch.Generator().manual_seed(1), params)
+    b = augment.augment_intensity(x, torch.Generator().manual_seed(1), params)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, x)
+
+
+def test_shape_corruption_changes_masks_and_stays_binary():
+    yy, xx = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
+    disc = (((yy - 24) ** 2 + (xx - 24) ** 2) < 12**2).float()[None, None].repeat(6, 1, 1, 1)
+    noise = load_config("default")["dae"]["noise"]
+    out = augment.corrupt_masks(disc, torch.Generator().manual_seed(0), noise)
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+    changed = (out != disc).flatten(1).any(1)
+    assert changed.sum() >= 4
+    again = augment.corrupt_masks(disc, torch.Generator().manual_seed(0), noise)
+    torch.testing.assert_close(out, again)
+    soft = augment.soften_masks(out, torch.Generator().manual_seed(0), 1.0)
+    assert float(soft.min()) >= 0.0 and float(soft.max()) <= 1.0
+    torch.testing.assert_close(augment.dilate(augment.erode(disc, 2), 2) <= disc, torch.ones_like(disc, dtype=bool))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Losses, schedule, checkpoints
+# ----------------------------------------------------------------------------------------------------------
+def test_soft_dice_hand_computed():
+    target = torch.tensor([[[0, 1], [1, 1]]])
+    perfect = torch.zeros(1, 2, 2, 2)
+    perfect[0, 0] = torch.tensor([[50.0, -50.0], [-50.0, -50.0]])
+    perfect[0, 1] = -perfect[0, 0]
+    assert float(soft_dice_loss(perfect, target)) == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.zeros(1, 2, 2, 2)  # p = 0.5 everywhere: Dice_1 = 2 * 1.5 / (2 + 3)
+    assert float(soft_dice_loss(uniform, target)) == pytest.approx(1 - 3.0 / 5.0, abs=1e-5)
+    # A class absent from the batch and not predicted scores Dice 1 (loss 0 for that class).
+    target3 = torch.zeros(1, 2, 2, dtype=torch.long)
+    logits3 = torch.full((1, 3, 2, 2), -50.0)
+    logits3[:, 0] = 50.0
+    assert float(soft_dice_loss(logits3, target3)) == pytest.approx(0.0, abs=1e-5)
+    assert float(reconstruction_loss(perfect, target)) == pytest.approx(0.0, abs=1e-6)
+    assert float(reconstruction_loss(uniform, target)) == pytest.approx(0.25, abs=1e-6)
+
+
+def test_learning_rate_warmup_and_cosine():
+    section = {"lr": 1.0, "steps": 110, "warmup_steps": 10, "lr_schedule": "cosine", "min_lr_fraction": 0.0}
+    assert learning_rate(0, section) == pytest.approx(0.1)
+    assert learning_rate(10, section) == pytest.approx(1.0)
+    assert learning_rate(60, section) == pytest.approx(0.5)
+    assert learning_rate(110, section) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_optimizer_state_round_trips_without_pickle():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_to_flat(opt)
+    meta = json.loads(json.dumps(meta))  # must be JSON-able
+    other = torch.optim.Adam(model.parameters(), lr=0.1)
+    other.load_state_dict(optimizer_from_flat(tensors, meta))
+    for a, b in zip(opt.state.values(), other.state.values()):
+        torch.testing.assert_close(a["exp_avg"], b["exp_avg"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stages on phantom data
+# ----------------------------------------------------------------------------------------------------------
+def _decreases(losses, k: int = 5) -> bool:
+    return sum(losses[-k:]) / k < sum(losses[:k]) / k
+
+
+STEPS = ("localizer.steps=30", "dae.steps=30", "assn.steps=30", "prsn.steps=30")
+
+
+def test_every_stage_trains_and_its_loss_goes_down(phantom_cases, runtime, tmp_path):
+    cfg = tiny(*STEPS)
+    bank = SliceBank(phantom_cases, cfg["data"])
+    loc = train_localizer(cfg, bank, tmp_path / "localizer", runtime, 0)
+    dae = train_dae(cfg, bank, tmp_path / "dae", runtime, 0)
+    assn = train_assn(cfg, bank, tmp_path / "assn", runtime, 0, dae=dae.module)
+    prsn = train_prsn(cfg, bank, tmp_path / "prsn", runtime, 0)
+    for result in (loc, dae, assn, prsn):
+        assert len(result.losses) == 30
+        assert _decreases(result.losses), (result.stage, result.losses)
+        assert (result.folder / "final.safetensors").is_file()
+        lines = (result.folder / "log.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1])["step"] == 30
+    # The ASSN stage exports the ASSN alone, not its frozen DAE.
+    assert assn.arch == "assn" and not any(k.startswith("dae.") for k in assn.module.state_dict())
+    # The frozen DAE was not changed by the ASSN's training.
+    from training.stages import load_stage
+
+    reloaded = load_stage(tmp_path / "dae")
+    for k, v in reloaded.module.state_dict().items():
+        torch.testing.assert_close(v, dae.module.state_dict()[k])
+
+
+class _InterruptError(RuntimeError):
+    pass
+
+
+class _FailingBank:
+    """A SliceBank whose ``draw`` fails after ``limit`` calls (a simulated crash)."""
+
+    def __init__(self, bank, limit):
+        self.bank, self.limit, self.calls = bank, limit, 0
+
+    def draw(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls > self.limit:
+            raise _InterruptError("simulated crash")
+        return self.bank.draw(*args, **kwargs)
+
+
+def test_resume_continues_from_the_checkpoint_exactly(phantom_cases, runtime, tmp_path):
+    cfg = tiny("localizer.steps=9", "runtime.checkpoint_every=4")
+    bank = SliceBank(phantom_cases, cfg["data"])
+    straight = train_localizer(cfg, bank, tmp_path / "straight", runtime, 0)
+    with pytest.raises(_InterruptError):
+        train_localizer(cfg, _FailingBank(bank, 6), tmp_path / "resumed", runtime, 0)
+    meta = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
+    assert meta["step"] == 4
+    from training.loop import StageExistsError
+
+    with pytest.raises(StageExistsError):
+        train_localizer(cfg, bank, tmp_path / "resumed", runtime, 0)
+    resumed = train_localizer(cfg, bank, tmp_path / "resumed", runtime, 0, resume=True)
+    assert len(resumed.losses) == 5
+    assert resumed.losses == pytest.approx(straight.losses[4:], rel=1e-5)
+    for k, v in straight.module.state_dict().items():
+        torch.testing.assert_close(resumed.module.state_dict()[k], v)
+    # A checkpoint made under another config is refused.
+    cfg2 = tiny("localizer.steps=9", "runtime.checkpoint_every=4", "localizer.lr=0.5")
+    (tmp_path / "resumed" / "final.safetensors").unlink()
+    with pytest.raises(StageExistsError, match="different"):
+        train_localizer(cfg2, bank, tmp_path / "resumed", runtime, 0, resume=True)
+
+
+def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path):
+    from myops.model import ModelBundle
+    from myops.pipeline import Segmenter
+
+    run_dir = tmp_path / "run"
+    run = open_run(run_dir, "tiny", [], phantom_dir, runtime)
+    assert (run_dir / "config.json").is_file() and (run_dir / "split.json").is_file()
+    summary = run_fold(run_dir, run, 0, runtime, CaseCache((0.5, 99.5)))
+    assert len(summary["cases"]) == 2
+    for row in summary["cases"]:
+        assert 0.0 <= row["dice_lv"] <= 1.0
+        assert (run_dir / "fold_0" / "predictions" / f"{row['case']}_seg.nii.gz").is_file()
+    model_dir = run_dir / "fold_0" / "model"
+    bundle = ModelBundle(model_dir)
+    prov = bundle.manifest["provenance"]
+    for key in ("git", "config", "data", "date", "hardware", "training_wall_s", "seed"):
+        assert key in prov
+    assert bundle.trained and bundle.input_spec["crop_size"] == 32
+    seg = Segmenter(model_dir, device="cpu")
+    case = find_cases(phantom_dir)[0]
+    result = seg.segment_files(case.c0, case.de, case.t2)
+    assert result.labels_zyx.shape[0] == 3
+    # Resuming a finished fold reuses its stages; the CV summary pools validated folds.
+    again = run_fold(run_dir, run, 0, runtime, CaseCache((0.5, 99.5)), resume=True)
+    assert again["cases"] == [
+        dict(r, wall_s=a["wall_s"], inference_s=a["inference_s"]) for r, a in zip(summary["cases"], again["cases"])
+    ]
+    cv = aggregate(run_dir)
+    assert cv["n_cases"] == 2 and (run_dir / "cv_cases.csv").is_file()
+    ens = export_ensemble(run_dir, [0], tmp_path / "ensemble", runtime)
+    assert ModelBundle(ens).manifest["metrics"]["cross_validation"]["n_cases"] == 2
+
+
+def test_a_run_refuses_another_config(phantom_dir, runtime, tmp_path):
+    from training.cv import RunError
+
+    open_run(tmp_path / "run", "tiny", [], phantom_dir, runtime)
+    with pytest.raises(RunError, match="another config"):
+        open_run(tmp_path / "run", "tiny", ["assn.beta=0.5"], phantom_dir, runtime)
+
+
+VARIANTS = [
+    ("assn.variant=assn_wo_dae",),
+    ("assn.variant=unet_bssfp",),
+    ("prsn.variant=mfb_prsn",),
+    ("prsn.variant=fusion_unet",),
+    ("prsn.variant=unet_scar",),
+    ("prsn.variant=unet_edema",),
+    ("prsn.variant=prsn_b_lge",),
+    ("prsn.variant=prsn_b_t2",),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v[0].split("=")[1] for v in VARIANTS])
+def test_comparison_variants_train_and_run_through_the_engine(variant, phantom_dir, runtime, tmp_path):
+    steps = ("localizer.steps=2", "dae.steps=2", "assn.steps=2", "prsn.steps=2")
+    run_dir = tmp_path / "run"
+    run = open_run(run_dir, "tiny", [*steps, *variant], phantom_dir, runtime)
+    summary = run_fold(run_dir, run, 1, runtime, CaseCache((0.5, 99.5)))
+    assert len(summary["cases"]) == 2
+    assert all(math.isfinite(r["dice_lv"]) for r in summary["cases"])
+
+
+def test_pathology_adapter_places_classes():
+    register_adapters()
+    from training.baselines import PathologyAdapter
+
+    adapter = PathologyAdapter("unet", {"in_channels": 1, "out_channels": 2, "features": [4, 8]}, [1], [0, 3])
+    with torch.no_grad():
+        out = adapter(torch.randn(2, 3, 8, 8))
+    probs = torch.softmax(out.main, 1)
+    assert probs.shape == (2, 4, 8, 8)
+    assert float(probs[:, 1:3].max()) < 1e-6
+
+
+def test_main_targets_follow_the_architecture_table():
+    codes = torch.tensor([[0, 1, 2, 3, 4, 5]], dtype=torch.int8)
+    assert main_target_of(codes).tolist() == [[0, 1, 0, 2, 3, 0]]
+    from training.data import lge_target_of, t2_target_of, wall_of
+
+    assert wall_of(codes).tolist() == [[0, 1, 0, 1, 1, 0]]
+    assert lge_target_of(codes).tolist() == [[0, 1, 0, 1, 2, 0]]
+    assert t2_target_of(codes).tolist() == [[0, 1, 0, 2, 2, 0]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["cv", "localizer", "dae", "assn", "prsn", "export", "summarize"])
+def test_every_entry_point_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_cli_runs_one_stage_and_reports_errors(phantom_dir, tmp_path, capsys):
+    args = [
+        "--config",
+        "tiny",
+        "--data",
+        str(phantom_dir),
+        "--run-name",
+        "r",
+        "--runs-dir",
+        str(tmp_path),
+        "--no-progress",
+        "--set",
+        "localizer.steps=2",
+    ]
+    assert cli_main(["localizer", "--fold", "0", *args]) == 0
+    assert (tmp_path / "r" / "fold_0" / "localizer" / "final.safetensors").is_file()
+    assert cli_main(["localizer", "--fold", "0", *args]) == 2  # exists: needs --resume or --overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert cli_main(["assn", "--fold", "0", *args[:-2], "--set", "localizer.steps=2", "--resume"]) == 2
+
+
+def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, runtime, tmp_path):
+    from training.cv import RunError
+
+    steps = ["localizer.steps=2", "dae.steps=2", "assn.steps=2", "prsn.steps=2"]
+    main_dir = tmp_path / "main"
+    run_fold(main_dir, open_run(main_dir, "tiny", steps, phantom_dir, runtime), 0, runtime, CaseCache((0.5, 99.5)))
+    other_dir = tmp_path / "other"
+    other = open_run(other_dir, "tiny", [*steps, "prsn.variant=unet_scar"], phantom_dir, runtime)
+    summary = run_fold(other_dir, other, 0, runtime, CaseCache((0.5, 99.5)), stages=("prsn",), reuse_from=main_dir)
+    assert not (other_dir / "fold_0" / "assn").exists()
+    assert summary["stage_folders"]["assn"] == str(main_dir / "fold_0" / "assn")
+    assert len(summary["cases"]) == 2
+    bad_dir = tmp_path / "bad"
+    bad = open_run(bad_dir, "tiny", [*steps, "assn.beta=0.5"], phantom_dir, runtime)
+    with pytest.raises(RunError, match="assn"):
+        run_fold(bad_dir, bad, 0, runtime, CaseCache((0.5, 99.5)), stages=("prsn",), reuse_from=main_dir)
