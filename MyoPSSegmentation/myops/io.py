@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -170,34 +170,36 @@ def _can_create_file_in(folder: Path) -> bool:
         return False
 
 
-def _atomic_target(path: Path) -> tuple:
-    """Return (tmp_path, final_path) with a temporary file in the same folder and the same suffix."""
-    name = path.name
-    suffix = next((s for s in (SEGMENTATION_SUFFIX, *LABELMAP_SUFFIXES) if name.lower().endswith(s)), path.suffix)
+def _write_atomically(path: PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path`` (same suffix), then rename it onto ``path``.
+
+    A failure removes the temporary file, so nothing half-written is left; OS and writer errors become
+    :class:`InputError` naming the output.
+    """
+    final = Path(path)
+    lower = final.name.lower()
+    suffix = next((s for s in (SEGMENTATION_SUFFIX, *LABELMAP_SUFFIXES) if lower.endswith(s)), final.suffix)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".myops-", suffix=suffix, dir=str(path.resolve().parent))
+        fd, tmp_name = tempfile.mkstemp(prefix=".myops-", suffix=suffix, dir=str(final.resolve().parent))
     except OSError as exc:
-        raise InputError(path, f"cannot be written ({exc.strerror})") from None
+        raise InputError(final, f"cannot be written ({exc.strerror})") from None
     os.close(fd)
-    return Path(tmp), path
-
-
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    os.replace(str(tmp), str(final))
-
-
-def write_labelmap(path: PathLike, labels: sitk.Image) -> Path:
-    """Write a label map (MyoPS values, unsigned 16-bit) atomically, compressed where the format allows."""
-    tmp, final = _atomic_target(Path(path))
+    tmp = Path(tmp_name)
     try:
-        sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt16), str(tmp), True)
-        _replace_atomically(tmp, final)
+        write(str(tmp))
+        os.replace(str(tmp), str(final))
     except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
         raise InputError(final, f"cannot be written ({exc})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return final
+
+
+def write_labelmap(path: PathLike, labels: sitk.Image) -> Path:
+    """Write a label map (MyoPS values, unsigned 16-bit) atomically, compressed where the format allows."""
+    final = _write_atomically(path, lambda tmp: sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt16), tmp, True))
     logger.info("wrote label map %s", final)
     return final
 
@@ -245,16 +247,7 @@ def write_segmentation(path: PathLike, labels: sitk.Image) -> Path:
         "referenceImageExtentOffset": [0, 0, 0],
         "segments": segments,
     }
-    tmp, final = _atomic_target(Path(path))
-    try:
-        slicerio.write_segmentation(str(tmp), segmentation)
-        _replace_atomically(tmp, final)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(final, f"cannot be written ({exc})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    final = _write_atomically(path, lambda tmp: slicerio.write_segmentation(tmp, segmentation))
     logger.info("wrote segmentation %s", final)
     return final
 
