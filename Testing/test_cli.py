@@ -128,7 +128,7 @@ def test_evaluate_prints_challenge_metrics(case_files, tmp_path, capsys):
 
 def test_demo_runs_and_writes_everything(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert run_cli("demo", "--output-dir", out, "--model", tiny_model_dir, "--device", "cpu") == 0
+    assert run_cli("demo", "--output-dir", out, "--model", tiny_model_dir, "--device", "cpu", "--size", "192") == 0
     text = capsys.readouterr().out
     assert "SYNTHETIC PHANTOM" in text and "dice_scar" in text and "Timings" in text
     for name in ("phantom_seg.nii.gz", "phantom.seg.nrrd", "phantom_overview.png", "phantom_DE.nii.gz"):

@@ -207,7 +207,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model = str(build_random_model_folder(Path(tmp.name) / "untrained", preset="tiny"))
         _print("NO TRAINED WEIGHTS ARE SHIPPED YET: running an untrained tiny network to show the mechanics only.")
     try:
-        case = make_phantom_case(seed=args.seed)
+        # a MyoPS-like field of view (~300 mm at ~0.75 mm), so the coarse stage sees what it was trained on
+        case = make_phantom_case(seed=args.seed, size_xy=(args.size, args.size))
         paths = write_phantom_case(case, out_dir, name="phantom")
         segmenter = _make_segmenter(model, args.device)
         seg_path = out_dir / "phantom_seg.nii.gz"
@@ -343,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the cascade on a synthetic phantom (the embedded default)")
     p.add_argument("--output-dir", default="demo-output", help="where to write the phantom, results and figure")
     p.add_argument("--seed", type=int, default=2020, help="phantom seed")
+    p.add_argument("--size", type=int, default=400, help="phantom in-plane size in pixels (default 400)")
     add_common(p)
     p.set_defaults(func=cmd_demo)
 
