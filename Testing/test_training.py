@@ -312,6 +312,10 @@ def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path)
     ]
     cv = aggregate(run_dir)
     assert cv["n_cases"] == 2 and (run_dir / "cv_cases.csv").is_file()
+    from training.report import report
+
+    text = report(tmp_path, "run")
+    assert "dice_scar" in text and "not yet run" in text and "64.09" in text
     ens = export_ensemble(run_dir, [0], tmp_path / "ensemble", runtime)
     assert ModelBundle(ens).manifest["metrics"]["cross_validation"]["n_cases"] == 2
 
@@ -371,7 +375,7 @@ def test_main_targets_follow_the_architecture_table():
 # ----------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", ["cv", "localizer", "dae", "assn", "prsn", "export", "summarize"])
+@pytest.mark.parametrize("command", ["cv", "localizer", "dae", "assn", "prsn", "export", "summarize", "report"])
 def test_every_entry_point_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         cli_main([command, "--help"])

@@ -27,7 +27,7 @@ from typing import List, Optional
 from .config import STAGE_ORDER, ConfigError
 from .cv import ALL, CaseCache, RunError, aggregate, describe_summary, export_ensemble, open_run, parse_folds, run_fold
 from .loop import StageExistsError
-from .runtime import setup_runtime, shutdown_runtime
+from .runtime import amp_dtype_for, setup_runtime, shutdown_runtime
 
 logger = logging.getLogger("training")
 
@@ -152,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser(
+        "report",
+        help="markdown tables of a main run and its comparison runs (<run>_table1_*, <run>_table2_*)",
+    )
+    p.add_argument("--run-name", required=True, help="the main run")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("summarize", help="pool the validated folds of a run (cv_metrics.json, cv_cases.csv)")
     p.add_argument("--run-name", required=True)
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
@@ -181,6 +190,7 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
         run_dir = args.runs_dir / args.run_name
         run = open_run(run_dir, args.config, args.overrides, args.data, runtime, overwrite=args.overwrite)
         config = run["config"]
+        runtime.amp_dtype = amp_dtype_for(runtime.device, config["runtime"])
         if int(config["runtime"].get("num_threads", 0)) > 0:
             import torch
 
@@ -247,6 +257,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     stages = tuple(s for s in args.ensemble_stages.split(",") if s)
     out = export_ensemble(run_dir, folds, args.out, runtime, name=args.name, stages_to_ensemble=stages)
     print(f"model folder: {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    print(report(args.runs_dir, args.run_name))
     return 0
 
 

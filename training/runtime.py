@@ -112,14 +112,17 @@ def setup_runtime(runtime_cfg: Mapping[str, Any], device_request: Optional[str] 
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         logger.info("joined DDP group: rank %d of %d (%s)", rank, world, dist.get_backend())
+    return Runtime(device, amp_dtype_for(device, runtime_cfg), rank, world, local_rank)
+
+
+def amp_dtype_for(device: torch.device, runtime_cfg: Mapping[str, Any]) -> Optional[torch.dtype]:
+    """Autocast dtype for ``runtime.amp`` (``auto``: bf16 where the GPU supports it, else fp16; CPU: none)."""
     amp = str(runtime_cfg.get("amp", "auto"))
-    amp_dtype = None
-    if use_cuda and amp != "off":
-        if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-            amp_dtype = torch.bfloat16
-        else:
-            amp_dtype = torch.float16
-    return Runtime(device, amp_dtype, rank, world, local_rank)
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
 
 
 def shutdown_runtime(runtime: Runtime) -> None:
