@@ -299,13 +299,23 @@ def export_ensemble(
         config,
         stages,
         name=name or f"{config['name']}-ensemble",
-        description=description
-        or f"{config['name']}: ensemble of folds {list(folds)} ({', '.join(stages_to_ensemble)} averaged)",
+        description=description or _ensemble_description(config, folds, stages_to_ensemble, len(train_cases)),
         data_info={"folder": run["split"]["data"], "train_cases": train_cases, "folds": [str(f) for f in folds]},
         runtime_info=runtime.describe(),
         metrics=metrics,
         extra_provenance={"run": run_dir.name},
     )
+
+
+def _ensemble_description(config: Mapping[str, Any], folds: Sequence[Fold], stages: Sequence[str], n: int) -> str:
+    if list(folds) == [ALL]:
+        return (
+            f"{config['name']}: one cascade trained on all {n} cases of the training folder; the metrics are the "
+            "cross-validation of the same procedure (config and schedule)"
+        )
+    if len(folds) == 1:
+        return f"{config['name']}: the cascade of {fold_dirname(folds[0])}"
+    return f"{config['name']}: ensemble of folds {list(folds)} ({', '.join(stages)} averaged by the engine)"
 
 
 def parse_folds(values: Sequence[str], n_folds: int) -> List[Fold]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -31,26 +30,9 @@ from myops.preprocessing import spacing_zyx_of
 from .baselines import IdentityShapePrior, SingleSequenceAdapter, register_adapters
 from .data import CaseFiles
 from .loop import StageResult
+from .runtime import git_state
 
 logger = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def git_state() -> Dict[str, Any]:
-    """The repository's commit and whether training/ or the engine have uncommitted changes."""
-
-    def run(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = run("rev-parse", "HEAD")
-    dirty = run("status", "--porcelain", "--", "training", "MyoPSSegmentation/myops")
-    return {"commit": commit or "unknown", "dirty": bool(dirty)}
 
 
 def input_spec(config: Mapping[str, Any]) -> Dict[str, Any]:
@@ -133,6 +115,7 @@ def export_model(
         "hardware": dict(runtime_info),
         "training_wall_s": wall,
         "ensemble_members": {s: len(rs) for s, rs in stages.items()},
+        "stage_git": {s: [r.git for r in rs] for s, rs in stages.items()},
         "seed": int(config["seed"]),
         **dict(extra_provenance or {}),
     }

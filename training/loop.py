@@ -41,7 +41,7 @@ from .checkpoint import (
     save_tensors,
     write_json,
 )
-from .runtime import Runtime
+from .runtime import Runtime, git_state
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class StageResult:
         losses: per-step training loss of this process (steps run in this call only).
         wall_s: training seconds (summed over resumed sessions).
         steps: steps completed.
+        git: the repository state when the stage was trained (``commit``, ``dirty``), if recorded.
     """
 
     stage: str
@@ -79,6 +80,7 @@ class StageResult:
     losses: List[float] = field(default_factory=list)
     wall_s: float = 0.0
     steps: int = 0
+    git: Dict[str, Any] = field(default_factory=dict)
 
 
 def learning_rate(step: int, section: Mapping[str, Any]) -> float:
@@ -274,6 +276,7 @@ def fit(
                 "wall_s": round(wall, 2),
                 "final_loss_mean_last20": (sum(tail) / len(tail)) if tail else None,
                 "runtime": runtime.describe(),
+                "git": git_state(),
             },
         )
     runtime.barrier()

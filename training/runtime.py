@@ -11,13 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -129,3 +133,19 @@ def shutdown_runtime(runtime: Runtime) -> None:
     """Leave the process group (if any)."""
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def git_state() -> Dict[str, Any]:
+    """The repository's commit and whether training/ or the engine have uncommitted changes."""
+
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = run("rev-parse", "HEAD")
+    dirty = run("status", "--porcelain", "--", "training", "MyoPSSegmentation/myops")
+    return {"commit": commit or "unknown", "dirty": bool(dirty)}

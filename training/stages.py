@@ -283,6 +283,7 @@ def load_stage(folder: Path) -> StageResult:
         Path(folder),
         wall_s=float(meta.get("wall_s", 0.0)),
         steps=int(meta.get("steps", 0)),
+        git=dict(meta.get("git") or {}),
     )
 
 
