@@ -278,9 +278,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
     if getattr(args, "no_progress", False):
-        import os
+        from . import loop
 
-        os.environ["TQDM_DISABLE"] = "1"
+        loop.SHOW_PROGRESS = False
     try:
         return int(args.func(args) or 0)
     except (ConfigError, RunError, StageExistsError, FileNotFoundError) as exc:

@@ -45,6 +45,9 @@ from .runtime import Runtime, git_state
 
 logger = logging.getLogger(__name__)
 
+#: Progress bars on or off for the whole process (``--no-progress`` sets it to False).
+SHOW_PROGRESS = True
+
 FINAL_WEIGHTS = "final.safetensors"
 FINAL_META = "final.json"
 
@@ -191,7 +194,7 @@ def fit(
         total=steps,
         initial=start,
         desc=stage,
-        disable=not (show_progress and runtime.is_main),
+        disable=not (show_progress and SHOW_PROGRESS and runtime.is_main),
         dynamic_ncols=True,
         leave=True,
     )
