@@ -65,12 +65,19 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=4, help="typical cases (3-6 slices, 480 px)")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--no-cold", action="store_true")
+    parser.add_argument(
+        "--tta",
+        choices=["model", "on", "off"],
+        default="model",
+        help="test-time flips (default: as the model's manifest says)",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    segmenter = Segmenter(args.model, device=args.device)
+    tta = {"model": None, "on": True, "off": False}[args.tta]
+    segmenter = Segmenter(args.model, device=args.device, tta_flips=tta)
     results = {
         "hardware": {
             "cpu": platform.processor() or platform.machine(),
@@ -83,9 +90,11 @@ def main() -> int:
         },
         "model": str(segmenter.model_dir),
         "model_trained": segmenter.trained,
+        "tta_flips": segmenter.tta_flips,
     }
     print(f"Device: {segmenter.device_choice.device} ({segmenter.device_choice.reason}); "
-          f"torch threads {torch.get_num_threads()}; model {segmenter.model_dir}")  # fmt: skip
+          f"torch threads {torch.get_num_threads()}; model {segmenter.model_dir}; "
+          f"tta {segmenter.tta_flips}")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
