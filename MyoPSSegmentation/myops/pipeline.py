@@ -139,8 +139,11 @@ class Segmenter:
         inference = self.bundle.manifest.get("inference", {})
         self.tta_flips = bool(inference.get("tta_flips", False)) if tta_flips is None else tta_flips
         self.localizers = self.bundle.build("localizer", self.device)
-        dae = self.bundle.build("dae", self.device)[0]
-        self.assns = [ShapeConstrainedASSN(a, dae).eval() for a in self.bundle.build("assn", self.device)]
+        daes = self.bundle.build("dae", self.device)
+        assns = self.bundle.build("assn", self.device)
+        # an ensemble trained fold by fold pairs each ASSN with its own DAE; otherwise one DAE serves all
+        pairs = zip(assns, daes) if len(daes) == len(assns) else ((a, daes[0]) for a in assns)
+        self.assns = [ShapeConstrainedASSN(a, d).eval() for a, d in pairs]
         self.prsns = self.bundle.build("prsn", self.device)
         if not self.bundle.trained:
             logger.warning("model %s is UNTRAINED (random weights): results are meaningless", self.model_dir)
