@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,3 +116,33 @@ def test_ensemble_folder_builds_every_member(tmp_path):
 def test_unknown_preset(tmp_path):
     with pytest.raises(KeyError, match="unknown preset"):
         build_random_model_folder(tmp_path, preset="huge")
+
+
+def test_shape_prior_switch_selects_the_assn_output(tiny_model_dir, tmp_path):
+    """inference.shape_prior=false uses the ASSN's own region instead of the DAE reconstruction (Eq. 6)."""
+    from myops.phantom import make_phantom_case
+    from myops.pipeline import Segmenter
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["inference"]["shape_prior"] = False
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    case = make_phantom_case(seed=3)
+    with_prior = Segmenter(tiny_model_dir, device="cpu")
+    without = Segmenter(copy, device="cpu")
+    assert with_prior.shape_prior and not without.shape_prior
+    seen = []
+    for seg in (with_prior, without):
+        original = seg._forward
+
+        def spy(models, x, pick, _original=original):
+            out = _original(models, x, pick)
+            seen.append(out)
+            return out
+
+        seg._forward = spy
+        seg.segment(case.bssfp, case.lge, case.t2)
+    # calls per run: localiser, ASSN, PRSN; the ASSN region differs between the two runs (random DAE)
+    assert not np.allclose(seen[1], seen[4])
+    np.testing.assert_allclose(seen[0], seen[3])

@@ -20,7 +20,7 @@ Manifest (schema version 1)::
       "labels": [{"name", "value", "color", "terminology"}...],
       "output": {"type": "labelmap", "grid": "LGE"},
       "postprocessing": {...},            # see myops.postprocessing.PostprocessingConfig
-      "inference": {"tta_flips": bool},
+      "inference": {"tta_flips": bool, "shape_prior": bool},   # shape_prior: use the DAE output (default true)
       "files": {"<file>": {"sha256": str, "size": int}},
       "provenance": {...}, "metrics": {...}
     }

@@ -138,6 +138,8 @@ class Segmenter:
         self.postprocessing = PostprocessingConfig.from_dict(self.bundle.manifest.get("postprocessing", {}))
         inference = self.bundle.manifest.get("inference", {})
         self.tta_flips = bool(inference.get("tta_flips", False)) if tta_flips is None else tta_flips
+        #: Eq. 6 at inference: the LV region is the DAE's reconstruction (True, the paper) or the ASSN's own output.
+        self.shape_prior = bool(inference.get("shape_prior", True))
         self.localizers = self.bundle.build("localizer", self.device)
         daes = self.bundle.build("dae", self.device)
         assns = self.bundle.build("assn", self.device)
@@ -232,7 +234,8 @@ class Segmenter:
         step(0.35, "Segmenting the LV (ASSN + shape prior)")
         window = Window(center, self.crop_spacing_mm, self.crop_size)
         crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
-        epi_prob = self._forward(self.assns, crops, lambda out: out.shape_logits)  # (z, 2, S, S)
+        pick = (lambda out: out.shape_logits) if self.shape_prior else (lambda out: out.seg_logits)
+        epi_prob = self._forward(self.assns, crops, pick)  # (z, 2, S, S)
         epi_mask = (epi_prob[:, 1] > 0.5).astype(np.float32)
         t0 = lap("assn", t0)
 
