@@ -348,6 +348,9 @@ def test_comparison_variants_train_and_run_through_the_engine(variant, phantom_d
     summary = run_fold(run_dir, run, 1, runtime, CaseCache((0.5, 99.5)))
     assert len(summary["cases"]) == 2
     assert all(math.isfinite(r["dice_lv"]) for r in summary["cases"])
+    manifest = json.loads((run_dir / "fold_1" / "model" / "manifest.json").read_text())
+    # Models without the DAE use the ASSN's own LV region (engine switch inference.shape_prior).
+    assert manifest["inference"]["shape_prior"] is variant[0].startswith("prsn.")
 
 
 def test_pathology_adapter_places_classes():
@@ -414,8 +417,22 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     other = open_run(other_dir, "tiny", [*steps, "prsn.variant=unet_scar"], phantom_dir, runtime)
     summary = run_fold(other_dir, other, 0, runtime, CaseCache((0.5, 99.5)), stages=("prsn",), reuse_from=main_dir)
     assert not (other_dir / "fold_0" / "assn").exists()
-    assert summary["stage_folders"]["assn"] == str(main_dir / "fold_0" / "assn")
+    assert summary["stage_folders"]["assn"] == str((main_dir / "fold_0" / "assn").resolve())
     assert len(summary["cases"]) == 2
+    # An export of the comparison run takes the reused stages from the main run; flips can be switched on.
+    from myops.model import ModelBundle
+
+    aggregate(other_dir)
+    out = export_ensemble(other_dir, [0], tmp_path / "exported", runtime, tta_flips=True)
+    manifest = ModelBundle(out).manifest
+    assert manifest["inference"] == {"tta_flips": True, "shape_prior": True}
+    assert manifest["networks"]["prsn"]["arch"] == "training.pathology_adapter"
+    # ASSN without DAE reusing the main run: a real DAE in the folder, unused (shape_prior false).
+    wodae_dir = tmp_path / "wodae"
+    wodae = open_run(wodae_dir, "tiny", [*steps, "assn.variant=assn_wo_dae"], phantom_dir, runtime)
+    run_fold(wodae_dir, wodae, 0, runtime, CaseCache((0.5, 99.5)), stages=("assn",), reuse_from=main_dir)
+    manifest = ModelBundle(wodae_dir / "fold_0" / "model").manifest
+    assert manifest["networks"]["dae"]["arch"] == "dae" and manifest["inference"]["shape_prior"] is False
     bad_dir = tmp_path / "bad"
     bad = open_run(bad_dir, "tiny", [*steps, "assn.beta=0.5"], phantom_dir, runtime)
     with pytest.raises(RunError, match="assn"):

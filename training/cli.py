@@ -144,8 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", nargs="*", default=["all"], help="fold indices, 'all' or 'full'")
     p.add_argument(
         "--ensemble-stages",
-        default="localizer,assn,prsn",
+        default="localizer,dae,assn,prsn",
         help="stages with one weight file per fold (others come from the first fold)",
+    )
+    p.add_argument(
+        "--tta-flips",
+        choices=("on", "off"),
+        default=None,
+        help="test-time flip averaging in the manifest (default: the run config's export.tta_flips)",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--name", default=None, help="model name in the manifest")
@@ -255,7 +261,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     split = read_json(run_dir / "split.json")
     folds = parse_folds(args.folds, len(split["folds"]))
     stages = tuple(s for s in args.ensemble_stages.split(",") if s)
-    out = export_ensemble(run_dir, folds, args.out, runtime, name=args.name, stages_to_ensemble=stages)
+    tta = None if args.tta_flips is None else args.tta_flips == "on"
+    out = export_ensemble(run_dir, folds, args.out, runtime, name=args.name, stages_to_ensemble=stages, tta_flips=tta)
     print(f"model folder: {out}")
     return 0
 

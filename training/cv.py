@@ -162,7 +162,7 @@ def run_fold(
         "train_cases": [f.name for f in parts["train"]],
         "held_out": [f.name for f in parts["held_out"]],
         "training_wall_s": {s: round(r.wall_s, 1) for s, r in results.items()},
-        "stage_folders": {s: str(r.folder) for s, r in results.items()},
+        "stage_folders": {s: str(Path(r.folder).resolve()) for s, r in results.items()},
     }
     needed = {"localizer", "assn", "prsn"} | ({"dae"} if config["assn"]["variant"] == "assn" else set())
     if not needed.issubset(results):
@@ -260,25 +260,30 @@ def export_ensemble(
     runtime: Runtime,
     name: Optional[str] = None,
     description: Optional[str] = None,
-    stages_to_ensemble: Sequence[str] = ("localizer", "assn", "prsn"),
+    stages_to_ensemble: Sequence[str] = ("localizer", "dae", "assn", "prsn"),
+    tta_flips: Optional[bool] = None,
 ) -> Path:
     """Export an ensemble of trained folds as one model folder, with the run's CV metrics in the manifest.
 
-    Stages in ``stages_to_ensemble`` get one weight file per fold (probabilities averaged by the engine); the
-    others (and always the DAE, which the engine pairs with every ASSN) come from the first fold listed.
+    Stages in ``stages_to_ensemble`` get one weight file per fold (probabilities averaged by the engine; the
+    engine pairs the i-th ASSN with the i-th DAE); the others come from the first fold listed. Stages the run
+    did not train itself come from the run it reused them from (``--reuse-from``). ``tta_flips`` overrides the
+    config's ``export.tta_flips``.
     """
     run_dir = Path(run_dir)
     run = {"config": read_json(run_dir / "config.json"), "split": read_json(run_dir / "split.json")}
     config = run["config"]
+    if tta_flips is not None:
+        config = {**config, "export": {**config["export"], "tta_flips": bool(tta_flips)}}
     stages: Dict[str, List[StageResult]] = {}
     for stage in STAGE_ORDER:
         members = folds if stage in stages_to_ensemble else list(folds)[:1]
         for fold in members:
-            folder = run_dir / fold_dirname(fold) / stage
-            if not (folder / "final.json").is_file():
+            folder = _stage_folder(run_dir, fold, stage)
+            if folder is None:
                 if stage == "dae" and config["assn"]["variant"] != "assn":
                     continue
-                raise RunError(f"{folder} is not trained")
+                raise RunError(f"{run_dir / fold_dirname(fold) / stage} is not trained")
             stages.setdefault(stage, []).append(load_stage(folder))
     metrics: Dict[str, Any] = {}
     if (run_dir / "cv_metrics.json").is_file():
@@ -305,6 +310,19 @@ def export_ensemble(
         metrics=metrics,
         extra_provenance={"run": run_dir.name},
     )
+
+
+def _stage_folder(run_dir: Path, fold: Fold, stage: str) -> Optional[Path]:
+    """The completed stage folder of a fold: the run's own, or the one its fold summary says it reused."""
+    own = Path(run_dir) / fold_dirname(fold) / stage
+    if (own / "final.json").is_file():
+        return own
+    summary = Path(run_dir) / fold_dirname(fold) / "metrics.json"
+    if summary.is_file():
+        reused = read_json(summary).get("stage_folders", {}).get(stage)
+        if reused and (Path(reused) / "final.json").is_file():
+            return Path(reused)
+    return None
 
 
 def _ensemble_description(config: Mapping[str, Any], folds: Sequence[Fold], stages: Sequence[str], n: int) -> str:

@@ -49,6 +49,12 @@ def input_spec(config: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _assn_entries(config: Mapping[str, Any], assn: Sequence[StageResult], dae: Optional[Sequence[StageResult]]):
+    """Model-folder entries of the ASSN and DAE stages, and the ``inference.shape_prior`` switch.
+
+    The paper's ASSN uses the DAE reconstruction as the LV region (``shape_prior`` true); the Table 1 variants
+    without a DAE use the ASSN's own output (false). A real DAE is written whenever one was trained (one per
+    ASSN when the counts match: the engine pairs them), else a weightless stand-in (training only).
+    """
     variant = config["assn"]["variant"]
     if variant == "unet_bssfp":
         modules = []
@@ -59,15 +65,16 @@ def _assn_entries(config: Mapping[str, Any], assn: Sequence[StageResult], dae: O
         assn_entry = ("training.single_sequence_assn", modules[0].config(), modules)
     else:
         assn_entry = (assn[0].arch, assn[0].config, [r.module for r in assn])
-    if variant == "assn":
-        if not dae:
-            raise ValueError("the 'assn' variant needs its DAE to export")
-        # The engine pairs every ASSN with the first DAE; ship the DAE of the first run.
-        dae_entry = (dae[0].arch, dae[0].config, [dae[0].module])
+    shape_prior = variant == "assn"
+    if dae:
+        members = list(dae) if len(dae) == len(assn) else list(dae)[:1]
+        dae_entry = (members[0].arch, members[0].config, [r.module for r in members])
+    elif shape_prior:
+        raise ValueError("the 'assn' variant needs its DAE to export")
     else:
         prior = IdentityShapePrior(int(config["assn"]["config"].get("out_channels", 2)))
         dae_entry = ("training.identity_shape_prior", prior.config(), [prior])
-    return assn_entry, dae_entry
+    return assn_entry, dae_entry, shape_prior
 
 
 def export_model(
@@ -95,7 +102,7 @@ def export_model(
         metrics: cross-validation metrics for the manifest.
         extra_provenance: more provenance fields.
     """
-    assn_entry, dae_entry = _assn_entries(config, stages["assn"], stages.get("dae"))
+    assn_entry, dae_entry, shape_prior = _assn_entries(config, stages["assn"], stages.get("dae"))
     networks: Dict[str, Any] = {
         "localizer": (
             stages["localizer"][0].arch,
@@ -131,7 +138,7 @@ def export_model(
         description=description,
         input_spec=input_spec(config),
         postprocessing=dict(export_cfg["postprocessing"]),
-        inference={"tta_flips": bool(export_cfg["tta_flips"])},
+        inference={"tta_flips": bool(export_cfg["tta_flips"]), "shape_prior": shape_prior},
         provenance=provenance,
         metrics=dict(metrics or {}),
         half_precision=bool(export_cfg["half_precision"]),

@@ -312,6 +312,11 @@ def run_stages(
         folder = Path(fold_folder) / stage
         wanted = stage in stages
         if stage == "dae" and not needs_dae and not wanted:
+            # Not used by this variant; kept (when trained) so its model folder holds a real DAE.
+            for candidate in (folder, Path(reuse_fold_folder) / stage if reuse_fold_folder else None):
+                if candidate is not None and is_complete(candidate):
+                    results[stage] = load_stage(candidate)
+                    break
             continue
         if (resume or not wanted) and is_complete(folder):
             results[stage] = load_stage(folder)
