@@ -423,9 +423,12 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     from myops.model import ModelBundle
 
     aggregate(other_dir)
-    out = export_ensemble(other_dir, [0], tmp_path / "exported", runtime, tta_flips=True)
+    study = {"tta_flips": {"summary": {"dice_scar": {"mean": 0.9, "sd": 0.1, "median": 0.9, "n": 2}}}}
+    out = export_ensemble(other_dir, [0], tmp_path / "exported", runtime, tta_flips=True, tta_study=study)
     manifest = ModelBundle(out).manifest
     assert manifest["inference"] == {"tta_flips": True, "shape_prior": True}
+    cv = manifest["metrics"]["cross_validation"]
+    assert cv["summary"]["dice_scar"]["mean"] == 0.9 and cv["summary_without_tta"]["dice_scar"]["mean"] != 0.9
     assert manifest["networks"]["prsn"]["arch"] == "training.pathology_adapter"
     # ASSN without DAE reusing the main run: a real DAE in the folder, unused (shape_prior false).
     wodae_dir = tmp_path / "wodae"

@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="test-time flip averaging in the manifest (default: the run config's export.tta_flips)",
     )
+    p.add_argument(
+        "--tta-study",
+        type=Path,
+        default=None,
+        help="JSON of benchmarks/cv_inference_options.py on this run: CV metrics with flips for the manifest",
+    )
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--name", default=None, help="model name in the manifest")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -262,7 +268,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     folds = parse_folds(args.folds, len(split["folds"]))
     stages = tuple(s for s in args.ensemble_stages.split(",") if s)
     tta = None if args.tta_flips is None else args.tta_flips == "on"
-    out = export_ensemble(run_dir, folds, args.out, runtime, name=args.name, stages_to_ensemble=stages, tta_flips=tta)
+    study = None if args.tta_study is None else read_json(args.tta_study)
+    out = export_ensemble(
+        run_dir, folds, args.out, runtime, name=args.name, stages_to_ensemble=stages, tta_flips=tta, tta_study=study
+    )
     print(f"model folder: {out}")
     return 0
 

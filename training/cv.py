@@ -262,13 +262,15 @@ def export_ensemble(
     description: Optional[str] = None,
     stages_to_ensemble: Sequence[str] = ("localizer", "dae", "assn", "prsn"),
     tta_flips: Optional[bool] = None,
+    tta_study: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Export an ensemble of trained folds as one model folder, with the run's CV metrics in the manifest.
 
     Stages in ``stages_to_ensemble`` get one weight file per fold (probabilities averaged by the engine; the
     engine pairs the i-th ASSN with the i-th DAE); the others come from the first fold listed. Stages the run
     did not train itself come from the run it reused them from (``--reuse-from``). ``tta_flips`` overrides the
-    config's ``export.tta_flips``.
+    config's ``export.tta_flips``; ``tta_study`` (the JSON of ``benchmarks/cv_inference_options.py`` on this
+    run) supplies the CV metrics with flips for a model that runs with them.
     """
     run_dir = Path(run_dir)
     run = {"config": read_json(run_dir / "config.json"), "split": read_json(run_dir / "split.json")}
@@ -298,6 +300,15 @@ def export_ensemble(
                 "summary": cv["summary"],
             }
         }
+        if tta_study is not None and config["export"]["tta_flips"]:
+            flips = tta_study["tta_flips"]["summary"]
+            metrics["cross_validation"]["summary"] = {k: {**cv["summary"][k], **v} for k, v in flips.items()}
+            metrics["cross_validation"]["summary_without_tta"] = cv["summary"]
+            metrics["cross_validation"]["note"] = (
+                "'summary' is the CV of the same procedure with test-time flip averaging, as this model runs "
+                "(each fold's model on its own held-out cases, benchmarks/cv_inference_options.py); "
+                "'summary_without_tta' is the plain CV."
+            )
     train_cases = sorted({c.name for f in folds for c in fold_cases(run["split"], f)["train"]})
     return export_model(
         Path(out_dir),
