@@ -27,6 +27,7 @@ from typing import List, Optional
 from .config import STAGE_ORDER, ConfigError
 from .cv import ALL, CaseCache, RunError, aggregate, describe_summary, export_ensemble, open_run, parse_folds, run_fold
 from .loop import StageExistsError
+from .pack import PackError
 from .runtime import amp_dtype_for, setup_runtime, shutdown_runtime
 
 logger = logging.getLogger("training")
@@ -45,6 +46,14 @@ def _common(p: argparse.ArgumentParser, data_required: bool = False) -> None:
         default=None,
         required=data_required,
         help="folder in MyoPS layout (<name>_C0/_DE/_T2/_gd.nii.gz); needed when the run is created",
+    )
+    p.add_argument(
+        "--packed",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="train from a packed bank (python -m training pack) instead of reading --data; without --data the "
+        "run trains and exports but does not validate (rerun with --data FOLDER --resume to validate)",
     )
     p.add_argument("--run-name", required=True, help="name of the run folder under --runs-dir")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
@@ -173,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser(
+        "pack",
+        help="prepare a MyoPS folder once into one compact file (for a machine without SimpleITK or the images)",
+        description="Read every case as training does, sample its context windows and write them, float16 and "
+        "gzip-compressed, to one safetensors file with the window geometry and the sha256 of every source file.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="folder in MyoPS layout")
+    p.add_argument("--config", default="default", help="config whose data section decides the windows")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", type=Path, required=True, help="file to write, e.g. train25.safetensors.gz")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_pack)
+
     p = sub.add_parser("summarize", help="pool the validated folds of a run (cv_metrics.json, cv_cases.csv)")
     p.add_argument("--run-name", required=True)
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
@@ -200,7 +222,16 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
     runtime = setup_runtime(DEFAULTS["runtime"], runtime_device)
     try:
         run_dir = args.runs_dir / args.run_name
-        run = open_run(run_dir, args.config, args.overrides, args.data, runtime, overwrite=args.overwrite)
+        packed = None
+        if getattr(args, "packed", None) is not None:
+            from .pack import load_pack
+
+            packed = load_pack(args.packed)
+            if args.data is None:
+                validate = False
+        run = open_run(
+            run_dir, args.config, args.overrides, args.data, runtime, overwrite=args.overwrite, packed=packed
+        )
         config = run["config"]
         runtime.amp_dtype = amp_dtype_for(runtime.device, config["runtime"])
         if int(config["runtime"].get("num_threads", 0)) > 0:
@@ -210,7 +241,9 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
         if runtime.is_main:
             _setup_logging(args.verbose, run_dir / "train.log")
         folds = parse_folds(folds_arg, len(run["split"]["folds"]))
-        cache = CaseCache(config["data"]["percentiles"])
+        cache = CaseCache(config["data"]["percentiles"], packed=packed)
+        if packed is not None and not validate and runtime.is_main:
+            logger.info("training from %s: no validation without --data", args.packed)
         t0 = time.perf_counter()
         for fold in folds:
             summary = run_fold(
@@ -252,6 +285,18 @@ def cmd_cv(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown stages {unknown}; choose from {list(STAGE_ORDER)}")
     return _run_folds(args, args.folds, stages=stages)
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .pack import pack_folder
+
+    _setup_logging(args.verbose)
+    config = load_config(args.config, args.overrides)
+    packed = pack_folder(args.data, config["data"], args.out)
+    size = args.out.stat().st_size / 1e6
+    print(f"{len(packed.cases)} cases, {len(packed.owners)} slices -> {args.out} ({size:.1f} MB)", flush=True)
+    return 0
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -299,6 +344,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         loop.SHOW_PROGRESS = False
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, RunError, StageExistsError, FileNotFoundError) as exc:
+    except (ConfigError, RunError, StageExistsError, FileNotFoundError, PackError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

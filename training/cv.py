@@ -23,6 +23,7 @@ from .config import STAGE_ORDER, ConfigError, load_config
 from .data import CaseData, CaseFiles, SliceBank, find_cases, load_case, make_folds
 from .export import export_model, read_json, summarise, validate_cases
 from .loop import StageResult
+from .pack import PackedCases
 from .runtime import Runtime
 from .stages import load_stage, run_stages
 
@@ -51,11 +52,14 @@ def open_run(
     data_dir: Optional[Path],
     runtime: Runtime,
     overwrite: bool = False,
+    packed: Optional[PackedCases] = None,
 ) -> Dict[str, Any]:
     """Create a run folder or reopen it; returns ``{"config", "split"}``.
 
     A new run writes ``config.json`` and ``split.json``. An existing run keeps its own config; a different
-    config (apart from the ``runtime`` section) is refused unless ``overwrite``.
+    config (apart from the ``runtime`` section) is refused unless ``overwrite``. With ``packed`` (a packed bank,
+    :mod:`training.pack`) instead of ``data_dir`` the cases are the pack's, and ``split["data"]`` is the folder the
+    pack was made from.
     """
     run_dir = Path(run_dir)
     cfg_path, split_path = run_dir / "config.json", run_dir / "split.json"
@@ -70,14 +74,20 @@ def open_run(
         if data_dir is not None and Path(data_dir).resolve() != Path(split["data"]).resolve():
             logger.warning("run %s was split on %s; reading the cases from %s", run_dir, split["data"], data_dir)
             split["data"] = str(Path(data_dir).resolve())
+        if packed is not None and sorted(packed.cases) != sorted(split["cases"]):
+            raise RunError(f"the pack holds other cases than the split of {run_dir}")
         return {"config": config, "split": split}
-    if data_dir is None:
-        raise RunError(f"{run_dir} does not exist yet: --data is needed to create it")
+    if data_dir is None and packed is None:
+        raise RunError(f"{run_dir} does not exist yet: --data (or --packed) is needed to create it")
     config = load_config(config_arg, overrides)
-    files = find_cases(data_dir)
-    names = [f.name for f in files]
+    if data_dir is not None:
+        names = [f.name for f in find_cases(data_dir)]
+        source = str(Path(data_dir).resolve())
+    else:
+        assert packed is not None
+        names, source = sorted(packed.cases), packed.source
     folds = make_folds(names, int(config["data"]["folds"]), int(config["seed"]))
-    split = {"data": str(Path(data_dir).resolve()), "cases": names, "folds": folds, "seed": int(config["seed"])}
+    split = {"data": source, "cases": names, "folds": folds, "seed": int(config["seed"])}
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(cfg_path, config)
@@ -87,11 +97,18 @@ def open_run(
 
 
 class CaseCache:
-    """Prepared cases, loaded once per process and shared by the folds."""
+    """Prepared cases, loaded once per process and shared by the folds; or the slices of a packed bank."""
 
-    def __init__(self, percentiles: Sequence[float]) -> None:
+    def __init__(self, percentiles: Sequence[float], packed: Optional[PackedCases] = None) -> None:
         self.percentiles = tuple(percentiles)
+        self.packed = packed
         self._cases: Dict[str, CaseData] = {}
+
+    def bank(self, split: Mapping[str, Any], fold: Fold, data: Mapping[str, Any]) -> SliceBank:
+        """The training :class:`SliceBank` of a fold: from the pack when there is one, else from the images."""
+        if self.packed is not None:
+            return self.packed.bank(fold_names(split, fold)["train"], data)
+        return SliceBank(self.get(fold_cases(split, fold)["train"]), data)
 
     def get(self, files: Sequence[CaseFiles]) -> List[CaseData]:
         out = []
@@ -102,12 +119,8 @@ class CaseCache:
         return out
 
 
-def fold_cases(split: Mapping[str, Any], fold: Fold) -> Dict[str, List[CaseFiles]]:
-    """``{"train": [...], "held_out": [...]}`` case files of a fold (``all``: every case, none held out)."""
-    files = {f.name: f for f in find_cases(split["data"])}
-    missing = [n for n in split["cases"] if n not in files]
-    if missing:
-        raise RunError(f"cases {missing} of the run's split are not in {split['data']}")
+def fold_names(split: Mapping[str, Any], fold: Fold) -> Dict[str, List[str]]:
+    """``{"train": [...], "held_out": [...]}`` case names of a fold (``all``: every case, none held out)."""
     if fold == ALL:
         held: List[str] = []
     else:
@@ -115,8 +128,17 @@ def fold_cases(split: Mapping[str, Any], fold: Fold) -> Dict[str, List[CaseFiles
         if not 0 <= k < len(split["folds"]):
             raise RunError(f"fold {fold} does not exist (folds 0..{len(split['folds']) - 1})")
         held = list(split["folds"][k])
-    train = [files[n] for n in split["cases"] if n not in held]
-    return {"train": train, "held_out": [files[n] for n in held]}
+    return {"train": [n for n in split["cases"] if n not in held], "held_out": held}
+
+
+def fold_cases(split: Mapping[str, Any], fold: Fold) -> Dict[str, List[CaseFiles]]:
+    """``{"train": [...], "held_out": [...]}`` case files of a fold, found in ``split["data"]``."""
+    files = {f.name: f for f in find_cases(split["data"])}
+    missing = [n for n in split["cases"] if n not in files]
+    if missing:
+        raise RunError(f"cases {missing} of the run's split are not in {split['data']}")
+    names = fold_names(split, fold)
+    return {part: [files[n] for n in names[part]] for part in ("train", "held_out")}
 
 
 def run_fold(
@@ -142,9 +164,9 @@ def run_fold(
     """
     config, split = run["config"], run["split"]
     fold_dir = Path(run_dir) / fold_dirname(fold)
-    parts = fold_cases(split, fold)
+    parts = fold_names(split, fold)
     t0 = time.perf_counter()
-    bank = SliceBank(cache.get(parts["train"]), config["data"])
+    bank = cache.bank(split, fold, config["data"])
     logger.info(
         "%s: %d training cases (%d slices), %d held out",
         fold_dirname(fold),
@@ -159,8 +181,8 @@ def run_fold(
     results = run_stages(config, bank, fold_dir, runtime, fold, stages, resume, overwrite, reuse_fold)
     summary: Dict[str, Any] = {
         "fold": fold,
-        "train_cases": [f.name for f in parts["train"]],
-        "held_out": [f.name for f in parts["held_out"]],
+        "train_cases": list(parts["train"]),
+        "held_out": list(parts["held_out"]),
         "training_wall_s": {s: round(r.wall_s, 1) for s, r in results.items()},
         "stage_folders": {s: str(Path(r.folder).resolve()) for s, r in results.items()},
     }
@@ -173,7 +195,8 @@ def run_fold(
         summary["model_dir"] = str(model_dir)
         if validate and parts["held_out"]:
             t1 = time.perf_counter()
-            rows = validate_cases(model_dir, parts["held_out"], fold_dir / "predictions", device=device)
+            held_out = fold_cases(split, fold)["held_out"]
+            rows = validate_cases(model_dir, held_out, fold_dir / "predictions", device=device)
             summary["validation_wall_s"] = round(time.perf_counter() - t1, 1)
             summary["cases"] = rows
             summary["summary"] = summarise(rows)
@@ -199,7 +222,7 @@ def export_fold(
     run_dir: Path, run: Mapping[str, Any], fold: Fold, stages: Mapping[str, List[StageResult]], runtime: Runtime
 ) -> Path:
     config, split = run["config"], run["split"]
-    parts = fold_cases(split, fold)
+    parts = fold_names(split, fold)
     return export_model(
         Path(run_dir) / fold_dirname(fold) / "model",
         config,
@@ -208,8 +231,8 @@ def export_fold(
         description=f"{config['name']}: cascade trained on {len(parts['train'])} cases ({fold_dirname(fold)})",
         data_info={
             "folder": split["data"],
-            "train_cases": [f.name for f in parts["train"]],
-            "held_out_cases": [f.name for f in parts["held_out"]],
+            "train_cases": list(parts["train"]),
+            "held_out_cases": list(parts["held_out"]),
         },
         runtime_info=runtime.describe(),
     )
@@ -309,7 +332,7 @@ def export_ensemble(
                 "(each fold's model on its own held-out cases, benchmarks/cv_inference_options.py); "
                 "'summary_without_tta' is the plain CV."
             )
-    train_cases = sorted({c.name for f in folds for c in fold_cases(run["split"], f)["train"]})
+    train_cases = sorted({n for f in folds for n in fold_names(run["split"], f)["train"]})
     return export_model(
         Path(out_dir),
         config,
@@ -388,6 +411,7 @@ __all__ = [
     "describe_summary",
     "export_ensemble",
     "fold_cases",
+    "fold_names",
     "open_run",
     "parse_folds",
     "run_fold",

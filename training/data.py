@@ -212,13 +212,7 @@ class SliceBank:
     def __init__(self, cases: Sequence[CaseData], data: Mapping[str, Any]) -> None:
         if not cases:
             raise ValueError("SliceBank needs at least one case")
-        self.crop_size = int(data["crop_size"])
-        self.crop_spacing_mm = float(data["crop_spacing_mm"])
-        self.coarse_size = int(data["coarse_size"])
-        self.jitter_mm = float(data["jitter_mm"])
-        factor = float(data["context_factor"])
-        self.fine_context = _even_context(self.crop_size, factor)
-        self.coarse_context = _even_context(self.coarse_size, factor)
+        self._set_geometry(data)
         fine_img, fine_lab, coarse_img, coarse_lab, owners = [], [], [], [], []
         for case in cases:
             spacing_yx = (case.spacing_zyx[1], case.spacing_zyx[2])
@@ -237,6 +231,53 @@ class SliceBank:
         self.coarse_codes = torch.from_numpy(np.concatenate(coarse_lab).round().astype(np.int8))
         self.owners = owners
         self.case_names = [c.name for c in cases]
+
+    def _set_geometry(self, data: Mapping[str, Any]) -> None:
+        self.crop_size = int(data["crop_size"])
+        self.crop_spacing_mm = float(data["crop_spacing_mm"])
+        self.coarse_size = int(data["coarse_size"])
+        self.jitter_mm = float(data["jitter_mm"])
+        factor = float(data["context_factor"])
+        self.fine_context = _even_context(self.crop_size, factor)
+        self.coarse_context = _even_context(self.coarse_size, factor)
+
+    @classmethod
+    def from_tensors(
+        cls,
+        data: Mapping[str, Any],
+        fine_images: torch.Tensor,
+        fine_codes: torch.Tensor,
+        coarse_images: torch.Tensor,
+        coarse_codes: torch.Tensor,
+        owners: Sequence[str],
+    ) -> SliceBank:
+        """A bank from windows sampled earlier (a packed bank, :mod:`training.pack`).
+
+        Args:
+            data: the ``data`` config section the windows were sampled with.
+            fine_images, coarse_images: ``(N, 3, C, C)`` windows (any float dtype; stored as float32).
+            fine_codes, coarse_codes: ``(N, C, C)`` compact label codes.
+            owners: case name of each of the ``N`` slices.
+        """
+        n = int(fine_images.shape[0])
+        if not n or any(int(t.shape[0]) != n for t in (fine_codes, coarse_images, coarse_codes)) or len(owners) != n:
+            raise ValueError("SliceBank.from_tensors needs the same non-zero number of slices in every tensor")
+        bank = cls.__new__(cls)
+        bank._set_geometry(data)
+        for name, tensor, ctx in (
+            ("fine", fine_images, bank.fine_context),
+            ("coarse", coarse_images, bank.coarse_context),
+        ):
+            if tuple(tensor.shape[1:]) != (3, ctx, ctx):
+                shape = tuple(tensor.shape[1:])
+                raise ValueError(f"{name} windows are {shape}, the data config needs (3, {ctx}, {ctx})")
+        bank.fine_images = fine_images.float().contiguous()
+        bank.fine_codes = fine_codes.to(torch.int8).contiguous()
+        bank.coarse_images = coarse_images.float().contiguous()
+        bank.coarse_codes = coarse_codes.to(torch.int8).contiguous()
+        bank.owners = list(owners)
+        bank.case_names = list(dict.fromkeys(owners))
+        return bank
 
     def __len__(self) -> int:
         return int(self.fine_images.shape[0])
