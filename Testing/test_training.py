@@ -300,6 +300,10 @@ def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path)
     prov = bundle.manifest["provenance"]
     for key in ("git", "config", "data", "date", "hardware", "training_wall_s", "seed"):
         assert key in prov
+    # each stage records where it was trained (here: this CPU process)
+    assert {s: [h["device"] for h in hs] for s, hs in prov["stage_hardware"].items()} == {
+        s: ["cpu"] for s in ("localizer", "dae", "assn", "prsn")
+    }
     assert bundle.trained and bundle.input_spec["crop_size"] == 32
     seg = Segmenter(model_dir, device="cpu")
     case = find_cases(phantom_dir)[0]

@@ -123,6 +123,8 @@ def export_model(
         "training_wall_s": wall,
         "ensemble_members": {s: len(rs) for s, rs in stages.items()},
         "stage_git": {s: [r.git for r in rs] for s, rs in stages.items()},
+        # where each stage was trained ("hardware" above is the machine that exported the folder)
+        "stage_hardware": {s: [r.runtime for r in rs] for s, rs in stages.items()},
         "seed": int(config["seed"]),
         **dict(extra_provenance or {}),
     }

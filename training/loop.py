@@ -73,6 +73,7 @@ class StageResult:
         wall_s: training seconds (summed over resumed sessions).
         steps: steps completed.
         git: the repository state when the stage was trained (``commit``, ``dirty``), if recorded.
+        runtime: the hardware it was trained on (:meth:`training.runtime.Runtime.describe`), if recorded.
     """
 
     stage: str
@@ -84,6 +85,7 @@ class StageResult:
     wall_s: float = 0.0
     steps: int = 0
     git: Dict[str, Any] = field(default_factory=dict)
+    runtime: Dict[str, Any] = field(default_factory=dict)
 
 
 def learning_rate(step: int, section: Mapping[str, Any]) -> float:
@@ -284,4 +286,4 @@ def fit(
         )
     runtime.barrier()
     module.eval()
-    return StageResult(stage, arch, config, module, folder, losses, wall, steps)
+    return StageResult(stage, arch, config, module, folder, losses, wall, steps, git_state(), runtime.describe())

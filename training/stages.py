@@ -284,6 +284,7 @@ def load_stage(folder: Path) -> StageResult:
         wall_s=float(meta.get("wall_s", 0.0)),
         steps=int(meta.get("steps", 0)),
         git=dict(meta.get("git") or {}),
+        runtime=dict(meta.get("runtime") or {}),
     )
 
 
