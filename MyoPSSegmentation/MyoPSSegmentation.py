@@ -42,8 +42,9 @@ Segments the left-ventricular <b>myocardium</b>, <b>edema</b>, <b>scar</b> and t
 aligned cardiac MR sequences of one patient: a bSSFP cine frame (C0), late gadolinium enhancement (LGE, DE)
 and T2. The result is a segmentation on the LGE grid that can be corrected at once in Segment Editor, and a
 table with volumes (mL), scar and edema as a percentage of the LV myocardium, and myocardial salvage.<br><br>
-Method: a two-stage cascade. An anatomical network with a denoising auto-encoder shape prior finds the LV
-wall; a pathology network fuses the three sequences with channel attention to find scar and edema.<br><br>
+Method: a two-stage cascade. An anatomical network with three encoders finds the LV wall (the paper's
+denoising auto-encoder shape prior is optional and off in the shipped model, which scored better without it); a
+pathology network fuses the three sequences with channel attention to find scar and edema.<br><br>
 <b>Limits.</b> Research software, <b>not for clinical diagnosis</b>. Trained for short-axis LV stacks like those
 of the MyoPS 2020 challenge; other views, the right ventricle, or poorly aligned sequences are out of scope.
 Always review and correct the segments. See docs/slicer.md in the source repository.
