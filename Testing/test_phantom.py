@@ -166,7 +166,7 @@ def test_lv_shrinks_towards_apex_and_wall_is_realistic(cases):
         assert 14.0 < radius_base < 30.0
         epi = np.isin(lab[-1], L.LV_EPICARDIUM_LABELS).sum() * sx * sy
         thickness = math.sqrt(epi / math.pi) - radius_base
-        assert 5.0 < thickness < 12.0
+        assert 5.0 < thickness < 16.0  # MyoPS 2020 training labels: 8-15 mm at the base (equivalent annulus)
 
 
 def test_anatomy_is_in_mm_independent_of_pixel_size():

@@ -7,18 +7,26 @@ written as the NIfTI ``descrip`` field, and ``MyoPS_Phantom``).
 Model (all lengths in mm in the image plane, so the anatomy does not depend on the pixel size):
 
 * LV blood pool: an ellipse (semi-major axis 20-28 mm at the base) whose radius shrinks towards the apex like
-  a half-ellipsoid of long axis 75-95 mm; slice 0 is the most apical slice, the last slice the most basal
+  a half-ellipsoid of long axis 55-75 mm; slice 0 is the most apical slice, the last slice the most basal
   (as in most MyoPS cases). Papillary muscles (myocardial signal, labelled blood pool) in basal/mid slices.
-* LV myocardium: a ring 7-11 mm thick with low-order harmonic irregularity of endo- and epicardium.
+* LV myocardium: a ring 10.5-15 mm thick at the base (MyoPS labels: 8-15 mm) with low-order harmonic
+  irregularity of endo- and epicardium.
 * RV blood pool: a crescent hugging the LV on the septal side; the RV's angle around the LV is random. A thin
   RV free wall (unlabelled) surrounds it.
-* Body: a large ellipse (chest) with smooth texture, subcutaneous fat, two lungs, the descending aorta
-  (bright blood, unlabelled) and a patch of epicardial fat; air outside.
+* Body: a large ellipse (chest) with smooth texture, subcutaneous fat, two lungs next to the heart, the
+  descending aorta (bright blood, unlabelled) and a patch of epicardial fat; air outside. The heart lies
+  within 35 mm (per axis) of the image centre when the field of view allows.
 * Pathology: edema is a transmural-ish sector of the LV wall; scar (probability 0.85 per case) is a
   subendocardial-to-transmural wavefront *inside* the edema sector, sometimes with a dark microvascular
   obstruction core on LGE. Label 2221 wins over 1220, as in MyoPS.
-* Contrast per sequence (bSSFP "C0", LGE "DE", T2), a smooth multiplicative bias field, Gaussian blur
-  (partial volume) and Rician noise; int16 output in roughly 0-2000.
+* Contrast per sequence (bSSFP "C0", LGE "DE", T2) calibrated against summary statistics of the MyoPS 2020
+  training cases (per-case median intensity of each tissue relative to the LV blood pool; see ``_NOMINAL``):
+  e.g. scar about as bright as the blood pool on LGE, myocardium ~3x the dark blood pool on T2. A
+  surface-coil gain brightens tissue near the body surface (the brightest pixels, as in MyoPS), then a smooth
+  multiplicative bias field, Gaussian blur (partial volume) and spatially correlated Rician noise (MyoPS
+  images are interpolated from a coarser acquisition). Pixels outside the acquired field of view, a rotated
+  rectangle that always holds the heart, are exactly 0 (about a third of each image, as in MyoPS); int16
+  output in roughly 0-2500.
 
 Geometry: the four images share one grid (MyoPS sequences are aligned) with anisotropic spacing, a non-zero
 origin and, when ``oblique`` is set, a non-identity direction cosine matrix. Everything is drawn from
@@ -70,29 +78,37 @@ _CLASS_LABEL = np.array(
     dtype=np.uint16,
 )
 
-# Nominal intensities, columns (bSSFP, LGE, T2), roughly the class means of MyoPS images.
+# Nominal intensities, columns (bSSFP, LGE, T2). Calibrated against summary statistics (per-case median ratios
+# of each tissue to the LV blood pool, taken over the 25 MyoPS 2020 training cases; no image data is used):
+#   bSSFP: myocardium 0.39, edema 0.56, scar 0.52, RV blood 0.80, tissue 3-15 mm around the heart 0.23;
+#   LGE:   myocardium 0.32, edema 0.58, scar 0.99 (scar is about as bright as the blood pool), RV blood 0.87,
+#          surroundings 0.46;
+#   T2:    myocardium 3.1 x the (dark) blood pool, edema 1.41 and scar 1.46 x myocardium, RV blood 0.96,
+#          surroundings 0.41 x myocardium.
+# Lungs are nearly black in all three. Fat is bright, and brightest near the surface coils (see _render).
 _NOMINAL = np.array(
     [
         [0.0, 0.0, 0.0],  # air
-        [260.0, 190.0, 140.0],  # body (muscle, liver)
-        [900.0, 650.0, 130.0],  # subcutaneous fat
-        [40.0, 30.0, 25.0],  # lung
-        [1100.0, 450.0, 70.0],  # aorta
-        [880.0, 620.0, 120.0],  # epicardial fat
-        [420.0, 150.0, 185.0],  # RV free wall
-        [950.0, 430.0, 75.0],  # RV blood
-        [1150.0, 470.0, 85.0],  # LV blood
-        [430.0, 140.0, 190.0],  # papillary muscle
-        [430.0, 140.0, 190.0],  # normal myocardium (nulled on LGE)
-        [520.0, 200.0, 330.0],  # edema (bright on T2)
-        [540.0, 750.0, 320.0],  # scar (very bright on LGE, bright on T2: within the area at risk)
-        [440.0, 170.0, 260.0],  # microvascular obstruction (dark core on LGE)
+        [280.0, 215.0, 105.0],  # body (muscle, liver)
+        [900.0, 620.0, 260.0],  # subcutaneous fat
+        [25.0, 30.0, 12.0],  # lung
+        [1100.0, 410.0, 40.0],  # aorta (bright blood; dark on black-blood T2)
+        [880.0, 600.0, 170.0],  # epicardial fat
+        [450.0, 130.0, 190.0],  # RV free wall
+        [880.0, 410.0, 42.0],  # RV blood
+        [1150.0, 470.0, 42.0],  # LV blood (plus slow-flow signal on T2, see _render)
+        [450.0, 130.0, 190.0],  # papillary muscle
+        [450.0, 130.0, 190.0],  # normal myocardium (nulled on LGE)
+        [640.0, 275.0, 300.0],  # edema (bright on T2, mildly enhanced on LGE)
+        [600.0, 500.0, 305.0],  # scar (as bright as blood on LGE, bright on T2: within the area at risk)
+        [480.0, 170.0, 230.0],  # microvascular obstruction (dark core on LGE)
     ]
 )
 _N_CLASSES = _NOMINAL.shape[0]
 
 _MIN_SIZE_PX = 32
 _MARGIN_MM = 5.0
+_MAX_OFFSET_MM = 35.0
 
 
 class PhantomCase(NamedTuple):
@@ -206,6 +222,7 @@ def make_phantom_case(
     spacing = _draw_spacing(rng_geom, spacing_xyz, randomise)
     direction = _draw_direction(rng_geom, oblique, randomise)
     origin = tuple(rng_geom.uniform(-160.0, -60.0, size=3)) if randomise else (-118.5, -131.25, -87.0)
+    acquired = _draw_acquired_fov(rng_geom, randomise)
 
     fov_uv = (nx * spacing[0], ny * spacing[1])
     heart = _draw_heart(rng_anat, fov_uv, spacing[2], n, randomise)
@@ -217,10 +234,12 @@ def make_phantom_case(
     uu, vv = np.meshgrid(u, v)  # (y, x)
     classes = np.zeros((n, ny, nx), dtype=np.uint8)
     endo_distance = np.full((n, ny, nx), np.inf)
+    surface_depth = np.zeros((n, ny, nx))
     for k in range(n):
-        classes[k], endo_distance[k] = _paint_slice(k, uu, vv, heart, body, pathology[k], n)
+        classes[k], endo_distance[k], surface_depth[k] = _paint_slice(k, uu, vv, heart, body, pathology[k], n)
+    inside_fov = _acquired_mask(acquired, uu, vv, classes)
 
-    images = _render(classes, endo_distance, spacing, rng_tex, rng_noise)
+    images = _render(classes, endo_distance, surface_depth, inside_fov, spacing, rng_tex, rng_noise)
     label_array = _CLASS_LABEL[classes]
 
     name = f"phantom_{int(seed):03d}"
@@ -298,6 +317,38 @@ def _draw_direction(rng: np.random.Generator, oblique: bool, randomise: bool) ->
     return tuple(float(x) for x in rotation.ravel())
 
 
+class _AcquiredFov(NamedTuple):
+    angle: float  # rotation of the acquired rectangle in the image plane
+    half: Tuple[float, float]  # half sizes as fractions of the grid's half sizes (u, v)
+    shift: Tuple[float, float]  # centre offset as fractions of the grid's half sizes (u, v)
+
+
+def _draw_acquired_fov(rng: np.random.Generator, randomise: bool) -> _AcquiredFov:
+    """The acquired field of view: MyoPS images are resampled from an oblique acquisition, so about a third of
+    each image (the corners outside the rotated acquisition rectangle) is exactly 0 (summary statistic of the
+    MyoPS 2020 training cases: 30-37 % zero pixels)."""
+    angle = math.radians(_uniform(rng, -40.0, 40.0, 25.0, randomise))
+    half = (_uniform(rng, 0.62, 0.8, 0.7, randomise), _uniform(rng, 0.62, 0.8, 0.72, randomise))
+    shift = (_uniform(rng, -0.08, 0.08, 0.03, randomise), _uniform(rng, -0.08, 0.08, -0.02, randomise))
+    return _AcquiredFov(angle, half, shift)
+
+
+def _acquired_mask(fov: _AcquiredFov, uu: np.ndarray, vv: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(y, x) mask of the acquired rectangle, enlarged where needed to hold every heart pixel with a margin."""
+    hu, hv = uu.shape[1] * (uu[0, 1] - uu[0, 0]) / 2.0, vv.shape[0] * (vv[1, 0] - vv[0, 0]) / 2.0  # half FOV, mm
+    cu, cv = hu * (1.0 + fov.shift[0]), hv * (1.0 + fov.shift[1])
+    ca, sa = math.cos(fov.angle), math.sin(fov.angle)
+    pa = (uu - cu) * ca + (vv - cv) * sa
+    pb = -(uu - cu) * sa + (vv - cv) * ca
+    # Half sizes relative to the larger half field of view: with the rotation, ~25-35 % of the grid is left out.
+    a, b = fov.half[0] * max(hu, hv) * 1.2, fov.half[1] * max(hu, hv) * 1.2
+    heart = (classes >= _RV_WALL).any(axis=0)
+    if heart.any():
+        a = max(a, float(np.abs(pa[heart]).max()) + _MARGIN_MM)
+        b = max(b, float(np.abs(pb[heart]).max()) + _MARGIN_MM)
+    return (np.abs(pa) <= a) & (np.abs(pb) <= b)
+
+
 def _uniform(rng: np.random.Generator, low: float, high: float, fixed: float, randomise: bool) -> float:
     """Draw from U(low, high) when randomising, else return ``fixed`` (the draw is made either way)."""
     value = float(rng.uniform(low, high))
@@ -321,14 +372,16 @@ def _draw_heart(
     rng: np.random.Generator, fov_uv: Tuple[float, float], gap_mm: float, n: int, randomise: bool
 ) -> _Heart:
     r_base = _uniform(rng, 20.0, 28.0, 24.0, randomise)
-    wall_base = _uniform(rng, 7.0, 11.0, 9.0, randomise)
-    long_axis = _uniform(rng, 75.0, 95.0, 85.0, randomise)
+    # MyoPS walls measure 9-15 mm (equivalent annulus at the base) and the cavity narrows quickly: apical
+    # slices have about half the basal radius (summary statistics of the MyoPS 2020 training labels).
+    wall_base = _uniform(rng, 10.5, 15.0, 12.5, randomise)
+    long_axis = _uniform(rng, 55.0, 75.0, 65.0, randomise)
     q_base = _uniform(rng, 0.05, 0.2, 0.1, randomise)
     ell_ratio = _uniform(rng, 0.85, 1.0, 0.92, randomise)
     ell_angle = _uniform(rng, 0.0, math.pi, 0.6, randomise)
     rv_angle = _uniform(rng, 0.0, 2.0 * math.pi, math.radians(200.0), randomise)
-    rv_thick0 = _uniform(rng, 12.0, 22.0, 16.0, randomise)
-    rv_width = _uniform(rng, 1.1, 1.35, 1.2, randomise)
+    rv_thick0 = _uniform(rng, 20.0, 34.0, 26.0, randomise)  # largest RV section ~2000-4000 mm^2, as in MyoPS
+    rv_width = _uniform(rng, 1.2, 1.5, 1.35, randomise)
     rv_offset = _uniform(rng, 0.8, 0.95, 0.88, randomise)
     drift_len = _uniform(rng, 0.0, 4.0, 2.0, randomise)
     drift_ang = _uniform(rng, 0.0, 2.0 * math.pi, 1.0, randomise)
@@ -343,7 +396,7 @@ def _draw_heart(
         depth = q_base + (q_apex - q_base) * (n - 1 - np.arange(n)) / (n - 1)
     shrink = np.sqrt(np.clip(1.0 - depth**2, 0.0, 1.0))
     r_blood = r_base * shrink
-    wall = wall_base * (1.0 - 0.25 * depth)
+    wall = wall_base * (1.0 - 0.1 * depth)
     rv_thick = rv_thick0 * np.clip(1.0 - 0.9 * depth, 0.0, 1.0)
 
     # Keep the whole LV inside the field of view with a margin; scale the anatomy down if it cannot fit.
@@ -358,7 +411,9 @@ def _draw_heart(
     cv_rel = float(rng.uniform(-1.0, 1.0))
     if not randomise:
         cu_rel, cv_rel = 0.55, -0.45
-    centre = tuple((c * 0.5 + rel * max(0.0, c * 0.5 - reach)) for c, rel in zip(fov_uv, (cu_rel, cv_rel)))
+    # MyoPS hearts sit within ~45 mm of the image centre (median 18 mm): at most 35 mm off along each axis.
+    room = [min(max(0.0, c * 0.5 - reach), _MAX_OFFSET_MM) for c in fov_uv]
+    centre = tuple((c * 0.5 + rel * r) for c, rel, r in zip(fov_uv, (cu_rel, cv_rel), room))
 
     papillary = []
     for sign in (-1.0, 1.0):
@@ -400,7 +455,7 @@ def _draw_body(rng: np.random.Generator, heart: _Heart, randomise: bool) -> _Bod
     for side in (-1.0, 1.0):
         a_t = _uniform(rng, 25.0, 40.0, 32.0, randomise)
         a_n = _uniform(rng, 40.0, 65.0, 52.0, randomise)
-        c_t = side * (r_epi + _uniform(rng, 6.0, 18.0, 10.0, randomise) + a_t)
+        c_t = side * (r_epi + _uniform(rng, 1.0, 10.0, 5.0, randomise) + a_t)  # lungs abut the heart
         c_n = _uniform(rng, -30.0, 0.0, -12.0, randomise)
         lungs.append((c_t, c_n, a_t, a_n))
     aorta = (
@@ -430,9 +485,10 @@ def _draw_pathology(rng: np.random.Generator, n: int) -> List[_SlicePathology]:
 
     centre = rng.uniform(0.0, 2.0 * math.pi)
     turn = rng.uniform(-0.15, 0.15)  # rad per slice
-    half_width = math.radians(rng.uniform(40.0, 80.0))
-    scar_fraction = rng.uniform(0.5, 0.8)
-    scar_depth = rng.uniform(0.4, 1.0)
+    # MyoPS: scar ~19% and edema (without scar) ~13% of the LV wall (medians over the training cases).
+    half_width = math.radians(rng.uniform(55.0, 100.0))
+    scar_fraction = rng.uniform(0.7, 0.95)
+    scar_depth = rng.uniform(0.7, 1.0)
     out: List[_SlicePathology] = []
     for k in range(n):
         jitter = rng.uniform(0.8, 1.1, size=2)
@@ -478,8 +534,9 @@ def _paint_slice(
     body: _Body,
     path: _SlicePathology,
     n: int,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Paint slice ``k``'s class map; also return the distance (mm) from the endocardium into the blood pool."""
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paint slice ``k``'s class map; also return the distance (mm) from the endocardium into the blood pool and
+    the depth (mm) below the body surface (0 outside the body)."""
     s = heart.scale
     w = 0.0 if n == 1 else (k - (n - 1) / 2.0) / ((n - 1) / 2.0)
     cu = heart.centre_uv[0] + w * heart.drift_uv[0] * s
@@ -496,6 +553,10 @@ def _paint_slice(
     bt, bn = pt - body.centre[0], pn - body.centre[1]
     inside = (bt / body.axes[0]) ** 2 + (bn / body.axes[1]) ** 2 < 1.0
     inner = (bt / (body.axes[0] - body.fat)) ** 2 + (bn / (body.axes[1] - body.fat)) ** 2 < 1.0
+    # Radial distance to the body ellipse's surface (its radius along the pixel's direction minus the pixel's).
+    b_radius = np.hypot(bt, bn)
+    e_radius = 1.0 / np.maximum(np.hypot(bt / body.axes[0], bn / body.axes[1]) / np.maximum(b_radius, 1e-9), 1e-9)
+    surface_depth = np.where(inside, (e_radius - b_radius) * s, 0.0)
     classes[inside] = _FAT
     classes[inner] = _BODY
     for c_t, c_n, a_t, a_n in body.lungs:
@@ -557,7 +618,7 @@ def _paint_slice(
                 classes[scar & (d_s < 0.35) & (depth < 0.4 * s_depth)] = _MVO
 
     endo_distance = np.where(blood, (r_endo - rho) * s, np.inf)
-    return classes, endo_distance
+    return classes, endo_distance, surface_depth
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -600,6 +661,8 @@ def _blur_yx(volume: np.ndarray, sigma_px_yx: Tuple[float, float]) -> np.ndarray
 def _render(
     classes: np.ndarray,
     endo_distance: np.ndarray,
+    surface_depth: np.ndarray,
+    inside_fov: np.ndarray,
     spacing: Tuple[float, float, float],
     rng_tex: np.random.Generator,
     rng_noise: np.random.Generator,
@@ -607,50 +670,75 @@ def _render(
     """Turn the class map into (bSSFP, LGE, T2) int16 volumes."""
     shape = classes.shape
     spacing_yx = (spacing[1], spacing[0])
-    table = _NOMINAL * rng_tex.uniform(0.92, 1.08, size=_NOMINAL.shape)
+    table = _NOMINAL * rng_tex.uniform(0.95, 1.05, size=_NOMINAL.shape)
     table *= rng_tex.uniform(0.8, 1.25, size=(1, 3))
-    table[[_SCAR, _MVO], 1] *= rng_tex.uniform(0.75, 1.15)  # enhancement varies between patients
+    table[[_SCAR, _MVO], 1] *= rng_tex.uniform(0.85, 1.15)  # enhancement varies between patients
     coarse = _smooth_field(rng_tex, shape, spacing_yx, 12.0)
     medium = _smooth_field(rng_tex, shape, spacing_yx, 5.0)
     fine = _smooth_field(rng_tex, shape, spacing_yx, 1.5)
     # Multiplicative texture per class: (coarse, medium, fine) weights.
     texture = np.zeros((_N_CLASSES, 3))
-    texture[_BODY] = (0.18, 0.08, 0.03)
-    texture[_FAT] = (0.05, 0.1, 0.03)
+    texture[_BODY] = (0.25, 0.15, 0.05)
+    texture[_FAT] = (0.08, 0.12, 0.04)
     texture[_LUNG] = (0.2, 0.5, 0.2)
-    texture[[_LV_BLOOD, _RV_BLOOD, _AORTA]] = (0.04, 0.02, 0.0)
-    texture[[_MYO, _RV_WALL, _PAPILLARY]] = (0.03, 0.03, 0.04)
-    texture[_EDEMA] = (0.03, 0.05, 0.06)
-    texture[[_SCAR, _MVO]] = (0.03, 0.08, 0.1)
+    texture[[_LV_BLOOD, _RV_BLOOD, _AORTA]] = (0.05, 0.03, 0.01)
+    texture[[_MYO, _RV_WALL, _PAPILLARY]] = (0.04, 0.04, 0.05)
+    texture[_EDEMA] = (0.04, 0.06, 0.07)
+    texture[[_SCAR, _MVO]] = (0.04, 0.08, 0.1)
     modulation = 1.0 + texture[classes, 0] * coarse + texture[classes, 1] * medium + texture[classes, 2] * fine
     modulation = np.clip(modulation, 0.2, None)
-    rim = np.clip(1.0 - endo_distance / 3.0, 0.0, 1.0)  # slow-flow rim next to the endocardium
-    rim_amp = rng_tex.uniform(0.0, 60.0)
+    # T2 (black blood): slow-flow signal next to the endocardium and in patches of the blood pools; MyoPS blood
+    # pools on T2 are dark on average but very uneven (robust std about the median).
+    rim = np.clip(1.0 - endo_distance / 4.0, 0.0, 1.0)
+    rim_amp = rng_tex.uniform(0.1, 0.5) * table[_MYO, 2]
+    blood = np.isin(classes, (_LV_BLOOD, _RV_BLOOD))
+    slow_flow = blood * np.clip(medium, 0.0, None) * rng_tex.uniform(0.2, 0.6) * table[_MYO, 2]
+    # Surface-coil sensitivity: signal rises towards the body surface (bright subcutaneous fat and chest wall,
+    # the top 1 % of MyoPS intensities: ~1.3x the LV blood pool on bSSFP, ~2x on LGE, ~4x the myocardium on T2).
+    coil_gain = rng_tex.uniform((0.5, 0.6, 1.5), (0.9, 1.2, 2.6))
+    coil_reach = rng_tex.uniform(15.0, 30.0)
+    near_coil = np.exp(-surface_depth / coil_reach)
 
-    sigma_mm = rng_tex.uniform(0.5, 0.9)
+    # MyoPS images are interpolated from a coarser acquisition: smooth (partial volume) and spatially
+    # correlated noise, fine-scale noise a few % of the blood pool.
+    sigma_mm = rng_tex.uniform(0.7, 1.1)
     sigma_px = (sigma_mm / spacing[1], sigma_mm / spacing[0])
+    noise_px = (0.9 / spacing[1], 0.9 / spacing[0])
+    noise_gain = 1.0 / _blur_gain(noise_px)
     v = np.arange(shape[1])[:, None] * spacing[1]
     u = np.arange(shape[2])[None, :] * spacing[0]
     uc, vc = u.mean(), v.mean()
-    snr = (rng_noise.uniform(25.0, 40.0), rng_noise.uniform(10.0, 18.0), rng_noise.uniform(7.0, 12.0))
+    snr = (rng_noise.uniform(25.0, 40.0), rng_noise.uniform(10.0, 18.0), rng_noise.uniform(12.0, 20.0))
     reference = (table[_LV_BLOOD, 0], table[_LV_BLOOD, 1], table[_MYO, 2])
 
     out = []
     for seq in range(3):
         signal = table[classes, seq] * modulation
         if seq == 2:
-            signal = signal + rim_amp * rim
+            signal = signal + rim_amp * rim + slow_flow
+        signal = signal * (1.0 + coil_gain[seq] * near_coil)
         signal = _blur_yx(signal, sigma_px)
         g = rng_noise.normal(0.0, 0.12, size=2)
         h = rng_noise.uniform(-0.15, 0.05)
         log_bias = g[0] * (u - uc) / 60.0 + g[1] * (v - vc) / 60.0 + h * ((u - uc) ** 2 + (v - vc) ** 2) / 60.0**2
         signal = signal * np.exp(np.clip(log_bias, -0.4, 0.4))[None]
-        sigma = reference[seq] / snr[seq]
-        real = signal + rng_noise.normal(0.0, sigma, size=shape)
-        imag = rng_noise.normal(0.0, sigma, size=shape)
-        magnitude = np.hypot(real, imag)  # Rician
+        sigma = reference[seq] / snr[seq] * noise_gain
+        real = signal + _blur_yx(rng_noise.normal(0.0, sigma, size=shape), noise_px)
+        imag = _blur_yx(rng_noise.normal(0.0, sigma, size=shape), noise_px)
+        magnitude = np.hypot(real, imag) * inside_fov[None]  # Rician; 0 outside the acquired field of view
         out.append(np.clip(np.rint(magnitude), 0, np.iinfo(np.int16).max).astype(np.int16))
     return out[0], out[1], out[2]
+
+
+def _blur_gain(sigma_px_yx: Tuple[float, float]) -> float:
+    """Standard deviation of unit white noise after :func:`_blur_yx` with ``sigma_px_yx`` (away from edges)."""
+    gain = 1.0
+    for sigma in sigma_px_yx:
+        radius = max(1, math.ceil(3.0 * sigma))
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        taps /= taps.sum()
+        gain *= float(np.sqrt(np.sum(taps**2)))
+    return gain
 
 
 def _to_image(
