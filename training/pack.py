@@ -18,10 +18,8 @@ packed run trains and stops; ``cv --data FOLDER --resume`` on the same run then 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,9 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from myops.model import sha256_of
+
+from .checkpoint import _atomic_write_bytes
 from .data import SliceBank, find_cases, load_cases
 
 logger = logging.getLogger(__name__)
@@ -43,14 +44,6 @@ WINDOW_KEYS = ("crop_size", "crop_spacing_mm", "coarse_size", "context_factor", 
 
 class PackError(ValueError):
     """A file is not a usable packed bank (wrong format, damaged, other window geometry, unknown cases)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def window_geometry(data: Mapping[str, Any]) -> Dict[str, Any]:
@@ -125,7 +118,7 @@ def pack_folder(data_dir: PathLike, data: Mapping[str, Any], out_path: PathLike)
         "coarse_images": bank.coarse_images.half(),
         "coarse_codes": bank.coarse_codes,
     }
-    digests = {p.name: _sha256(p) for f in files for p in (f.c0, f.de, f.t2, f.gd)}
+    digests = {p.name: sha256_of(p) for f in files for p in (f.c0, f.de, f.t2, f.gd)}
     packed = PackedCases(
         window_geometry(data), [f.name for f in files], list(bank.owners), tensors, str(data_dir.resolve()), digests
     )
@@ -139,13 +132,7 @@ def pack_folder(data_dir: PathLike, data: Mapping[str, Any], out_path: PathLike)
     }
     blob = gzip.compress(save_safetensors_bytes(tensors, metadata=metadata), compresslevel=6)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(blob)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _atomic_write_bytes(out_path, lambda tmp: tmp.write_bytes(blob))
     logger.info("packed %d cases (%d slices) into %s (%.1f MB)", len(files), len(bank), out_path, len(blob) / 1e6)
     return packed
 
