@@ -283,6 +283,17 @@ def test_resume_continues_from_the_checkpoint_exactly(phantom_cases, runtime, tm
         train_localizer(cfg2, bank, tmp_path / "resumed", runtime, 0, resume=True)
 
 
+def test_reopening_a_run_takes_runtime_overrides_without_its_config(phantom_dir, runtime, tmp_path):
+    from training.cv import RunError
+
+    run_dir = tmp_path / "run"
+    open_run(run_dir, "tiny", [], phantom_dir, runtime)
+    again = open_run(run_dir, None, ["runtime.num_threads=1"], None, runtime)
+    assert again["config"]["runtime"]["num_threads"] == 1 and again["config"]["name"] == "tiny"
+    with pytest.raises(RunError, match="another config"):
+        open_run(run_dir, None, ["assn.steps=7"], None, runtime)
+
+
 def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path):
     from myops.model import ModelBundle
     from myops.pipeline import Segmenter

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from myops.metrics import METRIC_NAMES
 
 from .checkpoint import write_json
-from .config import STAGE_ORDER, ConfigError, load_config
+from .config import STAGE_ORDER, ConfigError, apply_overrides, load_config, validate_config
 from .data import CaseData, CaseFiles, SliceBank, find_cases, load_case, make_folds
 from .export import export_model, read_json, summarise, validate_cases
 from .loop import StageResult
@@ -45,6 +45,12 @@ def _comparable(config: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in config.items() if k != "runtime"}
 
 
+def _overridden(config: Mapping[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    out = apply_overrides(dict(config), list(overrides))
+    validate_config(out)
+    return out
+
+
 def open_run(
     run_dir: Path,
     config_arg: Optional[str],
@@ -67,7 +73,8 @@ def open_run(
         config = read_json(cfg_path)
         split = read_json(split_path)
         if config_arg is not None or overrides:
-            wanted = load_config(config_arg, overrides)
+            # without --config, overrides apply to the run's own config (e.g. --set runtime.num_threads=1)
+            wanted = load_config(config_arg, overrides) if config_arg is not None else _overridden(config, overrides)
             if _comparable(wanted) != _comparable(config):
                 raise RunError(f"{run_dir} was made with another config; use a new --run-name or --overwrite")
             config["runtime"] = wanted["runtime"]
