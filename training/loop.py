@@ -268,6 +268,7 @@ def fit(
     wall = elapsed_before + time.perf_counter() - t0
     arch, config, pick = export
     module = pick(model)
+    git, hardware = git_state(), runtime.describe()
     if runtime.is_main:
         save_tensors(folder / FINAL_WEIGHTS, module.state_dict())
         tail = losses[-min(len(losses), 20) :]
@@ -280,10 +281,10 @@ def fit(
                 "steps": steps,
                 "wall_s": round(wall, 2),
                 "final_loss_mean_last20": (sum(tail) / len(tail)) if tail else None,
-                "runtime": runtime.describe(),
-                "git": git_state(),
+                "runtime": hardware,
+                "git": git,
             },
         )
     runtime.barrier()
     module.eval()
-    return StageResult(stage, arch, config, module, folder, losses, wall, steps, git_state(), runtime.describe())
+    return StageResult(stage, arch, config, module, folder, losses, wall, steps, git, hardware)
