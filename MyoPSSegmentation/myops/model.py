@@ -20,7 +20,10 @@ Manifest (schema version 1)::
       "labels": [{"name", "value", "color", "terminology"}...],
       "output": {"type": "labelmap", "grid": "LGE"},
       "postprocessing": {...},            # see myops.postprocessing.PostprocessingConfig
-      "inference": {"tta_flips": bool, "shape_prior": bool},   # shape_prior: use the DAE output (default true)
+      "inference": {"tta_flips": bool,    # average over in-plane flips (default false)
+                    "tta_rot90": bool,    # ... and 90-degree turns (optional, default false)
+                    "shape_prior": bool,  # use the DAE output as the LV region (default true)
+                    "pathology_decoding": "argmax"},  # or "regions", "regions_split" (optional)
       "files": {"<file>": {"sha256": str, "size": int}},
       "provenance": {...}, "metrics": {...}
     }

@@ -16,17 +16,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 from torch import nn
 
-from .errors import CancelledError, InputError
+from .errors import CancelledError, InputError, ModelError
 from .io import read_image, write_output
 from .model import ModelBundle, resolve_model_dir
-from .postprocessing import PostprocessingConfig, compose_labels
+from .postprocessing import PATHOLOGY_DECODINGS, PostprocessingConfig, compose_labels, pathology_classes
 from .preprocessing import (
     Window,
     full_view_window,
@@ -105,6 +105,47 @@ class SegmentationResult:
     localized: bool = True
 
 
+@dataclass
+class CaseProbabilities:
+    """What :meth:`Segmenter.predict` returns: the cascade's probabilities on the LGE grid, before any decision.
+
+    Attributes:
+        epicardium: float32 (z, y, x), P(inside the LV epicardial region) from the ASSN (or its shape prior).
+        pathology: float32 (4, z, y, x), the PRSN main branch: P(background, normal myocardium, edema, scar);
+            outside the fine window it is background.
+        reference: the LGE image whose grid these arrays are on.
+        spacing_zyx: voxel size in mm, (z, y, x).
+        timings_s: seconds per stage so far.
+        heart_center_yx: the heart centre (row, col) in LGE index units used for the fine crop.
+        localized: False when the localiser found no heart and the image centre was used.
+    """
+
+    epicardium: np.ndarray
+    pathology: np.ndarray
+    reference: sitk.Image
+    spacing_zyx: tuple
+    timings_s: Dict[str, float] = field(default_factory=dict)
+    heart_center_yx: Optional[np.ndarray] = None
+    localized: bool = True
+
+
+#: Test-time transforms of a (N, C, H, W) batch as (k, flip): ``rot90(flip_x(x) if flip else x, k)`` in-plane.
+#: Identity; the flips (x, y, both = rot180); and the four transposing members of the dihedral group.
+TTA_IDENTITY = ((0, False),)
+TTA_FLIPS = ((0, False), (0, True), (2, True), (2, False))
+TTA_DIHEDRAL = (*TTA_FLIPS, (1, False), (3, False), (1, True), (3, True))
+
+
+def _tta_forward(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.flip(x, (-1,)) if flip else x
+    return torch.rot90(x, k, dims=(-2, -1)) if k else x
+
+
+def _tta_inverse(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    y = torch.rot90(y, -k, dims=(-2, -1)) if k else y
+    return torch.flip(y, (-1,)) if flip else y
+
+
 class Segmenter:
     """Load a model folder once and segment cases with it.
 
@@ -112,6 +153,10 @@ class Segmenter:
         model_dir: model folder; ``None`` uses ``$MYOPS_MODEL_DIR`` or the shipped default.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         tta_flips: override the manifest's test-time flip averaging.
+        tta_rot90: override the manifest's test-time rotations (with ``tta_flips``: the 8 in-plane dihedral
+            transforms; the crops are isotropic in-plane, so 90-degree turns are exact).
+        pathology_decoding: override the manifest's pathology decision rule (see
+            :func:`myops.postprocessing.pathology_classes`).
 
     Raises:
         ModelError: the model folder is missing, malformed or fails its checksums.
@@ -123,6 +168,8 @@ class Segmenter:
         model_dir: Optional[Union[str, Path]] = None,
         device: str = "auto",
         tta_flips: Optional[bool] = None,
+        tta_rot90: Optional[bool] = None,
+        pathology_decoding: Optional[str] = None,
     ) -> None:
         from .networks import ShapeConstrainedASSN
 
@@ -138,6 +185,13 @@ class Segmenter:
         self.postprocessing = PostprocessingConfig.from_dict(self.bundle.manifest.get("postprocessing", {}))
         inference = self.bundle.manifest.get("inference", {})
         self.tta_flips = bool(inference.get("tta_flips", False)) if tta_flips is None else tta_flips
+        self.tta_rot90 = bool(inference.get("tta_rot90", False)) if tta_rot90 is None else tta_rot90
+        decoding = inference.get("pathology_decoding", "argmax") if pathology_decoding is None else pathology_decoding
+        if decoding not in PATHOLOGY_DECODINGS:
+            raise ModelError(
+                f"{self.model_dir}: unknown inference.pathology_decoding {decoding!r}; known: {PATHOLOGY_DECODINGS}"
+            )
+        self.pathology_decoding = decoding
         #: Eq. 6 at inference: the LV region is the DAE's reconstruction (True, the paper) or the ASSN's own output.
         self.shape_prior = bool(inference.get("shape_prior", True))
         self.localizers = self.bundle.build("localizer", self.device)
@@ -158,42 +212,48 @@ class Segmenter:
     def _forward(self, models: Sequence[nn.Module], x: np.ndarray, pick: Callable) -> np.ndarray:
         """Average softmax probabilities over ensemble members (and flips): (N, C, H, W) -> (N, K, H, W)."""
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        flips: List[tuple] = [()] + ([(-1,), (-2,), (-2, -1)] if self.tta_flips else [])
+        transforms = self.tta_transforms
         total = None
         use_amp = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             for model in models:
-                for dims in flips:
-                    inp = torch.flip(t, dims) if dims else t
-                    prob = torch.softmax(pick(model(inp)).float(), dim=1)
-                    prob = torch.flip(prob, dims) if dims else prob
+                for k, flip in transforms:
+                    prob = torch.softmax(pick(model(_tta_forward(t, k, flip))).float(), dim=1)
+                    prob = _tta_inverse(prob, k, flip)
                     total = prob if total is None else total + prob
-        return (total / (len(models) * len(flips))).cpu().numpy()
+        return (total / (len(models) * len(transforms))).cpu().numpy()
 
-    def segment(
+    @property
+    def tta_transforms(self) -> Sequence[tuple]:
+        """The test-time transforms in use (see :data:`TTA_DIHEDRAL`)."""
+        if self.tta_flips and self.tta_rot90:
+            return TTA_DIHEDRAL
+        if self.tta_rot90:
+            return ((0, False), (1, False), (2, False), (3, False))
+        return TTA_FLIPS if self.tta_flips else TTA_IDENTITY
+
+    def predict(
         self,
         bssfp: sitk.Image,
         lge: sitk.Image,
         t2: sitk.Image,
         progress: Optional[ProgressCallback] = None,
         should_cancel: Optional[CancelCallback] = None,
-    ) -> SegmentationResult:
-        """Segment one case.
+    ) -> CaseProbabilities:
+        """Run the networks of the cascade on one case and return their probabilities on the LGE grid.
+
+        This is :meth:`segment` without the final decision; :meth:`decode` turns its result into labels.
 
         Args:
             bssfp, lge, t2: the three 3D sequences (any grids that overlap; the output grid is the LGE grid).
             progress: called with (fraction in [0, 1], message) between stages.
             should_cancel: polled between stages; when it returns True, :class:`CancelledError` is raised.
 
-        Returns:
-            :class:`SegmentationResult` on the LGE grid.
-
         Raises:
             InputError: unusable images or sequences that do not overlap.
             CancelledError: ``should_cancel`` said so.
         """
         from .io import validate_image
-        from .quantify import quantify
 
         timings: Dict[str, float] = {}
         t_start = time.perf_counter()
@@ -247,24 +307,72 @@ class Segmenter:
         step(0.85, "Pasting back and applying anatomical constraints")
         patches = np.concatenate([epi_prob[:, 1:2], prsn_prob], axis=1)
         pasted = paste_windows(patches, shape_zyx, spacing_yx, window, fill=[0.0, 1.0, 0.0, 0.0, 0.0])
-        epicardium = pasted[0] > 0.5
-        classes = np.argmax(pasted[1:], axis=0)
+        lap("paste", t0)
+        timings["networks_total"] = time.perf_counter() - t_start
+        return CaseProbabilities(
+            epicardium=pasted[0].astype(np.float32),
+            pathology=pasted[1:].astype(np.float32),
+            reference=lge,
+            spacing_zyx=spacing_zyx,
+            timings_s=timings,
+            heart_center_yx=center,
+            localized=localized,
+        )
+
+    def decode(self, probabilities: CaseProbabilities) -> SegmentationResult:
+        """Labels from :meth:`predict`'s probabilities: the pathology decision rule of the manifest
+        (``inference.pathology_decoding``), then the anatomical constraints (:mod:`myops.postprocessing`)."""
+        from .quantify import quantify
+
+        t0 = time.perf_counter()
+        timings = dict(probabilities.timings_s)
+        spacing_zyx = probabilities.spacing_zyx
+        epicardium = probabilities.epicardium > 0.5
+        classes = pathology_classes(probabilities.pathology, self.pathology_decoding)
         labels_zyx = compose_labels(epicardium, classes, spacing_zyx, self.postprocessing)
         labels = sitk.GetImageFromArray(labels_zyx)
-        labels.CopyInformation(lge)
+        labels.CopyInformation(probabilities.reference)
         quant = quantify(labels_zyx, spacing_zyx)
-        lap("postprocess", t0)
-        timings["total"] = time.perf_counter() - t_start
-        step(1.0, "Done")
+        timings["postprocess"] = timings.pop("paste", 0.0) + time.perf_counter() - t0
+        timings.pop("networks_total", None)
+        timings["total"] = sum(timings.values())
         return SegmentationResult(
             labels=labels,
             labels_zyx=labels_zyx,
             quantification=quant,
             timings_s=timings,
             device=self.device_choice.device,
-            heart_center_yx=center,
-            localized=localized,
+            heart_center_yx=probabilities.heart_center_yx,
+            localized=probabilities.localized,
         )
+
+    def segment(
+        self,
+        bssfp: sitk.Image,
+        lge: sitk.Image,
+        t2: sitk.Image,
+        progress: Optional[ProgressCallback] = None,
+        should_cancel: Optional[CancelCallback] = None,
+    ) -> SegmentationResult:
+        """Segment one case (:meth:`predict`, then :meth:`decode`).
+
+        Args:
+            bssfp, lge, t2: the three 3D sequences (any grids that overlap; the output grid is the LGE grid).
+            progress: called with (fraction in [0, 1], message) between stages.
+            should_cancel: polled between stages; when it returns True, :class:`CancelledError` is raised.
+
+        Returns:
+            :class:`SegmentationResult` on the LGE grid.
+
+        Raises:
+            InputError: unusable images or sequences that do not overlap.
+            CancelledError: ``should_cancel`` said so.
+        """
+        probabilities = self.predict(bssfp, lge, t2, progress=progress, should_cancel=should_cancel)
+        result = self.decode(probabilities)
+        if progress is not None:
+            progress(1.0, "Done")
+        return result
 
     def segment_files(
         self,

@@ -44,6 +44,43 @@ class PostprocessingConfig:
         return cls(**known)
 
 
+#: Names of the pathology decision rules (``inference.pathology_decoding`` in the manifest).
+PATHOLOGY_DECODINGS = ("argmax", "regions", "regions_split")
+
+
+def pathology_classes(probabilities: np.ndarray, rule: str = "argmax") -> np.ndarray:
+    """Decide the PRSN class of every voxel from its probabilities.
+
+    Args:
+        probabilities: float (4, ...) P(background, normal myocardium, edema, scar), summing to 1 over axis 0.
+        rule: one of :data:`PATHOLOGY_DECODINGS`:
+
+            - ``"argmax"``: the most probable of the four classes (the paper).
+            - ``"regions"``: the nested regions the challenge scores, each where its probability exceeds 1/2:
+              wall ``p1 + p2 + p3``, pathology (scar + edema) ``p2 + p3``, scar ``p3``. Nested by construction.
+            - ``"regions_split"``: wall and pathology as in ``"regions"``; inside the pathology, scar where
+              ``p3 >= p2`` and edema elsewhere.
+
+    Returns:
+        int64 array of the input's shape without axis 0: {0 background, 1 normal myocardium, 2 edema, 3 scar}.
+    """
+    p = np.asarray(probabilities)
+    if p.shape[0] != 4:
+        raise ValueError(f"expected 4 class probabilities on axis 0, got shape {p.shape}")
+    if rule == "argmax":
+        return np.argmax(p, axis=0)
+    if rule not in PATHOLOGY_DECODINGS:
+        raise ValueError(f"unknown pathology decoding {rule!r}; known: {PATHOLOGY_DECODINGS}")
+    pathology = (p[2] + p[3]) > 0.5
+    wall = pathology | ((p[1] + p[2] + p[3]) > 0.5)
+    scar = pathology & ((p[3] > 0.5) if rule == "regions" else (p[3] >= p[2]))
+    classes = np.zeros(p.shape[1:], dtype=np.int64)
+    classes[wall] = 1
+    classes[pathology] = 2
+    classes[scar] = 3
+    return classes
+
+
 def _components(mask: np.ndarray, fully_connected: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Label connected components; returns (labels, sizes) with sizes[i] the voxel count of label i+1."""
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
