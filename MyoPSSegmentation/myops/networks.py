@@ -49,6 +49,7 @@ NORMS = ("instance", "batch")
 DOWNSAMPLES = ("maxpool", "conv")
 UPSAMPLES = ("deconv", "bilinear")
 FUSIONS = ("cafb", "mfb")
+INPUT_NORMS = ("none", "region")
 LEAKY_SLOPE = 0.01
 
 
@@ -658,6 +659,29 @@ class MaxSumProductFusion(_ConfigMixin, nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # PRSN (Section 2.2)
 # ----------------------------------------------------------------------------------------------------------
+def region_standardise(c: torch.Tensor, min_pixels: int = 16, eps: float = 1e-5) -> torch.Tensor:
+    """Standardise candidate regions inside their own region, slice by slice and channel by channel.
+
+    The region of a slice is where any channel is non-zero (candidates are ``I * M``, zero outside ``M``). Inside
+    it every channel becomes ``(x - mean) / sd`` over the region's pixels; outside it stays 0. A slice whose region
+    has fewer than ``min_pixels`` pixels is returned unchanged (an empty or tiny candidate carries no statistics).
+
+    Args:
+        c: ``(N, C, H, W)`` candidate regions.
+
+    Returns:
+        ``(N, C, H, W)``, same dtype.
+    """
+    mask = (c != 0).any(dim=1, keepdim=True).to(c.dtype)  # (N, 1, H, W)
+    count = mask.sum(dim=(2, 3), keepdim=True)  # (N, 1, 1, 1)
+    safe = count.clamp(min=1.0)
+    mean = (c * mask).sum(dim=(2, 3), keepdim=True) / safe
+    var = (((c - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / safe
+    standardised = (c - mean) / torch.sqrt(var + eps) * mask
+    enough = count >= min_pixels
+    return torch.where(enough, standardised, c)
+
+
 class PathologyRegionNet(_ConfigMixin, nn.Module):
     """PRSN (Section 2.2, Fig. 3): branches B_bSSFP, B_LGE, B_T2 and a main branch B_Main with fusion blocks.
 
@@ -675,6 +699,9 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
         fusion: ``"cafb"`` (proposed) or ``"mfb"`` (max-sum-product baseline).
         branch_out_channels: classes of (B_bSSFP, B_LGE, B_T2).
         reduction: channel-attention reduction ratio of the CAFBs.
+        input_norm: ``"none"`` (the paper: candidates enter as they come) or ``"region"``: each slice and channel
+            is re-standardised inside its candidate region (:func:`region_standardise`) before the branches, so
+            intensities are relative to the LV's own tissue rather than to the whole field of view.
 
     Shapes: ``(N, 3, H, W)`` -> :class:`PrsnOutput` of logits ``(N, k, H, W)``, in train and eval mode.
     """
@@ -691,6 +718,7 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
         reduction: int = 4,
         downsample: str = "maxpool",
         upsample: str = "deconv",
+        input_norm: str = "none",
     ):
         super().__init__()
         cfg = _common_kwargs(in_channels, out_channels, features, norm, dropout, downsample, upsample)
@@ -713,6 +741,7 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
         cfg["fusion"] = _check_choice("fusion", fusion, FUSIONS)
         cfg["branch_out_channels"] = tuple(branch_out_channels)
         cfg["reduction"] = _check_positive_int("reduction", reduction)
+        cfg["input_norm"] = _check_choice("input_norm", input_norm, INPUT_NORMS)
         self._config = {
             k: cfg[k]
             for k in (
@@ -728,8 +757,11 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
                 "upsample",
             )
         }
+        if input_norm != "none":  # recorded only when used, so older manifests and weights stay identical
+            self._config["input_norm"] = input_norm
         f = cfg["features"]
         self.in_channels, self.out_channels, self.features, self.norm = in_channels, out_channels, f, norm
+        self.input_norm = input_norm
         self.branches = nn.ModuleList(
             [PathologyBranchNet(1, k, f, norm, dropout, downsample, upsample) for k in cfg["branch_out_channels"]]
         )
@@ -745,6 +777,8 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
 
     def forward(self, c: torch.Tensor) -> PrsnOutput:
         _check_input(c, self.in_channels, len(self.features), self.norm, type(self).__name__)
+        if self.input_norm == "region":
+            c = region_standardise(c)
         branch_feats, branch_logits = [], []
         for s, branch in enumerate(self.branches):
             feats, logits = branch.forward_features(c[:, s : s + 1])
