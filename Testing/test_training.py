@@ -451,6 +451,13 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     run_fold(wodae_dir, wodae, 0, runtime, CaseCache((0.5, 99.5)), stages=("assn",), reuse_from=main_dir)
     manifest = ModelBundle(wodae_dir / "fold_0" / "model").manifest
     assert manifest["networks"]["dae"]["arch"] == "dae" and manifest["inference"]["shape_prior"] is False
+    # A run reusing the wodae run gets its ASSN, and the localiser the wodae run itself reused from main.
+    chain_dir = tmp_path / "chain"
+    chain = open_run(chain_dir, "tiny", [*steps, "assn.variant=assn_wo_dae", "prsn.steps=3"], phantom_dir, runtime)
+    summary = run_fold(chain_dir, chain, 0, runtime, CaseCache((0.5, 99.5)), stages=("prsn",), reuse_from=wodae_dir)
+    assert summary["stage_folders"]["assn"] == str((wodae_dir / "fold_0" / "assn").resolve())
+    assert summary["stage_folders"]["localizer"] == str((main_dir / "fold_0" / "localizer").resolve())
+    assert (chain_dir / "fold_0" / "prsn" / "final.safetensors").is_file() and len(summary["cases"]) == 2
     bad_dir = tmp_path / "bad"
     bad = open_run(bad_dir, "tiny", [*steps, "assn.beta=0.5"], phantom_dir, runtime)
     with pytest.raises(RunError, match="assn"):

@@ -25,7 +25,7 @@ from .export import export_model, read_json, summarise, validate_cases
 from .loop import StageResult
 from .pack import PackedCases
 from .runtime import Runtime
-from .stages import load_stage, run_stages
+from .stages import completed_stage_folder, load_stage, run_stages
 
 logger = logging.getLogger(__name__)
 
@@ -355,15 +355,7 @@ def export_ensemble(
 
 def _stage_folder(run_dir: Path, fold: Fold, stage: str) -> Optional[Path]:
     """The completed stage folder of a fold: the run's own, or the one its fold summary says it reused."""
-    own = Path(run_dir) / fold_dirname(fold) / stage
-    if (own / "final.json").is_file():
-        return own
-    summary = Path(run_dir) / fold_dirname(fold) / "metrics.json"
-    if summary.is_file():
-        reused = read_json(summary).get("stage_folders", {}).get(stage)
-        if reused and (Path(reused) / "final.json").is_file():
-            return Path(reused)
-    return None
+    return completed_stage_folder(Path(run_dir) / fold_dirname(fold), stage)
 
 
 def _ensemble_description(config: Mapping[str, Any], folds: Sequence[Fold], stages: Sequence[str], n: int) -> str:

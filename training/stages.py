@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -269,6 +270,20 @@ def build_module(arch: str, config: Mapping[str, Any]) -> nn.Module:
     return create_model(arch, **dict(config))
 
 
+def completed_stage_folder(fold_dir: Path, stage: str) -> Optional[Path]:
+    """The completed ``stage`` of a fold folder: its own, or else the one its ``metrics.json`` says it reused
+    (a fold that itself reused stages of a third run hands them on); ``None`` when there is none."""
+    own = Path(fold_dir) / stage
+    if is_complete(own):
+        return own
+    summary = Path(fold_dir) / "metrics.json"
+    if summary.is_file():
+        reused = json.loads(summary.read_text(encoding="utf-8")).get("stage_folders", {}).get(stage)
+        if reused and is_complete(Path(reused)):
+            return Path(reused)
+    return None
+
+
 def load_stage(folder: Path) -> StageResult:
     """A completed stage from its ``final.safetensors`` / ``final.json``."""
     meta, state = load_final(folder)
@@ -314,7 +329,7 @@ def run_stages(
         wanted = stage in stages
         if stage == "dae" and not needs_dae and not wanted:
             # Not used by this variant; kept (when trained) so its model folder holds a real DAE.
-            for candidate in (folder, Path(reuse_fold_folder) / stage if reuse_fold_folder else None):
+            for candidate in (folder, completed_stage_folder(reuse_fold_folder, stage) if reuse_fold_folder else None):
                 if candidate is not None and is_complete(candidate):
                     results[stage] = load_stage(candidate)
                     break
@@ -323,9 +338,10 @@ def run_stages(
             results[stage] = load_stage(folder)
             logger.info("%s: using the completed stage in %s", stage, folder)
             continue
-        if not wanted and reuse_fold_folder is not None and is_complete(Path(reuse_fold_folder) / stage):
-            results[stage] = load_stage(Path(reuse_fold_folder) / stage)
-            logger.info("%s: reusing the completed stage of %s", stage, reuse_fold_folder)
+        reusable = completed_stage_folder(reuse_fold_folder, stage) if reuse_fold_folder is not None else None
+        if not wanted and reusable is not None:
+            results[stage] = load_stage(reusable)
+            logger.info("%s: reusing the completed stage in %s", stage, reusable)
             continue
         if not wanted:
             if stage == "dae" and "assn" in stages and needs_dae:
