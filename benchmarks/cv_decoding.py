@@ -1,0 +1,161 @@
+"""Cross-validated study of the pathology decision rule and test-time transforms on a finished CV run.
+
+Each fold's exported model predicts only its own held-out cases (``Segmenter.predict``: the probabilities on the
+LGE grid, before any decision). The same probabilities are then decoded by each rule of
+``myops.postprocessing.pathology_classes`` and scored with the challenge metrics, pooled over all folds. Nothing is
+retrained, and no case is scored by a model that saw it.
+
+The threshold sweep is reported with nested selection: for each fold, the thresholds are chosen on the other
+folds' cases only and then applied to this fold's cases, so the "nested" figure is an honest estimate of what a
+tuned threshold would give on new cases. The best in-sample figure is printed beside it for contrast only.
+
+    python benchmarks/cv_decoding.py --run runs/gpu_long_assn --data ../shared/data/myops2020/train25 \\
+        --json benchmarks/results/cv_decoding.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "MyoPSSegmentation"))
+
+import SimpleITK as sitk  # noqa: E402
+
+from myops.metrics import case_metrics  # noqa: E402
+from myops.pipeline import Segmenter  # noqa: E402
+from myops.postprocessing import PATHOLOGY_DECODINGS, compose_labels, pathology_classes  # noqa: E402
+
+KEYS = ("dice_scar", "dice_scar_edema", "dice_myocardium", "dice_lv", "hd_lv_2d_mm")
+TTA = {"flips": (True, False), "dihedral": (True, True)}
+PATHOLOGY_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+SCAR_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+
+
+def summarise(rows: List[dict]) -> Dict[str, dict]:
+    """Mean, sd, median and n of each metric over cases (NaN-free values only)."""
+    out = {}
+    for key in KEYS:
+        values = [r[key] for r in rows if not math.isnan(r[key])]
+        out[key] = {
+            "mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else float("nan"),
+            "median": statistics.median(values),
+            "n": len(values),
+        }
+    return out
+
+
+def threshold_classes(p: np.ndarray, t_path: float, t_scar: float) -> np.ndarray:
+    """The ``regions`` rule with free thresholds: pathology ``p2 + p3 > t_path``, scar ``p3 > t_scar`` inside it."""
+    pathology = (p[2] + p[3]) > t_path
+    wall = pathology | ((p[1] + p[2] + p[3]) > 0.5)
+    scar = pathology & (p[3] > t_scar)
+    classes = np.zeros(p.shape[1:], dtype=np.int64)
+    classes[wall] = 1
+    classes[pathology] = 2
+    classes[scar] = 3
+    return classes
+
+
+def predict_all(run: Path, data: Path, flips: bool, rot90: bool) -> Tuple[list, list]:
+    """[(fold, case, CaseProbabilities, truth_zyx)] for every held-out case, and the per-case network seconds."""
+    cases, times = [], []
+    for fold_dir in sorted(run.glob("fold_*")):
+        held_out = json.loads((fold_dir / "metrics.json").read_text())["held_out"]
+        segmenter = Segmenter(fold_dir / "model", device="cpu", tta_flips=flips, tta_rot90=rot90)
+        for case in held_out:
+            f = {k: data / f"{case}_{k}.nii.gz" for k in ("C0", "DE", "T2", "gd")}
+            images = [sitk.ReadImage(str(f[k])) for k in ("C0", "DE", "T2")]
+            t0 = time.perf_counter()
+            probs = segmenter.predict(*images)
+            times.append(time.perf_counter() - t0)
+            truth = sitk.GetArrayFromImage(sitk.ReadImage(str(f["gd"])))
+            cases.append((fold_dir.name, case, probs, truth, segmenter))
+    return cases, times
+
+
+def score(cases: list, decide) -> List[dict]:
+    """Per-case metrics after decoding every case's probabilities with ``decide(p) -> classes``."""
+    rows = []
+    for fold, case, probs, truth, segmenter in cases:
+        classes = decide(probs.pathology)
+        labels = compose_labels(probs.epicardium > 0.5, classes, probs.spacing_zyx, segmenter.postprocessing)
+        rows.append({"fold": fold, "case": case, **case_metrics(labels, truth, probs.spacing_zyx)})
+    return rows
+
+
+def nested_thresholds(cases: list) -> dict:
+    """Leave-one-fold-out choice of (t_path, t_scar): chosen on the other folds, scored on the held-out fold."""
+    grid = list(itertools.product(PATHOLOGY_THRESHOLDS, SCAR_THRESHOLDS))
+    per_setting = {}
+    for t_path, t_scar in grid:
+        per_setting[(t_path, t_scar)] = score(cases, lambda p, a=t_path, b=t_scar: threshold_classes(p, a, b))
+    folds = sorted({c[0] for c in cases})
+
+    def objective(rows: List[dict]) -> float:
+        scar = [r["dice_scar"] for r in rows if not math.isnan(r["dice_scar"])]
+        both = [r["dice_scar_edema"] for r in rows if not math.isnan(r["dice_scar_edema"])]
+        return statistics.mean(scar) + statistics.mean(both)
+
+    nested_rows, chosen = [], {}
+    for fold in folds:
+        best = max(grid, key=lambda g: objective([r for r in per_setting[g] if r["fold"] != fold]))
+        chosen[fold] = list(best)
+        nested_rows += [r for r in per_setting[best] if r["fold"] == fold]
+    in_sample = max(grid, key=lambda g: objective(per_setting[g]))
+    return {
+        "nested": summarise(nested_rows),
+        "nested_cases": nested_rows,
+        "chosen_per_fold": chosen,
+        "in_sample_best": {"thresholds": list(in_sample), "summary": summarise(per_setting[in_sample])},
+    }
+
+
+def line(name: str, s: dict) -> str:
+    return (
+        f"{name:>26}: scar {s['dice_scar']['mean']:.4f}  scar+edema {s['dice_scar_edema']['mean']:.4f}  "
+        f"myo {s['dice_myocardium']['mean']:.4f}  LV {s['dice_lv']['mean']:.4f}  "
+        f"HD2D {s['hd_lv_2d_mm']['mean']:.2f} mm"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="CV run folder with fold_*/metrics.json and fold_*/model")
+    parser.add_argument("--data", required=True, help="MyoPS-layout folder with <case>_{C0,DE,T2,gd}.nii.gz")
+    parser.add_argument("--tta", nargs="+", default=list(TTA), choices=list(TTA))
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    run, data = Path(args.run), Path(args.data)
+    results: Dict[str, dict] = {"run": str(run), "tta": {}}
+    for tta in args.tta:
+        cases, times = predict_all(run, data, *TTA[tta])
+        entry: Dict[str, dict] = {"median_network_s": statistics.median(times), "rules": {}}
+        for rule in PATHOLOGY_DECODINGS:
+            rows = score(cases, lambda p, r=rule: pathology_classes(p, r))
+            entry["rules"][rule] = {"summary": summarise(rows), "cases": rows}
+            print(line(f"{tta}/{rule}", entry["rules"][rule]["summary"]), flush=True)
+        entry["thresholds"] = nested_thresholds(cases)
+        print(line(f"{tta}/thresholds nested", entry["thresholds"]["nested"]), entry["thresholds"]["chosen_per_fold"])
+        best = entry["thresholds"]["in_sample_best"]
+        print(line(f"{tta}/in-sample {best['thresholds']}", best["summary"]), flush=True)
+        results["tta"][tta] = entry
+        del cases
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
