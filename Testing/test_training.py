@@ -24,7 +24,7 @@ from training.data import SliceBank, find_cases, load_cases, main_target_of, mak
 from training.loop import learning_rate
 from training.losses import reconstruction_loss, soft_dice_loss
 from training.runtime import setup_runtime
-from training.stages import train_assn, train_dae, train_localizer, train_prsn
+from training.stages import load_stage, train_assn, train_dae, train_localizer, train_prsn
 
 N_PHANTOMS = 4
 
@@ -69,6 +69,19 @@ def test_configs_load_and_reject_unknown_keys(tmp_path):
     with pytest.raises(ConfigError, match="variant"):
         load_config("tiny", ["prsn.variant=nonsense"])
     assert load_config("tiny", ["assn.steps=3"])["assn"]["steps"] == 3
+
+
+def test_stage_seeds_default_to_the_run_seed_and_old_configs_compare_equal():
+    from training.config import stage_seed, with_defaults
+
+    config = load_config("tiny", ["prsn.seed=11"])
+    assert stage_seed(config, "prsn") == 11 and stage_seed(config, "assn") == config["seed"]
+    stored = json.loads(json.dumps(config))
+    del stored["assn"]["seed"]  # a run written before stage seeds existed
+    assert with_defaults(stored)["assn"] == config["assn"]
+    for bad in ("prsn.seed=1.5", "prsn.seed=true", 'prsn.seed="x"'):
+        with pytest.raises(ConfigError, match=r"prsn\.seed"):
+            load_config("tiny", [bad])
 
 
 def test_every_shipped_config_is_valid():
@@ -458,6 +471,14 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     assert summary["stage_folders"]["assn"] == str((wodae_dir / "fold_0" / "assn").resolve())
     assert summary["stage_folders"]["localizer"] == str((main_dir / "fold_0" / "localizer").resolve())
     assert (chain_dir / "fold_0" / "prsn" / "final.safetensors").is_file() and len(summary["cases"]) == 2
+    # A second seed of the PRSN reuses the same stages (the run seed is unchanged) and trains other weights.
+    seed_dir = tmp_path / "seed2"
+    seed2 = open_run(seed_dir, "tiny", [*steps, "assn.variant=assn_wo_dae", "prsn.steps=3", "prsn.seed=7"],
+                     phantom_dir, runtime)  # fmt: skip
+    run_fold(seed_dir, seed2, 0, runtime, CaseCache((0.5, 99.5)), stages=("prsn",), reuse_from=wodae_dir)
+    first = load_stage(chain_dir / "fold_0" / "prsn").module.state_dict()
+    second = load_stage(seed_dir / "fold_0" / "prsn").module.state_dict()
+    assert any(not torch.equal(first[k], second[k]) for k in first)
     bad_dir = tmp_path / "bad"
     bad = open_run(bad_dir, "tiny", [*steps, "assn.beta=0.5"], phantom_dir, runtime)
     with pytest.raises(RunError, match="assn"):

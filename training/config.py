@@ -47,6 +47,9 @@ def _optim(steps: int, batch_size: int, lr: float) -> Dict[str, Any]:
         "lr_schedule": "cosine",
         "min_lr_fraction": 0.02,
         "grad_clip": 5.0,
+        # seed of this stage's initialisation and batch draws; null = the run's seed. A second seed of one stage
+        # (an ensemble member) can then reuse the run's split and other stages, which need the same run seed.
+        "seed": None,
     }
 
 
@@ -187,6 +190,17 @@ def apply_overrides(config: Dict[str, Any], overrides: Iterable[str]) -> Dict[st
     return config
 
 
+def stage_seed(config: Mapping[str, Any], stage: str) -> int:
+    """The seed of one stage: its own ``seed`` when set, else the run's."""
+    own = config[stage].get("seed")
+    return int(config["seed"] if own is None else own)
+
+
+def with_defaults(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A stored run config completed with keys added to :data:`DEFAULTS` since it was written (for comparisons)."""
+    return _merge(DEFAULTS, config, "", strict=False)
+
+
 def validate_config(config: Mapping[str, Any]) -> None:
     """Check values that would otherwise fail late (after minutes of training)."""
     data = config["data"]
@@ -213,6 +227,9 @@ def validate_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"{stage}.lr must be > 0")
         if section["lr_schedule"] not in ("cosine", "constant"):
             raise ConfigError(f"{stage}.lr_schedule must be 'cosine' or 'constant'")
+        own_seed = section.get("seed")
+        if own_seed is not None and (isinstance(own_seed, bool) or not isinstance(own_seed, int)):
+            raise ConfigError(f"{stage}.seed must be an integer or null, got {section['seed']!r}")
     if config["runtime"]["amp"] not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError("runtime.amp must be one of auto, bf16, fp16, off")
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from myops.metrics import METRIC_NAMES
 
 from .checkpoint import write_json
-from .config import STAGE_ORDER, ConfigError, apply_overrides, load_config, validate_config
+from .config import STAGE_ORDER, ConfigError, apply_overrides, load_config, validate_config, with_defaults
 from .data import CaseData, CaseFiles, SliceBank, find_cases, load_case, make_folds
 from .export import export_model, read_json, summarise, validate_cases
 from .loop import StageResult
@@ -215,9 +215,9 @@ def run_fold(
 
 def check_reusable(run: Mapping[str, Any], other_dir: Path, stages: Sequence[str]) -> None:
     """Refuse to reuse another run's stages unless it has the same split, data geometry, seed and stage configs."""
-    other_cfg = read_json(Path(other_dir) / "config.json")
+    other_cfg = with_defaults(read_json(Path(other_dir) / "config.json"))
     other_split = read_json(Path(other_dir) / "split.json")
-    config, split = run["config"], run["split"]
+    config, split = with_defaults(run["config"]), run["split"]
     if other_split["cases"] != split["cases"] or other_split["folds"] != split["folds"]:
         raise RunError(f"{other_dir} has another split; its stages cannot be reused")
     for key in ("data", "seed", *stages):

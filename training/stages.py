@@ -39,7 +39,7 @@ from .baselines import (
     assn_variant_network,
     prsn_variant_network,
 )
-from .config import STAGE_ORDER
+from .config import STAGE_ORDER, stage_seed
 from .data import SliceBank, epicardium_of, lge_target_of, main_target_of, t2_target_of, wall_of
 from .loop import StageResult, fit, is_complete, load_final
 from .losses import cross_entropy, dice_ce_loss, reconstruction_loss, soft_dice_loss
@@ -81,7 +81,7 @@ def train_localizer(
 ) -> StageResult:
     """Heart localiser: U-Net on coarse full-view windows, target the LV epicardial region (Dice + CE)."""
     section, aug = _stage_args(config, "localizer")
-    seed = int(config["seed"])
+    seed = stage_seed(config, "localizer")
     model = init_model(section["arch"], section["config"], seed, "localizer", fold).to(runtime.device)
     ce_w = float(section["ce_weight"])
     dev = runtime.device
@@ -117,7 +117,7 @@ def train_dae(
 ) -> StageResult:
     """DAE pre-training on corrupted ground-truth LV masks (Eq. 5, plus soft Dice)."""
     section, aug = _stage_args(config, "dae")
-    seed = int(config["seed"])
+    seed = stage_seed(config, "dae")
     model = init_model(section["arch"], section["config"], seed, "dae", fold).to(runtime.device)
     noise = section["noise"]
     dice_w = float(section["dice_weight"])
@@ -152,7 +152,7 @@ def train_assn(
     """ASSN (Eq. 6 with the frozen DAE ``dae``), or the ``assn_wo_dae`` / ``unet_bssfp`` variants."""
     section, aug = _stage_args(config, "assn")
     variant = section["variant"]
-    seed = int(config["seed"])
+    seed = stage_seed(config, "assn")
     arch, net_cfg = assn_variant_network(variant, section)
     net = init_model(arch, net_cfg, seed, "assn", fold)
     beta = float(section["beta"])
@@ -207,7 +207,7 @@ def train_prsn(
     """PRSN on candidate regions (Eq. 13), or one of the Table 2 baselines (``prsn.variant``)."""
     section, aug = _stage_args(config, "prsn")
     variant = section["variant"]
-    seed = int(config["seed"])
+    seed = stage_seed(config, "prsn")
     arch, net_cfg = prsn_variant_network(variant, section)
     model = init_model(arch, net_cfg, seed, "prsn", fold).to(runtime.device)
     lam = (float(section["lambda_bssfp"]), float(section["lambda_lge"]), float(section["lambda_t2"]))
