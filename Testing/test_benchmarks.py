@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,3 +48,58 @@ def test_bench_networks_writes_its_timings(tiny_model_dir, tmp_path):
 def test_gpu_session_script_parses():
     proc = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_session.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def _load_cv_decoding():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cv_decoding", ROOT / "benchmarks" / "cv_decoding.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _threshold_case(fold: str, scar_p: float, decoy_p: float):
+    """One synthetic held-out case: an LV disc whose wall holds a true scar patch (P(scar) = ``scar_p``) and a
+    decoy patch of normal wall (P(scar) = ``decoy_p``); the rest of the wall is normal myocardium."""
+    from types import SimpleNamespace
+
+    from myops.labels import LV_BLOOD_POOL, MYOCARDIUM, SCAR
+    from myops.pipeline import CaseProbabilities
+    from myops.postprocessing import PostprocessingConfig
+
+    z, n = 2, 40
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(yy - 20, xx - 20)
+    disc, wall = r <= 12, (r <= 12) & (r > 7)
+    scar, decoy = wall & (xx > 26), wall & (xx < 14)
+    truth = np.zeros((z, n, n), np.uint16)
+    truth[:, disc] = LV_BLOOD_POOL
+    truth[:, wall] = MYOCARDIUM
+    truth[:, scar] = SCAR
+    p = np.zeros((4, z, n, n), np.float32)
+    p[0] = 1.0
+    p[:, :, wall] = np.array([0.0, 1.0, 0.0, 0.0], np.float32)[:, None, None]
+    for region, value in ((scar, scar_p), (decoy, decoy_p)):
+        p[:, :, region] = np.array([0.0, 1.0 - value, 0.0, value], np.float32)[:, None, None]
+    p[0, :, disc & ~wall] = 1.0  # blood pool: PRSN background inside the region
+    probs = CaseProbabilities(epicardium=np.repeat(disc[None], z, 0).astype(np.float32), pathology=p,
+                              reference=None, spacing_zyx=(8.0, 1.0, 1.0))  # fmt: skip
+    return (fold, f"{fold}-case", probs, truth, SimpleNamespace(postprocessing=PostprocessingConfig()))
+
+
+def test_cv_decoding_chooses_thresholds_on_the_other_folds_only():
+    """Fold a's cases need P(scar) thresholds in [0.33, 0.42); fold b's need [0.52, 0.58). Each fold must get the
+    thresholds that suit the *other* fold, and so score worse than the in-sample choice."""
+    cvd = _load_cv_decoding()
+    cases = [_threshold_case("a", 0.42, 0.33), _threshold_case("b", 0.58, 0.52)]
+    result = cvd.nested_thresholds(cases)
+    chosen = result["chosen_per_fold"]
+    # pathology = p2 + p3 = p3 here, so the binding threshold on P(scar) is the larger of the two
+    assert 0.52 <= max(chosen["a"]) < 0.58  # fold b's optimum, applied to fold a
+    assert 0.33 <= max(chosen["b"]) < 0.42  # fold a's optimum, applied to fold b
+    by_fold = {row["fold"]: row for row in result["nested_cases"]}
+    assert by_fold["a"]["dice_scar"] == 0.0  # 0.42 < the chosen threshold: the true scar is missed
+    assert by_fold["b"]["dice_scar"] < 1.0  # the decoy (0.52) passes fold a's threshold
+    classes = cvd.threshold_classes(cases[0][2].pathology, 0.35, 0.35)
+    assert classes[:, 20, 30].tolist() == [3, 3] and classes[:, 20, 10].tolist() == [1, 1]  # scar; decoy (0.33)
