@@ -433,6 +433,10 @@ def test_cli_runs_one_stage_and_reports_errors(phantom_dir, tmp_path, capsys):
     assert cli_main(["localizer", "--fold", "0", *args]) == 2  # exists: needs --resume or --overwrite
     assert "--resume" in capsys.readouterr().err
     assert cli_main(["assn", "--fold", "0", *args[:-2], "--set", "localizer.steps=2", "--resume"]) == 2
+    export = ["export", "--run-name", "r", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "m")]
+    capsys.readouterr()
+    assert cli_main([*export, "--add-member", "prsn"]) == 2  # STAGE:RUN_NAME
+    assert "--add-member" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, runtime, tmp_path):
@@ -479,6 +483,21 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     first = load_stage(chain_dir / "fold_0" / "prsn").module.state_dict()
     second = load_stage(seed_dir / "fold_0" / "prsn").module.state_dict()
     assert any(not torch.equal(first[k], second[k]) for k in first)
+    # ... and the two seeds export as one PRSN ensemble, with the CV of that procedure from cv_decoding.py
+    aggregate(chain_dir)
+    study = {"run": "chain", "ensemble_with": "seed2",
+             "tta": {"flips": {"rules": {"argmax": {"summary": {"dice_scar": {"mean": 0.8, "sd": 0.1}}}}}}}  # fmt: skip
+    both = export_ensemble(chain_dir, [0], tmp_path / "two_seeds", runtime, tta_flips=True, tta_study=study,
+                           extra_members=[("prsn", seed_dir)])  # fmt: skip
+    manifest = ModelBundle(both).manifest
+    assert manifest["networks"]["prsn"]["weights"] == ["prsn_0.safetensors", "prsn_1.safetensors"]
+    assert manifest["metrics"]["cross_validation"]["summary"]["dice_scar"]["mean"] == 0.8
+    assert "seed2" in manifest["metrics"]["cross_validation"]["note"]
+    from myops.pipeline import Segmenter
+
+    assert len(Segmenter(both, device="cpu").prsns) == 2
+    with pytest.raises(RunError, match="one network"):  # a Unet-scar adapter cannot join a PRSN ensemble
+        export_ensemble(chain_dir, [0], tmp_path / "mixed", runtime, extra_members=[("prsn", other_dir)])
     bad_dir = tmp_path / "bad"
     bad = open_run(bad_dir, "tiny", [*steps, "assn.beta=0.5"], phantom_dir, runtime)
     with pytest.raises(RunError, match="assn"):

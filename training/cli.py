@@ -166,7 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta-study",
         type=Path,
         default=None,
-        help="JSON of benchmarks/cv_inference_options.py on this run: CV metrics with flips for the manifest",
+        help="JSON of benchmarks/cv_inference_options.py on this run, or of benchmarks/cv_decoding.py on this "
+        "procedure: CV metrics with flips for the manifest",
+    )
+    p.add_argument(
+        "--add-member",
+        action="append",
+        default=[],
+        metavar="STAGE:RUN_NAME",
+        help="also take STAGE from the same folds of another run (same split, same network), e.g. "
+        "prsn:cv5_exp_prsn_seed2 for a two-seed PRSN ensemble; repeatable",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--name", default=None, help="model name in the manifest")
@@ -314,8 +323,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     stages = tuple(s for s in args.ensemble_stages.split(",") if s)
     tta = None if args.tta_flips is None else args.tta_flips == "on"
     study = None if args.tta_study is None else read_json(args.tta_study)
+    extra = []
+    for item in args.add_member:
+        stage, _, other = item.partition(":")
+        if stage not in STAGE_ORDER or not other:
+            print(f"error: --add-member {item!r}: expected STAGE:RUN_NAME with STAGE in {STAGE_ORDER}", file=sys.stderr)
+            return 2
+        extra.append((stage, args.runs_dir / other))
     out = export_ensemble(
-        run_dir, folds, args.out, runtime, name=args.name, stages_to_ensemble=stages, tta_flips=tta, tta_study=study
+        run_dir,
+        folds,
+        args.out,
+        runtime,
+        name=args.name,
+        stages_to_ensemble=stages,
+        tta_flips=tta,
+        tta_study=study,
+        extra_members=extra,
     )
     print(f"model folder: {out}")
     return 0

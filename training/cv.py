@@ -14,7 +14,7 @@ import csv
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from myops.metrics import METRIC_NAMES
 
@@ -293,6 +293,7 @@ def export_ensemble(
     stages_to_ensemble: Sequence[str] = ("localizer", "dae", "assn", "prsn"),
     tta_flips: Optional[bool] = None,
     tta_study: Optional[Mapping[str, Any]] = None,
+    extra_members: Sequence[Tuple[str, Path]] = (),
 ) -> Path:
     """Export an ensemble of trained folds as one model folder, with the run's CV metrics in the manifest.
 
@@ -300,7 +301,10 @@ def export_ensemble(
     engine pairs the i-th ASSN with the i-th DAE); the others come from the first fold listed. Stages the run
     did not train itself come from the run it reused them from (``--reuse-from``). ``tta_flips`` overrides the
     config's ``export.tta_flips``; ``tta_study`` (the JSON of ``benchmarks/cv_inference_options.py`` on this
-    run) supplies the CV metrics with flips for a model that runs with them.
+    run) supplies the CV metrics with flips for a model that runs with them; the JSON of
+    ``benchmarks/cv_decoding.py`` (flips, argmax) is accepted too, e.g. for a cross-run ensemble measured with
+    ``--ensemble-with``. ``extra_members`` lists ``(stage, other_run_dir)``: the same folds' ``stage`` of another
+    run with the same split and the same network (e.g. the PRSN from a second seed) join that stage's ensemble.
     """
     run_dir = Path(run_dir)
     run = {"config": read_json(run_dir / "config.json"), "split": read_json(run_dir / "split.json")}
@@ -317,6 +321,22 @@ def export_ensemble(
                     continue
                 raise RunError(f"{run_dir / fold_dirname(fold) / stage} is not trained")
             stages.setdefault(stage, []).append(load_stage(folder))
+    for stage, other_dir in extra_members:
+        other_dir = Path(other_dir)
+        if read_json(other_dir / "split.json")["folds"] != run["split"]["folds"]:
+            raise RunError(f"{other_dir} has another split; its {stage} cannot join this ensemble")
+        for fold in folds if stage in stages_to_ensemble else list(folds)[:1]:
+            folder = _stage_folder(other_dir, fold, stage)
+            if folder is None:
+                raise RunError(f"{other_dir / fold_dirname(fold) / stage} is not trained")
+            member = load_stage(folder)
+            first = stages[stage][0]
+            if (member.arch, member.config) != (first.arch, first.config):
+                raise RunError(
+                    f"{folder}: {member.arch} {member.config} differs from {first.arch} {first.config}; an "
+                    "ensemble stage needs one network"
+                )
+            stages[stage].append(member)
     metrics: Dict[str, Any] = {}
     if (run_dir / "cv_metrics.json").is_file():
         cv = read_json(run_dir / "cv_metrics.json")
@@ -330,7 +350,20 @@ def export_ensemble(
                 "summary": cv["summary"],
             }
         }
-        if tta_study is not None and config["export"]["tta_flips"]:
+        if tta_study is not None and "tta" in tta_study:  # benchmarks/cv_decoding.py
+            if not config["export"]["tta_flips"]:
+                raise RunError("a cv_decoding study measures the procedure with flips; export with flips on")
+            studied = tta_study["tta"]["flips"]["rules"]["argmax"]["summary"]
+            metrics["cross_validation"]["summary"] = {k: {**cv["summary"].get(k, {}), **v} for k, v in studied.items()}
+            metrics["cross_validation"]["summary_single_run_without_tta"] = cv["summary"]
+            partner = tta_study.get("ensemble_with")
+            metrics["cross_validation"]["note"] = (
+                f"'summary' is the CV of this procedure: fold models of {tta_study['run']}"
+                + (f" with the PRSN of {partner} averaged in" if partner else "")
+                + ", test-time flips, argmax (each fold's models on their own held-out cases, "
+                "benchmarks/cv_decoding.py); 'summary_single_run_without_tta' is the plain CV of the run alone."
+            )
+        elif tta_study is not None and config["export"]["tta_flips"]:
             flips = tta_study["tta_flips"]["summary"]
             metrics["cross_validation"]["summary"] = {k: {**cv["summary"][k], **v} for k, v in flips.items()}
             metrics["cross_validation"]["summary_without_tta"] = cv["summary"]
