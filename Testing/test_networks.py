@@ -393,8 +393,12 @@ def test_every_registered_class_exposes_full_config():
     for arch, cls in ARCHITECTURES.items():
         model = cls(features=TINY)
         config = model.config()
-        params = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        assert set(config) == params, arch
+        signature = inspect.signature(cls.__init__).parameters
+        params = set(signature) - {"self"}
+        omitted = params - set(config)
+        assert omitted <= set(getattr(cls, "OMITTED_AT_DEFAULT", ())), arch
+        assert all(getattr(model, name) == signature[name].default for name in omitted), arch
+        assert set(config) <= params, arch
 
 
 def test_fusion_and_composite_configs():

@@ -706,6 +706,9 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
     Shapes: ``(N, 3, H, W)`` -> :class:`PrsnOutput` of logits ``(N, k, H, W)``, in train and eval mode.
     """
 
+    #: Options left out of :meth:`config` at their default, so configs written before they existed stay equal.
+    OMITTED_AT_DEFAULT = ("input_norm",)
+
     def __init__(
         self,
         in_channels: int = 3,
