@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "MyoPSSegmentation"))
 
 import SimpleITK as sitk  # noqa: E402
 
-from myops.metrics import case_metrics  # noqa: E402
+from myops.metrics import MetricSummary, case_metrics  # noqa: E402
 from myops.pipeline import Segmenter  # noqa: E402
 from myops.postprocessing import PATHOLOGY_DECODINGS, compose_labels, pathology_classes  # noqa: E402
 
@@ -47,17 +47,8 @@ SCAR_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
 
 def summarise(rows: List[dict]) -> Dict[str, dict]:
-    """Mean, sd, median and n of each metric over cases (NaN-free values only)."""
-    out = {}
-    for key in KEYS:
-        values = [r[key] for r in rows if not math.isnan(r[key])]
-        out[key] = {
-            "mean": statistics.mean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else float("nan"),
-            "median": statistics.median(values),
-            "n": len(values),
-        }
-    return out
+    """Mean, sd, median and n of each metric over cases (the engine's :class:`MetricSummary`; NaN excluded)."""
+    return {key: MetricSummary.of([r[key] for r in rows]).to_dict() for key in KEYS}
 
 
 def threshold_classes(p: np.ndarray, t_path: float, t_scar: float) -> np.ndarray:

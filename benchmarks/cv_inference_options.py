@@ -12,35 +12,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MyoPSSegmentation"))
 
 import SimpleITK as sitk  # noqa: E402
 
-from myops.metrics import case_metrics  # noqa: E402
+from myops.metrics import MetricSummary, case_metrics  # noqa: E402
 from myops.pipeline import Segmenter  # noqa: E402
 from myops.preprocessing import spacing_zyx_of  # noqa: E402
 
 KEYS = ("dice_scar", "dice_scar_edema", "dice_myocardium", "dice_lv", "hd_lv_mm", "hd_lv_2d_mm")
 
 
-def summarise(rows: list) -> dict:
-    out = {}
-    for key in KEYS:
-        values = [r[key] for r in rows if not math.isnan(r[key])]
-        out[key] = {
-            "mean": statistics.mean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else float("nan"),
-            "median": statistics.median(values),
-            "n": len(values),
-        }
-    return out
+def summarise(rows: List[dict]) -> Dict[str, dict]:
+    """Mean, sd, median and n of each metric over cases (the engine's :class:`MetricSummary`; NaN excluded)."""
+    return {key: MetricSummary.of([r[key] for r in rows]).to_dict() for key in KEYS}
 
 
 def main() -> int:
