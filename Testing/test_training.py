@@ -82,6 +82,9 @@ def test_stage_seeds_default_to_the_run_seed_and_old_configs_compare_equal():
     for bad in ("prsn.seed=1.5", "prsn.seed=true", 'prsn.seed="x"'):
         with pytest.raises(ConfigError, match=r"prsn\.seed"):
             load_config("tiny", [bad])
+    assert load_config("tiny", ["prsn.dice=image"])["prsn"]["dice"] == "image"
+    with pytest.raises(ConfigError, match=r"prsn\.dice"):
+        load_config("tiny", ["prsn.dice=pixel"])
 
 
 def test_every_shipped_config_is_valid():
@@ -201,6 +204,24 @@ def test_soft_dice_hand_computed():
     assert float(reconstruction_loss(uniform, target)) == pytest.approx(0.25, abs=1e-6)
 
 
+def test_per_image_dice_weighs_each_image_and_skips_absent_classes():
+    # image 0: class 1 covers 3 px, uniform p = 0.5 -> Dice 2 * 1.5 / (2 + 3) = 0.6
+    # image 1: class 1 covers 1 px, predicted perfectly -> Dice 1; class 2 absent everywhere (not scored)
+    target = torch.tensor([[[0, 1], [1, 1]], [[0, 0], [0, 1]]])
+    logits = torch.zeros(2, 3, 2, 2)
+    logits[0, 2] = -50.0  # image 0: p = 0.5 / 0.5 between classes 0 and 1
+    logits[1] = -50.0
+    logits[1, 0] = torch.tensor([[50.0, 50.0], [50.0, -50.0]])
+    logits[1, 1] = torch.tensor([[-50.0, -50.0], [-50.0, 50.0]])
+    per_image = float(soft_dice_loss(logits, target, per_image=True))
+    assert per_image == pytest.approx(1 - (0.6 + 1.0) / 2, abs=1e-4)
+    # batch Dice pools the pixels: class 1 = 2 * (1.5 + 1) / ((2 + 1) + (3 + 1)); class 2 absent = Dice 1
+    batch = float(soft_dice_loss(logits, target))
+    assert batch == pytest.approx(1 - (2 * 2.5 / 7 + 1.0) / 2, abs=1e-4)
+    only_background = torch.zeros(1, 2, 2, dtype=torch.long)
+    assert float(soft_dice_loss(logits[:1], only_background, per_image=True)) == 0.0
+
+
 def test_learning_rate_warmup_and_cosine():
     section = {"lr": 1.0, "steps": 110, "warmup_steps": 10, "lr_schedule": "cosine", "min_lr_fraction": 0.0}
     assert learning_rate(0, section) == pytest.approx(0.1)
@@ -253,6 +274,13 @@ def test_every_stage_trains_and_its_loss_goes_down(phantom_cases, runtime, tmp_p
     reloaded = load_stage(tmp_path / "dae")
     for k, v in reloaded.module.state_dict().items():
         torch.testing.assert_close(v, dae.module.state_dict()[k])
+
+
+def test_prsn_trains_on_per_image_dice(phantom_cases, runtime, tmp_path):
+    cfg = tiny("prsn.steps=30", "prsn.dice=image")
+    prsn = train_prsn(cfg, SliceBank(phantom_cases, cfg["data"]), tmp_path / "prsn", runtime, 0)
+    assert len(prsn.losses) == 30 and all(math.isfinite(v) for v in prsn.losses)
+    assert _decreases(prsn.losses), prsn.losses
 
 
 class _InterruptError(RuntimeError):

@@ -120,6 +120,8 @@ DEFAULTS: Dict[str, Any] = {
         "ce_weight": 1.0,
         "mask_source": "perturbed_gt",
         "mask_noise": {"morph_prob": 0.7, "morph_max_px": 3, "warp_prob": 0.5, "warp_px": 3.0},
+        # Dice of Eq. 13 summed over the whole batch ("batch") or per image and averaged ("image")
+        "dice": "batch",
         **_optim(800, 8, 2e-3),
     },
     "export": {
@@ -217,6 +219,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"assn.variant must be one of {list(ASSN_VARIANTS)}, got {config['assn']['variant']!r}")
     if config["prsn"]["variant"] not in PRSN_VARIANTS:
         raise ConfigError(f"prsn.variant must be one of {list(PRSN_VARIANTS)}, got {config['prsn']['variant']!r}")
+    if config["prsn"].get("dice", "batch") not in ("batch", "image"):
+        raise ConfigError("prsn.dice must be 'batch' or 'image'")
     if config["prsn"]["mask_source"] not in ("perturbed_gt", "gt"):
         raise ConfigError("prsn.mask_source must be 'perturbed_gt' or 'gt'")
     for stage in STAGE_ORDER:

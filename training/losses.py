@@ -4,6 +4,11 @@
 whole batch ("batch Dice"): ``Dice_k = (2 sum p_k t_k + eps) / (sum p_k + sum t_k + eps)``. Empty-mask policy: a
 class absent from the whole batch and not predicted scores ``Dice = 1`` (``eps / eps``); absent but predicted
 scores close to 0 (false positives are penalised); with ``eps = 1e-5`` this matches nnU-Net's choice.
+
+``per_image=True`` takes the sums over each image instead and averages the Dice over the (image, class) pairs
+where the class is present, as the challenge averages per-case Dice: a small scar weighs as much as a large one.
+An absent class has no Dice gradient worth the name (``eps / (sum p + eps)`` is flat once anything is predicted),
+so it is left out; the cross-entropy term of :func:`dice_ce_loss` is what penalises its false positives.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import torch.nn.functional as F
 DICE_EPS = 1e-5
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS) -> torch.Tensor:
-    """``1 - mean foreground soft Dice`` (batch Dice).
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS, per_image: bool = False
+) -> torch.Tensor:
+    """``1 - mean foreground soft Dice`` (batch Dice, or per-image Dice with ``per_image``).
 
     Args:
         logits: ``(N, K, H, W)``, K >= 2 classes.
@@ -27,18 +34,29 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = DICE
         scalar in ``[0, 1]``.
     """
     probs = torch.softmax(logits.float(), dim=1)
-    return dice_loss_from_probs(probs, target, eps)
+    return dice_loss_from_probs(probs, target, eps, per_image)
 
 
-def dice_loss_from_probs(probs: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS) -> torch.Tensor:
+def dice_loss_from_probs(
+    probs: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS, per_image: bool = False
+) -> torch.Tensor:
     """:func:`soft_dice_loss` on probabilities ``(N, K, H, W)`` instead of logits."""
     k = probs.shape[1]
     onehot = F.one_hot(target.long(), k).permute(0, 3, 1, 2).to(probs.dtype)
-    dims = (0, 2, 3)
-    inter = (probs * onehot).sum(dims)[1:]
-    denom = probs.sum(dims)[1:] + onehot.sum(dims)[1:]
-    dice = (2 * inter + eps) / (denom + eps)
-    return 1.0 - dice.mean()
+    if not per_image:
+        dims = (0, 2, 3)
+        inter = (probs * onehot).sum(dims)[1:]
+        denom = probs.sum(dims)[1:] + onehot.sum(dims)[1:]
+        dice = (2 * inter + eps) / (denom + eps)
+        return 1.0 - dice.mean()
+    inter = (probs * onehot).sum((2, 3))[:, 1:]  # (N, K-1)
+    predicted = probs.sum((2, 3))[:, 1:]
+    present = onehot.sum((2, 3))[:, 1:]
+    dice = (2 * inter + eps) / (predicted + present + eps)
+    counted = present > 0
+    if not bool(counted.any()):  # only background in the whole batch: nothing to score (keeps the graph)
+        return probs.sum() * 0.0
+    return 1.0 - dice[counted].mean()
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -46,10 +64,12 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[t
     return F.cross_entropy(logits.float(), target.long(), weight=weight)
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 1.0) -> torch.Tensor:
+def dice_ce_loss(
+    logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 1.0, per_image: bool = False
+) -> torch.Tensor:
     """``soft_dice_loss + ce_weight * cross_entropy`` (the paper's Dice, plus cross-entropy when
     ``ce_weight > 0``; cross-entropy steadies early training on small, imbalanced structures)."""
-    loss = soft_dice_loss(logits, target)
+    loss = soft_dice_loss(logits, target, per_image=per_image)
     if ce_weight > 0:
         loss = loss + ce_weight * cross_entropy(logits, target)
     return loss

@@ -212,6 +212,7 @@ def train_prsn(
     model = init_model(arch, net_cfg, seed, "prsn", fold).to(runtime.device)
     lam = (float(section["lambda_bssfp"]), float(section["lambda_lge"]), float(section["lambda_t2"]))
     ce_w = float(section["ce_weight"])
+    per_image = section.get("dice", "batch") == "image"
     dev = runtime.device
 
     def loss_fn(m: nn.Module, gen: torch.Generator):
@@ -221,10 +222,10 @@ def train_prsn(
         codes = batch.codes.to(dev)
         if variant in ("prsn", "mfb_prsn"):
             out = m(cand)
-            main = dice_ce_loss(out.main, main_target_of(codes), ce_w)
-            b_ssfp = soft_dice_loss(out.bssfp, wall_of(codes))
-            b_lge = soft_dice_loss(out.lge, lge_target_of(codes))
-            b_t2 = soft_dice_loss(out.t2, t2_target_of(codes))
+            main = dice_ce_loss(out.main, main_target_of(codes), ce_w, per_image)
+            b_ssfp = soft_dice_loss(out.bssfp, wall_of(codes), per_image=per_image)
+            b_lge = soft_dice_loss(out.lge, lge_target_of(codes), per_image=per_image)
+            b_t2 = soft_dice_loss(out.t2, t2_target_of(codes), per_image=per_image)
             loss = main + lam[0] * b_ssfp + lam[1] * b_lge + lam[2] * b_t2
             return loss, {"main": main, "bssfp": b_ssfp, "lge": b_lge, "t2": b_t2}
         target = {
@@ -235,7 +236,7 @@ def train_prsn(
             "prsn_b_t2": t2_target_of,
         }[variant](codes)
         out = m(cand[:, INPUT_CHANNELS[variant]])
-        loss = dice_ce_loss(out, target, ce_w)
+        loss = dice_ce_loss(out, target, ce_w, per_image)
         return loss, {"main": loss}
 
     gen = make_generator(seed, "prsn", fold, runtime.rank)
