@@ -310,8 +310,8 @@ class Segmenter:
         lap("paste", t0)
         timings["networks_total"] = time.perf_counter() - t_start
         return CaseProbabilities(
-            epicardium=pasted[0].astype(np.float32),
-            pathology=pasted[1:].astype(np.float32),
+            epicardium=pasted[0].astype(np.float32, copy=False),
+            pathology=pasted[1:].astype(np.float32, copy=False),
             reference=lge,
             spacing_zyx=spacing_zyx,
             timings_s=timings,
