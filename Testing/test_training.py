@@ -520,7 +520,8 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     manifest = ModelBundle(both).manifest
     assert manifest["networks"]["prsn"]["weights"] == ["prsn_0.safetensors", "prsn_1.safetensors"]
     assert manifest["metrics"]["cross_validation"]["summary"]["dice_scar"]["mean"] == 0.8
-    assert "seed2" in manifest["metrics"]["cross_validation"]["note"]
+    assert "seed2" in manifest["metrics"]["cross_validation"]["note"] and "seed2" in manifest["description"]
+    assert manifest["provenance"]["extra_members"][0]["config"]["prsn"]["seed"] == 7
     from myops.pipeline import Segmenter
 
     assert len(Segmenter(both, device="cpu").prsns) == 2

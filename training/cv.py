@@ -373,16 +373,24 @@ def export_ensemble(
                 "'summary_without_tta' is the plain CV."
             )
     train_cases = sorted({n for f in folds for n in fold_names(run["split"], f)["train"]})
+    description = description or _ensemble_description(config, folds, stages_to_ensemble, len(train_cases))
+    provenance: Dict[str, Any] = {"run": run_dir.name}
+    if extra_members:
+        joined = [{"stage": stage, "run": Path(other).name} for stage, other in extra_members]
+        provenance["extra_members"] = [
+            {**j, "config": read_json(Path(other) / "config.json")} for j, (_, other) in zip(joined, extra_members)
+        ]
+        description += "; ensembled with " + ", ".join(f"the {j['stage']} of {j['run']}" for j in joined)
     return export_model(
         Path(out_dir),
         config,
         stages,
         name=name or f"{config['name']}-ensemble",
-        description=description or _ensemble_description(config, folds, stages_to_ensemble, len(train_cases)),
+        description=description,
         data_info={"folder": run["split"]["data"], "train_cases": train_cases, "folds": [str(f) for f in folds]},
         runtime_info=runtime.describe(),
         metrics=metrics,
-        extra_provenance={"run": run_dir.name},
+        extra_provenance=provenance,
     )
 
 
