@@ -382,6 +382,11 @@ def test_a_run_refuses_another_config(phantom_dir, runtime, tmp_path):
     open_run(tmp_path / "run", "tiny", [], phantom_dir, runtime)
     with pytest.raises(RunError, match="another config"):
         open_run(tmp_path / "run", "tiny", ["assn.beta=0.5"], phantom_dir, runtime)
+    # a run written before a key joined the defaults reopens with the same config file
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    del stored["prsn"]["dice"], stored["prsn"]["seed"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
+    open_run(tmp_path / "run", "tiny", [], phantom_dir, runtime)
 
 
 VARIANTS = [

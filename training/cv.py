@@ -42,7 +42,8 @@ def fold_dirname(fold: Fold) -> str:
 
 
 def _comparable(config: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "runtime"}
+    """A config without its runtime section, completed with keys added to the defaults since it was written."""
+    return {k: v for k, v in with_defaults(config).items() if k != "runtime"}
 
 
 def _overridden(config: Mapping[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
