@@ -518,7 +518,7 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     assert any(not torch.equal(first[k], second[k]) for k in first)
     # ... and the two seeds export as one PRSN ensemble, with the CV of that procedure from cv_decoding.py
     aggregate(chain_dir)
-    study = {"run": "chain", "ensemble_with": "seed2",
+    study = {"run": "chain", "ensemble_with": ["seed2"],
              "tta": {"flips": {"rules": {"argmax": {"summary": {"dice_scar": {"mean": 0.8, "sd": 0.1}}}}}}}  # fmt: skip
     both = export_ensemble(chain_dir, [0], tmp_path / "two_seeds", runtime, tta_flips=True, tta_study=study,
                            extra_members=[("prsn", seed_dir)])  # fmt: skip

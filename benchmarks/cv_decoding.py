@@ -5,9 +5,9 @@ LGE grid, before any decision). The same probabilities are then decoded by each 
 ``myops.postprocessing.pathology_classes`` and scored with the challenge metrics, pooled over all folds. Nothing is
 retrained, and no case is scored by a model that saw it.
 
-With ``--ensemble-with OTHER_RUN`` (a run whose folds share this run's split and ASSN, e.g. a PRSN experiment
-that reused them), the two runs' PRSN probabilities are averaged case by case: the cross-validated value of a
-two-PRSN ensemble, without training anything.
+With ``--ensemble-with OTHER_RUN [...]`` (runs whose folds share this run's split and ASSN, e.g. PRSN experiments
+that reused them), the runs' PRSN probabilities are averaged case by case: the cross-validated value of a PRSN
+ensemble, without training anything.
 
 The threshold sweep is reported with nested selection: for each fold, the thresholds are chosen on the other
 folds' cases only and then applied to this fold's cases, so the "nested" figure is an honest estimate of what a
@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -63,29 +63,30 @@ def threshold_classes(p: np.ndarray, t_path: float, t_scar: float) -> np.ndarray
     return classes
 
 
-def predict_all(run: Path, data: Path, flips: bool, rot90: bool, other: Optional[Path] = None) -> Tuple[list, list]:
+def predict_all(run: Path, data: Path, flips: bool, rot90: bool, others: Sequence[Path] = ()) -> Tuple[list, list]:
     """[(fold, case, CaseProbabilities, truth_zyx, segmenter)] for every held-out case, and the per-case network
-    seconds. With ``other``, the PRSN probabilities are the mean of both runs' fold models (same ASSN required)."""
+    seconds. With ``others``, the PRSN probabilities are the mean of all runs' fold models (same ASSN required)."""
     cases, times = [], []
     for fold_dir in sorted(run.glob("fold_*")):
         held_out = json.loads((fold_dir / "metrics.json").read_text())["held_out"]
         segmenter = Segmenter(fold_dir / "model", device="cpu", tta_flips=flips, tta_rot90=rot90)
-        partner = None
-        if other is not None:
+        partners = []
+        for other in others:
             other_fold = other / fold_dir.name
             if json.loads((other_fold / "metrics.json").read_text())["held_out"] != held_out:
                 raise SystemExit(f"{other_fold} holds out other cases than {fold_dir}")
-            partner = Segmenter(other_fold / "model", device="cpu", tta_flips=flips, tta_rot90=rot90)
+            partners.append(Segmenter(other_fold / "model", device="cpu", tta_flips=flips, tta_rot90=rot90))
         for case in held_out:
             f = {k: data / f"{case}_{k}.nii.gz" for k in ("C0", "DE", "T2", "gd")}
             images = [sitk.ReadImage(str(f[k])) for k in ("C0", "DE", "T2")]
             t0 = time.perf_counter()
             probs = segmenter.predict(*images)
-            if partner is not None:
+            for partner in partners:
                 second = partner.predict(*images)
                 if not np.array_equal(second.epicardium > 0.5, probs.epicardium > 0.5):
-                    raise SystemExit(f"{case}: the two runs' ASSNs differ; a PRSN ensemble needs the same ASSN")
-                probs.pathology = (probs.pathology + second.pathology) / 2.0
+                    raise SystemExit(f"{case}: the runs' ASSNs differ; a PRSN ensemble needs the same ASSN")
+                probs.pathology = probs.pathology + second.pathology
+            probs.pathology = probs.pathology / (1 + len(partners))
             times.append(time.perf_counter() - t0)
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(f["gd"])))
             cases.append((fold_dir.name, case, probs, truth, segmenter))
@@ -142,15 +143,15 @@ def main() -> int:
     parser.add_argument("--run", required=True, help="CV run folder with fold_*/metrics.json and fold_*/model")
     parser.add_argument("--data", required=True, help="MyoPS-layout folder with <case>_{C0,DE,T2,gd}.nii.gz")
     parser.add_argument("--tta", nargs="+", default=list(TTA), choices=list(TTA))
-    parser.add_argument("--ensemble-with", default=None, help="a second run: average the two runs' PRSNs")
+    parser.add_argument("--ensemble-with", nargs="+", default=[], help="more runs: average the runs' PRSNs")
     parser.add_argument("--no-thresholds", action="store_true", help="skip the (slow) nested threshold sweep")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     run, data = Path(args.run), Path(args.data)
-    other = Path(args.ensemble_with) if args.ensemble_with else None
+    others = [Path(o) for o in args.ensemble_with]
     results: Dict[str, dict] = {"run": str(run), "ensemble_with": args.ensemble_with, "tta": {}}
     for tta in args.tta:
-        cases, times = predict_all(run, data, *TTA[tta], other=other)
+        cases, times = predict_all(run, data, *TTA[tta], others=others)
         entry: Dict[str, dict] = {"median_network_s": statistics.median(times), "rules": {}}
         for rule in PATHOLOGY_DECODINGS:
             rows = score(cases, lambda p, r=rule: pathology_classes(p, r))

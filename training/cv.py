@@ -357,10 +357,11 @@ def export_ensemble(
             studied = tta_study["tta"]["flips"]["rules"]["argmax"]["summary"]
             metrics["cross_validation"]["summary"] = {k: {**cv["summary"].get(k, {}), **v} for k, v in studied.items()}
             metrics["cross_validation"]["summary_single_run_without_tta"] = cv["summary"]
-            partner = tta_study.get("ensemble_with")
+            partners = tta_study.get("ensemble_with") or []
+            partners = [partners] if isinstance(partners, str) else list(partners)
             metrics["cross_validation"]["note"] = (
                 f"'summary' is the CV of this procedure: fold models of {tta_study['run']}"
-                + (f" with the PRSN of {partner} averaged in" if partner else "")
+                + (f" with the PRSNs of {', '.join(partners)} averaged in" if partners else "")
                 + ", test-time flips, argmax (each fold's models on their own held-out cases, "
                 "benchmarks/cv_decoding.py); 'summary_single_run_without_tta' is the plain CV of the run alone."
             )
