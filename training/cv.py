@@ -356,14 +356,15 @@ def export_ensemble(
                 raise RunError("a cv_decoding study measures the procedure with flips; export with flips on")
             studied = tta_study["tta"]["flips"]["rules"]["argmax"]["summary"]
             metrics["cross_validation"]["summary"] = {k: {**cv["summary"].get(k, {}), **v} for k, v in studied.items()}
-            metrics["cross_validation"]["summary_single_run_without_tta"] = cv["summary"]
+            metrics["cross_validation"]["summary_single_run"] = cv["summary"]
             partners = tta_study.get("ensemble_with") or []
             partners = [partners] if isinstance(partners, str) else list(partners)
             metrics["cross_validation"]["note"] = (
                 f"'summary' is the CV of this procedure: fold models of {tta_study['run']}"
                 + (f" with the PRSNs of {', '.join(partners)} averaged in" if partners else "")
                 + ", test-time flips, argmax (each fold's models on their own held-out cases, "
-                "benchmarks/cv_decoding.py); 'summary_single_run_without_tta' is the plain CV of the run alone."
+                "benchmarks/cv_decoding.py); 'summary_single_run' is the run's own CV as training validated it "
+                f"(test-time flips {'on' if run['config']['export']['tta_flips'] else 'off'})."
             )
         elif tta_study is not None and config["export"]["tta_flips"]:
             flips = tta_study["tta_flips"]["summary"]
