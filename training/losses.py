@@ -53,10 +53,9 @@ def dice_loss_from_probs(
     predicted = probs.sum((2, 3))[:, 1:]
     present = onehot.sum((2, 3))[:, 1:]
     dice = (2 * inter + eps) / (predicted + present + eps)
-    counted = present > 0
-    if not bool(counted.any()):  # only background in the whole batch: nothing to score (keeps the graph)
-        return probs.sum() * 0.0
-    return 1.0 - dice[counted].mean()
+    counted = (present > 0).to(dice.dtype)
+    # mean of (1 - Dice) over the counted pairs; 0 when the batch holds background only (no host sync on a GPU)
+    return ((1.0 - dice) * counted).sum() / counted.sum().clamp(min=1.0)
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -256,7 +256,6 @@ class Segmenter:
         from .io import validate_image
 
         timings: Dict[str, float] = {}
-        t_start = time.perf_counter()
 
         def step(fraction: float, message: str) -> None:
             if should_cancel is not None and should_cancel():
@@ -308,7 +307,6 @@ class Segmenter:
         patches = np.concatenate([epi_prob[:, 1:2], prsn_prob], axis=1)
         pasted = paste_windows(patches, shape_zyx, spacing_yx, window, fill=[0.0, 1.0, 0.0, 0.0, 0.0])
         lap("paste", t0)
-        timings["networks_total"] = time.perf_counter() - t_start
         return CaseProbabilities(
             epicardium=pasted[0].astype(np.float32, copy=False),
             pathology=pasted[1:].astype(np.float32, copy=False),
@@ -334,7 +332,6 @@ class Segmenter:
         labels.CopyInformation(probabilities.reference)
         quant = quantify(labels_zyx, spacing_zyx)
         timings["postprocess"] = timings.pop("paste", 0.0) + time.perf_counter() - t0
-        timings.pop("networks_total", None)
         timings["total"] = sum(timings.values())
         return SegmentationResult(
             labels=labels,
