@@ -320,29 +320,16 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._updateGui()
 
     def _writeResult(self, labels, rows, info, context):
-        from MyoPSSegmentationLib.logic import SegmentationEditedError
-
         lge = context["lge"]
-        if lge.GetScene() is None:
-            raise RuntimeError("the LGE volume was removed from the scene during the run")
-        output, note = context["output"], ""
-        if output is not None and output.GetScene() is None:  # deleted during the run
-            output, note = None, " The chosen output segmentation was deleted during the run; a new one was made."
-        try:
-            node = self.logic.writeResult(
-                labels,
-                rows,
-                lge,
-                output,
-                info=info,
-                overwrite=context["overwrite"],
-                createClosedSurface=context["showSurface"],
-            )
-        except SegmentationEditedError:  # edited while the run was going: keep the edits, write a new node
-            node = self.logic.writeResult(
-                labels, rows, lge, None, info=info, createClosedSurface=context["showSurface"]
-            )
-            note = f" '{output.GetName()}' was edited during the run and was left as it is."
+        node, note = self.logic.landFinishedResult(
+            labels,
+            rows,
+            lge,
+            context["output"],
+            info=info,
+            overwrite=context["overwrite"],
+            createClosedSurface=context["showSurface"],
+        )
         self._parameterNode.outputSegmentation = node
         elapsed = time.monotonic() - context["started"]
         self._parameterNode.statusText = (

@@ -270,3 +270,36 @@ def test_input_volumes_are_guessed_from_obvious_names(case):
             ]
         )
     ) == {"bSSFP", "LGE", "T2"}
+
+
+def _finishedResult(case):
+    labels = sitk.GetImageFromArray(fakeLabelsZyx(sitk.GetArrayViewFromImage(case.lgeImage).shape))
+    labels.CopyInformation(case.lgeImage)
+    return labels, [("Scar", 1.0, "mL")]
+
+
+def test_a_background_result_lands_safely_when_the_scene_changed_meanwhile(case):
+    labels, rows = _finishedResult(case)
+    # asked-for output, unchanged: the result goes there, no note
+    chosen = case.run()
+    node, note = case.logic.landFinishedResult(labels, rows, case.lge, chosen)
+    assert node is chosen and note == ""
+    # the chosen output was edited during the run: kept as it is, a new node takes the result
+    painted = segments.segmentLabelArray(chosen, case.lge) == SCAR
+    painted[1, 3:6, 3:6] = True
+    segments.setSegmentMask(chosen, "Scar", painted, case.lge)
+    edited = segments.segmentLabelArray(chosen, case.lge)
+    node, note = case.logic.landFinishedResult(labels, rows, case.lge, chosen)
+    assert node.GetID() != chosen.GetID() and "edited during the run" in note
+    np.testing.assert_array_equal(segments.segmentLabelArray(chosen, case.lge), edited)
+    # the chosen output was deleted during the run: a new node
+    gone = case.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "gone")
+    case.scene.RemoveNode(gone)
+    node, note = case.logic.landFinishedResult(labels, rows, case.lge, gone)
+    assert node.GetScene() is case.scene and "deleted during the run" in note
+    # the LGE volume was removed: nothing is written
+    count = case.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    case.scene.RemoveNode(case.lge)
+    with pytest.raises(RuntimeError, match="LGE volume was removed"):
+        case.logic.landFinishedResult(labels, rows, case.lge, None)
+    assert case.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count

@@ -289,6 +289,43 @@ class MyoPSLogic:
         segments.writeQuantificationTable(quantificationRows, segmentationNode)
         return segmentationNode
 
+    def landFinishedResult(
+        self,
+        labels: sitk.Image,
+        quantificationRows: Sequence[Tuple[str, float, str]],
+        lgeNode,
+        outputSegmentationNode=None,
+        info: Optional[Dict[str, object]] = None,
+        overwrite: bool = False,
+        createClosedSurface: bool = True,
+    ) -> Tuple[object, str]:
+        """Write the result of a run that finished in the background, where the scene may have changed meanwhile.
+
+        - The LGE volume was removed: nothing is written (``RuntimeError``).
+        - The chosen output was deleted: a new segmentation is made.
+        - The chosen output was edited during the run (and ``overwrite`` was not asked for before the run): it is
+          left as it is and a new segmentation is made.
+
+        Returns:
+            (segmentation node, a note for the user; empty when the result went where it was asked to).
+        """
+        if lgeNode.GetScene() is None:
+            raise RuntimeError("the LGE volume was removed from the scene during the run")
+        output, note = outputSegmentationNode, ""
+        if output is not None and output.GetScene() is None:
+            output, note = None, " The chosen output segmentation was deleted during the run; a new one was made."
+        try:
+            node = self.writeResult(
+                labels, quantificationRows, lgeNode, output, info=info, overwrite=overwrite,
+                createClosedSurface=createClosedSurface,
+            )  # fmt: skip
+        except SegmentationEditedError:
+            node = self.writeResult(
+                labels, quantificationRows, lgeNode, None, info=info, createClosedSurface=createClosedSurface
+            )
+            note = f" '{output.GetName()}' was edited during the run and was left as it is."
+        return node, note
+
     @staticmethod
     def quantificationTableNode(segmentationNode):
         """The table node holding the quantification of ``segmentationNode`` (None before a run)."""
