@@ -12,7 +12,13 @@ import torch
 from conftest import make_volume
 
 from myops.errors import ModelError
-from myops.networks import PathologyRegionNet, create_model, region_standardise
+from myops.networks import (
+    PathologyRegionNet,
+    PrsnOutput,
+    create_model,
+    fused_pathology_probabilities,
+    region_standardise,
+)
 from myops.pipeline import TTA_DIHEDRAL, TTA_FLIPS, Segmenter, _tta_forward, _tta_inverse
 from myops.postprocessing import PATHOLOGY_DECODINGS, pathology_classes
 
@@ -130,6 +136,74 @@ def test_manifest_inference_options_are_read_and_checked(tiny_model_dir, tmp_pat
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="pathology_decoding"):
         Segmenter(folder, device="cpu")
+
+
+# -- PRSN branch fusion ---------------------------------------------------------------------------------------
+def _logits(*probabilities):
+    """(1, k, 1, 1) logits whose softmax is exactly the given probabilities."""
+    return torch.log(torch.tensor(probabilities, dtype=torch.float64)).reshape(1, -1, 1, 1)
+
+
+def test_branch_fusion_mixes_each_nested_region_by_hand():
+    out = PrsnOutput(
+        main=_logits(0.1, 0.3, 0.2, 0.4),
+        bssfp=_logits(0.2, 0.8),
+        lge=_logits(0.1, 0.3, 0.6),
+        t2=_logits(0.3, 0.1, 0.6),
+    )
+    # w = 1/2: scar (0.4 + 0.6) / 2 = 0.5; pathology (0.6 + 0.6) / 2 = 0.6;
+    # wall: main 0.9, branches (0.8 + 0.9 + 0.7) / 3 = 0.8 -> 0.85
+    fused = fused_pathology_probabilities(out, 0.5)[0, :, 0, 0]
+    np.testing.assert_allclose(fused.numpy(), [0.15, 0.25, 0.1, 0.5], atol=1e-6)
+    # w = 0 is B_Main alone, exactly
+    assert torch.equal(fused_pathology_probabilities(out, 0.0), torch.softmax(out.main.float(), dim=1))
+
+
+def test_branch_fusion_keeps_the_regions_nested():
+    # B_LGE is sure of scar where B_T2 sees no edema: the pathology and the wall are raised to contain the scar
+    out = PrsnOutput(
+        main=_logits(0.5, 0.4, 0.05, 0.05),
+        bssfp=_logits(0.5, 0.5),
+        lge=_logits(0.05, 0.05, 0.9),
+        t2=_logits(0.5, 0.4, 0.1),
+    )
+    fused = fused_pathology_probabilities(out, 1.0)[0, :, 0, 0]
+    np.testing.assert_allclose(fused.numpy(), [0.1, 0.0, 0.0, 0.9], atol=1e-6)
+    torch.manual_seed(0)
+    random = PrsnOutput(
+        torch.randn(3, 4, 5, 5), torch.randn(3, 2, 5, 5), torch.randn(3, 3, 5, 5), torch.randn(3, 3, 5, 5)
+    )
+    for w in (0.25, 0.5, 0.75, 1.0):
+        p = fused_pathology_probabilities(random, w)
+        assert p.shape == (3, 4, 5, 5) and p.min() >= 0.0
+        torch.testing.assert_close(p.sum(dim=1), torch.ones(3, 5, 5))
+    with pytest.raises(ValueError, match="branch_weight"):
+        fused_pathology_probabilities(random, 1.5)
+
+
+def test_segmenter_reads_and_checks_the_branch_weight(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    bssfp, lge, t2 = _case()
+    plain = Segmenter(folder, device="cpu")
+    assert plain.branch_weight == 0.0
+    base = plain.predict(bssfp, lge, t2).pathology
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["inference"] = {"pathology_branch_weight": 0.5}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    fused = Segmenter(folder, device="cpu")
+    assert fused.branch_weight == 0.5
+    probs = fused.predict(bssfp, lge, t2).pathology
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    assert not np.allclose(probs, base)  # the branches count
+    np.testing.assert_array_equal(
+        Segmenter(folder, device="cpu", branch_weight=0.0).predict(bssfp, lge, t2).pathology, base
+    )
+    for bad in (1.5, -0.1, "half", True):
+        manifest["inference"]["pathology_branch_weight"] = bad
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ModelError, match="pathology_branch_weight"):
+            Segmenter(folder, device="cpu")
 
 
 # -- PRSN region standardisation ----------------------------------------------------------------------------

@@ -9,6 +9,10 @@ With ``--ensemble-with OTHER_RUN [...]`` (runs whose folds share this run's spli
 that reused them), the runs' PRSN probabilities are averaged case by case: the cross-validated value of a PRSN
 ensemble, without training anything.
 
+With ``--branch-weights W [W ...]``, each weight ``w`` of ``inference.pathology_branch_weight`` (how much the PRSN
+branches' own scar, scar + edema and wall estimates count beside B_Main's; 0 is the paper) is scored with the
+argmax rule, and ``w`` is also chosen with nested selection like the thresholds below.
+
 The threshold sweep is reported with nested selection: for each fold, the thresholds are chosen on the other
 folds' cases only and then applied to this fold's cases, so the "nested" figure is an honest estimate of what a
 tuned threshold would give on new cases. The best in-sample figure is printed beside it for contrast only.
@@ -63,19 +67,22 @@ def threshold_classes(p: np.ndarray, t_path: float, t_scar: float) -> np.ndarray
     return classes
 
 
-def predict_all(run: Path, data: Path, flips: bool, rot90: bool, others: Sequence[Path] = ()) -> Tuple[list, list]:
+def predict_all(
+    run: Path, data: Path, flips: bool, rot90: bool, others: Sequence[Path] = (), branch_weight: float = 0.0
+) -> Tuple[list, list]:
     """[(fold, case, CaseProbabilities, truth_zyx, segmenter)] for every held-out case, and the per-case network
     seconds. With ``others``, the PRSN probabilities are the mean of all runs' fold models (same ASSN required)."""
     cases, times = [], []
+    options = {"device": "cpu", "tta_flips": flips, "tta_rot90": rot90, "branch_weight": branch_weight}
     for fold_dir in sorted(run.glob("fold_*")):
         held_out = json.loads((fold_dir / "metrics.json").read_text())["held_out"]
-        segmenter = Segmenter(fold_dir / "model", device="cpu", tta_flips=flips, tta_rot90=rot90)
+        segmenter = Segmenter(fold_dir / "model", **options)
         partners = []
         for other in others:
             other_fold = other / fold_dir.name
             if json.loads((other_fold / "metrics.json").read_text())["held_out"] != held_out:
                 raise SystemExit(f"{other_fold} holds out other cases than {fold_dir}")
-            partners.append(Segmenter(other_fold / "model", device="cpu", tta_flips=flips, tta_rot90=rot90))
+            partners.append(Segmenter(other_fold / "model", **options))
         for case in held_out:
             f = {k: data / f"{case}_{k}.nii.gz" for k in ("C0", "DE", "T2", "gd")}
             images = [sitk.ReadImage(str(f[k])) for k in ("C0", "DE", "T2")]
@@ -103,19 +110,18 @@ def score(cases: list, decide) -> List[dict]:
     return rows
 
 
-def nested_thresholds(cases: list) -> dict:
-    """Leave-one-fold-out choice of (t_path, t_scar): chosen on the other folds, scored on the held-out fold."""
-    grid = list(itertools.product(PATHOLOGY_THRESHOLDS, SCAR_THRESHOLDS))
-    per_setting = {}
-    for t_path, t_scar in grid:
-        per_setting[(t_path, t_scar)] = score(cases, lambda p, a=t_path, b=t_scar: threshold_classes(p, a, b))
-    folds = sorted({c[0] for c in cases})
+def objective(rows: List[dict]) -> float:
+    """What a setting is chosen by: mean scar Dice + mean scar + edema Dice (NaN cases excluded)."""
+    scar = [r["dice_scar"] for r in rows if not math.isnan(r["dice_scar"])]
+    both = [r["dice_scar_edema"] for r in rows if not math.isnan(r["dice_scar_edema"])]
+    return statistics.mean(scar) + statistics.mean(both)
 
-    def objective(rows: List[dict]) -> float:
-        scar = [r["dice_scar"] for r in rows if not math.isnan(r["dice_scar"])]
-        both = [r["dice_scar_edema"] for r in rows if not math.isnan(r["dice_scar_edema"])]
-        return statistics.mean(scar) + statistics.mean(both)
 
+def nested_choice(per_setting: Dict[tuple, List[dict]]) -> dict:
+    """Leave-one-fold-out choice among settings: each fold is scored with the setting that is best on the other
+    folds' cases (``objective``). ``per_setting[setting]`` holds the per-case rows of every fold."""
+    grid = list(per_setting)
+    folds = sorted({r["fold"] for r in per_setting[grid[0]]})
     nested_rows, chosen = [], {}
     for fold in folds:
         best = max(grid, key=lambda g: objective([r for r in per_setting[g] if r["fold"] != fold]))
@@ -126,8 +132,30 @@ def nested_thresholds(cases: list) -> dict:
         "nested": summarise(nested_rows),
         "nested_cases": nested_rows,
         "chosen_per_fold": chosen,
-        "in_sample_best": {"thresholds": list(in_sample), "summary": summarise(per_setting[in_sample])},
+        "in_sample_best": {"setting": list(in_sample), "summary": summarise(per_setting[in_sample])},
     }
+
+
+def nested_thresholds(cases: list) -> dict:
+    """Leave-one-fold-out choice of (t_path, t_scar): chosen on the other folds, scored on the held-out fold."""
+    per_setting = {}
+    for t_path, t_scar in itertools.product(PATHOLOGY_THRESHOLDS, SCAR_THRESHOLDS):
+        per_setting[(t_path, t_scar)] = score(cases, lambda p, a=t_path, b=t_scar: threshold_classes(p, a, b))
+    return nested_choice(per_setting)
+
+
+def branch_weight_study(run: Path, data: Path, tta: str, others: Sequence[Path], weights: Sequence[float]) -> dict:
+    """Argmax scores at each ``inference.pathology_branch_weight``, and the nested choice among them."""
+    per_setting, summaries = {}, {}
+    for w in weights:
+        cases, _ = predict_all(run, data, *TTA[tta], others=others, branch_weight=w)
+        per_setting[(w,)] = score(cases, lambda p: pathology_classes(p, "argmax"))
+        summaries[str(w)] = {"summary": summarise(per_setting[(w,)]), "cases": per_setting[(w,)]}
+        print(line(f"{tta}/branch weight {w}", summaries[str(w)]["summary"]), flush=True)
+        del cases
+    study = nested_choice(per_setting)
+    print(line(f"{tta}/branch weight nested", study["nested"]), study["chosen_per_fold"])
+    return {"weights": summaries, **study}
 
 
 def line(name: str, s: dict) -> str:
@@ -145,12 +173,22 @@ def main() -> int:
     parser.add_argument("--tta", nargs="+", default=list(TTA), choices=list(TTA))
     parser.add_argument("--ensemble-with", nargs="+", default=[], help="more runs: average the runs' PRSNs")
     parser.add_argument("--no-thresholds", action="store_true", help="skip the (slow) nested threshold sweep")
+    parser.add_argument(
+        "--branch-weights",
+        nargs="+",
+        type=float,
+        default=None,
+        help="study inference.pathology_branch_weight at these weights (argmax) instead of the decision rules",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     run, data = Path(args.run), Path(args.data)
     others = [Path(o) for o in args.ensemble_with]
     results: Dict[str, dict] = {"run": str(run), "ensemble_with": args.ensemble_with, "tta": {}}
     for tta in args.tta:
+        if args.branch_weights:
+            results["tta"][tta] = {"branch_weights": branch_weight_study(run, data, tta, others, args.branch_weights)}
+            continue
         cases, times = predict_all(run, data, *TTA[tta], others=others)
         entry: Dict[str, dict] = {"median_network_s": statistics.median(times), "rules": {}}
         for rule in PATHOLOGY_DECODINGS:
@@ -162,7 +200,7 @@ def main() -> int:
             nested = entry["thresholds"]
             print(line(f"{tta}/thresholds nested", nested["nested"]), nested["chosen_per_fold"])
             best = nested["in_sample_best"]
-            print(line(f"{tta}/in-sample {best['thresholds']}", best["summary"]), flush=True)
+            print(line(f"{tta}/in-sample {best['setting']}", best["summary"]), flush=True)
         results["tta"][tta] = entry
         del cases
     if args.json:

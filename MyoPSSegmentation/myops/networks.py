@@ -43,6 +43,7 @@ __all__ = [
     "UNet2d",
     "count_parameters",
     "create_model",
+    "fused_pathology_probabilities",
 ]
 
 NORMS = ("instance", "batch")
@@ -795,6 +796,44 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
             fused.append(x)
         main = self.main_head(self.main_decoder(fused[-1], fused))
         return PrsnOutput(main, *branch_logits)
+
+
+def fused_pathology_probabilities(out: PrsnOutput, branch_weight: float) -> torch.Tensor:
+    """The PRSN's four class probabilities, with the three branches' own estimates mixed in.
+
+    Every branch is trained to segment part of what B_Main segments (Eq. 7-9, classes in :class:`PrsnOutput`),
+    so each nested region the challenge scores has several estimates:
+
+    - scar: B_Main ``p3`` and B_LGE ``p2``;
+    - scar + edema: B_Main ``p2 + p3`` and B_T2 ``p2``;
+    - the LV wall: B_Main ``p1 + p2 + p3`` and the mean of B_bSSFP ``p1``, B_LGE ``p1 + p2``, B_T2 ``p1 + p2``.
+
+    Each region's probability is ``(1 - w) * main + w * branch``, made nested (scar <= pathology <= wall) by
+    raising the outer region where needed, and turned back into exclusive classes: background ``1 - wall``,
+    normal myocardium ``wall - pathology``, edema ``pathology - scar``, scar ``scar``. At ``w = 0`` this is
+    exactly ``softmax(main)``.
+
+    Args:
+        out: PRSN logits, ``main`` ``(N, 4, H, W)``, ``bssfp`` ``(N, 2, H, W)``, ``lge`` and ``t2`` ``(N, 3, H, W)``.
+        branch_weight: ``w`` in [0, 1].
+
+    Returns:
+        ``(N, 4, H, W)`` float32 probabilities summing to 1 over axis 1.
+    """
+    w = float(branch_weight)
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"branch_weight must lie in [0, 1], got {branch_weight!r}")
+    main = torch.softmax(out.main.float(), dim=1)
+    if w == 0.0:
+        return main
+    bssfp, lge, t2 = (torch.softmax(t.float(), dim=1) for t in (out.bssfp, out.lge, out.t2))
+    scar = (1.0 - w) * main[:, 3] + w * lge[:, 2]
+    pathology = (1.0 - w) * (main[:, 2] + main[:, 3]) + w * t2[:, 2]
+    wall_branches = (bssfp[:, 1] + lge[:, 1] + lge[:, 2] + t2[:, 1] + t2[:, 2]) / 3.0
+    wall = (1.0 - w) * (1.0 - main[:, 0]) + w * wall_branches
+    pathology = torch.maximum(pathology, scar)
+    wall = torch.maximum(wall, pathology)
+    return torch.stack([1.0 - wall, wall - pathology, pathology - scar, scar], dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------

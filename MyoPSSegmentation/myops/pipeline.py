@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Union
 
@@ -157,6 +158,9 @@ class Segmenter:
             transforms; the crops are isotropic in-plane, so 90-degree turns are exact).
         pathology_decoding: override the manifest's pathology decision rule (see
             :func:`myops.postprocessing.pathology_classes`).
+        branch_weight: override the manifest's ``inference.pathology_branch_weight``: how much the PRSN branches'
+            own estimates count beside B_Main's (see :func:`myops.networks.fused_pathology_probabilities`;
+            0, the default, is the paper: B_Main alone).
 
     Raises:
         ModelError: the model folder is missing, malformed or fails its checksums.
@@ -170,8 +174,9 @@ class Segmenter:
         tta_flips: Optional[bool] = None,
         tta_rot90: Optional[bool] = None,
         pathology_decoding: Optional[str] = None,
+        branch_weight: Optional[float] = None,
     ) -> None:
-        from .networks import ShapeConstrainedASSN
+        from .networks import PathologyRegionNet, ShapeConstrainedASSN
 
         self.device_choice = choose_device(device)
         self.device = torch.device(self.device_choice.device)
@@ -201,6 +206,17 @@ class Segmenter:
         pairs = zip(assns, daes) if len(daes) == len(assns) else ((a, daes[0]) for a in assns)
         self.assns = [ShapeConstrainedASSN(a, d).eval() for a, d in pairs]
         self.prsns = self.bundle.build("prsn", self.device)
+        weight = inference.get("pathology_branch_weight", 0.0) if branch_weight is None else branch_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+            raise ModelError(
+                f"{self.model_dir}: inference.pathology_branch_weight must be a number in [0, 1], got {weight!r}"
+            )
+        if weight and not all(isinstance(m, PathologyRegionNet) for m in self.prsns):
+            raise ModelError(
+                f"{self.model_dir}: inference.pathology_branch_weight needs PRSNs with branches (arch 'prsn')"
+            )
+        #: Weight of the PRSN branches' estimates beside B_Main's (0 = B_Main alone, the paper).
+        self.branch_weight = float(weight)
         if not self.bundle.trained:
             logger.warning("model %s is UNTRAINED (random weights): results are meaningless", self.model_dir)
 
@@ -209,8 +225,13 @@ class Segmenter:
         return self.bundle.trained
 
     # -- network evaluation -------------------------------------------------------------------------------
-    def _forward(self, models: Sequence[nn.Module], x: np.ndarray, pick: Callable) -> np.ndarray:
-        """Average softmax probabilities over ensemble members (and flips): (N, C, H, W) -> (N, K, H, W)."""
+    def _forward(
+        self, models: Sequence[nn.Module], x: np.ndarray, pick: Callable, probabilities: bool = False
+    ) -> np.ndarray:
+        """Average softmax probabilities over ensemble members (and flips): (N, C, H, W) -> (N, K, H, W).
+
+        ``pick(output)`` selects the logits to softmax, or, with ``probabilities=True``, returns probabilities.
+        """
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         transforms = self.tta_transforms
         total = None
@@ -218,7 +239,8 @@ class Segmenter:
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             for model in models:
                 for k, flip in transforms:
-                    prob = torch.softmax(pick(model(_tta_forward(t, k, flip))).float(), dim=1)
+                    picked = pick(model(_tta_forward(t, k, flip)))
+                    prob = picked.float() if probabilities else torch.softmax(picked.float(), dim=1)
                     prob = _tta_inverse(prob, k, flip)
                     total = prob if total is None else total + prob
         return (total / (len(models) * len(transforms))).cpu().numpy()
@@ -300,7 +322,13 @@ class Segmenter:
 
         step(0.6, "Segmenting scar and edema (PRSN)")
         candidates = crops * epi_mask[:, None]
-        prsn_prob = self._forward(self.prsns, candidates, lambda out: out.main)  # (z, 4, S, S)
+        if self.branch_weight:
+            from .networks import fused_pathology_probabilities
+
+            fuse = partial(fused_pathology_probabilities, branch_weight=self.branch_weight)
+            prsn_prob = self._forward(self.prsns, candidates, fuse, probabilities=True)  # (z, 4, S, S)
+        else:
+            prsn_prob = self._forward(self.prsns, candidates, lambda out: out.main)  # (z, 4, S, S)
         t0 = lap("prsn", t0)
 
         step(0.85, "Pasting back and applying anatomical constraints")
