@@ -530,6 +530,27 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     from myops.pipeline import Segmenter
 
     assert len(Segmenter(both, device="cpu").prsns) == 2
+    # ... and with a branch-weight study, the weight chosen on all folds goes into the manifest, and the nested
+    # figure (the weight chosen for each fold on the other folds) becomes the summary
+    branches = {
+        "weights": {
+            "0.0": {"summary": {"dice_scar": {"mean": 0.8}}},
+            "0.5": {"summary": {"dice_scar": {"mean": 0.85}}},
+        },
+        "nested": {"dice_scar": {"mean": 0.83, "sd": 0.1}},
+        "chosen_per_fold": {"fold_0": [0.5]},
+        "in_sample_best": {"setting": [0.5], "summary": {"dice_scar": {"mean": 0.85}}},
+    }
+    study = {**study, "tta": {"flips": {"branch_weights": branches}}}
+    fused = export_ensemble(chain_dir, [0], tmp_path / "fused", runtime, tta_flips=True, tta_study=study,
+                            extra_members=[("prsn", seed_dir)])  # fmt: skip
+    manifest = ModelBundle(fused).manifest
+    assert manifest["inference"]["pathology_branch_weight"] == 0.5
+    cv = manifest["metrics"]["cross_validation"]
+    assert cv["summary"]["dice_scar"]["mean"] == 0.83 and cv["branch_weight_choice"]["chosen"] == 0.5
+    assert cv["summary_at_chosen_weight_in_sample"]["dice_scar"]["mean"] == 0.85 and "nested" in cv["note"]
+    assert Segmenter(fused, device="cpu").branch_weight == 0.5
+    assert "pathology_branch_weight" not in ModelBundle(both).manifest["inference"]  # 0: left out
     with pytest.raises(RunError, match="one network"):  # a Unet-scar adapter cannot join a PRSN ensemble
         export_ensemble(chain_dir, [0], tmp_path / "mixed", runtime, extra_members=[("prsn", other_dir)])
     bad_dir = tmp_path / "bad"

@@ -354,7 +354,29 @@ def export_ensemble(
         if tta_study is not None and "tta" in tta_study:  # benchmarks/cv_decoding.py
             if not config["export"]["tta_flips"]:
                 raise RunError("a cv_decoding study measures the procedure with flips; export with flips on")
-            studied = tta_study["tta"]["flips"]["rules"]["argmax"]["summary"]
+            flips_study = tta_study["tta"]["flips"]
+            branch_note = ""
+            if "branch_weights" in flips_study:  # cv_decoding.py --branch-weights: the weight is chosen by CV
+                branches = flips_study["branch_weights"]
+                weight = float(branches["in_sample_best"]["setting"][0])
+                config = {**config, "export": {**config["export"], "pathology_branch_weight": weight}}
+                studied = branches["nested"]
+                metrics["cross_validation"]["summary_at_chosen_weight_in_sample"] = branches["weights"][str(weight)][
+                    "summary"
+                ]
+                metrics["cross_validation"]["branch_weight_choice"] = {
+                    "weights": [float(w) for w in branches["weights"]],
+                    "chosen": weight,
+                    "chosen_per_fold": branches["chosen_per_fold"],
+                }
+                branch_note = (
+                    f", PRSN branch weight {weight} (inference.pathology_branch_weight; chosen among "
+                    f"{[float(w) for w in branches['weights']]} by the scar + scar-edema Dice of all folds; "
+                    "'summary' chooses it for each fold on the other folds only, nested, so it is the honest "
+                    "estimate of choosing it by CV)"
+                )
+            else:
+                studied = flips_study["rules"]["argmax"]["summary"]
             metrics["cross_validation"]["summary"] = {k: {**cv["summary"].get(k, {}), **v} for k, v in studied.items()}
             metrics["cross_validation"]["summary_single_run"] = cv["summary"]
             partners = tta_study.get("ensemble_with") or []
@@ -362,8 +384,10 @@ def export_ensemble(
             metrics["cross_validation"]["note"] = (
                 f"'summary' is the CV of this procedure: fold models of {tta_study['run']}"
                 + (f" with the PRSNs of {', '.join(partners)} averaged in" if partners else "")
-                + ", test-time flips, argmax (each fold's models on their own held-out cases, "
-                "benchmarks/cv_decoding.py); 'summary_single_run' is the run's own CV as training validated it "
+                + ", test-time flips, argmax"
+                + branch_note
+                + " (each fold's models on their own held-out cases, benchmarks/cv_decoding.py); "
+                "'summary_single_run' is the run's own CV as training validated it "
                 f"(test-time flips {'on' if run['config']['export']['tta_flips'] else 'off'})."
             )
         elif tta_study is not None and config["export"]["tta_flips"]:

@@ -129,6 +129,10 @@ def export_model(
         **dict(extra_provenance or {}),
     }
     export_cfg = config["export"]
+    inference: Dict[str, Any] = {"tta_flips": bool(export_cfg["tta_flips"]), "shape_prior": shape_prior}
+    branch_weight = float(export_cfg.get("pathology_branch_weight", 0.0))
+    if branch_weight:  # left out at 0, the engine's default (B_Main alone, the paper)
+        inference["pathology_branch_weight"] = branch_weight
     for modules in (networks[s][2] for s in networks):
         for m in modules:
             m.cpu().eval()
@@ -140,7 +144,7 @@ def export_model(
         description=description,
         input_spec=input_spec(config),
         postprocessing=dict(export_cfg["postprocessing"]),
-        inference={"tta_flips": bool(export_cfg["tta_flips"]), "shape_prior": shape_prior},
+        inference=inference,
         provenance=provenance,
         metrics=dict(metrics or {}),
         half_precision=bool(export_cfg["half_precision"]),
