@@ -408,6 +408,9 @@ def export_ensemble(
             {**j, "config": read_json(Path(other) / "config.json")} for j, (_, other) in zip(joined, extra_members)
         ]
         description += "; ensembled with " + ", ".join(f"the {j['stage']} of {j['run']}" for j in joined)
+    branch_weight = float(config["export"].get("pathology_branch_weight", 0.0))
+    if branch_weight:
+        description += f"; the PRSN branches' estimates mixed in with weight {branch_weight}"
     return export_model(
         Path(out_dir),
         config,
