@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +141,21 @@ def test_demo_runs_and_writes_everything(tiny_model_dir, tmp_path, capsys):
 def test_info_verifies_the_model(tiny_model_dir, capsys):
     assert run_cli("info", "--model", tiny_model_dir, "--device", "cpu") == 0
     assert "checksums verified" in capsys.readouterr().out
+
+
+def test_info_shows_the_inference_options_and_the_cv_summary(tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["inference"] = {"tta_flips": True, "pathology_branch_weight": 0.5}
+    summary = {"dice_scar": {"mean": 0.6419, "sd": 0.1449}, "hd_lv_2d_mm": {"mean": 3.7026, "sd": 2.04}}
+    manifest["metrics"] = {"cross_validation": {"folds": 5, "n_cases": 25, "summary": summary}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert run_cli("info", "--model", folder, "--device", "cpu") == 0
+    out = capsys.readouterr().out
+    assert "inference: tta_flips=True, pathology_branch_weight=0.5" in out
+    assert "cross-validation (5 folds, 25 cases)" in out
+    assert "dice_scar" in out and "64.19 +- 14.49 %" in out and "3.70 +- 2.04 mm" in out
 
 
 # -- bad input: one line, exit code 2, nothing written --------------------------------------------------------

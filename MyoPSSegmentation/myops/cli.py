@@ -292,7 +292,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     _print(f"  name: {m.get('name')}  trained: {m.get('trained')}")
     for stage, entry in m["networks"].items():
         _print(f"  {stage}: {entry['arch']} x{len(bundle.weight_files(stage))} {entry['config']}")
-    if m.get("metrics"):
+    inference = m.get("inference") or {}
+    _print("  inference: " + (", ".join(f"{k}={v}" for k, v in inference.items()) or "engine defaults"))
+    cv = (m.get("metrics") or {}).get("cross_validation") or {}
+    summary = {k: v for k, v in (cv.get("summary") or {}).items() if isinstance(v, dict) and "mean" in v}
+    if summary:
+        _print(f"  cross-validation ({cv.get('folds', '?')} folds, {cv.get('n_cases', '?')} cases), mean +- sd:")
+        for key, value in summary.items():
+            scale, unit = (100.0, " %") if key.startswith("dice") else (1.0, " mm")
+            sd = value.get("sd", float("nan"))
+            _print(f"    {key:<22} {scale * value['mean']:.2f} +- {scale * sd:.2f}{unit}")
+    elif m.get("metrics"):
         _print("  metrics: " + json.dumps(m["metrics"].get("summary", m["metrics"]))[:800])
     return EXIT_OK
 
