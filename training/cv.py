@@ -359,19 +359,20 @@ def export_ensemble(
             if "branch_weights" in flips_study:  # cv_decoding.py --branch-weights: the weight is chosen by CV
                 branches = flips_study["branch_weights"]
                 weight = float(branches["in_sample_best"]["setting"][0])
+                weights = [float(w) for w in branches["weights"]]
                 config = {**config, "export": {**config["export"], "pathology_branch_weight": weight}}
                 studied = branches["nested"]
                 metrics["cross_validation"]["summary_at_chosen_weight_in_sample"] = branches["weights"][str(weight)][
                     "summary"
                 ]
                 metrics["cross_validation"]["branch_weight_choice"] = {
-                    "weights": [float(w) for w in branches["weights"]],
+                    "weights": weights,
                     "chosen": weight,
                     "chosen_per_fold": branches["chosen_per_fold"],
                 }
                 branch_note = (
                     f", PRSN branch weight {weight} (inference.pathology_branch_weight; chosen among "
-                    f"{[float(w) for w in branches['weights']]} by the scar + scar-edema Dice of all folds; "
+                    f"{weights} by the scar + scar-edema Dice of all folds; "
                     "'summary' chooses it for each fold on the other folds only, nested, so it is the honest "
                     "estimate of choosing it by CV)"
                 )

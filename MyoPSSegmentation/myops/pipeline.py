@@ -176,7 +176,7 @@ class Segmenter:
         pathology_decoding: Optional[str] = None,
         branch_weight: Optional[float] = None,
     ) -> None:
-        from .networks import PathologyRegionNet, ShapeConstrainedASSN
+        from .networks import PathologyRegionNet, ShapeConstrainedASSN, fused_pathology_probabilities
 
         self.device_choice = choose_device(device)
         self.device = torch.device(self.device_choice.device)
@@ -217,6 +217,8 @@ class Segmenter:
             )
         #: Weight of the PRSN branches' estimates beside B_Main's (0 = B_Main alone, the paper).
         self.branch_weight = float(weight)
+        # PrsnOutput -> (N, 4, H, W) probabilities with the branches mixed in (used when the weight is not 0)
+        self._prsn_probabilities = partial(fused_pathology_probabilities, branch_weight=self.branch_weight)
         if not self.bundle.trained:
             logger.warning("model %s is UNTRAINED (random weights): results are meaningless", self.model_dir)
 
@@ -323,10 +325,7 @@ class Segmenter:
         step(0.6, "Segmenting scar and edema (PRSN)")
         candidates = crops * epi_mask[:, None]
         if self.branch_weight:
-            from .networks import fused_pathology_probabilities
-
-            fuse = partial(fused_pathology_probabilities, branch_weight=self.branch_weight)
-            prsn_prob = self._forward(self.prsns, candidates, fuse, probabilities=True)  # (z, 4, S, S)
+            prsn_prob = self._forward(self.prsns, candidates, self._prsn_probabilities, probabilities=True)
         else:
             prsn_prob = self._forward(self.prsns, candidates, lambda out: out.main)  # (z, 4, S, S)
         t0 = lap("prsn", t0)
