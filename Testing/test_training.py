@@ -22,7 +22,7 @@ from training.config import ConfigError, load_config
 from training.cv import CaseCache, aggregate, export_ensemble, open_run, run_fold
 from training.data import SliceBank, find_cases, load_cases, main_target_of, make_folds
 from training.loop import learning_rate
-from training.losses import reconstruction_loss, soft_dice_loss
+from training.losses import nested_region_dice_loss, reconstruction_loss, soft_dice_loss
 from training.runtime import setup_runtime
 from training.stages import load_stage, train_assn, train_dae, train_localizer, train_prsn
 
@@ -85,6 +85,8 @@ def test_stage_seeds_default_to_the_run_seed_and_old_configs_compare_equal():
     assert load_config("tiny", ["prsn.dice=image"])["prsn"]["dice"] == "image"
     with pytest.raises(ConfigError, match=r"prsn\.dice"):
         load_config("tiny", ["prsn.dice=pixel"])
+    with pytest.raises(ConfigError, match=r"prsn\.main_dice"):
+        load_config("tiny", ["prsn.main_dice=regions"])
 
 
 def test_every_shipped_config_is_valid():
@@ -222,6 +224,31 @@ def test_per_image_dice_weighs_each_image_and_skips_absent_classes():
     assert float(soft_dice_loss(logits[:1], only_background, per_image=True)) == 0.0
 
 
+def test_nested_region_dice_hand_computed():
+    # 4 px: classes 0, 1 (myocardium), 2 (edema), 3 (scar). Regions: wall {1,2,3} = 3 px, scar + edema {2,3} =
+    # 2 px, scar {3} = 1 px.
+    target = torch.tensor([[[0, 1], [2, 3]]])
+    exact = torch.full((1, 4, 2, 2), -50.0)
+    for k, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        exact[0, k, i, j] = 50.0
+    assert float(nested_region_dice_loss(exact, target)) == pytest.approx(0.0, abs=1e-5)
+    # Edema and scar swapped: the class Dice loses both classes, the regions lose only scar (and keep scar + edema).
+    swapped = exact[:, [0, 1, 3, 2]]
+    assert float(soft_dice_loss(swapped, target)) == pytest.approx(2.0 / 3.0, abs=1e-5)
+    assert float(nested_region_dice_loss(swapped, target)) == pytest.approx(1.0 / 3.0, abs=1e-5)
+    # Uniform p = 1/4: region probabilities 3/4, 1/2, 1/4 everywhere.
+    # wall: 2 * (3 * 3/4) / (4 * 3/4 + 3) = 0.75; s+e: 2 * (2 * 1/2) / (2 + 2) = 0.5; scar: 2 * 1/4 / (1 + 1) = 0.25
+    uniform = torch.zeros(1, 4, 2, 2)
+    assert float(nested_region_dice_loss(uniform, target)) == pytest.approx(1 - 0.5, abs=1e-5)
+    # per image: image 1 has no pathology, so only its wall counts; it is predicted exactly (Dice 1).
+    two = torch.cat([target, torch.tensor([[[0, 1], [1, 0]]])])
+    logits = torch.cat([uniform, torch.full((1, 4, 2, 2), -50.0)])
+    logits[1, 0] = torch.tensor([[50.0, -50.0], [-50.0, 50.0]])
+    logits[1, 1] = -logits[1, 0]
+    per_image = float(nested_region_dice_loss(logits, two, per_image=True))
+    assert per_image == pytest.approx(((1 - 0.75) + (1 - 0.5) + (1 - 0.25) + 0.0) / 4, abs=1e-4)
+
+
 def test_learning_rate_warmup_and_cosine():
     section = {"lr": 1.0, "steps": 110, "warmup_steps": 10, "lr_schedule": "cosine", "min_lr_fraction": 0.0}
     assert learning_rate(0, section) == pytest.approx(0.1)
@@ -276,8 +303,9 @@ def test_every_stage_trains_and_its_loss_goes_down(phantom_cases, runtime, tmp_p
         torch.testing.assert_close(v, dae.module.state_dict()[k])
 
 
-def test_prsn_trains_on_per_image_dice(phantom_cases, runtime, tmp_path):
-    cfg = tiny("prsn.steps=30", "prsn.dice=image")
+@pytest.mark.parametrize("option", ["prsn.dice=image", "prsn.main_dice=nested_regions"])
+def test_prsn_trains_on_its_dice_options(phantom_cases, runtime, tmp_path, option):
+    cfg = tiny("prsn.steps=30", option)
     prsn = train_prsn(cfg, SliceBank(phantom_cases, cfg["data"]), tmp_path / "prsn", runtime, 0)
     assert len(prsn.losses) == 30 and all(math.isfinite(v) for v in prsn.losses)
     assert _decreases(prsn.losses), prsn.losses

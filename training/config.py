@@ -122,6 +122,9 @@ DEFAULTS: Dict[str, Any] = {
         "mask_noise": {"morph_prob": 0.7, "morph_max_px": 3, "warp_prob": 0.5, "warp_px": 3.0},
         # Dice of Eq. 13 summed over the whole batch ("batch") or per image and averaged ("image")
         "dice": "batch",
+        # B_Main's Dice over its classes ("classes", Eq. 13) or over the nested regions the challenge scores
+        # (wall, scar + edema, scar: "nested_regions"); the branches keep their class Dice
+        "main_dice": "classes",
         **_optim(800, 8, 2e-3),
     },
     "export": {
@@ -221,6 +224,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"prsn.variant must be one of {list(PRSN_VARIANTS)}, got {config['prsn']['variant']!r}")
     if config["prsn"].get("dice", "batch") not in ("batch", "image"):
         raise ConfigError("prsn.dice must be 'batch' or 'image'")
+    if config["prsn"].get("main_dice", "classes") not in ("classes", "nested_regions"):
+        raise ConfigError("prsn.main_dice must be 'classes' or 'nested_regions'")
     if config["prsn"]["mask_source"] not in ("perturbed_gt", "gt"):
         raise ConfigError("prsn.mask_source must be 'perturbed_gt' or 'gt'")
     for stage in STAGE_ORDER:

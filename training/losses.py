@@ -9,6 +9,11 @@ scores close to 0 (false positives are penalised); with ``eps = 1e-5`` this matc
 where the class is present, as the challenge averages per-case Dice: a small scar weighs as much as a large one.
 An absent class has no Dice gradient worth the name (``eps / (sum p + eps)`` is flat once anything is predicted),
 so it is left out; the cross-entropy term of :func:`dice_ce_loss` is what penalises its false positives.
+
+``nested_region_dice_loss`` scores B_Main's four classes (0 background, 1 normal myocardium, 2 edema, 3 scar) as
+the nested regions the challenge scores instead: the wall ``{1, 2, 3}``, scar + edema ``{2, 3}`` and scar
+``{3}``, each region's probability being the sum of its classes' (nnU-Net's "region-based training"). Confusing
+edema with scar then costs nothing in the scar + edema term, as in the metric.
 """
 
 from __future__ import annotations
@@ -41,17 +46,42 @@ def dice_loss_from_probs(
     probs: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS, per_image: bool = False
 ) -> torch.Tensor:
     """:func:`soft_dice_loss` on probabilities ``(N, K, H, W)`` instead of logits."""
+    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    return _dice_loss_over_channels(probs[:, 1:], onehot[:, 1:], eps, per_image)
+
+
+def nested_region_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS, per_image: bool = False
+) -> torch.Tensor:
+    """``1 - mean Dice`` over the nested regions ``{k >= 1}``, ``{k >= 2}``, ..., ``{K - 1}``.
+
+    Args:
+        logits: ``(N, K, H, W)``, K >= 2 classes, ordered so that each region is a tail ``{k >= j}``.
+        target: ``(N, H, W)`` class indices in ``[0, K)``.
+
+    Returns:
+        scalar in ``[0, 1]``; batch or per-image Dice with the same conventions as :func:`soft_dice_loss`.
+    """
+    probs = torch.softmax(logits.float(), dim=1)
+    # tail sums: channel j - 1 holds P(class >= j), j = 1 .. K-1
+    regions = probs[:, 1:].flip(1).cumsum(1).flip(1)
     k = probs.shape[1]
-    onehot = F.one_hot(target.long(), k).permute(0, 3, 1, 2).to(probs.dtype)
+    region_idx = torch.arange(1, k, device=target.device).view(1, k - 1, 1, 1)
+    truth = (target.long().unsqueeze(1) >= region_idx).to(probs.dtype)  # (N, K-1, H, W)
+    return _dice_loss_over_channels(regions, truth, eps, per_image)
+
+
+def _dice_loss_over_channels(probs: torch.Tensor, truth: torch.Tensor, eps: float, per_image: bool) -> torch.Tensor:
+    """``1 - mean Dice`` over every channel of ``(N, C, H, W)`` soft predictions and 0/1 targets."""
     if not per_image:
         dims = (0, 2, 3)
-        inter = (probs * onehot).sum(dims)[1:]
-        denom = probs.sum(dims)[1:] + onehot.sum(dims)[1:]
+        inter = (probs * truth).sum(dims)
+        denom = probs.sum(dims) + truth.sum(dims)
         dice = (2 * inter + eps) / (denom + eps)
         return 1.0 - dice.mean()
-    inter = (probs * onehot).sum((2, 3))[:, 1:]  # (N, K-1)
-    predicted = probs.sum((2, 3))[:, 1:]
-    present = onehot.sum((2, 3))[:, 1:]
+    inter = (probs * truth).sum((2, 3))  # (N, C)
+    predicted = probs.sum((2, 3))
+    present = truth.sum((2, 3))
     dice = (2 * inter + eps) / (predicted + present + eps)
     counted = (present > 0).to(dice.dtype)
     # mean of (1 - Dice) over the counted pairs; 0 when the batch holds background only (no host sync on a GPU)
@@ -64,11 +94,17 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[t
 
 
 def dice_ce_loss(
-    logits: torch.Tensor, target: torch.Tensor, ce_weight: float = 1.0, per_image: bool = False
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ce_weight: float = 1.0,
+    per_image: bool = False,
+    nested_regions: bool = False,
 ) -> torch.Tensor:
     """``soft_dice_loss + ce_weight * cross_entropy`` (the paper's Dice, plus cross-entropy when
-    ``ce_weight > 0``; cross-entropy steadies early training on small, imbalanced structures)."""
-    loss = soft_dice_loss(logits, target, per_image=per_image)
+    ``ce_weight > 0``; cross-entropy steadies early training on small, imbalanced structures). With
+    ``nested_regions`` the Dice term is :func:`nested_region_dice_loss` instead."""
+    dice = nested_region_dice_loss if nested_regions else soft_dice_loss
+    loss = dice(logits, target, per_image=per_image)
     if ce_weight > 0:
         loss = loss + ce_weight * cross_entropy(logits, target)
     return loss

@@ -213,6 +213,7 @@ def train_prsn(
     lam = (float(section["lambda_bssfp"]), float(section["lambda_lge"]), float(section["lambda_t2"]))
     ce_w = float(section["ce_weight"])
     per_image = section.get("dice", "batch") == "image"
+    nested = section.get("main_dice", "classes") == "nested_regions"
     dev = runtime.device
 
     def loss_fn(m: nn.Module, gen: torch.Generator):
@@ -222,7 +223,7 @@ def train_prsn(
         codes = batch.codes.to(dev)
         if variant in ("prsn", "mfb_prsn"):
             out = m(cand)
-            main = dice_ce_loss(out.main, main_target_of(codes), ce_w, per_image)
+            main = dice_ce_loss(out.main, main_target_of(codes), ce_w, per_image, nested_regions=nested)
             b_ssfp = soft_dice_loss(out.bssfp, wall_of(codes), per_image=per_image)
             b_lge = soft_dice_loss(out.lge, lge_target_of(codes), per_image=per_image)
             b_t2 = soft_dice_loss(out.t2, t2_target_of(codes), per_image=per_image)
