@@ -51,12 +51,7 @@ def test_gpu_session_script_parses():
 
 
 def _load_cv_decoding():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cv_decoding", ROOT / "benchmarks" / "cv_decoding.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_script("cv_decoding")
 
 
 def _threshold_case(fold: str, scar_p: float, decoy_p: float):
@@ -103,3 +98,50 @@ def test_cv_decoding_chooses_thresholds_on_the_other_folds_only():
     assert by_fold["b"]["dice_scar"] < 1.0  # the decoy (0.52) passes fold a's threshold
     classes = cvd.threshold_classes(cases[0][2].pathology, 0.35, 0.35)
     assert classes[:, 20, 30].tolist() == [3, 3] and classes[:, 20, 10].tolist() == [1, 1]  # scar; decoy (0.33)
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pathology_error_anatomy_hand_counted(tmp_path):
+    errors = _load_script("pathology_errors")
+    # one row of 8 voxels: reference and prediction (0 bg, 200 myo, 500 blood, 1220 edema, 2221 scar)
+    truth = np.array([[[500, 500, 2221, 2221, 1220, 200, 200, 0]]], dtype=np.int16)
+    pred = np.array([[[500, 2221, 500, 2221, 2221, 1220, 200, 0]]], dtype=np.int16)
+    se = errors.error_anatomy(pred, truth, (1220, 2221))
+    # scar + edema: TP at 3 and 4; FP at 1 (on blood) and 5 (on myocardium); FN at 2 (called blood)
+    assert (se["tp"], se["fp"], se["fn"]) == (2.0, 2.0, 1.0)
+    assert se["fp_on"] == {"500": 1.0, "200": 1.0} and se["fn_on"] == {"500": 1.0}
+    scar = errors.error_anatomy(pred, truth, (2221,), voxel_ml=0.5)
+    # scar: TP at 3; FP at 1 (on blood) and 4 (on edema); FN at 2 (called blood); half a ml per voxel
+    assert (scar["tp"], scar["fp"], scar["fn"]) == (0.5, 1.0, 0.5)
+    assert scar["fp_on"] == {"500": 0.5, "1220": 0.5} and scar["fn_on"] == {"500": 0.5}
+    total = errors.add_up([se, se])
+    assert total["fp"] == 4.0 and total["fp_on"]["500"] == 2.0
+    assert total["share_of_errors"] == pytest.approx({"fp_on_500": 1 / 3, "fp_on_200": 1 / 3, "fn_on_500": 1 / 3})
+    with pytest.raises(ValueError, match="shape"):
+        errors.error_anatomy(pred[..., :4], truth, (2221,))
+
+    # the command line on a folder of label maps, spacing 2 x 1 x 1 mm -> 0.002 ml per voxel
+    import SimpleITK as sitk
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "data").mkdir()
+    for array, path in ((pred, tmp_path / "pred" / "c1_seg.nii.gz"), (truth, tmp_path / "data" / "c1_gd.nii.gz")):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((2.0, 1.0, 1.0))
+        sitk.WriteImage(image, str(path))
+    out = tmp_path / "errors.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "pathology_errors.py"), "--pred", str(tmp_path / "pred")]
+    proc = subprocess.run([*cmd, "--data", str(tmp_path / "data"), "--json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(out.read_text())["regions"]["scar_edema"]["total_ml"]
+    assert written["fp"] == pytest.approx(0.004) and written["fn_on"] == {"500": pytest.approx(0.002)}
+    missing = subprocess.run([*cmd, "--data", str(tmp_path / "pred")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "no reference" in missing.stderr
