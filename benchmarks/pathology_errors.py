@@ -73,10 +73,9 @@ def add_up(rows: List[dict]) -> dict:
             total[k] += r[k]
         total["fp_on"].update(r["fp_on"])
         total["fn_on"].update(r["fn_on"])
-    errors = total["fp"] + total["fn"]
-    share = {f"fp_on_{k}": v / errors for k, v in total["fp_on"].items()} if errors else {}
-    share.update({f"fn_on_{k}": v / errors for k, v in total["fn_on"].items()} if errors else {})
     total["fp_on"], total["fn_on"] = dict(total["fp_on"]), dict(total["fn_on"])
+    errors = total["fp"] + total["fn"]
+    share = {f"{kind}_{k}": v / errors for kind in ("fp_on", "fn_on") for k, v in total[kind].items()} if errors else {}
     total["share_of_errors"] = dict(sorted(share.items(), key=lambda kv: -kv[1]))
     return total
 
