@@ -246,7 +246,11 @@ def test_cuda_request_without_gpu_is_a_clear_error(case_files, tiny_model_dir, t
 
 
 def test_module_entry_point_prints_no_traceback(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "MyoPSSegmentation"))
+    # prepended, not replaced: packages installed outside site-packages (pip --target) stay importable
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "MyoPSSegmentation"), os.environ.get("PYTHONPATH")])),
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "myops", "segment", "--bssfp", "a.nii.gz", "--lge", "b.nii.gz", "--t2", "c.nii.gz",
          "-o", str(tmp_path / "o.nii.gz")],

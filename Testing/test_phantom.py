@@ -239,9 +239,11 @@ def test_write_phantom_case_round_trip(tmp_path):
 
 
 def test_default_case_is_fast():
+    """The demo's phantom stays interactive. About 0.07 s on one quiet CI core; the bound catches an
+    order-of-magnitude regression, not machine load (8 parallel pytest workers on a 16-core GPU host took 0.35 s)."""
     make_phantom_case(0)  # warm-up
     best = min(_timed(make_phantom_case, seed) for seed in range(3))
-    assert best < 0.3
+    assert best < 1.0
 
 
 def _timed(fn, *args) -> float:

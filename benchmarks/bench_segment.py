@@ -129,7 +129,9 @@ def main() -> int:
                    "--t2", str(paths["T2"]), "-o", str(folder / "cold.nii.gz"), "--device", args.device]  # fmt: skip
             if args.model:
                 cmd += ["--model", args.model]
-            env = dict(os.environ, PYTHONPATH=str(ROOT / "MyoPSSegmentation"))
+            # prepended, not replaced: packages installed outside site-packages (pip --target) stay importable
+            path = [str(ROOT / "MyoPSSegmentation"), os.environ.get("PYTHONPATH", "")]
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
             cold = []
             for _ in range(3):
                 t0 = time.perf_counter()
