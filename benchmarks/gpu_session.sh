@@ -32,18 +32,8 @@ elapsed() { echo $(( $(date +%s) - START )); }
 W=${WORK:-/tmp/myops_gpu_session}
 [ "${RESUME:-0}" = 1 ] || rm -rf "$W"
 mkdir -p "$W/logs" "$OUT"
-export PYTHONUNBUFFERED=1
-# SimpleITK is only used to read images and for validation; a bare GPU image may lack it. Training from a pack
-# never calls it, so an import stand-in that fails on any use is enough there.
-if ! $PY -c "import SimpleITK" 2>/dev/null; then
-  mkdir -p /tmp/nositk
-  printf '%s\n' '"""Stand-in: SimpleITK is not installed on this machine."""' \
-    'def __getattr__(name):' \
-    '    raise AttributeError(f"SimpleITK is not installed here (SimpleITK.{name} was asked for)")' \
-    >/tmp/nositk/SimpleITK.py
-  export PYTHONPATH=/tmp/nositk${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=MyoPSSegmentation:.${PYTHONPATH:+:$PYTHONPATH}
+# SimpleITK stand-in (training from a pack never reads an image) and PYTHONPATH
+source "$(dirname "$0")/gpu_env.sh"
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

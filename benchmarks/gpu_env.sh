@@ -1,0 +1,27 @@
+# Sourced by the GPU scripts (benchmarks/gpu_*.sh) on the lent machine, whose image has torch but no SimpleITK.
+# - SITK_TARBALL (optional): the unpacked SimpleITK wheel as .tar.xz (it travels in an ignored, carried folder:
+#   the wheel itself is 53 MB, its xz 28 MB). It is unpacked into /tmp/site, which goes on PYTHONPATH.
+# - Otherwise, when SimpleITK is missing, an import stand-in that fails on any use: training from a pack reads
+#   no image, so it only needs `import SimpleITK` to succeed.
+# - WHEEL_DIR (optional): pure-Python wheels of declared dependencies the image lacks (slicerio, pynrrd),
+#   installed into /tmp/site as well.
+# Then the engine and training packages go on PYTHONPATH.
+PY=${PY:-python3}
+if [ -n "${SITK_TARBALL:-}" ] && [ -f "$SITK_TARBALL" ]; then
+  mkdir -p /tmp/site && tar -xJf "$SITK_TARBALL" -C /tmp/site && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -n "${WHEEL_DIR:-}" ] && ls "$WHEEL_DIR"/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEEL_DIR"/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ! $PY -c "import SimpleITK" 2>/dev/null; then
+  mkdir -p /tmp/nositk
+  printf '%s\n' '"""Stand-in: SimpleITK is not installed on this machine."""' \
+    'def __getattr__(name):' \
+    '    raise AttributeError(f"SimpleITK is not installed here (SimpleITK.{name} was asked for)")' \
+    >/tmp/nositk/SimpleITK.py
+  export PYTHONPATH=/tmp/nositk${PYTHONPATH:+:$PYTHONPATH}
+fi
+# absolute: subprocesses (the CLI tests, the cold-start benchmark) run in other folders
+export PYTHONPATH=$PWD/MyoPSSegmentation:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
