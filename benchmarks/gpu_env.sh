@@ -25,3 +25,31 @@ fi
 # absolute: subprocesses (the CLI tests, the cold-start benchmark) run in other folders
 export PYTHONPATH=$PWD/MyoPSSegmentation:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
+
+# wait_or_stop DEADLINE_S LOG_GLOB PID...: wait for the training processes; every 30 s print how many still run
+# and the last line of each log matching LOG_GLOB (quoted; expanded here); DEADLINE_S seconds after the caller's
+# START (date +%s), stop those still running.
+wait_or_stop() {
+  local deadline=$1 logs=$2 last=0 running p f now
+  shift 2
+  while :; do
+    running=0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && running=$((running + 1)); done
+    [ "$running" -eq 0 ] && return 0
+    now=$(( $(date +%s) - START ))
+    if [ "$now" -ge "$deadline" ]; then
+      echo "deadline: stopping $running unfinished processes"
+      for p in "$@"; do kill "$p" 2>/dev/null; done
+      sleep 3
+      return 1
+    fi
+    if [ $(( now - last )) -ge 30 ]; then
+      last=$now
+      echo "-- [$now s] $running running"
+      for f in $logs; do
+        [ -f "$f" ] && echo "   $f $(tail -n 1 "$f" | cut -c1-70)"
+      done
+    fi
+    sleep 5
+  done
+}

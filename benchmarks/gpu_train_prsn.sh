@@ -47,26 +47,7 @@ for cfg in $CONFIGS; do
     sleep 0.3
   done
 done
-last_report=0
-while :; do
-  running=0
-  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && running=$((running + 1)); done
-  [ "$running" -eq 0 ] && break
-  if [ "$(elapsed)" -ge "$DEADLINE_S" ]; then
-    echo "deadline: stopping $running unfinished processes"
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-    sleep 3
-    break
-  fi
-  if [ $(( $(elapsed) - last_report )) -ge 30 ]; then
-    last_report=$(elapsed)
-    echo "-- [$(elapsed) s] $running running"
-    for f in "$RUNS"/*/*/prsn/log.jsonl; do
-      [ -f "$f" ] && echo "   ${f#$RUNS/} $(tail -n 1 "$f" | cut -c1-60)"
-    done
-  fi
-  sleep 5
-done
+wait_or_stop "$DEADLINE_S" "$RUNS/*/*/prsn/log.jsonl" "${pids[@]}"
 echo "== [$(elapsed) s] finished or stopped"
 for cfg in $CONFIGS; do for fold in 0 1 2 3 4 full; do
   echo "$cfg $fold: $(tail -n 1 "$W/logs/${cfg}_${fold}.log" | cut -c1-150)"
