@@ -22,7 +22,13 @@ from training.config import ConfigError, load_config
 from training.cv import CaseCache, aggregate, export_ensemble, open_run, run_fold
 from training.data import SliceBank, find_cases, load_cases, main_target_of, make_folds
 from training.loop import learning_rate
-from training.losses import nested_region_dice_loss, reconstruction_loss, soft_dice_loss
+from training.losses import (
+    border_band,
+    cross_entropy,
+    nested_region_dice_loss,
+    reconstruction_loss,
+    soft_dice_loss,
+)
 from training.runtime import setup_runtime
 from training.stages import load_stage, train_assn, train_dae, train_localizer, train_prsn
 
@@ -87,6 +93,11 @@ def test_stage_seeds_default_to_the_run_seed_and_old_configs_compare_equal():
         load_config("tiny", ["prsn.dice=pixel"])
     with pytest.raises(ConfigError, match=r"prsn\.main_dice"):
         load_config("tiny", ["prsn.main_dice=regions"])
+    assert load_config("tiny", ["prsn.endo_border_weight=2"])["prsn"]["endo_border_weight"] == 2
+    for bad in ("prsn.endo_border_weight=-1", "prsn.endo_border_weight=true", "prsn.endo_border_px=0",
+                "prsn.endo_border_px=1.5"):  # fmt: skip
+        with pytest.raises(ConfigError, match=r"prsn\.endo_border"):
+            load_config("tiny", [bad])
 
 
 def test_every_shipped_config_is_valid():
@@ -249,6 +260,33 @@ def test_nested_region_dice_hand_computed():
     assert per_image == pytest.approx(((1 - 0.75) + (1 - 0.5) + (1 - 0.25) + 0.0) / 4, abs=1e-4)
 
 
+def test_border_band_hand_computed():
+    # One row of 7 px: blood at x = 0..2, wall at x = 3..4, background beyond. Radius 1: within 1 px of blood is
+    # x <= 3, within 1 px of wall is 2 <= x <= 5, so the band is x = 2, 3 (one pixel each side of the border).
+    blood = torch.zeros(1, 3, 7, dtype=torch.bool)
+    wall = torch.zeros(1, 3, 7, dtype=torch.bool)
+    blood[:, :, 0:3] = True
+    wall[:, :, 3:5] = True
+    band = border_band(blood, wall, 1)
+    assert band[0, 1].tolist() == [False, False, True, True, False, False, False]
+    assert border_band(blood, wall, 2)[0, 1].tolist() == [False, True, True, True, True, False, False]
+    assert not border_band(blood, torch.zeros_like(wall), 3).any()
+
+
+def test_pixel_weighted_cross_entropy_hand_computed():
+    # Two pixels, two classes. Pixel 0 is certain and right (ce ~ 0); pixel 1 is uniform (ce = ln 2).
+    logits = torch.tensor([[[[50.0, 0.0]], [[-50.0, 0.0]]]])  # (1, 2, 1, 2)
+    target = torch.tensor([[[0, 1]]])
+    assert float(cross_entropy(logits, target)) == pytest.approx(math.log(2) / 2, abs=1e-6)
+    # weights 1 and 3: (1 * 0 + 3 * ln 2) / 4
+    weights = torch.tensor([[[1.0, 3.0]]])
+    assert float(cross_entropy(logits, target, pixel_weights=weights)) == pytest.approx(3 * math.log(2) / 4, abs=1e-6)
+    # uniform weights give the plain mean
+    assert float(cross_entropy(logits, target, pixel_weights=torch.full((1, 1, 2), 5.0))) == pytest.approx(
+        math.log(2) / 2, abs=1e-6
+    )
+
+
 def test_learning_rate_warmup_and_cosine():
     section = {"lr": 1.0, "steps": 110, "warmup_steps": 10, "lr_schedule": "cosine", "min_lr_fraction": 0.0}
     assert learning_rate(0, section) == pytest.approx(0.1)
@@ -303,7 +341,7 @@ def test_every_stage_trains_and_its_loss_goes_down(phantom_cases, runtime, tmp_p
         torch.testing.assert_close(v, dae.module.state_dict()[k])
 
 
-@pytest.mark.parametrize("option", ["prsn.dice=image", "prsn.main_dice=nested_regions"])
+@pytest.mark.parametrize("option", ["prsn.dice=image", "prsn.main_dice=nested_regions", "prsn.endo_border_weight=2.0"])
 def test_prsn_trains_on_its_dice_options(phantom_cases, runtime, tmp_path, option):
     cfg = tiny("prsn.steps=30", option)
     prsn = train_prsn(cfg, SliceBank(phantom_cases, cfg["data"]), tmp_path / "prsn", runtime, 0)

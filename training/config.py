@@ -125,6 +125,11 @@ DEFAULTS: Dict[str, Any] = {
         # B_Main's Dice over its classes ("classes", Eq. 13) or over the nested regions the challenge scores
         # (wall, scar + edema, scar: "nested_regions"); the branches keep their class Dice
         "main_dice": "classes",
+        # extra cross-entropy weight of B_Main on the endocardial border: pixels within endo_border_px (chessboard
+        # distance, at crop resolution) of both the LV blood pool and the wall weigh 1 + endo_border_weight
+        # (0 = off, the paper)
+        "endo_border_weight": 0.0,
+        "endo_border_px": 2,
         **_optim(800, 8, 2e-3),
     },
     "export": {
@@ -226,6 +231,11 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("prsn.dice must be 'batch' or 'image'")
     if config["prsn"].get("main_dice", "classes") not in ("classes", "nested_regions"):
         raise ConfigError("prsn.main_dice must be 'classes' or 'nested_regions'")
+    border_w, border_px = config["prsn"].get("endo_border_weight", 0.0), config["prsn"].get("endo_border_px", 2)
+    if isinstance(border_w, bool) or not isinstance(border_w, (int, float)) or not 0 <= border_w < float("inf"):
+        raise ConfigError("prsn.endo_border_weight must be a number >= 0")
+    if isinstance(border_px, bool) or not isinstance(border_px, int) or border_px < 1:
+        raise ConfigError("prsn.endo_border_px must be an integer >= 1")
     if config["prsn"]["mask_source"] not in ("perturbed_gt", "gt"):
         raise ConfigError("prsn.mask_source must be 'perturbed_gt' or 'gt'")
     for stage in STAGE_ORDER:

@@ -88,9 +88,41 @@ def _dice_loss_over_channels(probs: torch.Tensor, truth: torch.Tensor, eps: floa
     return ((1.0 - dice) * counted).sum() / counted.sum().clamp(min=1.0)
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mean pixel-wise cross-entropy, ``logits`` ``(N, K, H, W)``, ``target`` ``(N, H, W)``."""
-    return F.cross_entropy(logits.float(), target.long(), weight=weight)
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    pixel_weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Mean pixel-wise cross-entropy, ``logits`` ``(N, K, H, W)``, ``target`` ``(N, H, W)``.
+
+    With ``pixel_weights`` ``(N, H, W)`` (positive), the weighted mean ``sum w * ce / sum w``: the loss keeps its
+    scale and the heavier pixels take a larger share of it.
+    """
+    if pixel_weights is None:
+        return F.cross_entropy(logits.float(), target.long(), weight=weight)
+    ce = F.cross_entropy(logits.float(), target.long(), weight=weight, reduction="none")
+    w = pixel_weights.to(ce.dtype)
+    return (ce * w).sum() / w.sum()
+
+
+def border_band(a: torch.Tensor, b: torch.Tensor, radius_px: int) -> torch.Tensor:
+    """Pixels within ``radius_px`` (chessboard distance) of both masks ``a`` and ``b``: the band around their
+    shared border, on both sides of it, e.g. the endocardial border between the LV blood pool and the wall.
+
+    Args:
+        a, b: ``(N, H, W)`` boolean masks.
+        radius_px: band half-width in pixels, >= 1.
+
+    Returns:
+        ``(N, H, W)`` boolean.
+    """
+    size = 2 * int(radius_px) + 1
+
+    def near(m: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(m[:, None].float(), size, stride=1, padding=int(radius_px))[:, 0] > 0
+
+    return near(a) & near(b)
 
 
 def dice_ce_loss(
@@ -99,14 +131,16 @@ def dice_ce_loss(
     ce_weight: float = 1.0,
     per_image: bool = False,
     nested_regions: bool = False,
+    pixel_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``soft_dice_loss + ce_weight * cross_entropy`` (the paper's Dice, plus cross-entropy when
     ``ce_weight > 0``; cross-entropy steadies early training on small, imbalanced structures). With
-    ``nested_regions`` the Dice term is :func:`nested_region_dice_loss` instead."""
+    ``nested_regions`` the Dice term is :func:`nested_region_dice_loss` instead; ``pixel_weights`` ``(N, H, W)``
+    weigh the cross-entropy term only."""
     dice = nested_region_dice_loss if nested_regions else soft_dice_loss
     loss = dice(logits, target, per_image=per_image)
     if ce_weight > 0:
-        loss = loss + ce_weight * cross_entropy(logits, target)
+        loss = loss + ce_weight * cross_entropy(logits, target, pixel_weights=pixel_weights)
     return loss
 
 

@@ -42,7 +42,7 @@ from .baselines import (
 from .config import STAGE_ORDER, stage_seed
 from .data import SliceBank, epicardium_of, lge_target_of, main_target_of, t2_target_of, wall_of
 from .loop import StageResult, fit, is_complete, load_final
-from .losses import cross_entropy, dice_ce_loss, reconstruction_loss, soft_dice_loss
+from .losses import border_band, cross_entropy, dice_ce_loss, reconstruction_loss, soft_dice_loss
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ def train_prsn(
     ce_w = float(section["ce_weight"])
     per_image = section.get("dice", "batch") == "image"
     nested = section.get("main_dice", "classes") == "nested_regions"
+    border_w, border_px = float(section.get("endo_border_weight", 0.0)), int(section.get("endo_border_px", 2))
     dev = runtime.device
 
     def loss_fn(m: nn.Module, gen: torch.Generator):
@@ -223,7 +224,12 @@ def train_prsn(
         codes = batch.codes.to(dev)
         if variant in ("prsn", "mfb_prsn"):
             out = m(cand)
-            main = dice_ce_loss(out.main, main_target_of(codes), ce_w, per_image, nested_regions=nested)
+            weights = None
+            if border_w > 0:  # code 2: LV blood pool
+                weights = 1.0 + border_w * border_band(codes == 2, wall_of(codes) > 0, border_px).float()
+            main = dice_ce_loss(
+                out.main, main_target_of(codes), ce_w, per_image, nested_regions=nested, pixel_weights=weights
+            )
             b_ssfp = soft_dice_loss(out.bssfp, wall_of(codes), per_image=per_image)
             b_lge = soft_dice_loss(out.lge, lge_target_of(codes), per_image=per_image)
             b_t2 = soft_dice_loss(out.t2, t2_target_of(codes), per_image=per_image)
