@@ -163,6 +163,11 @@ def epicardium_of(codes: torch.Tensor) -> torch.Tensor:
     return ((codes >= 1) & (codes <= 4)).long()
 
 
+def lv_blood_of(codes: torch.Tensor) -> torch.Tensor:
+    """LV blood pool (500) as bool."""
+    return codes == 2
+
+
 def wall_of(codes: torch.Tensor) -> torch.Tensor:
     """LV wall (200, 1220, 2221) as long 0/1: the B_bSSFP target."""
     return ((codes == 1) | (codes == 3) | (codes == 4)).long()

@@ -40,7 +40,7 @@ from .baselines import (
     prsn_variant_network,
 )
 from .config import STAGE_ORDER, stage_seed
-from .data import SliceBank, epicardium_of, lge_target_of, main_target_of, t2_target_of, wall_of
+from .data import SliceBank, epicardium_of, lge_target_of, lv_blood_of, main_target_of, t2_target_of, wall_of
 from .loop import StageResult, fit, is_complete, load_final
 from .losses import border_band, cross_entropy, dice_ce_loss, reconstruction_loss, soft_dice_loss
 from .runtime import Runtime
@@ -225,8 +225,8 @@ def train_prsn(
         if variant in ("prsn", "mfb_prsn"):
             out = m(cand)
             weights = None
-            if border_w > 0:  # code 2: LV blood pool
-                weights = 1.0 + border_w * border_band(codes == 2, wall_of(codes) > 0, border_px).float()
+            if border_w > 0:
+                weights = 1.0 + border_w * border_band(lv_blood_of(codes), wall_of(codes) > 0, border_px).float()
             main = dice_ce_loss(
                 out.main, main_target_of(codes), ce_w, per_image, nested_regions=nested, pixel_weights=weights
             )
