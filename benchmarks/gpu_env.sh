@@ -7,13 +7,15 @@
 #   installed into /tmp/site as well.
 # Then the engine and training packages go on PYTHONPATH.
 PY=${PY:-python3}
+site_used=0
 if [ -n "${SITK_TARBALL:-}" ] && [ -f "$SITK_TARBALL" ]; then
-  mkdir -p /tmp/site && tar -xJf "$SITK_TARBALL" -C /tmp/site && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  mkdir -p /tmp/site && tar -xJf "$SITK_TARBALL" -C /tmp/site && site_used=1
 fi
 if [ -n "${WHEEL_DIR:-}" ] && ls "$WHEEL_DIR"/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEEL_DIR"/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$WHEEL_DIR"/*.whl && site_used=1
 fi
+[ "$site_used" = 1 ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 if ! $PY -c "import SimpleITK" 2>/dev/null; then
   mkdir -p /tmp/nositk
   printf '%s\n' '"""Stand-in: SimpleITK is not installed on this machine."""' \
