@@ -111,6 +111,49 @@ def test_segmenter_tta_options_choose_the_transforms(tiny_model_dir, flips, rot9
     assert len(seg.tta_transforms) == n and len(set(seg.tta_transforms)) == n
 
 
+@pytest.mark.parametrize(
+    "flips,rot90,assn_rot90,n_assn,n_rest",
+    [
+        (True, False, True, 8, 4),  # the shipped use: dihedral for the LV region, flips for the pathology
+        (False, False, True, 4, 1),
+        (True, True, False, 8, 8),
+        (True, True, True, 8, 8),
+        (True, False, False, 4, 4),
+    ],
+)
+def test_assn_rotations_add_passes_to_the_assn_stage_only(tiny_model_dir, flips, rot90, assn_rot90, n_assn, n_rest):
+    """Count the network calls of one slice: each ASSN runs ``n_assn`` passes, every other network ``n_rest``."""
+    seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=flips, tta_rot90=rot90, assn_tta_rot90=assn_rot90)
+    assert len(set(seg.assn_tta_transforms)) == n_assn and len(set(seg.tta_transforms)) == n_rest
+    calls = {"assn": 0, "prsn": 0, "localizer": 0}
+    hooks = [
+        m.register_forward_hook(lambda *_, k=k: calls.__setitem__(k, calls[k] + 1))
+        for k, group in (("assn", seg.assns), ("prsn", seg.prsns), ("localizer", seg.localizers))
+        for m in group
+    ]
+    one_slice = [make_volume(shape_zyx=(1, 48, 52), seed=s) for s in (2, 1, 3)]
+    seg.predict(*one_slice)
+    for h in hooks:
+        h.remove()
+    assert calls == {
+        "assn": n_assn * len(seg.assns),
+        "prsn": n_rest * len(seg.prsns),
+        "localizer": n_rest * len(seg.localizers),
+    }
+
+
+def test_manifest_sets_assn_rotations_and_the_argument_overrides_it(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["inference"] = {"tta_flips": True, "assn_tta_rot90": True}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    seg = Segmenter(folder, device="cpu")
+    assert seg.assn_tta_rot90 and seg.assn_tta_transforms == TTA_DIHEDRAL and seg.tta_transforms == TTA_FLIPS
+    off = Segmenter(folder, device="cpu", assn_tta_rot90=False)
+    assert off.assn_tta_transforms == TTA_FLIPS
+
+
 def test_dihedral_tta_of_an_equivariant_network_changes_nothing(tiny_model_dir):
     """A 1x1 convolution commutes with every in-plane transform, so averaging over them must return its output."""
     seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=True, tta_rot90=True)

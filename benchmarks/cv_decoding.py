@@ -45,7 +45,8 @@ from myops.pipeline import Segmenter  # noqa: E402
 from myops.postprocessing import PATHOLOGY_DECODINGS, compose_labels, pathology_classes  # noqa: E402
 
 KEYS = ("dice_scar", "dice_scar_edema", "dice_myocardium", "dice_lv", "hd_lv_2d_mm")
-TTA = {"flips": (True, False), "dihedral": (True, True)}
+#: test-time transforms: name -> (tta_flips, tta_rot90, assn_tta_rot90) of the Segmenter
+TTA = {"flips": (True, False, False), "dihedral": (True, True, False), "assn-dihedral": (True, False, True)}
 PATHOLOGY_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 SCAR_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
@@ -68,12 +69,24 @@ def threshold_classes(p: np.ndarray, t_path: float, t_scar: float) -> np.ndarray
 
 
 def predict_all(
-    run: Path, data: Path, flips: bool, rot90: bool, others: Sequence[Path] = (), branch_weight: float = 0.0
+    run: Path,
+    data: Path,
+    flips: bool,
+    rot90: bool,
+    assn_rot90: bool = False,
+    others: Sequence[Path] = (),
+    branch_weight: float = 0.0,
 ) -> Tuple[list, list]:
     """[(fold, case, CaseProbabilities, truth_zyx, segmenter)] for every held-out case, and the per-case network
     seconds. With ``others``, the PRSN probabilities are the mean of all runs' fold models (same ASSN required)."""
     cases, times = [], []
-    options = {"device": "cpu", "tta_flips": flips, "tta_rot90": rot90, "branch_weight": branch_weight}
+    options = {
+        "device": "cpu",
+        "tta_flips": flips,
+        "tta_rot90": rot90,
+        "assn_tta_rot90": assn_rot90,
+        "branch_weight": branch_weight,
+    }
     for fold_dir in sorted(run.glob("fold_*")):
         held_out = json.loads((fold_dir / "metrics.json").read_text())["held_out"]
         segmenter = Segmenter(fold_dir / "model", **options)
@@ -170,7 +183,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="CV run folder with fold_*/metrics.json and fold_*/model")
     parser.add_argument("--data", required=True, help="MyoPS-layout folder with <case>_{C0,DE,T2,gd}.nii.gz")
-    parser.add_argument("--tta", nargs="+", default=list(TTA), choices=list(TTA))
+    parser.add_argument(
+        "--tta",
+        nargs="+",
+        default=["flips", "dihedral"],
+        choices=list(TTA),
+        help="flips: 4 passes for every network; dihedral: 8; assn-dihedral: 8 for the ASSN (LV region), 4 for the "
+        "rest (default: flips dihedral)",
+    )
     parser.add_argument("--ensemble-with", nargs="+", default=[], help="more runs: average the runs' PRSNs")
     parser.add_argument("--no-thresholds", action="store_true", help="skip the (slow) nested threshold sweep")
     parser.add_argument(

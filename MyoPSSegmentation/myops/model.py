@@ -22,6 +22,7 @@ Manifest (schema version 1)::
       "postprocessing": {...},            # see myops.postprocessing.PostprocessingConfig
       "inference": {"tta_flips": bool,    # average over in-plane flips (default false)
                     "tta_rot90": bool,    # ... and 90-degree turns (optional, default false)
+                    "assn_tta_rot90": bool,  # the turns for the ASSN (LV region) only (optional, default false)
                     "shape_prior": bool,  # use the DAE output as the LV region (default true)
                     "pathology_decoding": "argmax",  # or "regions", "regions_split" (optional)
                     "pathology_branch_weight": 0.0},  # PRSN branches' weight beside B_Main (optional)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -135,6 +135,16 @@ class CaseProbabilities:
 TTA_IDENTITY = ((0, False),)
 TTA_FLIPS = ((0, False), (0, True), (2, True), (2, False))
 TTA_DIHEDRAL = (*TTA_FLIPS, (1, False), (3, False), (1, True), (3, True))
+TTA_ROT90 = ((0, False), (1, False), (2, False), (3, False))
+
+
+def tta_transforms_of(flips: bool, rot90: bool) -> Tuple[Tuple[int, bool], ...]:
+    """The test-time transforms ``(quarter turns, flip)`` for the flip and 90-degree-turn switches."""
+    if flips and rot90:
+        return TTA_DIHEDRAL
+    if rot90:
+        return TTA_ROT90
+    return TTA_FLIPS if flips else TTA_IDENTITY
 
 
 def _tta_forward(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
@@ -156,6 +166,9 @@ class Segmenter:
         tta_flips: override the manifest's test-time flip averaging.
         tta_rot90: override the manifest's test-time rotations (with ``tta_flips``: the 8 in-plane dihedral
             transforms; the crops are isotropic in-plane, so 90-degree turns are exact).
+        assn_tta_rot90: override the manifest's ``inference.assn_tta_rot90``: the ASSN(s), which draw the LV
+            region, also average the 90-degree turns while the other networks keep ``tta_flips`` /
+            ``tta_rot90`` (the LV boundary gains from more passes; the pathology does not).
         pathology_decoding: override the manifest's pathology decision rule (see
             :func:`myops.postprocessing.pathology_classes`).
         branch_weight: override the manifest's ``inference.pathology_branch_weight``: how much the PRSN branches'
@@ -173,6 +186,7 @@ class Segmenter:
         device: str = "auto",
         tta_flips: Optional[bool] = None,
         tta_rot90: Optional[bool] = None,
+        assn_tta_rot90: Optional[bool] = None,
         pathology_decoding: Optional[str] = None,
         branch_weight: Optional[float] = None,
     ) -> None:
@@ -191,6 +205,10 @@ class Segmenter:
         inference = self.bundle.manifest.get("inference", {})
         self.tta_flips = bool(inference.get("tta_flips", False)) if tta_flips is None else tta_flips
         self.tta_rot90 = bool(inference.get("tta_rot90", False)) if tta_rot90 is None else tta_rot90
+        if assn_tta_rot90 is None:
+            assn_tta_rot90 = bool(inference.get("assn_tta_rot90", False))
+        #: The ASSN stage adds the 90-degree turns to its test-time transforms (see :attr:`assn_tta_transforms`).
+        self.assn_tta_rot90 = assn_tta_rot90
         decoding = inference.get("pathology_decoding", "argmax") if pathology_decoding is None else pathology_decoding
         if decoding not in PATHOLOGY_DECODINGS:
             raise ModelError(
@@ -228,14 +246,21 @@ class Segmenter:
 
     # -- network evaluation -------------------------------------------------------------------------------
     def _forward(
-        self, models: Sequence[nn.Module], x: np.ndarray, pick: Callable, probabilities: bool = False
+        self,
+        models: Sequence[nn.Module],
+        x: np.ndarray,
+        pick: Callable,
+        probabilities: bool = False,
+        transforms: Optional[Sequence[tuple]] = None,
     ) -> np.ndarray:
-        """Average softmax probabilities over ensemble members (and flips): (N, C, H, W) -> (N, K, H, W).
+        """Average softmax probabilities over ensemble members and test-time transforms: (N, C, H, W) ->
+        (N, K, H, W).
 
         ``pick(output)`` selects the logits to softmax, or, with ``probabilities=True``, returns probabilities.
+        ``transforms`` defaults to :attr:`tta_transforms`.
         """
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        transforms = self.tta_transforms
+        transforms = self.tta_transforms if transforms is None else transforms
         total = None
         use_amp = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
@@ -250,11 +275,13 @@ class Segmenter:
     @property
     def tta_transforms(self) -> Sequence[tuple]:
         """The test-time transforms in use (see :data:`TTA_DIHEDRAL`)."""
-        if self.tta_flips and self.tta_rot90:
-            return TTA_DIHEDRAL
-        if self.tta_rot90:
-            return ((0, False), (1, False), (2, False), (3, False))
-        return TTA_FLIPS if self.tta_flips else TTA_IDENTITY
+        return tta_transforms_of(self.tta_flips, self.tta_rot90)
+
+    @property
+    def assn_tta_transforms(self) -> Sequence[tuple]:
+        """The ASSN stage's test-time transforms: :attr:`tta_transforms`, with the 90-degree turns added when
+        :attr:`assn_tta_rot90` is set."""
+        return tta_transforms_of(self.tta_flips, self.tta_rot90 or self.assn_tta_rot90)
 
     def predict(
         self,
@@ -318,7 +345,7 @@ class Segmenter:
         window = Window(center, self.crop_spacing_mm, self.crop_size)
         crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
         pick = (lambda out: out.shape_logits) if self.shape_prior else (lambda out: out.seg_logits)
-        epi_prob = self._forward(self.assns, crops, pick)  # (z, 2, S, S)
+        epi_prob = self._forward(self.assns, crops, pick, transforms=self.assn_tta_transforms)  # (z, 2, S, S)
         epi_mask = (epi_prob[:, 1] > 0.5).astype(np.float32)
         t0 = lap("assn", t0)
 
