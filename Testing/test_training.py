@@ -617,6 +617,17 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     assert cv["summary_at_chosen_weight_in_sample"]["dice_scar"]["mean"] == 0.85 and "nested" in cv["note"]
     assert Segmenter(fused, device="cpu").branch_weight == 0.5
     assert "pathology_branch_weight" not in ModelBundle(both).manifest["inference"]  # 0: left out
+    assert "assn_tta_rot90" not in ModelBundle(fused).manifest["inference"]  # measured with flips: off
+    # ... a study measured with the ASSN's dihedral passes exports a model that runs them, and says so
+    rotated = export_ensemble(chain_dir, [0], tmp_path / "rotated", runtime, tta_flips=True,
+                              tta_study={**study, "tta": {"assn-dihedral": {"branch_weights": branches}}})  # fmt: skip
+    manifest = ModelBundle(rotated).manifest
+    assert manifest["inference"]["assn_tta_rot90"] is True
+    assert "dihedral" in manifest["metrics"]["cross_validation"]["note"]
+    assert Segmenter(rotated, device="cpu").assn_tta_rot90
+    with pytest.raises(RunError, match="exactly one"):  # two procedures measured: which one runs is ambiguous
+        export_ensemble(chain_dir, [0], tmp_path / "ambiguous", runtime, tta_flips=True,
+                        tta_study={**study, "tta": {"flips": {}, "assn-dihedral": {}}})  # fmt: skip
     with pytest.raises(RunError, match="one network"):  # a Unet-scar adapter cannot join a PRSN ensemble
         export_ensemble(chain_dir, [0], tmp_path / "mixed", runtime, extra_members=[("prsn", other_dir)])
     bad_dir = tmp_path / "bad"

@@ -135,6 +135,8 @@ DEFAULTS: Dict[str, Any] = {
     "export": {
         "half_precision": False,
         "tta_flips": False,
+        # the ASSN (LV region) also averages the 90-degree turns (engine: inference.assn_tta_rot90)
+        "assn_tta_rot90": False,
         "postprocessing": {
             "largest_lv_component": True,
             "fill_epicardium_holes": True,

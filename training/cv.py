@@ -354,7 +354,15 @@ def export_ensemble(
         if tta_study is not None and "tta" in tta_study:  # benchmarks/cv_decoding.py
             if not config["export"]["tta_flips"]:
                 raise RunError("a cv_decoding study measures the procedure with flips; export with flips on")
-            flips_study = tta_study["tta"]["flips"]
+            measured = [k for k in ("flips", "assn-dihedral") if k in tta_study["tta"]]
+            if len(measured) != 1:
+                raise RunError(
+                    "the cv_decoding study must measure exactly one of --tta flips or assn-dihedral, the "
+                    f"procedure this model runs; it measured {sorted(tta_study['tta'])}"
+                )
+            assn_rot90 = measured[0] == "assn-dihedral"
+            config = {**config, "export": {**config["export"], "assn_tta_rot90": assn_rot90}}
+            flips_study = tta_study["tta"][measured[0]]
             branch_note = ""
             if "branch_weights" in flips_study:  # cv_decoding.py --branch-weights: the weight is chosen by CV
                 branches = flips_study["branch_weights"]
@@ -385,7 +393,9 @@ def export_ensemble(
             metrics["cross_validation"]["note"] = (
                 f"'summary' is the CV of this procedure: fold models of {tta_study['run']}"
                 + (f" with the PRSNs of {', '.join(partners)} averaged in" if partners else "")
-                + ", test-time flips, argmax"
+                + ", test-time flips"
+                + (" (the ASSN with the 8 dihedral passes)" if assn_rot90 else "")
+                + ", argmax"
                 + branch_note
                 + " (each fold's models on their own held-out cases, benchmarks/cv_decoding.py); "
                 "'summary_single_run' is the run's own CV as training validated it "

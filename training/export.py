@@ -133,6 +133,8 @@ def export_model(
     branch_weight = float(export_cfg.get("pathology_branch_weight", 0.0))
     if branch_weight:  # left out at 0, the engine's default (B_Main alone, the paper)
         inference["pathology_branch_weight"] = branch_weight
+    if export_cfg.get("assn_tta_rot90", False):  # left out when off, the engine's default
+        inference["assn_tta_rot90"] = True
     for modules in (networks[s][2] for s in networks):
         for m in modules:
             m.cpu().eval()
