@@ -136,8 +136,8 @@ def test_shape_prior_switch_selects_the_assn_output(tiny_model_dir, tmp_path):
     for seg in (with_prior, without):
         original = seg._forward
 
-        def spy(models, x, pick, _original=original):
-            out = _original(models, x, pick)
+        def spy(models, x, pick, _original=original, **options):
+            out = _original(models, x, pick, **options)
             seen.append(out)
             return out
 
