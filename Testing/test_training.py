@@ -623,7 +623,7 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
                               tta_study={**study, "tta": {"assn-dihedral": {"branch_weights": branches}}})  # fmt: skip
     manifest = ModelBundle(rotated).manifest
     assert manifest["inference"]["assn_tta_rot90"] is True
-    assert "dihedral" in manifest["metrics"]["cross_validation"]["note"]
+    assert "dihedral" in manifest["metrics"]["cross_validation"]["note"] and "dihedral" in manifest["description"]
     assert Segmenter(rotated, device="cpu").assn_tta_rot90
     with pytest.raises(RunError, match="exactly one"):  # two procedures measured: which one runs is ambiguous
         export_ensemble(chain_dir, [0], tmp_path / "ambiguous", runtime, tta_flips=True,

@@ -422,6 +422,8 @@ def export_ensemble(
     branch_weight = float(config["export"].get("pathology_branch_weight", 0.0))
     if branch_weight:
         description += f"; the PRSN branches' estimates mixed in with weight {branch_weight}"
+    if config["export"].get("assn_tta_rot90", False):
+        description += "; the ASSNs run over the 8 in-plane dihedral transforms"
     return export_model(
         Path(out_dir),
         config,
