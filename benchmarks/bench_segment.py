@@ -90,11 +90,13 @@ def main() -> int:
         },
         "model": str(segmenter.model_dir),
         "model_trained": segmenter.trained,
+        "model_name": segmenter.bundle.manifest.get("name"),
         "tta_flips": segmenter.tta_flips,
+        "assn_tta_rot90": segmenter.assn_tta_rot90,
     }
     print(f"Device: {segmenter.device_choice.device} ({segmenter.device_choice.reason}); "
           f"torch threads {torch.get_num_threads()}; model {segmenter.model_dir}; "
-          f"tta {segmenter.tta_flips}")  # fmt: skip
+          f"tta {segmenter.tta_flips} (ASSN turns {segmenter.assn_tta_rot90})")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
