@@ -145,3 +145,40 @@ def test_pathology_error_anatomy_hand_counted(tmp_path):
     assert written["fp"] == pytest.approx(0.004) and written["fn_on"] == {"500": pytest.approx(0.002)}
     missing = subprocess.run([*cmd, "--data", str(tmp_path / "pred")], capture_output=True, text=True)
     assert missing.returncode != 0 and "no reference" in missing.stderr
+
+
+def test_site_shifts_are_what_they_say_and_keep_the_geometry():
+    """Each shift of cv_site_shift.py on an oblique, anisotropic, off-centre volume: values by hand, geometry kept."""
+    import SimpleITK as sitk
+
+    shifts = _load_script("cv_site_shift")
+    a = np.random.default_rng(0).uniform(0.0, 500.0, size=(3, 40, 50)).astype(np.float32)
+    image = sitk.GetImageFromArray(a)
+    image.SetSpacing((0.75, 0.7, 10.0))
+    image.SetOrigin((12.0, -30.0, 5.0))
+    c, s = np.cos(0.4), np.sin(0.4)
+    image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+
+    def geometry(im):
+        return im.GetOrigin(), im.GetDirection()
+
+    gained = shifts.gain(image, 0)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(gained), a * 3.0 + 100.0, rtol=1e-6)
+    curved = sitk.GetArrayFromImage(shifts.gamma(image, 0))
+    assert np.isclose(curved.min(), a.min(), rtol=1e-5) and np.isclose(curved.max(), a.max(), rtol=1e-5)
+    assert np.all(np.diff(curved.ravel()[np.argsort(a.ravel())]) >= -1e-3)  # monotone
+    mid = a.min() + 0.5 * (a.max() - a.min())  # x ** 0.7 lifts the middle of the range
+    assert np.interp(mid, np.sort(a.ravel()), np.sort(curved.ravel())) > mid
+    noisy = [sitk.GetArrayFromImage(shifts.noise(image, seed)) for seed in (1, 1, 2)]
+    np.testing.assert_array_equal(noisy[0], noisy[1])
+    assert not np.array_equal(noisy[0], noisy[2])
+    assert abs(np.std(noisy[0] - a) - 0.05 * np.percentile(a, 99)) < 0.05 * 0.05 * np.percentile(a, 99) * 2
+    coarse = shifts.coarse(image, 0)
+    assert coarse.GetSpacing() == (1.4, 1.4, 10.0) and coarse.GetSize() == (27, 20, 3)
+    for shifted in (gained, shifts.gamma(image, 0), shifts.noise(image, 1), coarse):
+        assert geometry(shifted) == geometry(image)
+    # a constant image stays constant inside the field of view after the in-plane resampling
+    flat = sitk.GetImageFromArray(np.full((3, 40, 50), 7.0, dtype=np.float32))
+    flat.CopyInformation(image)
+    inside = sitk.GetArrayFromImage(shifts.coarse(flat, 0))[:, :-1, :-1]
+    np.testing.assert_allclose(inside, 7.0, rtol=1e-6)
