@@ -101,8 +101,9 @@ def run_study(run: Path, data: Path, shifts: List[str], branch_weight: float, as
                 t0 = time.perf_counter()
                 labels = segmenter.segment(*shifted).labels
                 seconds[name].append(time.perf_counter() - t0)
-                back = sitk.Resample(labels, truth_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-                metrics = case_metrics(sitk.GetArrayFromImage(back), truth, spacing_zyx)
+                if name == "coarse":  # the only shift that changes the grid: score on the truth's own grid
+                    labels = sitk.Resample(labels, truth_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+                metrics = case_metrics(sitk.GetArrayFromImage(labels), truth, spacing_zyx)
                 rows[name].append({"fold": fold_dir.name, "case": case, **metrics})
             print(case, flush=True)
     return {
