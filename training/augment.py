@@ -7,6 +7,11 @@ the patient and the planning), isotropic scale, flips (mirror images are plausib
 which the networks do not segment) and a translation (the localiser's error). Images are resampled bilinearly
 and label maps with nearest neighbour, through the same grid, so they stay aligned.
 
+Misregistration (optional, ``augment.misregistration_mm``): the three sequences are acquired in separate breath
+holds, so even after the challenge's alignment the bSSFP and T2 slices can sit a few millimetres off the LGE
+slice. Each non-reference sequence of each sample is moved by its own translation, drawn uniformly in a disc, in
+the context window before the common affine; the LGE channel and the labels (drawn on the LGE grid) stay put.
+
 Intensity augmentation acts per sample and per sequence (bSSFP, LGE and T2 vary independently between
 scanners): gamma, scale, shift and mild Gaussian noise, on the z-scored intensities.
 
@@ -87,8 +92,25 @@ def identity_affines(n: int, out_size: int, context_size: int) -> torch.Tensor:
     return theta
 
 
+def channel_offsets(n: int, channels: int, gen: torch.Generator, radius_px: float, reference: int = 1) -> torch.Tensor:
+    """Random per-channel translations ``(n, channels, 2)`` (x, y; context px), uniform in a disc of ``radius_px``.
+
+    The ``reference`` channel (LGE, whose grid carries the labels) gets ``(0, 0)``. Draws ``2 * n * channels``
+    numbers from ``gen``.
+    """
+    radius = radius_px * torch.sqrt(torch.rand(n, channels, generator=gen, dtype=torch.float64))
+    phi = 2 * math.pi * torch.rand(n, channels, generator=gen, dtype=torch.float64)
+    offsets = torch.stack([radius * torch.cos(phi), radius * torch.sin(phi)], dim=-1)
+    offsets[:, reference] = 0.0
+    return offsets.float()
+
+
 def warp_batch(
-    images: torch.Tensor, labels: Optional[torch.Tensor], theta: torch.Tensor, out_size: int
+    images: torch.Tensor,
+    labels: Optional[torch.Tensor],
+    theta: torch.Tensor,
+    out_size: int,
+    channel_shift_px: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Resample context windows through ``theta``: images bilinear, labels nearest (outside: 0).
 
@@ -97,13 +119,27 @@ def warp_batch(
         labels: ``(N, S_ctx, S_ctx)`` integer class or label-value map, or ``None``.
         theta: ``(N, 2, 3)`` from :func:`random_affines`.
         out_size: output side (px).
+        channel_shift_px: optional ``(N, C, 2)`` extra translation (x, y; context px) per image channel, from
+            :func:`channel_offsets` (simulated misregistration); the labels follow ``theta`` alone.
 
     Returns:
         ``(N, C, out, out)`` images and ``(N, out, out)`` labels (same dtype as given).
     """
     n = images.shape[0]
     grid = F.affine_grid(theta.to(images.device), [n, 1, out_size, out_size], align_corners=True)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    if channel_shift_px is None:
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    else:
+        context = images.shape[-1]
+        planes = []
+        for c in range(images.shape[1]):
+            moved = theta.clone()
+            moved[:, :, 2] += channel_shift_px[:, c] * (2.0 / (context - 1))
+            grid_c = F.affine_grid(moved.to(images.device), [n, 1, out_size, out_size], align_corners=True)
+            planes.append(
+                F.grid_sample(images[:, c : c + 1], grid_c, mode="bilinear", padding_mode="zeros", align_corners=True)
+            )
+        out = torch.cat(planes, dim=1)
     out_labels = None
     if labels is not None:
         lab = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=True)

@@ -9,7 +9,8 @@ Sections:
 - ``data``: geometry of the training samples, the same geometry the model folder's input spec declares
   (``crop_size`` px at ``crop_spacing_mm``, ``coarse_size`` for the full-view localiser windows), the localiser
   error simulated by jittering the fine window centre (``jitter_mm``), and the cross-validation (``folds``).
-- ``augment``: spatial (rotation, scale, flips) and per-sequence intensity augmentation.
+- ``augment``: spatial (rotation, scale, flips), per-sequence intensity augmentation, and an optional simulated
+  misregistration of bSSFP and T2 against LGE (``misregistration_mm``, 0 = off).
 - ``localizer``, ``dae``, ``assn``, ``prsn``: one section per stage: architecture + constructor kwargs, the
   variant (the paper's comparison models, Tables 1-2), the loss weights, the optimiser and the schedule.
 - ``export``: what goes into the engine model folder (postprocessing, half precision).
@@ -77,6 +78,7 @@ DEFAULTS: Dict[str, Any] = {
         "intensity_scale": 0.15,
         "intensity_shift": 0.15,
         "noise_std": 0.05,
+        "misregistration_mm": 0.0,
     },
     "localizer": {
         "arch": "unet",
@@ -238,6 +240,9 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("prsn.endo_border_weight must be a number >= 0")
     if isinstance(border_px, bool) or not isinstance(border_px, int) or border_px < 1:
         raise ConfigError("prsn.endo_border_px must be an integer >= 1")
+    shift = config["augment"]["misregistration_mm"]
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift < 20:
+        raise ConfigError("augment.misregistration_mm must be a number in [0, 20)")
     if config["prsn"]["mask_source"] not in ("perturbed_gt", "gt"):
         raise ConfigError("prsn.mask_source must be 'perturbed_gt' or 'gt'")
     for stage in STAGE_ORDER:

@@ -42,12 +42,14 @@ from myops.preprocessing import (
     spacing_zyx_of,
 )
 
-from .augment import augment_intensity, identity_affines, random_affines, warp_batch
+from .augment import augment_intensity, channel_offsets, identity_affines, random_affines, warp_batch
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 ROLES = ("C0", "DE", "T2", "gd")
+#: Index of the LGE image among the three input channels (C0, DE, T2): the grid the labels are drawn on.
+LGE_CHANNEL = 1
 
 #: MyoPS label value -> compact code stored in the context windows (0 bg, 1 myo, 2 LV blood, 3 edema, 4 scar,
 #: 5 other labelled structure, e.g. RV blood pool). Targets of every stage derive from these codes.
@@ -300,7 +302,8 @@ class SliceBank:
         Slices are drawn uniformly with replacement. The fine window centre is moved by up to ``jitter_mm``
         (uniform in a disc) to simulate the localiser's error; the coarse window by up to
         ``augment["coarse_shift_fraction"]`` of its side. With ``augment["enabled"]`` false only that shift is
-        applied.
+        applied. ``augment["misregistration_mm"]`` (fine view only; 0 draws nothing, so older runs repeat exactly)
+        moves the bSSFP and T2 channels of each sample by their own translation against the LGE and the labels.
 
         Args:
             batch_size: samples.
@@ -331,7 +334,12 @@ class SliceBank:
             flip_prob=float(augment["flip_prob"]) if enabled else 0.0,
             shift_px=shift_px,
         )
-        img, lab = warp_batch(images[indices], codes[indices], theta, out)
+        offsets = None
+        misregistration_mm = float(augment.get("misregistration_mm", 0.0))
+        if enabled and view == "fine" and misregistration_mm > 0:
+            radius_px = misregistration_mm / self.crop_spacing_mm
+            offsets = channel_offsets(n, int(images.shape[1]), gen, radius_px, reference=LGE_CHANNEL)
+        img, lab = warp_batch(images[indices], codes[indices], theta, out, channel_shift_px=offsets)
         if enabled:
             img = augment_intensity(img, gen, augment)
         return Batch(img, lab)
