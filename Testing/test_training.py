@@ -167,6 +167,49 @@ def test_warp_keeps_images_and_labels_aligned():
     torch.testing.assert_close(out_lab[0], torch.rot90(labels[0, 8:32, 8:32], 1, (0, 1)))
 
 
+def test_channel_shift_moves_only_the_non_reference_channels_by_whole_pixels():
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 5, (2, 40, 40), generator=gen).to(torch.int8)
+    images = labels[:, None].float().repeat(1, 3, 1, 1)
+    theta = augment.identity_affines(2, 24, 40)
+    shift = torch.zeros(2, 3, 2)
+    shift[0, 0] = torch.tensor([2.0, 0.0])  # sample 0, bSSFP: read 2 px further right (x)
+    shift[1, 2] = torch.tensor([0.0, -3.0])  # sample 1, T2: read 3 px further up (y)
+    out_img, out_lab = augment.warp_batch(images, labels, theta, 24, channel_shift_px=shift)
+    plain_img, plain_lab = augment.warp_batch(images, labels, theta, 24)
+    torch.testing.assert_close(out_lab, plain_lab)
+    torch.testing.assert_close(out_img[:, 1], plain_img[:, 1])  # the reference (LGE) does not move
+    torch.testing.assert_close(out_img[1, 0], plain_img[1, 0])
+    torch.testing.assert_close(out_img[0, 0], labels[0, 8:32, 10:34].float(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out_img[1, 2], labels[1, 5:29, 8:32].float(), atol=1e-4, rtol=0)
+
+
+def test_channel_offsets_stay_in_the_disc_and_spare_the_reference():
+    offsets = augment.channel_offsets(500, 3, torch.Generator().manual_seed(0), 2.5, reference=1)
+    assert offsets.shape == (500, 3, 2)
+    assert torch.count_nonzero(offsets[:, 1]) == 0
+    radius = offsets.norm(dim=-1)
+    assert float(radius.max()) <= 2.5 + 1e-5 and float(radius[:, 0].mean()) > 1.2  # area-uniform: mean 2/3 r
+
+
+def test_misregistration_is_off_by_default_and_changes_only_the_images(phantom_cases):
+    cfg = tiny()
+    bank = SliceBank(phantom_cases, cfg["data"])
+    assert cfg["augment"]["misregistration_mm"] == 0.0
+    plain = bank.draw(4, torch.Generator().manual_seed(5), cfg["augment"])
+    moved_cfg = {**cfg["augment"], "misregistration_mm": 3.0, "intensity_prob": 0.0, "noise_std": 0.0}
+    still = {**moved_cfg, "misregistration_mm": 0.0}
+    a = bank.draw(4, torch.Generator().manual_seed(5), still)
+    b = bank.draw(4, torch.Generator().manual_seed(5), moved_cfg)
+    assert plain.images.shape == b.images.shape
+    torch.testing.assert_close(a.codes, b.codes)
+    torch.testing.assert_close(a.images[:, 1], b.images[:, 1])
+    assert not torch.allclose(a.images[:, 0], b.images[:, 0])
+    assert not torch.allclose(a.images[:, 2], b.images[:, 2])
+    with pytest.raises(ConfigError, match="misregistration_mm"):
+        load_config("tiny", ["augment.misregistration_mm=-1"])
+
+
 def test_random_affines_identity_when_disabled():
     gen = torch.Generator().manual_seed(0)
     theta = augment.random_affines(4, 32, 56, gen)
