@@ -182,3 +182,28 @@ def test_site_shifts_are_what_they_say_and_keep_the_geometry():
     flat.CopyInformation(image)
     inside = sitk.GetArrayFromImage(shifts.coarse(flat, 0))[:, :-1, :-1]
     np.testing.assert_allclose(inside, 7.0, rtol=1e-6)
+
+
+def test_misregistration_moves_the_image_in_plane_by_its_distance():
+    """cv_site_shift.py's misregistration on an oblique volume: the voxels stay, the origin moves 2 or 4 mm in the
+    slice plane (perpendicular to the slice normal), and the direction is seeded."""
+    import SimpleITK as sitk
+
+    shifts = _load_script("cv_site_shift")
+    image = sitk.GetImageFromArray(np.arange(3 * 8 * 9, dtype=np.float32).reshape(3, 8, 9))
+    image.SetSpacing((0.75, 0.7, 10.0))
+    image.SetOrigin((12.0, -30.0, 5.0))
+    c, s = np.cos(0.4), np.sin(0.4)
+    image.SetDirection((c, 0.0, -s, 0.0, 1.0, 0.0, s, 0.0, c))  # tilted about y: the slice normal is oblique
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    for name, distance in (("misreg2", 2.0), ("misreg4", 4.0)):
+        moved = shifts.MISREGISTRATIONS[name](image, 7)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(moved), sitk.GetArrayFromImage(image))
+        assert moved.GetSpacing() == image.GetSpacing() and moved.GetDirection() == image.GetDirection()
+        offset = np.asarray(moved.GetOrigin()) - np.asarray(image.GetOrigin())
+        assert np.linalg.norm(offset) == pytest.approx(distance)
+        assert abs(float(offset @ normal)) < 1e-9
+    a, b = (np.asarray(shifts.MISREGISTRATIONS["misreg2"](image, seed).GetOrigin()) for seed in (7, 8))
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(shifts.MISREGISTRATIONS["misreg2"](image, 7).GetOrigin(), a)
+    assert image.GetOrigin() == (12.0, -30.0, 5.0)  # the input is not modified

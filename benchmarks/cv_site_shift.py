@@ -7,7 +7,10 @@ run on its own held-out cases, once as they are and once under each *site shift*
 - ``gamma``: each sequence's intensities mapped through ``x ** 0.7`` on its own [min, max] (a softer contrast);
 - ``noise``: added Gaussian noise, sd 5 % of the sequence's 99th percentile (seeded per case and sequence);
 - ``coarse``: in-plane resampled to 1.4 mm (linear; many centres' LGE), the prediction brought back to the
-  original grid (nearest) and scored there against the original truth.
+  original grid (nearest) and scored there against the original truth;
+- ``misreg2`` and ``misreg4`` (not in the default list): bSSFP and T2, but not LGE, moved in-plane by 2 or 4 mm
+  in a direction drawn per case and sequence (seeded), through their origin: the sequences of another centre
+  may be aligned worse than the challenge's. The truth stays on the LGE grid.
 
 Scores are the challenge metrics (``myops.metrics.case_metrics``) pooled over the folds, as in ``cv_decoding.py``;
 the procedure is the Segmenter's, with ``--branch-weight`` and ``--assn-rot90`` as the shipped model runs it.
@@ -76,8 +79,23 @@ def coarse(image: sitk.Image, seed: int, spacing_mm: float = 1.4) -> sitk.Image:
     )  # fmt: skip
 
 
+def misregister(image: sitk.Image, seed: int, distance_mm: float) -> sitk.Image:
+    """The same voxels moved in-plane by ``distance_mm`` (a new origin), in a direction drawn from ``seed``."""
+    angle = np.random.default_rng(seed).uniform(0.0, 2.0 * np.pi)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    offset = direction @ np.array([np.cos(angle), np.sin(angle), 0.0]) * distance_mm
+    out = sitk.Image(image)
+    out.SetOrigin(tuple(float(v) for v in np.asarray(image.GetOrigin()) + offset))
+    return out
+
+
 SHIFTS: Dict[str, Callable[[sitk.Image, int], sitk.Image]] = {"gain": gain, "gamma": gamma, "noise": noise,
                                                               "coarse": coarse}  # fmt: skip
+#: Shifts applied to bSSFP and T2 only (LGE, the reference grid, stays); chosen with ``--shifts``.
+MISREGISTRATIONS: Dict[str, Callable[[sitk.Image, int], sitk.Image]] = {
+    "misreg2": lambda image, seed: misregister(image, seed, 2.0),
+    "misreg4": lambda image, seed: misregister(image, seed, 4.0),
+}
 
 
 def run_study(run: Path, data: Path, shifts: List[str], branch_weight: float, assn_rot90: bool) -> dict:
@@ -95,9 +113,13 @@ def run_study(run: Path, data: Path, shifts: List[str], branch_weight: float, as
             spacing_zyx = truth_image.GetSpacing()[::-1]
             case_seed = int("".join(ch for ch in case if ch.isdigit()) or 0)
             for name in rows:
-                shifted = images if name == "none" else [
-                    SHIFTS[name](im, case_seed * 10 + i) for i, im in enumerate(images)
-                ]  # fmt: skip
+                if name == "none":
+                    shifted = images
+                elif name in MISREGISTRATIONS:
+                    shifted = [im if s == "DE" else MISREGISTRATIONS[name](im, case_seed * 10 + i)
+                               for i, (s, im) in enumerate(zip(SEQUENCES, images))]  # fmt: skip
+                else:
+                    shifted = [SHIFTS[name](im, case_seed * 10 + i) for i, im in enumerate(images)]
                 t0 = time.perf_counter()
                 labels = segmenter.segment(*shifted).labels
                 seconds[name].append(time.perf_counter() - t0)
@@ -116,7 +138,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="CV run folder with fold_*/metrics.json and fold_*/model")
     parser.add_argument("--data", required=True, help="MyoPS-layout folder with <case>_{C0,DE,T2,gd}.nii.gz")
-    parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=list(SHIFTS))
+    parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=[*SHIFTS, *MISREGISTRATIONS])
     parser.add_argument("--branch-weight", type=float, default=None, help="inference.pathology_branch_weight")
     parser.add_argument("--assn-rot90", action="store_true", help="the ASSNs' 8 dihedral passes")
     parser.add_argument("--json", default=None)
