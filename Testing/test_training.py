@@ -581,6 +581,33 @@ def test_cli_runs_one_stage_and_reports_errors(phantom_dir, tmp_path, capsys):
     assert "--add-member" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
+def test_export_per_fold_writes_a_run_folder_of_fold_models(phantom_dir, runtime, tmp_path, capsys):
+    from myops.model import ModelBundle
+
+    steps = ["localizer.steps=2", "dae.steps=2", "assn.steps=2", "prsn.steps=2"]
+    main_dir = tmp_path / "main"
+    run_fold(main_dir, open_run(main_dir, "tiny", steps, phantom_dir, runtime), 0, runtime, CaseCache((0.5, 99.5)))
+    seed_dir = tmp_path / "seed"
+    seed_run = open_run(seed_dir, "tiny", [*steps, "prsn.seed=7"], phantom_dir, runtime)
+    run_fold(seed_dir, seed_run, 0, runtime, CaseCache((0.5, 99.5)), stages=("prsn",), reuse_from=main_dir)
+    out = tmp_path / "pair"
+    args = ["export", "--run-name", "main", "--runs-dir", str(tmp_path), "--per-fold", "--out", str(out)]
+    assert cli_main([*args, "--folds", "0", "--add-member", "prsn:seed", "--tta-flips", "on"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "fold_0", "split.json"]
+    assert (out / "split.json").read_text() == (main_dir / "split.json").read_text()
+    held_out = json.loads((out / "fold_0" / "metrics.json").read_text())["held_out"]
+    assert held_out == json.loads((main_dir / "fold_0" / "metrics.json").read_text())["held_out"]
+    bundle = ModelBundle(out / "fold_0" / "model")
+    bundle.verify()
+    assert len(bundle.weight_files("prsn")) == 2 and bundle.manifest["inference"]["tta_flips"] is True
+    capsys.readouterr()
+    assert cli_main([*args, "--folds", "0"]) == 2  # never over an earlier export
+    assert "not empty" in capsys.readouterr().err
+    assert cli_main([*args[:-1], str(tmp_path / "other"), "--folds", "full"]) == 2
+    assert cli_main([*args[:-1], str(tmp_path / "other"), "--folds", "1"]) == 2  # fold 1 was not trained
+    assert "metrics.json" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
 def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, runtime, tmp_path):
     from training.cv import RunError
 

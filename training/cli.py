@@ -10,6 +10,8 @@ Examples (from the repository root)::
     python -m training assn --run-name cv5 --fold 0 --resume
     # the ensemble of the CV folds as the engine's model folder
     python -m training export --run-name cv5 --folds all --out MyoPSSegmentation/myops/models/default
+    # each fold's model (with a second run's PRSN) as a run folder for benchmarks/cv_decoding.py
+    python -m training export --run-name cv5 --per-fold --add-member prsn:cv5_exp_prsn_seed2 --out runs/pair
     # multi-process (DDP): torchrun --nproc_per_node 2 -m training cv ...
 
 Each run lives in ``runs/<run-name>/`` (``--runs-dir``); see :mod:`training.cv` for its layout.
@@ -19,13 +21,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from .config import STAGE_ORDER, ConfigError
-from .cv import ALL, CaseCache, RunError, aggregate, describe_summary, export_ensemble, open_run, parse_folds, run_fold
+from .cv import (
+    ALL,
+    CaseCache,
+    RunError,
+    aggregate,
+    describe_summary,
+    export_ensemble,
+    fold_dirname,
+    open_run,
+    parse_folds,
+    run_fold,
+)
 from .loop import StageExistsError
 from .pack import PackError
 from .runtime import amp_dtype_for, setup_runtime, shutdown_runtime
@@ -177,7 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also take STAGE from the same folds of another run (same split, same network), e.g. "
         "prsn:cv5_exp_prsn_seed2 for a two-seed PRSN ensemble; repeatable",
     )
-    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument(
+        "--per-fold",
+        action="store_true",
+        help="write a CV run folder instead of one model: OUT/fold_K/model for each fold K (with every "
+        "--add-member), the fold's metrics.json, the run's config.json and split.json; what "
+        "benchmarks/cv_decoding.py --run OUT scores",
+    )
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (with --per-fold: a new run folder)")
     p.add_argument("--name", default=None, help="model name in the manifest")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_export)
@@ -330,18 +351,36 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"error: --add-member {item!r}: expected STAGE:RUN_NAME with STAGE in {STAGE_ORDER}", file=sys.stderr)
             return 2
         extra.append((stage, args.runs_dir / other))
-    out = export_ensemble(
-        run_dir,
-        folds,
-        args.out,
-        runtime,
-        name=args.name,
-        stages_to_ensemble=stages,
-        tta_flips=tta,
-        tta_study=study,
-        extra_members=extra,
-    )
+    options = dict(name=args.name, stages_to_ensemble=stages, tta_flips=tta, tta_study=study, extra_members=extra)
+    if args.per_fold:
+        return _export_per_fold(run_dir, folds, args.out, runtime, options)
+    out = export_ensemble(run_dir, folds, args.out, runtime, **options)
     print(f"model folder: {out}")
+    return 0
+
+
+def _export_per_fold(run_dir: Path, folds: List[Any], out: Path, runtime: Any, options: Dict[str, Any]) -> int:
+    """``export --per-fold``: one model per CV fold, laid out as a run folder that the CV benchmarks read."""
+    if any(f == ALL for f in folds):
+        print("error: --per-fold exports the CV folds; 'full' has no held-out cases", file=sys.stderr)
+        return 2
+    if out.exists() and any(out.iterdir()):
+        print(f"error: {out} exists and is not empty; choose a new folder", file=sys.stderr)
+        return 2
+    missing = [run_dir / fold_dirname(f) / "metrics.json" for f in folds]
+    missing = [m for m in missing if not m.is_file()]
+    if missing:
+        print(f"error: {missing[0]} is missing: the fold was not validated", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "split.json"):
+        shutil.copy2(run_dir / name, out / name)
+    for fold in folds:
+        fold_out = out / fold_dirname(fold)
+        fold_out.mkdir()
+        shutil.copy2(run_dir / fold_dirname(fold) / "metrics.json", fold_out / "metrics.json")
+        export_ensemble(run_dir, [fold], fold_out / "model", runtime, **options)
+        print(f"model folder: {fold_out / 'model'}")
     return 0
 
 
