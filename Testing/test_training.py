@@ -606,6 +606,9 @@ def test_export_per_fold_writes_a_run_folder_of_fold_models(phantom_dir, runtime
     assert cli_main([*args[:-1], str(tmp_path / "other"), "--folds", "full"]) == 2
     assert cli_main([*args[:-1], str(tmp_path / "other"), "--folds", "1"]) == 2  # fold 1 was not trained
     assert "metrics.json" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    # a member run that lacks the fold fails the export, and nothing is left behind
+    assert cli_main([*args[:-1], str(tmp_path / "other"), "--folds", "0", "--add-member", "prsn:main_missing"]) == 2
+    assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other.partial-*"))
 
 
 def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, runtime, tmp_path):

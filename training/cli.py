@@ -23,6 +23,7 @@ import argparse
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -31,6 +32,7 @@ from .config import STAGE_ORDER, ConfigError
 from .cv import (
     ALL,
     CaseCache,
+    Fold,
     RunError,
     aggregate,
     describe_summary,
@@ -42,7 +44,7 @@ from .cv import (
 )
 from .loop import StageExistsError
 from .pack import PackError
-from .runtime import amp_dtype_for, setup_runtime, shutdown_runtime
+from .runtime import Runtime, amp_dtype_for, setup_runtime, shutdown_runtime
 
 logger = logging.getLogger("training")
 
@@ -359,8 +361,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_per_fold(run_dir: Path, folds: List[Any], out: Path, runtime: Any, options: Dict[str, Any]) -> int:
-    """``export --per-fold``: one model per CV fold, laid out as a run folder that the CV benchmarks read."""
+def _export_per_fold(run_dir: Path, folds: List[Fold], out: Path, runtime: Runtime, options: Dict[str, Any]) -> int:
+    """``export --per-fold``: one model per CV fold, laid out as a run folder that the CV benchmarks read.
+
+    The folder is built under a temporary name beside ``out`` and renamed at the end, so a failure (say, an
+    ``--add-member`` run that lacks a fold) leaves nothing half-written.
+    """
     if any(f == ALL for f in folds):
         print("error: --per-fold exports the CV folds; 'full' has no held-out cases", file=sys.stderr)
         return 2
@@ -372,15 +378,23 @@ def _export_per_fold(run_dir: Path, folds: List[Any], out: Path, runtime: Any, o
     if missing:
         print(f"error: {missing[0]} is missing: the fold was not validated", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "split.json"):
-        shutil.copy2(run_dir / name, out / name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for name in ("config.json", "split.json"):
+            shutil.copy2(run_dir / name, partial / name)
+        for fold in folds:
+            fold_out = partial / fold_dirname(fold)
+            fold_out.mkdir()
+            shutil.copy2(run_dir / fold_dirname(fold) / "metrics.json", fold_out / "metrics.json")
+            export_ensemble(run_dir, [fold], fold_out / "model", runtime, **options)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     for fold in folds:
-        fold_out = out / fold_dirname(fold)
-        fold_out.mkdir()
-        shutil.copy2(run_dir / fold_dirname(fold) / "metrics.json", fold_out / "metrics.json")
-        export_ensemble(run_dir, [fold], fold_out / "model", runtime, **options)
-        print(f"model folder: {fold_out / 'model'}")
+        print(f"model folder: {out / fold_dirname(fold) / 'model'}")
     return 0
 
 
