@@ -196,14 +196,16 @@ def test_misregistration_moves_the_image_in_plane_by_its_distance():
     c, s = np.cos(0.4), np.sin(0.4)
     image.SetDirection((c, 0.0, -s, 0.0, 1.0, 0.0, s, 0.0, c))  # tilted about y: the slice normal is oblique
     normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
-    for name, distance in (("misreg2", 2.0), ("misreg4", 4.0)):
-        moved = shifts.MISREGISTRATIONS[name](image, 7)
+    assert shifts.MISREGISTRATIONS["misreg2"] == (2.0, ("C0", "T2"))
+    assert all("DE" not in moved for _, moved in shifts.MISREGISTRATIONS.values())  # LGE carries the truth
+    for distance in (2.0, 4.0):
+        moved = shifts.misregister(image, 7, distance)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(moved), sitk.GetArrayFromImage(image))
         assert moved.GetSpacing() == image.GetSpacing() and moved.GetDirection() == image.GetDirection()
         offset = np.asarray(moved.GetOrigin()) - np.asarray(image.GetOrigin())
         assert np.linalg.norm(offset) == pytest.approx(distance)
         assert abs(float(offset @ normal)) < 1e-9
-    a, b = (np.asarray(shifts.MISREGISTRATIONS["misreg2"](image, seed).GetOrigin()) for seed in (7, 8))
+    a, b = (np.asarray(shifts.misregister(image, seed, 2.0).GetOrigin()) for seed in (7, 8))
     assert not np.allclose(a, b)
-    np.testing.assert_allclose(shifts.MISREGISTRATIONS["misreg2"](image, 7).GetOrigin(), a)
+    np.testing.assert_allclose(shifts.misregister(image, 7, 2.0).GetOrigin(), a)
     assert image.GetOrigin() == (12.0, -30.0, 5.0)  # the input is not modified

@@ -10,7 +10,8 @@ run on its own held-out cases, once as they are and once under each *site shift*
   original grid (nearest) and scored there against the original truth;
 - ``misreg2`` and ``misreg4`` (not in the default list): bSSFP and T2, but not LGE, moved in-plane by 2 or 4 mm
   in a direction drawn per case and sequence (seeded), through their origin: the sequences of another centre
-  may be aligned worse than the challenge's. The truth stays on the LGE grid.
+  may be aligned worse than the challenge's. The truth stays on the LGE grid. ``misreg2_c0`` and ``misreg2_t2``
+  move only the bSSFP or only the T2 (the same directions as ``misreg2``), to tell which alignment matters.
 
 Scores are the challenge metrics (``myops.metrics.case_metrics``) pooled over the folds, as in ``cv_decoding.py``;
 the procedure is the Segmenter's, with ``--branch-weight`` and ``--assn-rot90`` as the shipped model runs it.
@@ -27,7 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -91,10 +92,13 @@ def misregister(image: sitk.Image, seed: int, distance_mm: float) -> sitk.Image:
 
 SHIFTS: Dict[str, Callable[[sitk.Image, int], sitk.Image]] = {"gain": gain, "gamma": gamma, "noise": noise,
                                                               "coarse": coarse}  # fmt: skip
-#: Shifts applied to bSSFP and T2 only (LGE, the reference grid, stays); chosen with ``--shifts``.
-MISREGISTRATIONS: Dict[str, Callable[[sitk.Image, int], sitk.Image]] = {
-    "misreg2": lambda image, seed: misregister(image, seed, 2.0),
-    "misreg4": lambda image, seed: misregister(image, seed, 4.0),
+#: Shifts that move some sequences against the LGE (the reference grid, which stays): name -> (distance in mm,
+#: the sequences moved); chosen with ``--shifts``.
+MISREGISTRATIONS: Dict[str, Tuple[float, Tuple[str, ...]]] = {
+    "misreg2": (2.0, ("C0", "T2")),
+    "misreg4": (4.0, ("C0", "T2")),
+    "misreg2_c0": (2.0, ("C0",)),
+    "misreg2_t2": (2.0, ("T2",)),
 }
 
 
@@ -116,7 +120,8 @@ def run_study(run: Path, data: Path, shifts: List[str], branch_weight: float, as
                 if name == "none":
                     shifted = images
                 elif name in MISREGISTRATIONS:
-                    shifted = [im if s == "DE" else MISREGISTRATIONS[name](im, case_seed * 10 + i)
+                    distance, moved = MISREGISTRATIONS[name]
+                    shifted = [misregister(im, case_seed * 10 + i, distance) if s in moved else im
                                for i, (s, im) in enumerate(zip(SEQUENCES, images))]  # fmt: skip
                 else:
                     shifted = [SHIFTS[name](im, case_seed * 10 + i) for i, im in enumerate(images)]
