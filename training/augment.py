@@ -36,6 +36,14 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Ten
     return low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
 
 
+def _uniform_disc(shape: Tuple[int, ...], radius: float, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Points ``(x, y)`` uniform in a disc of ``radius`` (float64, each of ``shape``); draws the radii, then the
+    angles, from ``gen``."""
+    r = radius * torch.sqrt(torch.rand(shape, generator=gen, dtype=torch.float64))
+    phi = 2 * math.pi * torch.rand(shape, generator=gen, dtype=torch.float64)
+    return r * torch.cos(phi), r * torch.sin(phi)
+
+
 def random_affines(
     n: int,
     out_size: int,
@@ -68,9 +76,7 @@ def random_affines(
     s = _uniform(n, 1.0 - scale, 1.0 + scale, gen)
     fx = torch.where(torch.rand(n, generator=gen, dtype=torch.float64) < flip_prob, -1.0, 1.0)
     fy = torch.where(torch.rand(n, generator=gen, dtype=torch.float64) < flip_prob, -1.0, 1.0)
-    radius = shift_px * torch.sqrt(torch.rand(n, generator=gen, dtype=torch.float64))
-    phi = 2 * math.pi * torch.rand(n, generator=gen, dtype=torch.float64)
-    tx, ty = radius * torch.cos(phi), radius * torch.sin(phi)
+    tx, ty = _uniform_disc((n,), shift_px, gen)
     cos, sin = torch.cos(angle) * s, torch.sin(angle) * s
     k = (out_size - 1) / (context_size - 1)
     theta = torch.zeros(n, 2, 3, dtype=torch.float64)
@@ -98,9 +104,7 @@ def channel_offsets(n: int, channels: int, gen: torch.Generator, radius_px: floa
     The ``reference`` channel (LGE, whose grid carries the labels) gets ``(0, 0)``. Draws ``2 * n * channels``
     numbers from ``gen``.
     """
-    radius = radius_px * torch.sqrt(torch.rand(n, channels, generator=gen, dtype=torch.float64))
-    phi = 2 * math.pi * torch.rand(n, channels, generator=gen, dtype=torch.float64)
-    offsets = torch.stack([radius * torch.cos(phi), radius * torch.sin(phi)], dim=-1)
+    offsets = torch.stack(_uniform_disc((n, channels), radius_px, gen), dim=-1)
     offsets[:, reference] = 0.0
     return offsets.float()
 
