@@ -210,6 +210,45 @@ def test_misregistration_is_off_by_default_and_changes_only_the_images(phantom_c
         load_config("tiny", ["augment.misregistration_mm=-1"])
 
 
+def test_end_slice_weights_mark_each_stacks_ends_and_bias_the_draw(phantom_cases):
+    """Phantoms have 3 slices each: rows 0, 2, 3, 5, ... are ends; 1, 4, ... the middles (hand-counted)."""
+    cfg = tiny()
+    bank = SliceBank(phantom_cases, cfg["data"])
+    assert cfg["assn"]["end_slice_weight"] == 1.0 and bank.end_slice_weights(1.0) is None
+    weights = bank.end_slice_weights(3.0)
+    expected = torch.tensor([3.0, 1.0, 3.0] * N_PHANTOMS, dtype=torch.float64)
+    torch.testing.assert_close(weights, expected)
+    # a stack of one or two slices is all ends; the rows of a case stay contiguous
+    bank.owners = ["a", "b", "b", "c", "c", "c", "c", *bank.owners[7:]]
+    head = bank.end_slice_weights(2.0)[:7]
+    torch.testing.assert_close(head, torch.tensor([2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 2.0], dtype=torch.float64))
+    # draw() follows the weights: a one-hot vector draws only its row (no jitter, no augmentation: the central crop)
+    bank = SliceBank(phantom_cases, {**cfg["data"], "jitter_mm": 0.0})
+    plain = {**cfg["augment"], "enabled": False}
+    one_hot = torch.zeros(len(bank), dtype=torch.float64)
+    one_hot[4] = 1.0
+    drawn = bank.draw(5, torch.Generator().manual_seed(1), plain, weights=one_hot)
+    central = bank.central(torch.tensor([4] * 5))
+    torch.testing.assert_close(drawn.images, central.images)
+    torch.testing.assert_close(drawn.codes, central.codes)
+    # and weight 3 on the ends makes them 6 of every 7 draws here (per case 3 + 3 against 1)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.multinomial(weights, 4000, replacement=True, generator=gen)
+    assert abs(float((weights[idx] == 3.0).double().mean()) - 6 / 7) < 0.02
+    with pytest.raises(ValueError, match="weights must have shape"):
+        bank.draw(3, gen, plain, weights=weights[:-1])
+    for bad in ("0", "-1", "true"):
+        with pytest.raises(ConfigError, match="end_slice_weight"):
+            load_config("tiny", [f"assn.end_slice_weight={bad}"])
+
+
+def test_assn_trains_with_end_slice_weights(phantom_cases, runtime, tmp_path):
+    cfg = tiny("assn.steps=20", "assn.variant=assn_wo_dae", "assn.end_slice_weight=3")
+    assn = train_assn(cfg, SliceBank(phantom_cases, cfg["data"]), tmp_path / "assn", runtime, 0)
+    assert len(assn.losses) == 20 and all(math.isfinite(v) for v in assn.losses)
+    assert _decreases(assn.losses), assn.losses
+
+
 def test_random_affines_identity_when_disabled():
     gen = torch.Generator().manual_seed(0)
     theta = augment.random_affines(4, 32, 56, gen)

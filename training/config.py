@@ -110,6 +110,9 @@ DEFAULTS: Dict[str, Any] = {
         "config": {"in_channels": 3, "out_channels": 2, "features": [8, 16, 32, 64]},
         "beta": 0.2,
         "ce_weight": 1.0,
+        # how much more often the first and last slice of each case's stack is drawn than the others (1 = uniform;
+        # the ends are where the LV region's in-plane HD fails: the outflow tract at the base, the apex)
+        "end_slice_weight": 1.0,
         **_optim(600, 8, 2e-3),
     },
     "prsn": {
@@ -243,6 +246,9 @@ def validate_config(config: Mapping[str, Any]) -> None:
     shift = config["augment"]["misregistration_mm"]
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift < 20:
         raise ConfigError("augment.misregistration_mm must be a number in [0, 20)")
+    end_w = config["assn"]["end_slice_weight"]
+    if isinstance(end_w, bool) or not isinstance(end_w, (int, float)) or not 0 < end_w < 1000:
+        raise ConfigError("assn.end_slice_weight must be a number in (0, 1000)")
     if config["prsn"]["mask_source"] not in ("perturbed_gt", "gt"):
         raise ConfigError("prsn.mask_source must be 'perturbed_gt' or 'gt'")
     for stage in STAGE_ORDER:

@@ -296,6 +296,7 @@ class SliceBank:
         augment: Mapping[str, Any],
         view: str = "fine",
         indices: Optional[torch.Tensor] = None,
+        weights: Optional[torch.Tensor] = None,
     ) -> Batch:
         """An augmented batch of fine (ASSN/PRSN/DAE) or coarse (localiser) windows.
 
@@ -311,6 +312,8 @@ class SliceBank:
             augment: the ``augment`` config section.
             view: ``"fine"`` or ``"coarse"``.
             indices: slice indices to use instead of random ones (evaluation).
+            weights: ``(len(self),)`` non-negative sampling weights of the slices (default: uniform). Slices are
+                then drawn with replacement in proportion to them (:meth:`end_slice_weights`).
         """
         if view == "fine":
             images, codes, out, ctx = self.fine_images, self.fine_codes, self.crop_size, self.fine_context
@@ -320,7 +323,11 @@ class SliceBank:
             shift_px = float(augment["coarse_shift_fraction"]) * self.coarse_size
         else:
             raise ValueError(f"view must be 'fine' or 'coarse', got {view!r}")
-        if indices is None:
+        if indices is None and weights is not None:
+            if tuple(weights.shape) != (len(self),):
+                raise ValueError(f"weights must have shape ({len(self)},), got {tuple(weights.shape)}")
+            indices = torch.multinomial(weights.double(), batch_size, replacement=True, generator=gen)
+        elif indices is None:
             indices = torch.randint(0, len(self), (batch_size,), generator=gen)
         n = int(indices.shape[0])
         enabled = bool(augment["enabled"])
@@ -343,6 +350,26 @@ class SliceBank:
         if enabled:
             img = augment_intensity(img, gen, augment)
         return Batch(img, lab)
+
+    def end_slice_weights(self, weight: float) -> Optional[torch.Tensor]:
+        """Sampling weights that draw the first and last slice of each case ``weight`` times as often as the others.
+
+        A case's slices are contiguous in the bank and in stack order (:class:`SliceBank` and the packed banks
+        keep the volume's z order), so its ends are the first and last row it owns. A case of one or two slices
+        is all ends. Returns ``None`` for ``weight == 1`` (uniform: :meth:`draw` then draws exactly as before).
+
+        Returns:
+            ``(len(self),)`` float64 weights, or ``None``.
+        """
+        if weight == 1:
+            return None
+        out = torch.ones(len(self), dtype=torch.float64)
+        start = 0
+        for i in range(1, len(self.owners) + 1):
+            if i == len(self.owners) or self.owners[i] != self.owners[start]:
+                out[start] = out[i - 1] = float(weight)
+                start = i
+        return out
 
     def central(self, indices: torch.Tensor, view: str = "fine") -> Batch:
         """Un-augmented central windows (the exact crop the pipeline takes at the ground-truth centre)."""

@@ -169,9 +169,10 @@ def train_assn(
         model = net.to(dev)
         pick = lambda m: m  # noqa: E731
     channels = [0] if variant == "unet_bssfp" else [0, 1, 2]
+    weights = bank.end_slice_weights(float(section["end_slice_weight"]))
 
     def loss_fn(m: nn.Module, gen: torch.Generator):
-        batch = bank.draw(int(section["batch_size"]), gen, aug, view="fine")
+        batch = bank.draw(int(section["batch_size"]), gen, aug, view="fine", weights=weights)
         target = epicardium_of(batch.codes).to(dev)
         out = m(batch.images[:, channels].to(dev))
         if variant == "assn":
