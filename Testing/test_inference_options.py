@@ -122,12 +122,19 @@ def test_segmenter_tta_options_choose_the_transforms(tiny_model_dir, flips, rot9
     ],
 )
 def test_assn_rotations_add_passes_to_the_assn_stage_only(tiny_model_dir, flips, rot90, assn_rot90, n_assn, n_rest):
-    """Count the network calls of one slice: each ASSN runs ``n_assn`` passes, every other network ``n_rest``."""
+    """Count the samples each network sees for one slice: each ASSN ``n_assn`` views, every other network ``n_rest``
+    (the views of a slice go through a network as one batch, so each network is called once)."""
     seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=flips, tta_rot90=rot90, assn_tta_rot90=assn_rot90)
     assert len(set(seg.assn_tta_transforms)) == n_assn and len(set(seg.tta_transforms)) == n_rest
     calls = {"assn": 0, "prsn": 0, "localizer": 0}
+    samples = {"assn": 0, "prsn": 0, "localizer": 0}
+
+    def count(key, inputs):
+        calls[key] += 1
+        samples[key] += int(inputs[0].shape[0])
+
     hooks = [
-        m.register_forward_hook(lambda *_, k=k: calls.__setitem__(k, calls[k] + 1))
+        m.register_forward_hook(lambda _m, inputs, _out, k=k: count(k, inputs))
         for k, group in (("assn", seg.assns), ("prsn", seg.prsns), ("localizer", seg.localizers))
         for m in group
     ]
@@ -135,11 +142,12 @@ def test_assn_rotations_add_passes_to_the_assn_stage_only(tiny_model_dir, flips,
     seg.predict(*one_slice)
     for h in hooks:
         h.remove()
-    assert calls == {
+    assert samples == {
         "assn": n_assn * len(seg.assns),
         "prsn": n_rest * len(seg.prsns),
         "localizer": n_rest * len(seg.localizers),
     }
+    assert calls == {"assn": len(seg.assns), "prsn": len(seg.prsns), "localizer": len(seg.localizers)}
 
 
 def test_manifest_sets_assn_rotations_and_the_argument_overrides_it(tiny_model_dir, tmp_path):
@@ -288,3 +296,19 @@ def test_prsn_input_norm_is_in_the_config_only_when_used():
         torch.testing.assert_close(normed(x).main, plain(region_standardise(x)).main)
     with pytest.raises(ValueError, match="input_norm"):
         PathologyRegionNet(features=(4, 8), input_norm="global")
+
+
+@pytest.mark.parametrize("max_batch, width", [(64, 16), (3, 16), (64, 12)])
+def test_batched_views_equal_one_pass_per_view(tiny_model_dir, max_batch, width):
+    """The views of a batch go through a network together (split into chunks of ``max_batch`` samples, and one
+    pass per view when quarter turns of a non-square window change its shape): the average is the per-view one."""
+    seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=True, tta_rot90=True)
+    seg.max_batch = max_batch
+    x = np.random.default_rng(3).normal(size=(2, 3, 16, width)).astype(np.float32)
+    got = seg._forward(seg.localizers, x, lambda out: out)
+    expected = 0
+    with torch.no_grad():
+        for k, flip in TTA_DIHEDRAL:
+            view = seg.localizers[0](_tta_forward(torch.from_numpy(x), k, flip))
+            expected = expected + _tta_inverse(torch.softmax(view, dim=1), k, flip)
+    np.testing.assert_allclose(got, (expected / len(TTA_DIHEDRAL)).numpy(), atol=1e-5)

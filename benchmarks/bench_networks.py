@@ -46,13 +46,12 @@ def time_case(seg: Segmenter, slices: int, rng: np.random.Generator) -> dict:
     """Seconds of each pass for one case of ``slices`` slices (windows drawn from ``rng``)."""
     coarse = rng.standard_normal((slices, 3, seg.coarse_size, seg.coarse_size)).astype(np.float32)
     crops = rng.standard_normal((slices, 3, seg.crop_size, seg.crop_size)).astype(np.float32)
-    pick = (lambda out: out.shape_logits) if seg.shape_prior else (lambda out: out.seg_logits)
     t0 = time.perf_counter()
-    seg._forward(seg.localizers, coarse, lambda out: out)
+    seg.localize_pass(coarse)
     t1 = time.perf_counter()
-    epi = seg._forward(seg.assns, crops, pick)
+    epi = seg.assn_pass(crops)
     t2 = time.perf_counter()
-    seg._forward(seg.prsns, crops * (epi[:, 1:2] > 0.5), lambda out: out.main)
+    seg.prsn_pass(crops * (epi[:, 1:2] > 0.5))
     t3 = time.perf_counter()
     return {"localize": t1 - t0, "assn": t2 - t1, "prsn": t3 - t2, "total": t3 - t0}
 

@@ -235,6 +235,8 @@ class Segmenter:
             )
         #: Weight of the PRSN branches' estimates beside B_Main's (0 = B_Main alone, the paper).
         self.branch_weight = float(weight)
+        #: Most samples (slices x test-time transforms) in one network pass; a case's slices always share one.
+        self.max_batch = 64
         # PrsnOutput -> (N, 4, H, W) probabilities with the branches mixed in (used when the weight is not 0)
         self._prsn_probabilities = partial(fused_pathology_probabilities, branch_weight=self.branch_weight)
         if not self.bundle.trained:
@@ -261,16 +263,43 @@ class Segmenter:
         """
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         transforms = self.tta_transforms if transforms is None else transforms
+        n = int(t.shape[0])
         total = None
         use_amp = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            # The transformed copies go through each network as one batch (fewer, larger passes: what a GPU
+            # needs); quarter turns of a non-square window cannot share a batch, so they fall back to one each.
+            views = [_tta_forward(t, k, flip) for k, flip in transforms]
+            same_shape = len({tuple(v.shape) for v in views}) == 1
+            groups = [torch.cat(views)] if same_shape else views
             for model in models:
-                for k, flip in transforms:
-                    picked = pick(model(_tta_forward(t, k, flip)))
-                    prob = picked.float() if probabilities else torch.softmax(picked.float(), dim=1)
+                probs = []
+                for group in groups:
+                    for chunk in group.split(max(n, self.max_batch)):
+                        picked = pick(model(chunk))
+                        probs.append(picked.float() if probabilities else torch.softmax(picked.float(), dim=1))
+                per_view = torch.cat(probs).split(n) if same_shape else probs
+                for prob, (k, flip) in zip(per_view, transforms):
                     prob = _tta_inverse(prob, k, flip)
                     total = prob if total is None else total + prob
         return (total / (len(models) * len(transforms))).cpu().numpy()
+
+    def localize_pass(self, coarse: np.ndarray) -> np.ndarray:
+        """The localiser(s) on full-view windows: ``(z, 3, C, C)`` -> ``(z, 2, C, C)`` probabilities."""
+        return self._forward(self.localizers, coarse, lambda out: out)
+
+    def assn_pass(self, crops: np.ndarray) -> np.ndarray:
+        """The ASSN(s) on the heart windows: ``(z, 3, S, S)`` -> ``(z, 2, S, S)`` LV-region probabilities (the
+        DAE's reconstruction with :attr:`shape_prior`, else the ASSN's own output; :attr:`assn_tta_transforms`)."""
+        pick = (lambda out: out.shape_logits) if self.shape_prior else (lambda out: out.seg_logits)
+        return self._forward(self.assns, crops, pick, transforms=self.assn_tta_transforms)
+
+    def prsn_pass(self, candidates: np.ndarray) -> np.ndarray:
+        """The PRSN(s) on the masked heart windows: ``(z, 3, S, S)`` -> ``(z, 4, S, S)`` class probabilities
+        (background, normal wall, edema, scar), with the branches mixed in at :attr:`branch_weight`."""
+        if self.branch_weight:
+            return self._forward(self.prsns, candidates, self._prsn_probabilities, probabilities=True)
+        return self._forward(self.prsns, candidates, lambda out: out.main)
 
     @property
     def tta_transforms(self) -> Sequence[tuple]:
@@ -332,7 +361,7 @@ class Segmenter:
         step(0.15, "Locating the heart")
         coarse_window = full_view_window(shape_zyx[1:], spacing_yx, self.coarse_size)
         coarse = sample_windows(volumes, spacing_yx, coarse_window)
-        coarse_prob = self._forward(self.localizers, coarse, lambda out: out)
+        coarse_prob = self.localize_pass(coarse)
         coarse_lv = paste_windows(coarse_prob[:, 1:2], shape_zyx, spacing_yx, coarse_window)[0] > 0.5
         center = heart_center_from_mask(coarse_lv, spacing_zyx)
         localized = center is not None
@@ -344,17 +373,12 @@ class Segmenter:
         step(0.35, "Segmenting the LV (ASSN + shape prior)")
         window = Window(center, self.crop_spacing_mm, self.crop_size)
         crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
-        pick = (lambda out: out.shape_logits) if self.shape_prior else (lambda out: out.seg_logits)
-        epi_prob = self._forward(self.assns, crops, pick, transforms=self.assn_tta_transforms)  # (z, 2, S, S)
+        epi_prob = self.assn_pass(crops)  # (z, 2, S, S)
         epi_mask = (epi_prob[:, 1] > 0.5).astype(np.float32)
         t0 = lap("assn", t0)
 
         step(0.6, "Segmenting scar and edema (PRSN)")
-        candidates = crops * epi_mask[:, None]
-        if self.branch_weight:
-            prsn_prob = self._forward(self.prsns, candidates, self._prsn_probabilities, probabilities=True)
-        else:
-            prsn_prob = self._forward(self.prsns, candidates, lambda out: out.main)  # (z, 4, S, S)
+        prsn_prob = self.prsn_pass(crops * epi_mask[:, None])  # (z, 4, S, S)
         t0 = lap("prsn", t0)
 
         step(0.85, "Pasting back and applying anatomical constraints")
