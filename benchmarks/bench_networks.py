@@ -64,24 +64,35 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=5, help="slices per case (MyoPS cases have 2-6)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--tta", choices=("model", "on", "off"), default="model", help="test-time flips")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=0,
+        help="samples per network pass (0: the Segmenter's; 1: one pass per test-time view, as before session 10)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     tta = None if args.tta == "model" else args.tta == "on"
     seg = Segmenter(args.model, device=args.device, tta_flips=tta)
+    if args.max_batch > 0:
+        seg.max_batch = args.max_batch
     rng = np.random.default_rng(0)
     for _ in range(3):  # warm-up: kernel selection, allocator
         time_case(seg, args.slices, rng)
     runs = [time_case(seg, args.slices, rng) for _ in range(args.repeats)]
     result = {
-        "what": "network passes of one case (localiser + ASSN + PRSN, Segmenter._forward), seconds",
+        "what": "network passes of one case (Segmenter.localize_pass, assn_pass, prsn_pass), seconds",
         "device": seg.device_choice.device,
         "device_name": torch.cuda.get_device_name() if seg.device.type == "cuda" else platform.processor(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "model": seg.bundle.manifest.get("name"),
         "tta_flips": seg.tta_flips,
+        "views": {"localize": len(seg.tta_transforms), "assn": len(seg.assn_tta_transforms)},
+        "branch_weight": seg.branch_weight,
+        "max_batch": seg.max_batch,
         "slices": args.slices,
         "repeats": args.repeats,
         "median_s": {k: round(statistics.median(r[k] for r in runs), 5) for k in runs[0]},
