@@ -125,6 +125,8 @@ def test_assn_rotations_add_passes_to_the_assn_stage_only(tiny_model_dir, flips,
     """Count the samples each network sees for one slice: each ASSN ``n_assn`` views, every other network ``n_rest``
     (the views of a slice go through a network as one batch, so each network is called once)."""
     seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=flips, tta_rot90=rot90, assn_tta_rot90=assn_rot90)
+    assert seg.max_batch == 1  # the CPU default: one pass per view
+    seg.max_batch = 64  # the CUDA default
     assert len(set(seg.assn_tta_transforms)) == n_assn and len(set(seg.tta_transforms)) == n_rest
     calls = {"assn": 0, "prsn": 0, "localizer": 0}
     samples = {"assn": 0, "prsn": 0, "localizer": 0}

@@ -68,7 +68,7 @@ def main() -> int:
         "--max-batch",
         type=int,
         default=0,
-        help="samples per network pass (0: the Segmenter's; 1: one pass per test-time view, as before session 10)",
+        help="samples per network pass (0: the Segmenter's default for the device; 1: one pass per test-time view)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()

@@ -235,8 +235,12 @@ class Segmenter:
             )
         #: Weight of the PRSN branches' estimates beside B_Main's (0 = B_Main alone, the paper).
         self.branch_weight = float(weight)
-        #: Most samples (slices x test-time transforms) in one network pass; a case's slices always share one.
-        self.max_batch = 64
+        #: Most samples (slices x test-time views) in one network pass; a case's slices always share one. On CUDA
+        #: the views of a slice share passes too (v7 makes 36 small passes per case, and a GPU idles between small
+        #: kernels; the gain there is not measured yet). On 2 CPU cores batching the views was not faster (4.07-4.56
+        #: against 4.07-4.91 s per 5-slice case, interleaved; benchmarks/bench_networks.py --max-batch), so the CPU
+        #: keeps one pass per view (1 here means: one view of all the slices).
+        self.max_batch = 64 if self.device.type == "cuda" else 1
         # PrsnOutput -> (N, 4, H, W) probabilities with the branches mixed in (used when the weight is not 0)
         self._prsn_probabilities = partial(fused_pathology_probabilities, branch_weight=self.branch_weight)
         if not self.bundle.trained:
