@@ -35,9 +35,21 @@ def _error(msg: str) -> None:
 
 
 def _format_timings(timings: Dict[str, float]) -> str:
-    order = ["read", "preprocess", "localize", "assn", "prsn", "postprocess", "write", "total"]
+    order = ["read", "preprocess", "localize", "alignment", "assn", "prsn", "postprocess", "write", "total"]
     parts = [f"{k} {timings[k]:.2f}s" for k in order if k in timings]
     return ", ".join(parts)
+
+
+def _format_alignment(result) -> str:
+    """One line: how far bSSFP and T2 sit from the LGE on the heart window, and whether that was corrected."""
+    from .pipeline import ALIGNMENT_WARN_MM
+
+    parts = [f"{o.series} {o.distance_mm:.1f} mm{'+' if o.at_limit else ''}" for o in result.alignment.values()]
+    far = [o.series for o in result.alignment.values() if o.distance_mm > ALIGNMENT_WARN_MM]
+    note = " (corrected)" if result.aligned else ""
+    if far:
+        note += f"; WARNING: check the registration of {' and '.join(far)} (more than {ALIGNMENT_WARN_MM:g} mm)"
+    return f"Alignment against the LGE: {', '.join(parts)}{note}"
 
 
 def _make_segmenter(model: Optional[str], device: str, quiet: bool = False):
@@ -70,6 +82,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     write_output(out, result.labels)
     result.timings_s.update(read=t_read, write=time.perf_counter() - t0)
     _print(f"Wrote {out}")
+    _print(_format_alignment(result))
     _print(result.quantification.format_table())
     if args.csv:
         result.quantification.write_csv(args.csv)
@@ -150,7 +163,11 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
             tqdm.write(f"FAILED {name}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         times.append(result.timings_s["total"])
-        row = {"case": name, **result.quantification.to_dict()}
+        row = {
+            "case": name,
+            **result.quantification.to_dict(),
+            **{f"offset_{k.lower()}_mm": round(v.distance_mm, 2) for k, v in result.alignment.items()},
+        }
         rows.append(row)
     if rows:
         import csv

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
+from .alignment import SeriesOffset, estimate_offsets
 from .errors import CancelledError, InputError, ModelError
 from .io import read_image, write_output
 from .model import ModelBundle, resolve_model_dir
@@ -95,6 +96,8 @@ class SegmentationResult:
         device: the device used.
         heart_center_yx: the heart centre (row, col) in LGE index units used for the fine crop.
         localized: False when the localiser found no heart and the image centre was used.
+        alignment: the bSSFP and T2 offsets against the LGE found on the heart window
+            (:func:`myops.alignment.estimate_offsets`), and whether they were corrected (``aligned``).
     """
 
     labels: sitk.Image
@@ -104,6 +107,8 @@ class SegmentationResult:
     device: str = "cpu"
     heart_center_yx: Optional[np.ndarray] = None
     localized: bool = True
+    alignment: Dict[str, SeriesOffset] = field(default_factory=dict)
+    aligned: bool = False
 
 
 @dataclass
@@ -119,6 +124,7 @@ class CaseProbabilities:
         timings_s: seconds per stage so far.
         heart_center_yx: the heart centre (row, col) in LGE index units used for the fine crop.
         localized: False when the localiser found no heart and the image centre was used.
+        alignment: the bSSFP and T2 offsets against the LGE on the heart window; ``aligned``: corrected.
     """
 
     epicardium: np.ndarray
@@ -128,6 +134,12 @@ class CaseProbabilities:
     timings_s: Dict[str, float] = field(default_factory=dict)
     heart_center_yx: Optional[np.ndarray] = None
     localized: bool = True
+    alignment: Dict[str, SeriesOffset] = field(default_factory=dict)
+    aligned: bool = False
+
+
+#: A series further than this from the LGE (in-plane, on the heart window) is reported with a warning.
+ALIGNMENT_WARN_MM = 3.0
 
 
 #: Test-time transforms of a (N, C, H, W) batch as (k, flip): ``rot90(flip_x(x) if flip else x, k)`` in-plane.
@@ -174,6 +186,9 @@ class Segmenter:
         branch_weight: override the manifest's ``inference.pathology_branch_weight``: how much the PRSN branches'
             own estimates count beside B_Main's (see :func:`myops.networks.fused_pathology_probabilities`;
             0, the default, is the paper: B_Main alone).
+        align_series: override the manifest's ``inference.align_series``: sample the bSSFP and T2 heart windows
+            moved by their estimated offsets against the LGE (:mod:`myops.alignment`). The offsets are estimated
+            and reported (a warning beyond ``ALIGNMENT_WARN_MM``) either way.
 
     Raises:
         ModelError: the model folder is missing, malformed or fails its checksums.
@@ -189,6 +204,7 @@ class Segmenter:
         assn_tta_rot90: Optional[bool] = None,
         pathology_decoding: Optional[str] = None,
         branch_weight: Optional[float] = None,
+        align_series: Optional[bool] = None,
     ) -> None:
         from .networks import PathologyRegionNet, ShapeConstrainedASSN, fused_pathology_probabilities
 
@@ -207,6 +223,8 @@ class Segmenter:
         self.tta_rot90 = bool(inference.get("tta_rot90", False)) if tta_rot90 is None else tta_rot90
         if assn_tta_rot90 is None:
             assn_tta_rot90 = bool(inference.get("assn_tta_rot90", False))
+        #: Correct the bSSFP and T2 windows by their estimated offsets against the LGE before the networks.
+        self.align_series = bool(inference.get("align_series", False)) if align_series is None else align_series
         #: The ASSN stage adds the 90-degree turns to its test-time transforms (see :attr:`assn_tta_transforms`).
         self.assn_tta_rot90 = assn_tta_rot90
         decoding = inference.get("pathology_decoding", "argmax") if pathology_decoding is None else pathology_decoding
@@ -236,7 +254,7 @@ class Segmenter:
         #: Weight of the PRSN branches' estimates beside B_Main's (0 = B_Main alone, the paper).
         self.branch_weight = float(weight)
         #: Most samples (slices x test-time views) in one network pass; a case's slices always share one. On CUDA
-        #: the views of a slice share passes too (v7 makes 36 small passes per case, and a GPU idles between small
+        #: the views of a slice share passes too (v7 makes 40 small passes per case, and a GPU idles between small
         #: kernels; the gain there is not measured yet). On 2 CPU cores batching the views was not faster (4.07-4.56
         #: against 4.07-4.91 s per 5-slice case, interleaved; benchmarks/bench_networks.py --max-batch), so the CPU
         #: keeps one pass per view (1 here means: one view of all the slices).
@@ -287,6 +305,32 @@ class Segmenter:
                     prob = _tta_inverse(prob, k, flip)
                     total = prob if total is None else total + prob
         return (total / (len(models) * len(transforms))).cpu().numpy()
+
+    def _aligned_windows(
+        self,
+        volumes: np.ndarray,
+        spacing_yx: Tuple[float, float],
+        window: Window,
+        crops: np.ndarray,
+        alignment: Dict[str, SeriesOffset],
+    ) -> np.ndarray:
+        """The heart windows with bSSFP and T2 sampled where their content sits (window moved by the offset).
+
+        Args:
+            volumes: ``(3, z, y, x)`` on the LGE grid; ``crops``: their ``(z, 3, S, S)`` windows at ``window``.
+        """
+        out = crops.copy()
+        for channel, name in ((0, "bSSFP"), (2, "T2")):
+            offset = alignment[name]
+            step = window.spacing_mm
+            moved = Window(
+                np.asarray(window.center_yx, dtype=np.float64)
+                + np.array([offset.rows_px * step / spacing_yx[0], offset.cols_px * step / spacing_yx[1]]),
+                window.spacing_mm,
+                window.size,
+            )
+            out[:, channel] = sample_windows(volumes[channel : channel + 1], spacing_yx, moved)[:, 0]
+        return out
 
     def localize_pass(self, coarse: np.ndarray) -> np.ndarray:
         """The localiser(s) on full-view windows: ``(z, 3, C, C)`` -> ``(z, 2, C, C)`` probabilities."""
@@ -377,6 +421,19 @@ class Segmenter:
         step(0.35, "Segmenting the LV (ASSN + shape prior)")
         window = Window(center, self.crop_spacing_mm, self.crop_size)
         crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
+        alignment = estimate_offsets(crops, self.crop_spacing_mm)
+        for offset in alignment.values():
+            if offset.distance_mm > ALIGNMENT_WARN_MM:
+                logger.warning(
+                    "the %s series sits %.1f mm%s from the LGE on the heart window; check the registration%s",
+                    offset.series,
+                    offset.distance_mm,
+                    " or more" if offset.at_limit else "",
+                    " (corrected)" if self.align_series else "",
+                )
+        if self.align_series:
+            crops = self._aligned_windows(volumes, spacing_yx, window, crops, alignment)
+        t0 = lap("alignment", t0)
         epi_prob = self.assn_pass(crops)  # (z, 2, S, S)
         epi_mask = (epi_prob[:, 1] > 0.5).astype(np.float32)
         t0 = lap("assn", t0)
@@ -397,6 +454,8 @@ class Segmenter:
             timings_s=timings,
             heart_center_yx=center,
             localized=localized,
+            alignment=alignment,
+            aligned=self.align_series,
         )
 
     def decode(self, probabilities: CaseProbabilities) -> SegmentationResult:
@@ -423,6 +482,8 @@ class Segmenter:
             device=self.device_choice.device,
             heart_center_yx=probabilities.heart_center_yx,
             localized=probabilities.localized,
+            alignment=probabilities.alignment,
+            aligned=probabilities.aligned,
         )
 
     def segment(
