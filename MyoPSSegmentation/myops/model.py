@@ -25,7 +25,8 @@ Manifest (schema version 1)::
                     "assn_tta_rot90": bool,  # the turns for the ASSN (LV region) only (optional, default false)
                     "shape_prior": bool,  # use the DAE output as the LV region (default true)
                     "pathology_decoding": "argmax",  # or "regions", "regions_split" (optional)
-                    "pathology_branch_weight": 0.0},  # PRSN branches' weight beside B_Main (optional)
+                    "pathology_branch_weight": 0.0,  # PRSN branches' weight beside B_Main (optional)
+                    "align_series": bool},  # move bSSFP and T2 to their estimated offsets (optional, default false)
       "files": {"<file>": {"sha256": str, "size": int}},
       "provenance": {...}, "metrics": {...}
     }
