@@ -19,6 +19,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import SimpleITK as sitk
 
+from myops.alignment import alignment_rows
 from myops.errors import InputError, MyoPSError
 
 from . import conversion, segments
@@ -246,7 +247,7 @@ class MyoPSLogic:
         }
         outputNode = self.writeResult(
             result.labels,
-            result.quantification.as_rows(),
+            [*result.quantification.as_rows(), *alignment_rows(getattr(result, "alignment", {}))],
             lgeNode,
             outputSegmentationNode,
             info=info,
