@@ -78,7 +78,6 @@ def test_exported_labelmap_equals_the_cli_output_for_the_same_files(phantomFiles
     rows = segments.quantificationRows(logic.quantificationTableNode(segmentationNode))
     assert {unit for _, _, unit in rows} >= {"mL", "%"}
     assert any("salvage" in label.lower() for label, _, _ in rows)
-    assert [label.split()[0] for label, _, unit in rows if unit == "mm"] == ["bSSFP", "T2"]
 
 
 def test_background_worker_gives_the_cli_result(phantomFiles, cliOutput, tiny_model_dir, logic):
@@ -99,12 +98,8 @@ def test_background_worker_gives_the_cli_result(phantomFiles, cliOutput, tiny_mo
     cliLabels = sitk.GetArrayFromImage(cliOutput)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), cliLabels)
     expected = quantify(cliLabels, cliOutput.GetSpacing()[::-1]).as_rows()
-    n = len(expected)
-    assert [r[0] for r in result.quantificationRows[:n]] == [r[0] for r in expected]
-    np.testing.assert_allclose([r[1] for r in result.quantificationRows[:n]], [r[1] for r in expected], rtol=1e-9)
-    offsets = result.quantificationRows[n:]  # then how far bSSFP and T2 sit from the LGE (aligned phantom)
-    assert [(r[0].split()[0], r[2]) for r in offsets] == [("bSSFP", "mm"), ("T2", "mm")]
-    assert all(0.0 <= r[1] < 1.0 for r in offsets)
+    assert [r[0] for r in result.quantificationRows] == [r[0] for r in expected]
+    np.testing.assert_allclose([r[1] for r in result.quantificationRows], [r[1] for r in expected], rtol=1e-9)
     assert result.device == "cpu" and "CPU" in result.deviceReason
 
     segmentationNode = logic.writeResult(result.labels, result.quantificationRows, lge)

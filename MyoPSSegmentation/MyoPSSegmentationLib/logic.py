@@ -19,7 +19,6 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import SimpleITK as sitk
 
-from myops.alignment import alignment_rows
 from myops.errors import InputError, MyoPSError
 
 from . import conversion, segments
@@ -247,7 +246,7 @@ class MyoPSLogic:
         }
         outputNode = self.writeResult(
             result.labels,
-            [*result.quantification.as_rows(), *alignment_rows(getattr(result, "alignment", {}))],
+            result.quantification.as_rows(),
             lgeNode,
             outputSegmentationNode,
             info=info,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -131,8 +131,3 @@ def estimate_offsets(
 def offsets_px(offsets: Dict[str, SeriesOffset]) -> Sequence[Tuple[float, float]]:
     """Per window channel (bSSFP, LGE, T2), the ``(rows, cols)`` pixel offset; the LGE's is zero."""
     return [(offsets[name].rows_px, offsets[name].cols_px) if name in offsets else (0.0, 0.0) for name in CHANNELS]
-
-
-def alignment_rows(offsets: Dict[str, SeriesOffset]) -> List[Tuple[str, float, str]]:
-    """Rows for a quantification table (label, value, unit): each series' offset from the LGE in mm."""
-    return [(f"{o.series} offset from LGE (heart window)", round(o.distance_mm, 2), "mm") for o in offsets.values()]
