@@ -40,16 +40,16 @@ def _format_timings(timings: Dict[str, float]) -> str:
     return ", ".join(parts)
 
 
-def _format_alignment(result) -> str:
-    """One line: how far bSSFP and T2 sit from the LGE on the heart window, and whether that was corrected."""
-    from .pipeline import ALIGNMENT_WARN_MM
+def _alignment_warning(result) -> Optional[str]:
+    """One line naming the series that sit grossly off the LGE on the heart window, or None."""
+    from .pipeline import offset_needs_check
 
-    parts = [f"{o.series} {o.distance_mm:.1f} mm{'+' if o.at_limit else ''}" for o in result.alignment.values()]
-    far = [o.series for o in result.alignment.values() if o.distance_mm > ALIGNMENT_WARN_MM]
-    note = " (corrected)" if result.aligned else ""
-    if far:
-        note += f"; WARNING: check the registration of {' and '.join(far)} (more than {ALIGNMENT_WARN_MM:g} mm)"
-    return f"Alignment against the LGE: {', '.join(parts)}{note}"
+    far = [o for o in result.alignment.values() if offset_needs_check(o)]
+    if not far:
+        return None
+    parts = [f"{o.series} {o.distance_mm:.1f} mm{' or more' if o.at_limit else ''}" for o in far]
+    done = " (corrected)" if result.aligned else ""
+    return f"WARNING: {', '.join(parts)} from the LGE on the heart window{done}; check the registration"
 
 
 def _make_segmenter(model: Optional[str], device: str, quiet: bool = False):
@@ -82,7 +82,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     write_output(out, result.labels)
     result.timings_s.update(read=t_read, write=time.perf_counter() - t0)
     _print(f"Wrote {out}")
-    _print(_format_alignment(result))
+    warning = _alignment_warning(result)
+    if warning:
+        _print(warning)
     _print(result.quantification.format_table())
     if args.csv:
         result.quantification.write_csv(args.csv)
@@ -163,11 +165,10 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
             tqdm.write(f"FAILED {name}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         times.append(result.timings_s["total"])
-        row = {
-            "case": name,
-            **result.quantification.to_dict(),
-            **{f"offset_{k.lower()}_mm": round(v.distance_mm, 2) for k, v in result.alignment.items()},
-        }
+        warning = _alignment_warning(result)
+        if warning:
+            tqdm.write(f"{name}: {warning}", file=sys.stderr)
+        row = {"case": name, **result.quantification.to_dict()}
         rows.append(row)
     if rows:
         import csv

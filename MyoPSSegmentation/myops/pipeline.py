@@ -138,8 +138,15 @@ class CaseProbabilities:
     aligned: bool = False
 
 
-#: A series further than this from the LGE (in-plane, on the heart window) is reported with a warning.
-ALIGNMENT_WARN_MM = 3.0
+#: A series estimated this far from the LGE (in-plane, on the heart window), or at the edge of the 6 mm search, is
+#: reported with a warning. Only gross offsets: on the registered train25 cases the estimate reaches 4.4 (bSSFP)
+#: and 5.6 mm (T2) with a median of 1.2-1.3 mm, so smaller values are no evidence of misregistration (session 10).
+ALIGNMENT_WARN_MM = 6.0
+
+
+def offset_needs_check(offset: SeriesOffset) -> bool:
+    """A gross offset: at least :data:`ALIGNMENT_WARN_MM`, or beyond the search range."""
+    return offset.at_limit or offset.distance_mm >= ALIGNMENT_WARN_MM
 
 
 #: Test-time transforms of a (N, C, H, W) batch as (k, flip): ``rot90(flip_x(x) if flip else x, k)`` in-plane.
@@ -187,8 +194,9 @@ class Segmenter:
             own estimates count beside B_Main's (see :func:`myops.networks.fused_pathology_probabilities`;
             0, the default, is the paper: B_Main alone).
         align_series: override the manifest's ``inference.align_series``: sample the bSSFP and T2 heart windows
-            moved by their estimated offsets against the LGE (:mod:`myops.alignment`). The offsets are estimated
-            and reported (a warning beyond ``ALIGNMENT_WARN_MM``) either way.
+            moved by their estimated offsets against the LGE (:mod:`myops.alignment`). Off by default: on v7's CV
+            it cost 1.4 points of scar + edema and 0.8 of LV Dice (docs/results.md, session 10). The offsets are
+            estimated either way, and gross ones (``ALIGNMENT_WARN_MM``) are reported.
 
     Raises:
         ModelError: the model folder is missing, malformed or fails its checksums.
@@ -423,7 +431,7 @@ class Segmenter:
         crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
         alignment = estimate_offsets(crops, self.crop_spacing_mm)
         for offset in alignment.values():
-            if offset.distance_mm > ALIGNMENT_WARN_MM:
+            if offset_needs_check(offset):
                 logger.warning(
                     "the %s series sits %.1f mm%s from the LGE on the heart window; check the registration%s",
                     offset.series,
