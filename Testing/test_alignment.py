@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def _moved(image: sitk.Image, rows_mm: float, cols_mm: float) -> sitk.Image:
 def test_pipeline_measures_a_moved_t2_on_an_oblique_anisotropic_phantom(tiny_model_dir, caplog):
     """An oblique, anisotropic (0.7-0.78 mm in-plane, thick slices), off-centre phantom with its T2 moved 4 mm
     along the image's y axis: the estimate says T2 sits 4 mm off (along the window's rows), bSSFP in place. 4 mm
-    is within what registered cases show (up to 5.6 mm), so no warning. The localiser of a tiny model finds
+    is within what registered cases show (up to 5.9 mm), so no warning. The localiser of a tiny model finds
     nothing, so the window is centred on the image centre, and the phantom's heart lies within 35 mm of it."""
     case = make_phantom_case(seed=3, n_slices=3)
     seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=False)
@@ -86,13 +87,13 @@ def test_pipeline_measures_a_moved_t2_on_an_oblique_anisotropic_phantom(tiny_mod
 
 
 def test_a_gross_offset_is_warned_about_by_the_pipeline_and_the_cli(tiny_model_dir, tmp_path, caplog, capsys):
-    """A T2 moved 9 mm lies beyond the 6 mm search: the estimate stops at its edge, says so, and both the log and
+    """A T2 moved 12 mm lies beyond the 8 mm search: the estimate stops at its edge, says so, and both the log and
     ``myops segment`` name the T2 (and only the T2); the segmentation is still written."""
     from myops.cli import main
     from myops.phantom import write_phantom_case
 
     case = make_phantom_case(seed=5, n_slices=2)
-    moved = case._replace(t2=_moved(case.t2, 0.0, 9.0))
+    moved = case._replace(t2=_moved(case.t2, 0.0, 12.0))
     seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=False)
     with caplog.at_level(logging.WARNING, logger="myops.pipeline"):
         result = seg.predict(moved.bssfp, moved.lge, moved.t2)
@@ -104,8 +105,9 @@ def test_a_gross_offset_is_warned_about_by_the_pipeline_and_the_cli(tiny_model_d
     args += ["--model", tiny_model_dir, "--device", "cpu"]
     assert main([str(a) for a in args]) == 0
     text = capsys.readouterr().out
-    assert "WARNING: T2 6.0 mm or more from the LGE on the heart window; check the registration" in text
-    assert "bSSFP" not in text.split("WARNING:")[1].splitlines()[0]
+    line = next(row for row in text.splitlines() if row.startswith("WARNING: T2"))
+    expected = r"WARNING: T2 [89]\.\d mm or more from the LGE on the heart window; check the registration"
+    assert re.fullmatch(expected, line)  # the bSSFP, in place, is not named
     assert out.is_file()
 
 

@@ -7,7 +7,8 @@ session 9).
 
 :func:`estimate_offsets` finds, for each series, the in-plane translation that maximises the mutual information
 of its window with the LGE window over a disc around the heart centre (pooled over all slices: one translation per
-series and case), searched over integer pixel shifts and refined by a parabola through the peak. Mutual
+series and case), searched over integer pixel shifts (up to 8 mm per axis) and refined by a parabola through the
+peak. Mutual
 information, not correlation, because the contrasts differ (bright blood in bSSFP, bright scar in LGE).
 """
 
@@ -76,7 +77,7 @@ def _parabolic_peak(values: np.ndarray, k: int) -> float:
 def estimate_offsets(
     windows: np.ndarray,
     spacing_mm: float,
-    max_shift_mm: float = 6.0,
+    max_shift_mm: float = 8.0,
     radius_mm: float = 40.0,
     bins: int = 24,
 ) -> Dict[str, SeriesOffset]:
