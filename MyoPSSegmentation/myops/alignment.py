@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict
 
 import numpy as np
 
@@ -127,8 +127,3 @@ def estimate_offsets(
             at_limit=bool(i in (0, len(steps) - 1) or j in (0, len(steps) - 1)),
         )
     return out
-
-
-def offsets_px(offsets: Dict[str, SeriesOffset]) -> Sequence[Tuple[float, float]]:
-    """Per window channel (bSSFP, LGE, T2), the ``(rows, cols)`` pixel offset; the LGE's is zero."""
-    return [(offsets[name].rows_px, offsets[name].cols_px) if name in offsets else (0.0, 0.0) for name in CHANNELS]
