@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from MyoPSSegmentationLib.device import DeviceChoice
-from MyoPSSegmentationLib.logic import MyoPSLogic
+from MyoPSSegmentationLib.logic import MyoPSLogic, warningsPrefix
 
 #: How often the panel looks at a background run (ms).
 POLL_INTERVAL_MS = 200
@@ -301,7 +301,12 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         run, context = self._run, self._runContext
         try:
             result = run.result()
-            info = {"device": result.device, "deviceReason": result.deviceReason, "timings_s": result.timings_s}
+            info = {
+                "device": result.device,
+                "deviceReason": result.deviceReason,
+                "timings_s": result.timings_s,
+                "warnings": list(result.warnings),
+            }
             self._writeResult(result.labels, result.quantificationRows, info, context)
         except CancelledError:
             self._parameterNode.statusText = "Cancelled."
@@ -332,7 +337,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         )
         self._parameterNode.outputSegmentation = node
         elapsed = time.monotonic() - context["started"]
-        self._parameterNode.statusText = (
+        self._parameterNode.statusText = warningsPrefix(info) + (
             f"Done in {elapsed:.1f} s on {info.get('device') or '?'} ({info.get('deviceReason', '')}). "
             f"Result: '{node.GetName()}'.{note}"
         )
@@ -364,7 +369,9 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             )
             info = self.logic.lastRunInfo
             p.outputSegmentation = node
-            p.statusText = f"Done in {info['wall_s']:.1f} s on {info['device']} ({info['deviceReason']})."
+            p.statusText = warningsPrefix(info) + (
+                f"Done in {info['wall_s']:.1f} s on {info['device']} ({info['deviceReason']})."
+            )
         except CancelledError:
             p.statusText = "Cancelled."
         except Exception as error:

@@ -1,7 +1,8 @@
 """A stand-in for MyoPSSegmentationLib/worker.py speaking the same file protocol, driven by $FAKE_WORKER_MODE.
 
-Modes: ``ok`` (labels = LGE > median), ``sleep`` (progress, then waits to be killed), ``inputerror``, ``crash``
-(exit 3 without result, after writing to stderr).
+Modes: ``ok`` (labels = LGE > median), ``misaligned`` (the same, with the engine's warning about a series far
+off the LGE), ``sleep`` (progress, then waits to be killed), ``inputerror``, ``crash`` (exit 3 without result,
+after writing to stderr).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import SimpleITK as sitk
 
 from myops.errors import InputError
 from MyoPSSegmentationLib import worker
+
+#: The warning the ``misaligned`` mode reports (the engine's wording).
+MISALIGNED = "T2 8.2 mm or more from the LGE on the heart window; check the registration"
 
 
 def main() -> int:
@@ -53,6 +57,7 @@ def main() -> int:
             "deviceReason": "fake",
             "timings_s": {"total": 0.5},
             "quantification": [["Scar", 1.5, "mL"]],
+            **({"warnings": [MISALIGNED]} if mode == "misaligned" else {}),
         },
     )
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer_fake_worker as fake_worker
 from slicer_support import assertSameImage, obliqueImage
 
 from myops.errors import CancelledError, InputError
@@ -52,6 +53,7 @@ def test_successful_run_reports_progress_and_returns_labels_on_the_lge_grid():
         np.testing.assert_allclose(result.labels.GetDirection(), lge.GetDirection(), atol=1e-12)
         assert result.quantificationRows == [("Scar", 1.5, "mL")]
         assert result.device == "cpu" and result.timings_s == {"total": 0.5}
+        assert result.warnings == ()
     finally:
         run.cleanup()
     assert not run.workDir.exists()
@@ -106,3 +108,26 @@ def test_progress_reader_waits_for_complete_lines(tmp_path):
         stream.write('age": "b"}\n')
     records, _ = worker.readProgress(tmp_path, offset)
     assert records == [(0.5, "b")]
+
+
+def test_the_engines_warnings_travel_with_the_result():
+    run = startRun("misaligned")
+    try:
+        pollUntilDone(run)
+        assert run.result().warnings == (fake_worker.MISALIGNED,)
+    finally:
+        run.cleanup()
+
+
+def test_run_warnings_name_only_gross_offsets():
+    from types import SimpleNamespace
+
+    from myops.alignment import SeriesOffset
+
+    near = SeriesOffset("bSSFP", 3.0, 1.0, 1.0, False)
+    far = SeriesOffset("T2", 8.0, 2.0, 1.0, True)
+    assert worker.runWarnings(SimpleNamespace(alignment={"bSSFP": near}, aligned=False)) == []
+    assert worker.runWarnings(SimpleNamespace(alignment={"bSSFP": near, "T2": far}, aligned=False)) == [
+        "T2 8.2 mm or more from the LGE on the heart window; check the registration"
+    ]
+    assert worker.runWarnings(SimpleNamespace()) == []  # a stand-in engine without the alignment

@@ -101,6 +101,7 @@ def test_background_worker_gives_the_cli_result(phantomFiles, cliOutput, tiny_mo
     assert [r[0] for r in result.quantificationRows] == [r[0] for r in expected]
     np.testing.assert_allclose([r[1] for r in result.quantificationRows], [r[1] for r in expected], rtol=1e-9)
     assert result.device == "cpu" and "CPU" in result.deviceReason
+    assert result.warnings == ()  # the phantom's series are aligned
 
     segmentationNode = logic.writeResult(result.labels, result.quantificationRows, lge)
     np.testing.assert_array_equal(segments.segmentLabelArray(segmentationNode, lge), cliLabels)

@@ -123,6 +123,18 @@ def test_apply_runs_in_the_background_and_shows_the_result(panel, monkeypatch):
     assert panel.recorder.editor.segmentation is output and panel.recorder.editor.source is panel.volumes["case7_DE"]
 
 
+def test_a_gross_misalignment_leads_the_status_line(panel, monkeypatch):
+    """The worker's warning (a series far off the LGE) comes first in the status line; the result still lands."""
+    useFakeWorker(monkeypatch, "misaligned")
+    panel.widget.onApplyButton()
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
+    assert panel.recorder.errors == []
+    assert panel.p.outputSegmentation is not None
+    assert panel.p.statusText.startswith(
+        "WARNING: T2 8.2 mm or more from the LGE on the heart window; check the registration. Done in"
+    )
+
+
 def test_edited_output_is_never_overwritten_without_asking(panel, monkeypatch):
     useFakeWorker(monkeypatch, "ok")
     panel.widget.onApplyButton()

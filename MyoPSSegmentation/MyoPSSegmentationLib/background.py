@@ -39,6 +39,7 @@ class WorkerResult(NamedTuple):
     timings_s: Dict[str, float]
     device: str
     deviceReason: str
+    warnings: Tuple[str, ...] = ()
 
 
 class BackgroundSegmentation:
@@ -176,6 +177,7 @@ class BackgroundSegmentation:
             timings_s={k: float(v) for k, v in payload.get("timings_s", {}).items()},
             device=str(payload.get("device", "")),
             deviceReason=str(payload.get("deviceReason", "")),
+            warnings=tuple(str(w) for w in payload.get("warnings", [])),
         )
 
     def cleanup(self) -> None:

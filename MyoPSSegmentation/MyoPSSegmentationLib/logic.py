@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from myops.errors import InputError, MyoPSError
 
-from . import conversion, segments
+from . import conversion, segments, worker
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,12 @@ SegmenterFactory = Callable[[Optional[str], str], object]
 SEQUENCE_NAMES = ("bSSFP", "LGE", "T2")
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def warningsPrefix(info: Dict) -> str:
+    """The start of the panel's status line for a run's warnings (``info["warnings"]``), or ``""``."""
+    warnings = list(info.get("warnings") or [])
+    return "".join(f"WARNING: {w}. " for w in warnings)
 
 
 class SegmentationEditedError(MyoPSError):
@@ -243,6 +249,7 @@ class MyoPSLogic:
             "timings_s": dict(getattr(result, "timings_s", {}) or {}),
             "device": getattr(result, "device", getattr(deviceChoice, "device", "")),
             "deviceReason": getattr(deviceChoice, "reason", ""),
+            "warnings": worker.runWarnings(result),
         }
         outputNode = self.writeResult(
             result.labels,

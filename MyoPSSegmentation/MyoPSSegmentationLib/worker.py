@@ -10,8 +10,8 @@ Files in DIR (the protocol; :mod:`MyoPSSegmentationLib.background` is the other 
 - ``progress.jsonl``: one ``{"fraction": f, "message": m}`` line per engine stage, appended as it runs;
 - outputs: ``labels.nrrd`` (MyoPS values on the LGE grid) and ``result.json``, written last (atomically):
   ``{"ok": true, "device": ..., "deviceReason": ..., "timings_s": {...}, "quantification": [[label, value,
-  unit], ...]}`` or ``{"ok": false, "errorType": "InputError" | "ModelError" | "CancelledError" | ..., "message":
-  ..., "source": ..., "problem": ...}``.
+  unit], ...], "warnings": [text, ...]}`` or ``{"ok": false, "errorType": "InputError" | "ModelError" |
+  "CancelledError" | ..., "message": ..., "source": ..., "problem": ...}``.
 
 This file imports neither ``slicer`` nor ``vtk``: only the engine, SimpleITK and the standard library.
 """
@@ -88,6 +88,14 @@ def errorPayload(error: BaseException) -> Dict[str, Any]:
     return payload
 
 
+def runWarnings(result) -> List[str]:
+    """What a finished run warns about (series grossly off the LGE), for the panel's status line."""
+    from myops.pipeline import alignment_warning
+
+    text = alignment_warning(getattr(result, "alignment", {}) or {}, bool(getattr(result, "aligned", False)))
+    return [text] if text else []
+
+
 def run(workDir: Path, device: str = "auto", modelDir: Optional[str] = None, segmenterFactory=None) -> int:
     """Segment the inputs of ``workDir`` and write the outputs; returns the process exit code (0 ok, 1 failed)."""
     import SimpleITK as sitk
@@ -114,6 +122,7 @@ def run(workDir: Path, device: str = "auto", modelDir: Optional[str] = None, seg
                 "deviceReason": choice.reason,
                 "timings_s": {k: float(v) for k, v in result.timings_s.items()},
                 "quantification": [[str(a), float(b), str(c)] for a, b, c in result.quantification.as_rows()],
+                "warnings": runWarnings(result),
             },
         )
         return 0

@@ -41,15 +41,11 @@ def _format_timings(timings: Dict[str, float]) -> str:
 
 
 def _alignment_warning(result) -> Optional[str]:
-    """One line naming the series that sit grossly off the LGE on the heart window, or None."""
-    from .pipeline import offset_needs_check
+    """The engine's warning about series grossly off the LGE, as a line for people, or None."""
+    from .pipeline import alignment_warning
 
-    far = [o for o in result.alignment.values() if offset_needs_check(o)]
-    if not far:
-        return None
-    parts = [f"{o.series} {o.distance_mm:.1f} mm{' or more' if o.at_limit else ''}" for o in far]
-    done = " (corrected)" if result.aligned else ""
-    return f"WARNING: {', '.join(parts)} from the LGE on the heart window{done}; check the registration"
+    text = alignment_warning(result.alignment, result.aligned)
+    return f"WARNING: {text}" if text else None
 
 
 def _make_segmenter(model: Optional[str], device: str, quiet: bool = False):

@@ -152,6 +152,19 @@ def offset_needs_check(offset: SeriesOffset) -> bool:
     return offset.at_limit or offset.distance_mm >= ALIGNMENT_WARN_MM
 
 
+def alignment_warning(alignment: Dict[str, SeriesOffset], aligned: bool = False) -> Optional[str]:
+    """One sentence naming the series that sit grossly off the LGE (:func:`offset_needs_check`), or None.
+
+    The log, ``myops segment``, ``segment-batch`` and the Slicer panel all show this text.
+    """
+    far = [o for o in alignment.values() if offset_needs_check(o)]
+    if not far:
+        return None
+    parts = [f"{o.series} {o.distance_mm:.1f} mm{' or more' if o.at_limit else ''}" for o in far]
+    done = " (corrected)" if aligned else ""
+    return f"{', '.join(parts)} from the LGE on the heart window{done}; check the registration"
+
+
 #: Test-time transforms of a (N, C, H, W) batch as (k, flip): ``rot90(flip_x(x) if flip else x, k)`` in-plane.
 #: Identity; the flips (x, y, both = rot180); and the four transposing members of the dihedral group.
 TTA_IDENTITY = ((0, False),)
@@ -433,15 +446,9 @@ class Segmenter:
         window = Window(center, self.crop_spacing_mm, self.crop_size)
         crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
         alignment = estimate_offsets(crops, self.crop_spacing_mm, max_shift_mm=ALIGNMENT_SEARCH_MM)
-        for offset in alignment.values():
-            if offset_needs_check(offset):
-                logger.warning(
-                    "the %s series sits %.1f mm%s from the LGE on the heart window; check the registration%s",
-                    offset.series,
-                    offset.distance_mm,
-                    " or more" if offset.at_limit else "",
-                    " (corrected)" if self.align_series else "",
-                )
+        warning = alignment_warning(alignment, self.align_series)
+        if warning:
+            logger.warning("%s", warning)
         if self.align_series:
             crops = self._aligned_windows(volumes, spacing_yx, window, crops, alignment)
         t0 = lap("alignment", t0)
