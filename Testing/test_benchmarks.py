@@ -224,3 +224,15 @@ def test_alignment_recovery_finds_the_applied_shifts_on_oblique_phantoms(tmp_pat
         assert row["bSSFP_unmoved_mm"] < 0.6 and row["T2_unmoved_mm"] < 0.6
         for key in ("bSSFP_error_2mm", "T2_error_2mm", "bSSFP_error_4mm", "T2_error_4mm"):
             assert row[key] < 0.6, (row["case"], key, row[key])
+
+
+def test_alignment_pipeline_study_counts_the_shipped_pipelines_warnings(tmp_path):
+    """--pipeline runs the shipped model's window on an aligned oblique phantom: a small estimate, no warning."""
+    from myops.phantom import make_phantom_case, write_phantom_case
+
+    write_phantom_case(make_phantom_case(seed=6, n_slices=2), tmp_path, name="ph6")
+    result = _load_script("alignment_recovery").pipeline_study(tmp_path)
+    (row,) = result["cases"]
+    assert row["case"] == "ph6" and row["warning"] is None and result["warnings"] == 0
+    assert row["bSSFP_unmoved_mm"] < 1.0 and row["T2_unmoved_mm"] < 1.0
+    assert result["largest_mm"] == max(row["bSSFP_unmoved_mm"], row["T2_unmoved_mm"])

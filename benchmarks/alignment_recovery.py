@@ -6,6 +6,10 @@ does), and the bSSFP and T2 are moved in-plane by 2 and 4 mm in random direction
 estimate of the unmoved one, is compared with the applied vector. Also reported: the estimate on the unmoved
 cases, whose size says what a registered case looks like to it.
 
+With ``--pipeline``, the unmoved cases instead go through the shipped model's own pipeline (its localiser picks
+the window; one PRSN and no test-time views, which do not change the window) and the engine's warning is
+counted: how often it would fire on registered cases.
+
     python benchmarks/alignment_recovery.py --data ../shared/data/myops2020/train25 \\
         --json benchmarks/results/alignment_recovery.json
 """
@@ -72,13 +76,44 @@ def study(data: Path, distances=(2.0, 4.0), limit: int = 0, seed: int = 0, max_s
     return {"data": str(data), "cases": rows, "summary": summary}
 
 
+def pipeline_study(data: Path, limit: int = 0) -> dict:
+    """Per unmoved case: the shipped pipeline's estimate (mm) and its warning, if any."""
+    from myops.pipeline import Segmenter, alignment_warning
+
+    segmenter = Segmenter(device="cpu", tta_flips=False, assn_tta_rot90=False)
+    segmenter.prsns = segmenter.prsns[:1]  # the window comes before the PRSNs: one is enough here
+    rows = []
+    for truth_path in sorted(data.glob("*_gd.nii.gz"))[: limit or None]:
+        case = truth_path.name[: -len("_gd.nii.gz")]
+        probabilities = segmenter.predict(*[read_image(data / f"{case}_{s}.nii.gz") for s in ("C0", "DE", "T2")])
+        row = {"case": case, **{f"{k}_unmoved_mm": round(v.distance_mm, 3) for k, v in probabilities.alignment.items()}}
+        row["warning"] = alignment_warning(probabilities.alignment)
+        rows.append(row)
+        print(row, flush=True)
+    largest = max(max(v for k, v in r.items() if k.endswith("_mm")) for r in rows)
+    return {
+        "data": str(data),
+        "cases": rows,
+        "largest_mm": largest,
+        "warnings": sum(r["warning"] is not None for r in rows),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="MyoPS-layout folder with <case>_{C0,DE,T2,gd}")
     parser.add_argument("--limit", type=int, default=0, help="first N cases only (0: all)")
     parser.add_argument("--max-shift-mm", type=float, default=8.0, help="the search range (the engine's)")
+    parser.add_argument("--pipeline", action="store_true", help="the shipped pipeline's window and warning instead")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.pipeline:
+        result = pipeline_study(args.data, limit=args.limit)
+        n = len(result["cases"])
+        print(f"largest estimate {result['largest_mm']:.2f} mm; warnings on {result['warnings']} of {n}")
+        if args.json is not None:
+            args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        return 0
     result = study(args.data, limit=args.limit, max_shift_mm=args.max_shift_mm)
     for key, value in result["summary"].items():
         print(f"{key:22s} median {value['median']:.2f}  p90 {value['p90']:.2f}  max {value['max']:.2f} mm")
