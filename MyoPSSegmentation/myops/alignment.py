@@ -14,13 +14,10 @@ information, not correlation, because the contrasts differ (bright blood in bSSF
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Dict
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 #: Names of the window channels, in the engine's order (bSSFP, LGE, T2).
 CHANNELS = ("bSSFP", "LGE", "T2")

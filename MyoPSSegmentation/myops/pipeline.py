@@ -316,7 +316,8 @@ class Segmenter:
             # The transformed copies go through each network as one batch (fewer, larger passes: what a GPU
             # needs); quarter turns of a non-square window cannot share a batch, so they fall back to one each.
             views = [_tta_forward(t, k, flip) for k, flip in transforms]
-            same_shape = len({tuple(v.shape) for v in views}) == 1
+            # one pass per view (the CPU default) needs no concatenated copy of all views
+            same_shape = self.max_batch > n and len({tuple(v.shape) for v in views}) == 1
             groups = [torch.cat(views)] if same_shape else views
             for model in models:
                 probs = []
