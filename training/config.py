@@ -249,6 +249,11 @@ def validate_config(config: Mapping[str, Any]) -> None:
     end_w = config["assn"]["end_slice_weight"]
     if isinstance(end_w, bool) or not isinstance(end_w, (int, float)) or not 0 < end_w < 1000:
         raise ConfigError("assn.end_slice_weight must be a number in (0, 1000)")
+    context = config["assn"]["config"].get("slice_context", 0)
+    if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context <= 4:
+        raise ConfigError("assn.config.slice_context must be an integer in [0, 4]")
+    if context and config["assn"]["variant"] not in ("assn", "assn_wo_dae"):
+        raise ConfigError("assn.config.slice_context needs the 'assn' or 'assn_wo_dae' variant")
     if config["prsn"]["mask_source"] not in ("perturbed_gt", "gt"):
         raise ConfigError("prsn.mask_source must be 'perturbed_gt' or 'gt'")
     for stage in STAGE_ORDER:

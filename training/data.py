@@ -39,6 +39,7 @@ from myops.preprocessing import (
     heart_center_from_mask,
     prepare_sequences,
     sample_windows,
+    slice_context_indices,
     spacing_zyx_of,
 )
 
@@ -201,7 +202,8 @@ def t2_target_of(codes: torch.Tensor) -> torch.Tensor:
 
 
 class Batch(NamedTuple):
-    """An augmented batch: ``images`` ``(N, 3, S, S)`` float, ``codes`` ``(N, S, S)`` int8 compact labels."""
+    """An augmented batch: ``images`` ``(N, 3, S, S)`` float (``(N, 3 * (2c + 1), S, S)`` slice-major with ``c``
+    neighbour slices on each side, :meth:`SliceBank.draw`), ``codes`` ``(N, S, S)`` int8 compact labels."""
 
     images: torch.Tensor
     codes: torch.Tensor
@@ -297,6 +299,7 @@ class SliceBank:
         view: str = "fine",
         indices: Optional[torch.Tensor] = None,
         weights: Optional[torch.Tensor] = None,
+        slice_context: int = 0,
     ) -> Batch:
         """An augmented batch of fine (ASSN/PRSN/DAE) or coarse (localiser) windows.
 
@@ -314,6 +317,10 @@ class SliceBank:
             indices: slice indices to use instead of random ones (evaluation).
             weights: ``(len(self),)`` non-negative sampling weights of the slices (default: uniform). Slices are
                 then drawn with replacement in proportion to them (:meth:`end_slice_weights`).
+            slice_context: neighbour slices on each side to add as channels (2.5D ASSN; 0 draws exactly as
+                before). The images are then slice-major, as :func:`myops.preprocessing.stack_slice_context`
+                lays them out; the neighbours get their slice's geometric and intensity transforms and
+                misregistration offsets, and the codes stay those of the centre slice.
         """
         if view == "fine":
             images, codes, out, ctx = self.fine_images, self.fine_codes, self.crop_size, self.fine_context
@@ -346,10 +353,52 @@ class SliceBank:
         if enabled and view == "fine" and misregistration_mm > 0:
             radius_px = misregistration_mm / self.crop_spacing_mm
             offsets = channel_offsets(n, int(images.shape[1]), gen, radius_px, reference=LGE_CHANNEL)
-        img, lab = warp_batch(images[indices], codes[indices], theta, out, channel_shift_px=offsets)
+            if slice_context:
+                offsets = offsets.repeat(1, 2 * slice_context + 1, 1)  # one offset per sequence, all slices
+        img, lab = warp_batch(
+            self._with_context(images, indices, slice_context), codes[indices], theta, out, channel_shift_px=offsets
+        )
         if enabled:
-            img = augment_intensity(img, gen, augment)
+            img = self._augment_intensity(img, gen, augment, slice_context)
         return Batch(img, lab)
+
+    def context_rows(self, indices: torch.Tensor, slice_context: int) -> torch.Tensor:
+        """Bank rows of each slice's neighbours in its own case's stack: ``(N,)`` -> ``(N, 2c + 1)`` int64.
+
+        A case's slices are contiguous and in stack order (see :meth:`end_slice_weights`); the neighbour rule is
+        the engine's (:func:`myops.preprocessing.slice_context_indices`: the ends repeat).
+        """
+        if getattr(self, "_context_table", (None, -1))[1] != slice_context:
+            table = np.zeros((len(self), 2 * slice_context + 1), dtype=np.int64)
+            start = 0
+            for i in range(1, len(self.owners) + 1):
+                if i == len(self.owners) or self.owners[i] != self.owners[start]:
+                    table[start:i] = start + slice_context_indices(i - start, slice_context)
+                    start = i
+            self._context_table = (torch.from_numpy(table), slice_context)
+        return self._context_table[0][indices]
+
+    def _with_context(self, images: torch.Tensor, indices: torch.Tensor, slice_context: int) -> torch.Tensor:
+        """``images[indices]``, with the neighbour slices' channels (slice-major) when ``slice_context > 0``."""
+        if not slice_context:
+            return images[indices]
+        rows = self.context_rows(indices, slice_context)  # (N, k)
+        picked = images[rows]  # (N, k, C, S, S)
+        return picked.reshape(picked.shape[0], -1, *picked.shape[3:])
+
+    @staticmethod
+    def _augment_intensity(
+        img: torch.Tensor, gen: torch.Generator, augment: Mapping[str, Any], slice_context: int
+    ) -> torch.Tensor:
+        """:func:`augment_intensity` with one draw per sequence shared by its neighbour slices."""
+        if not slice_context:
+            return augment_intensity(img, gen, augment)
+        n, channels, h, w = img.shape
+        k = 2 * slice_context + 1
+        c = channels // k
+        tall = img.reshape(n, k, c, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, k * h, w)
+        tall = augment_intensity(tall, gen, augment)
+        return tall.reshape(n, c, k, h, w).permute(0, 2, 1, 3, 4).reshape(n, channels, h, w)
 
     def end_slice_weights(self, weight: float) -> Optional[torch.Tensor]:
         """Sampling weights that draw the first and last slice of each case ``weight`` times as often as the others.
@@ -371,14 +420,15 @@ class SliceBank:
                 start = i
         return out
 
-    def central(self, indices: torch.Tensor, view: str = "fine") -> Batch:
-        """Un-augmented central windows (the exact crop the pipeline takes at the ground-truth centre)."""
+    def central(self, indices: torch.Tensor, view: str = "fine", slice_context: int = 0) -> Batch:
+        """Un-augmented central windows (the exact crop the pipeline takes at the ground-truth centre), with
+        ``slice_context`` neighbour slices on each side as in :meth:`draw`."""
         if view == "fine":
             images, codes, out, ctx = self.fine_images, self.fine_codes, self.crop_size, self.fine_context
         else:
             images, codes, out, ctx = self.coarse_images, self.coarse_codes, self.coarse_size, self.coarse_context
         theta = identity_affines(int(indices.shape[0]), out, ctx)
-        img, lab = warp_batch(images[indices], codes[indices], theta, out)
+        img, lab = warp_batch(self._with_context(images, indices, slice_context), codes[indices], theta, out)
         return Batch(img, lab)
 
 

@@ -168,13 +168,14 @@ def train_assn(
     else:
         model = net.to(dev)
         pick = lambda m: m  # noqa: E731
-    channels = [0] if variant == "unet_bssfp" else [0, 1, 2]
+    context = int(net_cfg.get("slice_context", 0)) if variant != "unet_bssfp" else 0
     weights = bank.end_slice_weights(float(section["end_slice_weight"]))
 
     def loss_fn(m: nn.Module, gen: torch.Generator):
-        batch = bank.draw(int(section["batch_size"]), gen, aug, view="fine", weights=weights)
+        batch = bank.draw(int(section["batch_size"]), gen, aug, view="fine", weights=weights, slice_context=context)
         target = epicardium_of(batch.codes).to(dev)
-        out = m(batch.images[:, channels].to(dev))
+        images = batch.images[:, :1] if variant == "unet_bssfp" else batch.images
+        out = m(images.to(dev))
         if variant == "assn":
             seg = dice_ce_loss(out.seg_logits, target, ce_w)
             shape = soft_dice_loss(out.shape_logits, target)

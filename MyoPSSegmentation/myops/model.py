@@ -13,7 +13,9 @@ Manifest (schema version 1)::
       "networks": {                       # the four stages of the cascade
         "localizer": {"arch": "unet", "config": {...}, "weights": ["localizer.safetensors", ...]},
         "assn": {...}, "dae": {...}, "prsn": {...}
-      },                                  # several weight files = an ensemble (probabilities averaged)
+      },                                  # several weight files = an ensemble (probabilities averaged); an
+                                          # ensemble whose members differ (e.g. a 2D and a 2.5D ASSN) also
+                                          # has "member_configs": one config per weight file
       "input": {"sequences": ["bSSFP", "LGE", "T2"], "reference": "LGE",
                 "coarse_size": 128, "crop_size": 128, "crop_spacing_mm": 1.0,
                 "normalisation": {"method": "percentile_zscore", "percentiles": [0.5, 99.5]}},
@@ -187,6 +189,21 @@ class ModelBundle:
         weights = self.manifest["networks"][stage]["weights"]
         return [weights] if isinstance(weights, str) else list(weights)
 
+    def member_configs(self, stage: str) -> List[Dict[str, Any]]:
+        """The constructor kwargs of each ensemble member of ``stage``, in weight-file order.
+
+        Raises:
+            ModelError: ``member_configs`` does not list one config per weight file.
+        """
+        entry = self.manifest["networks"][stage]
+        n = len(self.weight_files(stage))
+        configs = entry.get("member_configs")
+        if configs is None:
+            return [dict(entry["config"]) for _ in range(n)]
+        if not isinstance(configs, list) or len(configs) != n or not all(isinstance(c, dict) for c in configs):
+            raise ModelError(f"{self.folder}: networks.{stage}.member_configs must list one config per weight file")
+        return [dict(c) for c in configs]
+
     def build(self, stage: str, device: Union[str, torch.device] = "cpu") -> List[nn.Module]:
         """Build the network(s) of one stage with their weights, in eval mode on ``device``.
 
@@ -199,16 +216,17 @@ class ModelBundle:
 
         entry = self.manifest["networks"][stage]
         models = []
-        for name in self.weight_files(stage):
-            model = create_model(entry["arch"], **entry["config"])
+        for name, config in zip(self.weight_files(stage), self.member_configs(stage)):
+            try:
+                model = create_model(entry["arch"], **config)
+            except (TypeError, ValueError) as exc:
+                raise ModelError(f"{self.folder}: {stage} cannot be built as {entry['arch']} {config}: {exc}") from None
             state = load_file(str(self.folder / name), device="cpu")
             state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as exc:
-                raise ModelError(
-                    f"{self.folder / name}: weights do not fit {entry['arch']} {entry['config']}: {exc}"
-                ) from None
+                raise ModelError(f"{self.folder / name}: weights do not fit {entry['arch']} {config}: {exc}") from None
             models.append(model.to(device).eval())
         return models
 
@@ -240,7 +258,8 @@ def save_model_folder(
     Args:
         folder: target folder (created; existing weight files of the same names are replaced).
         networks: stage -> ``(arch, config, [module, ...])`` for each of :data:`STAGES`; several modules make
-            an ensemble.
+            an ensemble. Members whose own ``config()`` differs from the others' (same ``arch``) are recorded
+            one by one in ``member_configs``.
         trained: whether the weights come from training.
         half_precision: store floating-point tensors as float16 (halves the size; loaded back as float32).
 
@@ -270,6 +289,9 @@ def save_model_folder(
             files[fname] = {"sha256": sha256_of(folder / fname), "size": (folder / fname).stat().st_size}
             weight_names.append(fname)
         entries[stage] = {"arch": arch, "config": dict(config), "weights": weight_names}
+        own = [m.config() if callable(getattr(m, "config", None)) else dict(config) for m in modules]
+        if any(c != own[0] for c in own):
+            entries[stage]["member_configs"] = own
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "name": name,

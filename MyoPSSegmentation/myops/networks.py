@@ -409,14 +409,23 @@ class AnatomicalStructureNet(_ConfigMixin, nn.Module):
     decoder and the shallower ones are its skips. Alone this is the "ASSN-WO-DAE" baseline; with the DAE
     prior see :class:`ShapeConstrainedASSN`.
 
+    With ``slice_context = c > 0`` (2.5D; not in the paper) each encoder also sees its sequence's ``c``
+    neighbour slices on either side of the slice it segments, as extra input channels. The input is then
+    slice-major: ``x[:, j * in_channels + s]`` is sequence ``s`` at slice offset ``j - c`` (``j`` in
+    ``0..2c``), as :func:`myops.preprocessing.stack_slice_context` builds it (the stack's end slices repeat).
+
     Args:
-        in_channels: number of sequences (= encoders); each encoder takes 1 channel.
+        in_channels: number of sequences (= encoders).
         out_channels: classes (2: background / LV epicardial region).
         features, norm, dropout, downsample, upsample: as :class:`UNet2d` (per encoder; the decoder uses the
             same ``features``).
+        slice_context: neighbour slices on each side that each encoder sees (0: 2D, the paper).
 
-    Shapes: ``(N, in_channels, H, W)`` -> logits ``(N, out_channels, H, W)``.
+    Shapes: ``(N, in_channels * (2 * slice_context + 1), H, W)`` -> logits ``(N, out_channels, H, W)``.
     """
+
+    #: Left out of :meth:`config` at its default, so 2D configs and manifests read as before.
+    OMITTED_AT_DEFAULT = ("slice_context",)
 
     def __init__(
         self,
@@ -427,19 +436,33 @@ class AnatomicalStructureNet(_ConfigMixin, nn.Module):
         dropout: float = 0.0,
         downsample: str = "maxpool",
         upsample: str = "deconv",
+        slice_context: int = 0,
     ):
         super().__init__()
         self._config = _common_kwargs(in_channels, out_channels, features, norm, dropout, downsample, upsample)
+        if isinstance(slice_context, bool) or not isinstance(slice_context, int) or not 0 <= slice_context <= 4:
+            raise ValueError(f"slice_context must be an integer in [0, 4], got {slice_context!r}")
+        if slice_context:  # left out at 0 so that 2D manifests and configs stay as they were
+            self._config["slice_context"] = slice_context
         f = self._config["features"]
         self.in_channels, self.out_channels, self.features, self.norm = in_channels, out_channels, f, norm
-        self.encoders = nn.ModuleList([Encoder(1, f, norm, dropout, downsample) for _ in range(in_channels)])
+        #: Neighbour slices on each side that each encoder sees (0: 2D).
+        self.slice_context = slice_context
+        #: Input channels of the network: ``in_channels`` sequences times ``2 * slice_context + 1`` slices.
+        self.input_channels = in_channels * (2 * slice_context + 1)
+        depth = 2 * slice_context + 1
+        self.encoders = nn.ModuleList([Encoder(depth, f, norm, dropout, downsample) for _ in range(in_channels)])
         n = in_channels
         self.decoder = Decoder(n * f[-1], f, [n * c for c in f[:-1]], norm, dropout, upsample)
         self.head = nn.Conv2d(f[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels, len(self.features), self.norm, type(self).__name__)
-        per_encoder = [enc(x[:, s : s + 1]) for s, enc in enumerate(self.encoders)]
+        _check_input(x, self.input_channels, len(self.features), self.norm, type(self).__name__)
+        n = self.in_channels
+        if self.slice_context:
+            per_encoder = [enc(x[:, s::n]) for s, enc in enumerate(self.encoders)]
+        else:
+            per_encoder = [enc(x[:, s : s + 1]) for s, enc in enumerate(self.encoders)]
         fused = [torch.cat(level, dim=1) for level in zip(*per_encoder)]
         return self.head(self.decoder(fused[-1], fused))
 

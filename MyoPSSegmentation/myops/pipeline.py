@@ -37,6 +37,7 @@ from .preprocessing import (
     prepare_sequences,
     sample_windows,
     spacing_zyx_of,
+    stack_slice_context,
 )
 
 logger = logging.getLogger(__name__)
@@ -363,9 +364,26 @@ class Segmenter:
 
     def assn_pass(self, crops: np.ndarray) -> np.ndarray:
         """The ASSN(s) on the heart windows: ``(z, 3, S, S)`` -> ``(z, 2, S, S)`` LV-region probabilities (the
-        DAE's reconstruction with :attr:`shape_prior`, else the ASSN's own output; :attr:`assn_tta_transforms`)."""
+        DAE's reconstruction with :attr:`shape_prior`, else the ASSN's own output; :attr:`assn_tta_transforms`).
+
+        ``crops`` must be the whole stack in slice order: a 2.5D member (``slice_context`` > 0) also sees each
+        slice's neighbours (:func:`myops.preprocessing.stack_slice_context`). Members are averaged with equal
+        weight whatever their context.
+        """
         pick = (lambda out: out.shape_logits) if self.shape_prior else (lambda out: out.seg_logits)
-        return self._forward(self.assns, crops, pick, transforms=self.assn_tta_transforms)
+        groups: Dict[int, list] = {}
+        for member in self.assns:
+            groups.setdefault(int(getattr(member.assn, "slice_context", 0)), []).append(member)
+        probs = [
+            (
+                self._forward(members, stack_slice_context(crops, context), pick, transforms=self.assn_tta_transforms),
+                len(members),
+            )
+            for context, members in groups.items()
+        ]
+        if len(probs) == 1:
+            return probs[0][0]
+        return sum(prob * count for prob, count in probs) / len(self.assns)
 
     def prsn_pass(self, candidates: np.ndarray) -> np.ndarray:
         """The PRSN(s) on the masked heart windows: ``(z, 3, S, S)`` -> ``(z, 4, S, S)`` class probabilities

@@ -160,6 +160,31 @@ def sample_windows(
     return out.numpy()
 
 
+def slice_context_indices(n_slices: int, context: int) -> np.ndarray:
+    """The slices a 2.5D network sees for each slice of a stack: ``(n_slices, 2 * context + 1)`` int64.
+
+    Row ``z`` lists ``z - context .. z + context``, clipped to the stack (an end slice repeats itself where it
+    has no neighbour), so every slice, including a stack of one, gets a full set.
+    """
+    if n_slices < 1 or context < 0:
+        raise ValueError(f"need n_slices >= 1 and context >= 0, got {n_slices} and {context}")
+    offsets = np.arange(-context, context + 1)
+    return np.clip(np.arange(n_slices)[:, None] + offsets[None, :], 0, n_slices - 1).astype(np.int64)
+
+
+def stack_slice_context(windows: np.ndarray, context: int) -> np.ndarray:
+    """Neighbour slices as channels, slice-major: ``(z, C, H, W)`` -> ``(z, (2 * context + 1) * C, H, W)``.
+
+    Channel ``j * C + s`` of row ``z`` is channel ``s`` of slice ``z + j - context`` (clipped to the stack,
+    :func:`slice_context_indices`). ``context = 0`` returns the input unchanged.
+    """
+    if context == 0:
+        return windows
+    z, c = windows.shape[:2]
+    picked = windows[slice_context_indices(z, context)]  # (z, 2 * context + 1, C, H, W)
+    return np.ascontiguousarray(picked.reshape(z, (2 * context + 1) * c, *windows.shape[2:]))
+
+
 def paste_windows(
     patches: np.ndarray,
     shape_zyx: Tuple[int, int, int],
