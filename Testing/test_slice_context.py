@@ -269,3 +269,12 @@ def load_tiny():
     from training.config import load_config
 
     return load_config("tiny")
+
+
+def test_info_names_what_each_mixed_member_changes(tmp_path, capsys):
+    from myops.cli import main
+
+    folder, _ = _folder(tmp_path / "mixed", (0, 1))
+    assert main(["info", "--model", str(folder), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "member 0: as above" in out and "member 1: {'slice_context': 1}" in out

@@ -306,6 +306,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     _print(f"  name: {m.get('name')}  trained: {m.get('trained')}")
     for stage, entry in m["networks"].items():
         _print(f"  {stage}: {entry['arch']} x{len(bundle.weight_files(stage))} {entry['config']}")
+        if "member_configs" in entry:  # a mixed ensemble: say what differs from the first member
+            for i, config in enumerate(bundle.member_configs(stage)):
+                differs = {k: v for k, v in config.items() if entry["config"].get(k) != v}
+                _print(f"    member {i}: {differs or 'as above'}")
     inference = m.get("inference") or {}
     _print("  inference: " + (", ".join(f"{k}={v}" for k, v in inference.items()) or "engine defaults"))
     cv = (m.get("metrics") or {}).get("cross_validation") or {}
