@@ -100,6 +100,21 @@ def test_cv_decoding_chooses_thresholds_on_the_other_folds_only():
     assert classes[:, 20, 30].tolist() == [3, 3] and classes[:, 20, 10].tolist() == [1, 1]  # scar; decoy (0.33)
 
 
+def test_end_slice_hausdorff_splits_the_annotated_stack_by_hand():
+    """Slices 1-4 are annotated (0 is empty): 1 and 4 are the ends, 2 and 3 the middle. A square predicted one
+    pixel too wide (1.5 mm pixels) on slice 1 and two pixels on slice 3 gives HD 1.5 (end) and 3.0 (middle)."""
+    cvd = _load_cv_decoding()
+    truth = np.zeros((5, 20, 20), dtype=np.int32)
+    truth[1:5, 5:10, 5:10] = 500
+    labels = truth.copy()
+    labels[1, 5:10, 10] = 200
+    labels[3, 5:10, 10:12] = 200
+    ends, middle = cvd.end_slice_hausdorff(labels, truth, (10.0, 1.5, 1.5))
+    assert ends == [1.5, 0.0] and middle == [0.0, 3.0]
+    pooled = cvd.pooled_slices([{"hd_lv_2d_end_slices_mm": ends, "hd_lv_2d_middle_slices_mm": middle}])
+    assert pooled["hd_lv_2d_end_slices_mm"] == {"mean": 0.75, "median": 0.75, "n": 2}
+
+
 def _load_script(name: str):
     import importlib.util
 

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "MyoPSSegmentation"))
 
 import SimpleITK as sitk  # noqa: E402
 
-from myops.metrics import MetricSummary, case_metrics  # noqa: E402
+from myops.labels import LV_EPICARDIUM_LABELS  # noqa: E402
+from myops.metrics import MetricSummary, case_metrics, mean_slice_hausdorff  # noqa: E402
 from myops.pipeline import Segmenter  # noqa: E402
 from myops.postprocessing import PATHOLOGY_DECODINGS, compose_labels, pathology_classes  # noqa: E402
 
@@ -113,13 +114,48 @@ def predict_all(
     return cases, times
 
 
+def end_slice_hausdorff(labels: np.ndarray, truth: np.ndarray, spacing_zyx) -> Tuple[List[float], List[float]]:
+    """In-plane HD (mm) of the LV epicardial region on the end slices of the annotated stack (its first and last
+    slice with a reference LV: the base and the apex) and on the slices between them.
+
+    Returns:
+        ``(ends, middle)``: one value per slice (NaN where the prediction is empty on an annotated slice).
+    """
+    pred, ref = np.isin(labels, LV_EPICARDIUM_LABELS), np.isin(truth, LV_EPICARDIUM_LABELS)
+    annotated = np.flatnonzero(ref.reshape(ref.shape[0], -1).any(axis=1))
+    ends, middle = [], []
+    for z in annotated:
+        hd = mean_slice_hausdorff(pred[z : z + 1], ref[z : z + 1], spacing_zyx)
+        (ends if z in (annotated[0], annotated[-1]) else middle).append(hd)
+    return ends, middle
+
+
+def pooled_slices(rows: List[dict]) -> dict:
+    """Mean and median of the end-slice and middle-slice HD over every slice of every case (NaN excluded)."""
+    out = {}
+    for key in ("hd_lv_2d_end_slices_mm", "hd_lv_2d_middle_slices_mm"):
+        values = [v for r in rows for v in r[key] if not math.isnan(v)]
+        out[key] = {"mean": statistics.mean(values), "median": statistics.median(values), "n": len(values)}
+    return out
+
+
 def score(cases: list, decide) -> List[dict]:
-    """Per-case metrics after decoding every case's probabilities with ``decide(p) -> classes``."""
+    """Per-case metrics after decoding every case's probabilities with ``decide(p) -> classes``; each row also
+    lists the in-plane HD of its end and middle slices (:func:`end_slice_hausdorff`)."""
     rows = []
     for fold, case, probs, truth, segmenter in cases:
         classes = decide(probs.pathology)
         labels = compose_labels(probs.epicardium > 0.5, classes, probs.spacing_zyx, segmenter.postprocessing)
-        rows.append({"fold": fold, "case": case, **case_metrics(labels, truth, probs.spacing_zyx)})
+        ends, middle = end_slice_hausdorff(labels, truth, probs.spacing_zyx)
+        rows.append(
+            {
+                "fold": fold,
+                "case": case,
+                **case_metrics(labels, truth, probs.spacing_zyx),
+                "hd_lv_2d_end_slices_mm": ends,
+                "hd_lv_2d_middle_slices_mm": middle,
+            }
+        )
     return rows
 
 
@@ -163,8 +199,15 @@ def branch_weight_study(run: Path, data: Path, tta: str, others: Sequence[Path],
     for w in weights:
         cases, _ = predict_all(run, data, *TTA[tta], others=others, branch_weight=w)
         per_setting[(w,)] = score(cases, lambda p: pathology_classes(p, "argmax"))
-        summaries[str(w)] = {"summary": summarise(per_setting[(w,)]), "cases": per_setting[(w,)]}
+        slices = pooled_slices(per_setting[(w,)])
+        summaries[str(w)] = {"summary": summarise(per_setting[(w,)]), "slices": slices, "cases": per_setting[(w,)]}
         print(line(f"{tta}/branch weight {w}", summaries[str(w)]["summary"]), flush=True)
+        print(
+            f"{'':>26}  in-plane HD, end slices {slices['hd_lv_2d_end_slices_mm']['mean']:.2f} mm "
+            f"(n {slices['hd_lv_2d_end_slices_mm']['n']}), middle slices "
+            f"{slices['hd_lv_2d_middle_slices_mm']['mean']:.2f} mm (n {slices['hd_lv_2d_middle_slices_mm']['n']})",
+            flush=True,
+        )
         del cases
     study = nested_choice(per_setting)
     print(line(f"{tta}/branch weight nested", study["nested"]), study["chosen_per_fold"])
