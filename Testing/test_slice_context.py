@@ -278,3 +278,6 @@ def test_info_names_what_each_mixed_member_changes(tmp_path, capsys):
     assert main(["info", "--model", str(folder), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "member 0: as above" in out and "member 1: {'slice_context': 1}" in out
+    reverse, _ = _folder(tmp_path / "reverse", (1, 0))  # the first member's config is the entry's
+    assert main(["info", "--model", str(reverse), "--device", "cpu"]) == 0
+    assert "member 1: {'slice_context': 'default'}" in capsys.readouterr().out

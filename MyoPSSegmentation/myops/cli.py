@@ -308,7 +308,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         _print(f"  {stage}: {entry['arch']} x{len(bundle.weight_files(stage))} {entry['config']}")
         if "member_configs" in entry:  # a mixed ensemble: say what differs from the first member
             for i, config in enumerate(bundle.member_configs(stage)):
-                differs = {k: v for k, v in config.items() if entry["config"].get(k) != v}
+                keys = sorted(set(config) | set(entry["config"]))
+                differs = {k: config.get(k, "default") for k in keys if config.get(k) != entry["config"].get(k)}
                 _print(f"    member {i}: {differs or 'as above'}")
     inference = m.get("inference") or {}
     _print("  inference: " + (", ".join(f"{k}={v}" for k, v in inference.items()) or "engine defaults"))
