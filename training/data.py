@@ -368,15 +368,19 @@ class SliceBank:
         A case's slices are contiguous and in stack order (see :meth:`end_slice_weights`); the neighbour rule is
         the engine's (:func:`myops.preprocessing.slice_context_indices`: the ends repeat).
         """
-        if getattr(self, "_context_table", (None, -1))[1] != slice_context:
-            table = np.zeros((len(self), 2 * slice_context + 1), dtype=np.int64)
-            start = 0
-            for i in range(1, len(self.owners) + 1):
-                if i == len(self.owners) or self.owners[i] != self.owners[start]:
-                    table[start:i] = start + slice_context_indices(i - start, slice_context)
-                    start = i
-            self._context_table = (torch.from_numpy(table), slice_context)
-        return self._context_table[0][indices]
+        table = np.zeros((len(self), 2 * slice_context + 1), dtype=np.int64)
+        for start, stop in self._case_spans():
+            table[start:stop] = start + slice_context_indices(stop - start, slice_context)
+        return torch.from_numpy(table)[indices]
+
+    def _case_spans(self) -> List[Tuple[int, int]]:
+        """``(start, stop)`` bank rows of each case, in bank order (a case's slices are contiguous)."""
+        spans, start = [], 0
+        for i in range(1, len(self.owners) + 1):
+            if i == len(self.owners) or self.owners[i] != self.owners[start]:
+                spans.append((start, i))
+                start = i
+        return spans
 
     def _with_context(self, images: torch.Tensor, indices: torch.Tensor, slice_context: int) -> torch.Tensor:
         """``images[indices]``, with the neighbour slices' channels (slice-major) when ``slice_context > 0``."""
@@ -413,11 +417,8 @@ class SliceBank:
         if weight == 1:
             return None
         out = torch.ones(len(self), dtype=torch.float64)
-        start = 0
-        for i in range(1, len(self.owners) + 1):
-            if i == len(self.owners) or self.owners[i] != self.owners[start]:
-                out[start] = out[i - 1] = float(weight)
-                start = i
+        for start, stop in self._case_spans():
+            out[start] = out[stop - 1] = float(weight)
         return out
 
     def central(self, indices: torch.Tensor, view: str = "fine", slice_context: int = 0) -> Batch:

@@ -458,11 +458,8 @@ class AnatomicalStructureNet(_ConfigMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.input_channels, len(self.features), self.norm, type(self).__name__)
-        n = self.in_channels
-        if self.slice_context:
-            per_encoder = [enc(x[:, s::n]) for s, enc in enumerate(self.encoders)]
-        else:
-            per_encoder = [enc(x[:, s : s + 1]) for s, enc in enumerate(self.encoders)]
+        n = self.in_channels  # encoder s reads channels s, s + n, ...: its sequence at each slice offset
+        per_encoder = [enc(x[:, s::n]) for s, enc in enumerate(self.encoders)]
         fused = [torch.cat(level, dim=1) for level in zip(*per_encoder)]
         return self.head(self.decoder(fused[-1], fused))
 
