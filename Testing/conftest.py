@@ -5,6 +5,7 @@ The engine lives in ``MyoPSSegmentation/myops``; when it is not pip-installed th
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -30,6 +31,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "realdata" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers_added_by_in_process_clis():
+    """The CLIs configure the root logger (``training``'s with ``force=True``). Run in-process by a test, they
+    leave a handler on that test's captured stderr, which is closed when the next test logs; drop such handlers
+    after each test so that tests do not depend on their order."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        if type(handler) in (logging.StreamHandler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
 
 
 @pytest.fixture(scope="session")

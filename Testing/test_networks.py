@@ -391,6 +391,8 @@ def test_config_round_trips_through_json_and_create_model(arch, kwargs):
 
 def test_every_registered_class_exposes_full_config():
     for arch, cls in ARCHITECTURES.items():
+        if cls.__module__ != "myops.networks":
+            continue  # training's adapters, registered by tests that ran earlier in the same process
         model = cls(features=TINY)
         config = model.config()
         signature = inspect.signature(cls.__init__).parameters
