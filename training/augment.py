@@ -12,6 +12,13 @@ holds, so even after the challenge's alignment the bSSFP and T2 slices can sit a
 slice. Each non-reference sequence of each sample is moved by its own translation, drawn uniformly in a disc, in
 the context window before the common affine; the LGE channel and the labels (drawn on the LGE grid) stay put.
 
+Elastic deformation (optional, ``augment.elastic_prob``): a smooth random displacement field, added to the affine
+sampling grid of the images and labels alike (the heart's shape varies between patients more than an affine
+captures).
+
+Image quality (optional, ``augment.blur_prob`` and ``augment.lowres_prob``), per sample and sequence: Gaussian
+blur and simulated low resolution, as scanners and protocols differ.
+
 Intensity augmentation acts per sample and per sequence (bSSFP, LGE and T2 vary independently between
 scanners): gamma, scale, shift and mild Gaussian noise, on the z-scored intensities.
 
@@ -109,12 +116,115 @@ def channel_offsets(n: int, channels: int, gen: torch.Generator, radius_px: floa
     return offsets.float()
 
 
+def elastic_displacements(
+    n: int,
+    out_size: int,
+    context_size: int,
+    gen: torch.Generator,
+    *,
+    prob: float,
+    magnitude_px: float,
+    grid_points: int = 5,
+) -> Optional[torch.Tensor]:
+    """Smooth random displacement fields for :func:`warp_batch`: ``(n, out, out, 2)`` (x, y), in the sampling
+    grid's normalised units, or ``None`` when ``prob`` is 0 (then nothing is drawn, so older runs repeat exactly).
+
+    Each sample is deformed with probability ``prob``: a ``grid_points`` x ``grid_points`` lattice of Gaussian
+    vectors (standard deviation ``magnitude_px / 2`` context pixels per axis) is upsampled bicubically to the
+    output window, so the deformation is smooth at the scale of the heart (a 128 px window and 5 points: about
+    30 px between control points) and most pixels move by less than ``magnitude_px``. Images and labels read
+    through the same displaced grid, so they stay aligned. Draws ``n * (2 * grid_points**2 + 1)`` numbers.
+
+    Args:
+        n: samples.
+        out_size: side of the output window (px).
+        context_size: side of the context window the grid samples (px; same spacing as the output).
+        gen: random generator.
+        prob: probability of deforming a sample, in ``[0, 1]``.
+        magnitude_px: scale of the displacement (context px).
+        grid_points: control points per side (>= 2).
+    """
+    if prob <= 0:
+        return None
+    coarse = torch.randn((n, 2, grid_points, grid_points), generator=gen) * (magnitude_px / 2.0)
+    apply = (torch.rand(n, generator=gen) < prob).float()
+    coarse = coarse * apply[:, None, None, None]
+    field = F.interpolate(coarse, size=(out_size, out_size), mode="bicubic", align_corners=True)
+    return (field * (2.0 / (context_size - 1))).permute(0, 2, 3, 1).contiguous()
+
+
+def _gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Normalised 1D Gaussian kernels ``(P, 2 * radius + 1)`` for standard deviations ``sigma`` ``(P,)`` (px)."""
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x[None, :] / sigma[:, None].clamp_min(1e-3)) ** 2)
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def augment_resolution(
+    images: torch.Tensor, gen: torch.Generator, params: Mapping[str, Any], groups: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Per sample and per sequence, image quality as it varies between scanners and protocols: Gaussian blur and
+    simulated low resolution (downsampled bilinearly, then upsampled back).
+
+    - ``blur_prob``, ``blur_sigma_px`` ``[low, high]``: blur with a standard deviation drawn in that range (px);
+    - ``lowres_prob``, ``lowres_factor`` ``[low, high]``: the plane is resampled to ``factor`` times its side
+      (``factor`` drawn in that range, < 1) and back.
+
+    Both probabilities default to 0, and then nothing is drawn (older runs repeat exactly).
+
+    Args:
+        images: ``(N, C, H, W)``.
+        gen: random generator.
+        params: the ``augment`` config section.
+        groups: ``(C,)`` int64, the draw each channel uses (channels of one sequence at several slices share
+            it: a 2.5D sample's neighbour slices come from the same acquisition); default one draw per channel.
+
+    Returns:
+        ``(N, C, H, W)``.
+    """
+    blur_p = float(params.get("blur_prob", 0.0))
+    low_p = float(params.get("lowres_prob", 0.0))
+    if blur_p <= 0 and low_p <= 0:
+        return images
+    n, c, h, w = images.shape
+    if groups is None:
+        groups = torch.arange(c)
+    g = int(groups.max()) + 1
+    out = images
+    if blur_p > 0:
+        lo, hi = (float(v) for v in params["blur_sigma_px"])
+        sigma = (lo + (hi - lo) * torch.rand((n, g), generator=gen))[:, groups]
+        apply = (torch.rand((n, g), generator=gen) < blur_p)[:, groups]
+        if bool(apply.any()):
+            radius = max(1, math.ceil(3 * hi))
+            kernels = _gaussian_kernels(sigma.reshape(-1), radius).to(images.device)  # (N*C, K)
+            planes = out.reshape(1, n * c, h, w)
+            planes = F.pad(planes, (radius, radius, radius, radius), mode="replicate")
+            planes = F.conv2d(planes, kernels[:, None, None, :], groups=n * c)
+            planes = F.conv2d(planes, kernels[:, None, :, None], groups=n * c)
+            blurred = planes.reshape(n, c, h, w)
+            out = torch.where(apply[:, :, None, None].to(images.device), blurred, out)
+    if low_p > 0:
+        lo, hi = (float(v) for v in params["lowres_factor"])
+        factor = (lo + (hi - lo) * torch.rand((n, g), generator=gen))[:, groups]
+        apply = (torch.rand((n, g), generator=gen) < low_p)[:, groups]
+        if bool(apply.any()):
+            out = out.clone()
+            for i, j in torch.nonzero(apply, as_tuple=False).tolist():
+                f = float(factor[i, j])
+                size = (max(2, round(h * f)), max(2, round(w * f)))
+                small = F.interpolate(out[i : i + 1, j : j + 1], size=size, mode="bilinear", align_corners=False)
+                out[i, j] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    return out
+
+
 def warp_batch(
     images: torch.Tensor,
     labels: Optional[torch.Tensor],
     theta: torch.Tensor,
     out_size: int,
     channel_shift_px: Optional[torch.Tensor] = None,
+    displacement: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Resample context windows through ``theta``: images bilinear, labels nearest (outside: 0).
 
@@ -125,12 +235,16 @@ def warp_batch(
         out_size: output side (px).
         channel_shift_px: optional ``(N, C, 2)`` extra translation (x, y; context px) per image channel, from
             :func:`channel_offsets` (simulated misregistration); the labels follow ``theta`` alone.
+        displacement: optional ``(N, out, out, 2)`` smooth deformation added to the sampling grid of the images
+            and the labels alike (:func:`elastic_displacements`).
 
     Returns:
         ``(N, C, out, out)`` images and ``(N, out, out)`` labels (same dtype as given).
     """
     n = images.shape[0]
     grid = F.affine_grid(theta.to(images.device), [n, 1, out_size, out_size], align_corners=True)
+    if displacement is not None:
+        grid = grid + displacement.to(grid.device)
     if channel_shift_px is None:
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     else:
@@ -140,6 +254,8 @@ def warp_batch(
             moved = theta.clone()
             moved[:, :, 2] += channel_shift_px[:, c] * (2.0 / (context - 1))
             grid_c = F.affine_grid(moved.to(images.device), [n, 1, out_size, out_size], align_corners=True)
+            if displacement is not None:
+                grid_c = grid_c + displacement.to(grid_c.device)
             planes.append(
                 F.grid_sample(images[:, c : c + 1], grid_c, mode="bilinear", padding_mode="zeros", align_corners=True)
             )

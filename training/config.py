@@ -9,8 +9,10 @@ Sections:
 - ``data``: geometry of the training samples, the same geometry the model folder's input spec declares
   (``crop_size`` px at ``crop_spacing_mm``, ``coarse_size`` for the full-view localiser windows), the localiser
   error simulated by jittering the fine window centre (``jitter_mm``), and the cross-validation (``folds``).
-- ``augment``: spatial (rotation, scale, flips), per-sequence intensity augmentation, and an optional simulated
-  misregistration of bSSFP and T2 against LGE (``misregistration_mm``, 0 = off).
+- ``augment``: spatial (rotation, scale, flips), per-sequence intensity augmentation, and optional extras, each off
+  at 0: a simulated misregistration of bSSFP and T2 against LGE (``misregistration_mm``), an elastic deformation
+  (``elastic_prob``, ``elastic_mm``, ``elastic_grid``), blur (``blur_prob``, ``blur_sigma_px``) and simulated low
+  resolution (``lowres_prob``, ``lowres_factor``).
 - ``localizer``, ``dae``, ``assn``, ``prsn``: one section per stage: architecture + constructor kwargs, the
   variant (the paper's comparison models, Tables 1-2), the loss weights, the optimiser and the schedule.
 - ``export``: what goes into the engine model folder (postprocessing, half precision).
@@ -79,6 +81,13 @@ DEFAULTS: Dict[str, Any] = {
         "intensity_shift": 0.15,
         "noise_std": 0.05,
         "misregistration_mm": 0.0,
+        "elastic_prob": 0.0,
+        "elastic_mm": 4.0,
+        "elastic_grid": 5,
+        "blur_prob": 0.0,
+        "blur_sigma_px": [0.5, 1.0],
+        "lowres_prob": 0.0,
+        "lowres_factor": [0.5, 1.0],
     },
     "localizer": {
         "arch": "unet",
@@ -246,6 +255,25 @@ def validate_config(config: Mapping[str, Any]) -> None:
     shift = config["augment"]["misregistration_mm"]
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift < 20:
         raise ConfigError("augment.misregistration_mm must be a number in [0, 20)")
+    aug = config["augment"]
+    for key in ("elastic_prob", "blur_prob", "lowres_prob"):
+        if isinstance(aug[key], bool) or not isinstance(aug[key], (int, float)) or not 0 <= aug[key] <= 1:
+            raise ConfigError(f"augment.{key} must be a probability in [0, 1]")
+    if isinstance(aug["elastic_mm"], bool) or not isinstance(aug["elastic_mm"], (int, float)):
+        raise ConfigError("augment.elastic_mm must be a number in [0, 20]")
+    if not 0 <= aug["elastic_mm"] <= 20:
+        raise ConfigError("augment.elastic_mm must be a number in [0, 20]")
+    if isinstance(aug["elastic_grid"], bool) or not isinstance(aug["elastic_grid"], int) or aug["elastic_grid"] < 2:
+        raise ConfigError("augment.elastic_grid must be an integer >= 2")
+    for key, low, high in (("blur_sigma_px", 0.0, 10.0), ("lowres_factor", 0.1, 1.0)):
+        pair = aug[key]
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in pair)
+            or not low < pair[0] <= pair[1] <= high
+        ):
+            raise ConfigError(f"augment.{key} must be [low, high] with {low} < low <= high <= {high}")
     end_w = config["assn"]["end_slice_weight"]
     if isinstance(end_w, bool) or not isinstance(end_w, (int, float)) or not 0 < end_w < 1000:
         raise ConfigError("assn.end_slice_weight must be a number in (0, 1000)")

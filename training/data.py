@@ -43,7 +43,15 @@ from myops.preprocessing import (
     spacing_zyx_of,
 )
 
-from .augment import augment_intensity, channel_offsets, identity_affines, random_affines, warp_batch
+from .augment import (
+    augment_intensity,
+    augment_resolution,
+    channel_offsets,
+    elastic_displacements,
+    identity_affines,
+    random_affines,
+    warp_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +316,9 @@ class SliceBank:
         ``augment["coarse_shift_fraction"]`` of its side. With ``augment["enabled"]`` false only that shift is
         applied. ``augment["misregistration_mm"]`` (fine view only; 0 draws nothing, so older runs repeat exactly)
         moves the bSSFP and T2 channels of each sample by their own translation against the LGE and the labels.
+        In the fine view only, ``augment["elastic_prob"]`` deforms images and labels by a smooth field (of about
+        ``elastic_mm``), and ``augment["blur_prob"]`` / ``["lowres_prob"]`` degrade each sequence's image; all
+        three draw nothing at probability 0.
 
         Args:
             batch_size: samples.
@@ -355,9 +366,30 @@ class SliceBank:
             offsets = channel_offsets(n, int(images.shape[1]), gen, radius_px, reference=LGE_CHANNEL)
             if slice_context:
                 offsets = offsets.repeat(1, 2 * slice_context + 1, 1)  # one offset per sequence, all slices
+        displacement = None
+        fine_extras = enabled and view == "fine"
+        if fine_extras:
+            displacement = elastic_displacements(
+                n,
+                out,
+                ctx,
+                gen,
+                prob=float(augment.get("elastic_prob", 0.0)),
+                magnitude_px=float(augment.get("elastic_mm", 0.0)) / self.crop_spacing_mm,
+                grid_points=int(augment.get("elastic_grid", 5)),
+            )
         img, lab = warp_batch(
-            self._with_context(images, indices, slice_context), codes[indices], theta, out, channel_shift_px=offsets
+            self._with_context(images, indices, slice_context),
+            codes[indices],
+            theta,
+            out,
+            channel_shift_px=offsets,
+            displacement=displacement,
         )
+        if fine_extras:
+            sequences = int(images.shape[1])
+            groups = torch.arange(img.shape[1]) % sequences  # slice-major: channel j is sequence j % C
+            img = augment_resolution(img, gen, augment, groups)
         if enabled:
             img = self._augment_intensity(img, gen, augment, slice_context)
         return Batch(img, lab)
