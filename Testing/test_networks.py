@@ -389,11 +389,26 @@ def test_config_round_trips_through_json_and_create_model(arch, kwargs):
         assert torch.equal(ta, tb)
 
 
+#: Constructor kwargs of tiny instances of the comparison-model wrappers (the other networks take ``features``).
+WRAPPER_KWARGS = {
+    "pathology_adapter": dict(
+        inner_arch="unet",
+        inner_config=dict(in_channels=1, out_channels=2, features=TINY),
+        input_channels=[1],
+        class_map=[0, 3],
+    ),
+    "single_sequence_assn": dict(inner_config=dict(in_channels=1, out_channels=2, features=TINY), channel=0),
+    "identity_shape_prior": dict(channels=2),
+}
+
+
+def _tiny_kwargs(arch):
+    return WRAPPER_KWARGS.get(arch, dict(features=TINY))
+
+
 def test_every_registered_class_exposes_full_config():
     for arch, cls in ARCHITECTURES.items():
-        if cls.__module__ != "myops.networks":
-            continue  # training's adapters, registered by tests that ran earlier in the same process
-        model = cls(features=TINY)
+        model = cls(**_tiny_kwargs(arch))
         config = model.config()
         signature = inspect.signature(cls.__init__).parameters
         params = set(signature) - {"self"}
@@ -417,8 +432,10 @@ def test_seeded_construction_and_forward_are_deterministic(arch):
     outs = []
     for _ in range(2):
         torch.manual_seed(123)
-        model = create_model(arch, features=TINY).eval()
+        model = create_model(arch, **_tiny_kwargs(arch)).eval()
         x = torch.randn(2, model.in_channels, 8, 8)
+        if arch == "identity_shape_prior":
+            x = torch.softmax(x, dim=1)
         with torch.no_grad():
             out = model(x)
         outs.append(list(out) if isinstance(out, tuple) else [out])

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from training import augment
-from training.baselines import register_adapters
 from training.checkpoint import optimizer_from_flat, optimizer_to_flat
 from training.cli import main as cli_main
 from training.config import ConfigError, load_config
@@ -562,18 +561,6 @@ def test_comparison_variants_train_and_run_through_the_engine(variant, phantom_d
     assert manifest["inference"]["shape_prior"] is variant[0].startswith("prsn.")
 
 
-def test_pathology_adapter_places_classes():
-    register_adapters()
-    from training.baselines import PathologyAdapter
-
-    adapter = PathologyAdapter("unet", {"in_channels": 1, "out_channels": 2, "features": [4, 8]}, [1], [0, 3])
-    with torch.no_grad():
-        out = adapter(torch.randn(2, 3, 8, 8))
-    probs = torch.softmax(out.main, 1)
-    assert probs.shape == (2, 4, 8, 8)
-    assert float(probs[:, 1:3].max()) < 1e-6
-
-
 def test_main_targets_follow_the_architecture_table():
     codes = torch.tensor([[0, 1, 2, 3, 4, 5]], dtype=torch.int8)
     assert main_target_of(codes).tolist() == [[0, 1, 0, 2, 3, 0]]
@@ -672,7 +659,7 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     assert manifest["inference"] == {"tta_flips": True, "shape_prior": True}
     cv = manifest["metrics"]["cross_validation"]
     assert cv["summary"]["dice_scar"]["mean"] == 0.9 and cv["summary_without_tta"]["dice_scar"]["mean"] != 0.9
-    assert manifest["networks"]["prsn"]["arch"] == "training.pathology_adapter"
+    assert manifest["networks"]["prsn"]["arch"] == "pathology_adapter"  # the engine's own wrapper
     # ASSN without DAE reusing the main run: a real DAE in the folder, unused (shape_prior false).
     wodae_dir = tmp_path / "wodae"
     wodae = open_run(wodae_dir, "tiny", [*steps, "assn.variant=assn_wo_dae"], phantom_dir, runtime)

@@ -25,9 +25,9 @@ from torch import nn
 
 from myops.metrics import METRIC_NAMES, MetricSummary, case_metrics
 from myops.model import save_model_folder
+from myops.networks import IdentityShapePrior, SingleSequenceASSN
 from myops.preprocessing import spacing_zyx_of
 
-from .baselines import IdentityShapePrior, SingleSequenceAdapter, register_adapters
 from .data import CaseFiles
 from .loop import StageResult
 from .runtime import git_state
@@ -53,16 +53,16 @@ def _assn_entries(config: Mapping[str, Any], assn: Sequence[StageResult], dae: O
 
     The paper's ASSN uses the DAE reconstruction as the LV region (``shape_prior`` true); the Table 1 variants
     without a DAE use the ASSN's own output (false). A real DAE is written whenever one was trained (one per
-    ASSN when the counts match: the engine pairs them), else a weightless stand-in (training only).
+    ASSN when the counts match: the engine pairs them), else the engine's weightless stand-in.
     """
     variant = config["assn"]["variant"]
     if variant == "unet_bssfp":
         modules = []
         for r in assn:
-            adapter = SingleSequenceAdapter(r.config, channel=0)
+            adapter = SingleSequenceASSN(r.config, channel=0)
             adapter.inner.load_state_dict(r.module.state_dict())
             modules.append(adapter)
-        assn_entry = ("training.single_sequence_assn", modules[0].config(), modules)
+        assn_entry = ("single_sequence_assn", modules[0].config(), modules)
     else:
         assn_entry = (assn[0].arch, assn[0].config, [r.module for r in assn])
     shape_prior = variant == "assn"
@@ -73,7 +73,7 @@ def _assn_entries(config: Mapping[str, Any], assn: Sequence[StageResult], dae: O
         raise ValueError("the 'assn' variant needs its DAE to export")
     else:
         prior = IdentityShapePrior(int(config["assn"]["config"].get("out_channels", 2)))
-        dae_entry = ("training.identity_shape_prior", prior.config(), [prior])
+        dae_entry = ("identity_shape_prior", prior.config(), [prior])
     return assn_entry, dae_entry, shape_prior
 
 
@@ -172,7 +172,6 @@ def validate_cases(
     """
     from myops.pipeline import Segmenter
 
-    register_adapters()
     segmenter = Segmenter(model_dir, device=device)
     prediction_dir = Path(prediction_dir)
     prediction_dir.mkdir(parents=True, exist_ok=True)

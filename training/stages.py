@@ -27,15 +27,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from myops.networks import ShapeConstrainedASSN, create_model
+from myops.networks import PathologyAdapter, ShapeConstrainedASSN, create_model
 
 from .augment import corrupt_masks, soften_masks
 from .baselines import (
     CLASS_MAPS,
     INPUT_CHANNELS,
-    IdentityShapePrior,
-    PathologyAdapter,
-    SingleSequenceAdapter,
     assn_variant_network,
     prsn_variant_network,
 )
@@ -258,7 +255,7 @@ def train_prsn(
             "input_channels": INPUT_CHANNELS[variant],
             "class_map": CLASS_MAPS[variant],
         }
-        export = ("training.pathology_adapter", adapter_cfg, lambda m: _wrap_pathology(m, adapter_cfg))
+        export = ("pathology_adapter", adapter_cfg, lambda m: _wrap_pathology(m, adapter_cfg))
     return fit("prsn", model, loss_fn, section, config["runtime"], runtime, folder, gen, export, resume, overwrite)
 
 
@@ -269,14 +266,8 @@ def _wrap_pathology(inner: nn.Module, adapter_cfg: Mapping[str, Any]) -> nn.Modu
 
 
 def build_module(arch: str, config: Mapping[str, Any]) -> nn.Module:
-    """A network from the engine registry or a training adapter (``training.*``)."""
-    adapters = {
-        "training.pathology_adapter": PathologyAdapter,
-        "training.single_sequence_assn": SingleSequenceAdapter,
-        "training.identity_shape_prior": IdentityShapePrior,
-    }
-    if arch in adapters:
-        return adapters[arch](**dict(config))
+    """A network from the engine registry (stage folders written before the comparison models moved into the
+    engine name them ``training.*``; the registry's aliases still build them)."""
     return create_model(arch, **dict(config))
 
 

@@ -13,6 +13,11 @@ All models share one constructor vocabulary (``in_channels``, ``out_channels``, 
 Paper: "Cascaded multi-modality analysis in mask-guided network for myocardial pathology segmentation"
 (ASSN Section 2.1, Eq. 1-6; PRSN Section 2.2, Eq. 7-13).
 
+The paper's comparison models (Tables 1 and 2) run through the same pipeline behind the cascade's interfaces:
+:class:`PathologyAdapter` (a U-Net or PRSN branch reading some candidate channels and predicting some B_Main
+classes), :class:`SingleSequenceASSN` (Unet-bSSFP) and :class:`IdentityShapePrior` (no DAE), so every model
+folder that training/ exports loads with the engine alone.
+
 Models are rebuilt from their saved constructor kwargs with ``create_model(arch, **model.config())``.
 """
 
@@ -27,19 +32,24 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ABSENT_LOGIT",
     "ARCHITECTURES",
+    "ARCHITECTURE_ALIASES",
     "AnatomicalStructureNet",
     "AssnOutput",
     "ChannelAttentionFusion",
     "ConvBlock",
     "Decoder",
     "Encoder",
+    "IdentityShapePrior",
     "MaxSumProductFusion",
+    "PathologyAdapter",
     "PathologyBranchNet",
     "PathologyRegionNet",
     "PrsnOutput",
     "ShapeConstrainedASSN",
     "ShapeDenoisingAutoencoder",
+    "SingleSequenceASSN",
     "UNet2d",
     "count_parameters",
     "create_model",
@@ -857,6 +867,121 @@ def fused_pathology_probabilities(out: PrsnOutput, branch_weight: float) -> torc
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Comparison models behind the cascade's interfaces
+# ----------------------------------------------------------------------------------------------------------
+#: Logit given to the B_Main classes a comparison model does not predict (probability 0 after softmax).
+ABSENT_LOGIT = -1.0e4
+
+
+def _check_index_list(name: str, values: Any, size: int) -> List[int]:
+    """A non-empty list of distinct ints in ``[0, size)``."""
+    if (
+        not isinstance(values, (list, tuple))
+        or not values
+        or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < size for v in values)
+        or len(set(values)) != len(values)
+    ):
+        raise ValueError(f"{name} must be a non-empty list of distinct integers in [0, {size}), got {values!r}")
+    return [int(v) for v in values]
+
+
+class PathologyAdapter(_ConfigMixin, nn.Module):
+    """A PRSN-stage comparison model (Table 2: Fusion-Unet, Unet-scar, Unet-edema, PRSN-B_LGE, PRSN-B_T2) behind
+    the PRSN's interface, so the one pipeline runs it: it reads only ``input_channels`` of the ``(N, 3, H, W)``
+    candidates (0 bSSFP, 1 LGE, 2 T2) and places its output class ``k`` at B_Main index ``class_map[k]`` (0
+    background, 1 normal wall, 2 edema, 3 scar); the classes it does not predict get :data:`ABSENT_LOGIT`.
+    It computes exactly what the inner network computes.
+
+    Args:
+        inner_arch: registry name of the inner network (``unet`` or ``prsn_branch``).
+        inner_config: its constructor kwargs (``in_channels == len(input_channels)``,
+            ``out_channels == len(class_map)``).
+        input_channels: candidate channels it reads.
+        class_map: B_Main index of each of its output classes.
+
+    Shapes: ``(N, 3, H, W)`` -> :class:`PrsnOutput` whose four fields all hold the ``(N, 4, H, W)`` logits.
+    """
+
+    def __init__(
+        self, inner_arch: str, inner_config: Dict[str, Any], input_channels: Sequence[int], class_map: Sequence[int]
+    ) -> None:
+        super().__init__()
+        if inner_arch not in ("unet", "prsn_branch"):
+            raise ValueError(f"inner_arch must be 'unet' or 'prsn_branch', got {inner_arch!r}")
+        self.input_channels = _check_index_list("input_channels", input_channels, 3)
+        self.class_map = _check_index_list("class_map", class_map, 4)
+        self.inner = create_model(inner_arch, **dict(inner_config))
+        if self.inner.in_channels != len(self.input_channels) or self.inner.out_channels != len(self.class_map):
+            raise ValueError(
+                f"the inner network takes {self.inner.in_channels} channels and gives {self.inner.out_channels} "
+                f"classes, but input_channels has {len(self.input_channels)} and class_map {len(self.class_map)}"
+            )
+        self.in_channels = 3
+        self.features = self.inner.features
+        self.norm = self.inner.norm
+        self._config = {
+            "inner_arch": inner_arch,
+            "inner_config": self.inner.config(),
+            "input_channels": list(self.input_channels),
+            "class_map": list(self.class_map),
+        }
+
+    def forward(self, c: torch.Tensor) -> PrsnOutput:
+        logits = self.inner(c[:, self.input_channels])
+        n, _, h, w = logits.shape
+        main = logits.new_full((n, 4, h, w), ABSENT_LOGIT)
+        main[:, self.class_map] = logits
+        return PrsnOutput(main, main, main, main)
+
+
+class SingleSequenceASSN(AnatomicalStructureNet):
+    """A U-Net on one sequence where the pipeline expects the ASSN (the Unet-bSSFP baseline of Table 1). It is an
+    :class:`AnatomicalStructureNet` by type only (so the pipeline treats it as one), with a U-Net's layers.
+
+    Args:
+        inner_config: the U-Net's constructor kwargs (``in_channels`` 1).
+        channel: the sequence it reads (0 bSSFP, 1 LGE, 2 T2).
+
+    Shapes: ``(N, 3, H, W)`` -> logits ``(N, out_channels, H, W)`` from channel ``channel`` only.
+    """
+
+    def __init__(self, inner_config: Dict[str, Any], channel: int = 0) -> None:
+        nn.Module.__init__(self)
+        if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < 3:
+            raise ValueError(f"channel must be 0, 1 or 2, got {channel!r}")
+        self.inner = UNet2d(**dict(inner_config))
+        if self.inner.in_channels != 1:
+            raise ValueError(f"the inner U-Net must take 1 channel, got {self.inner.in_channels}")
+        self.channel = int(channel)
+        self.in_channels = 3
+        self.out_channels = self.inner.out_channels
+        self.features = self.inner.features
+        self.norm = self.inner.norm
+        self._config = {"inner_config": self.inner.config(), "channel": self.channel}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.inner(x[:, self.channel : self.channel + 1])
+
+
+class IdentityShapePrior(ShapeDenoisingAutoencoder):
+    """Stands where the pipeline expects the DAE, for models trained without one (used with
+    ``inference.shape_prior`` false): ``forward(p) = log p``, so ``softmax`` gives ``p`` back. Holds no weights.
+
+    Shapes: ``(N, channels, H, W)`` probabilities -> ``(N, channels, H, W)`` logits.
+    """
+
+    def __init__(self, channels: int = 2) -> None:
+        nn.Module.__init__(self)
+        self.in_channels = self.out_channels = _check_positive_int("channels", channels, 2)
+        self.features = (1,)
+        self.norm = "instance"
+        self._config = {"channels": self.in_channels}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.log(x.clamp_min(1e-6))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Registry
 # ----------------------------------------------------------------------------------------------------------
 ARCHITECTURES: Dict[str, type] = {
@@ -865,16 +990,29 @@ ARCHITECTURES: Dict[str, type] = {
     "dae": ShapeDenoisingAutoencoder,
     "prsn": PathologyRegionNet,
     "prsn_branch": PathologyBranchNet,
+    "pathology_adapter": PathologyAdapter,
+    "single_sequence_assn": SingleSequenceASSN,
+    "identity_shape_prior": IdentityShapePrior,
+}
+
+#: Names that model folders written before the comparison models moved into the engine use (they were
+#: registered by training/ alone, so those folders needed it to load).
+ARCHITECTURE_ALIASES: Dict[str, str] = {
+    "training.pathology_adapter": "pathology_adapter",
+    "training.single_sequence_assn": "single_sequence_assn",
+    "training.identity_shape_prior": "identity_shape_prior",
 }
 
 
 def create_model(arch: str, **kwargs: Any) -> nn.Module:
-    """Build the network registered as ``arch`` (see :data:`ARCHITECTURES`) with constructor ``kwargs``.
+    """Build the network registered as ``arch`` (see :data:`ARCHITECTURES`; older names in
+    :data:`ARCHITECTURE_ALIASES` are accepted) with constructor ``kwargs``.
 
     Raises:
         KeyError: ``arch`` is not registered (the message lists the valid names).
         ValueError: invalid constructor arguments.
     """
+    arch = ARCHITECTURE_ALIASES.get(arch, arch)
     if arch not in ARCHITECTURES:
         raise KeyError(f"unknown architecture {arch!r}; valid names: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch](**kwargs)
