@@ -259,9 +259,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
     for key in ("elastic_prob", "blur_prob", "lowres_prob"):
         if isinstance(aug[key], bool) or not isinstance(aug[key], (int, float)) or not 0 <= aug[key] <= 1:
             raise ConfigError(f"augment.{key} must be a probability in [0, 1]")
-    if isinstance(aug["elastic_mm"], bool) or not isinstance(aug["elastic_mm"], (int, float)):
-        raise ConfigError("augment.elastic_mm must be a number in [0, 20]")
-    if not 0 <= aug["elastic_mm"] <= 20:
+    elastic_mm = aug["elastic_mm"]
+    if isinstance(elastic_mm, bool) or not isinstance(elastic_mm, (int, float)) or not 0 <= elastic_mm <= 20:
         raise ConfigError("augment.elastic_mm must be a number in [0, 20]")
     if isinstance(aug["elastic_grid"], bool) or not isinstance(aug["elastic_grid"], int) or aug["elastic_grid"] < 2:
         raise ConfigError("augment.elastic_grid must be an integer >= 2")
