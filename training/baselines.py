@@ -1,5 +1,6 @@
-"""The paper's comparison models (Tables 1 and 2) as variants of the ASSN and PRSN stages, and the adapters
-that let :class:`myops.pipeline.Segmenter` run them, so every model is validated by the one inference pipeline.
+"""The paper's comparison models (Tables 1 and 2) as variants of the ASSN and PRSN stages: which network each
+trains, which candidate channels it reads and where its classes go, so that the engine's wrappers let
+:class:`myops.pipeline.Segmenter` run it and every model is validated by the one inference pipeline.
 
 Variants (config ``assn.variant`` / ``prsn.variant``):
 
