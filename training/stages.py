@@ -265,12 +265,6 @@ def _wrap_pathology(inner: nn.Module, adapter_cfg: Mapping[str, Any]) -> nn.Modu
     return adapter
 
 
-def build_module(arch: str, config: Mapping[str, Any]) -> nn.Module:
-    """A network from the engine registry (stage folders written before the comparison models moved into the
-    engine name them ``training.*``; the registry's aliases still build them)."""
-    return create_model(arch, **dict(config))
-
-
 def completed_stage_folder(fold_dir: Path, stage: str) -> Optional[Path]:
     """The completed ``stage`` of a fold folder: its own, or else the one its ``metrics.json`` says it reused
     (a fold that itself reused stages of a third run hands them on); ``None`` when there is none."""
@@ -288,7 +282,7 @@ def completed_stage_folder(fold_dir: Path, stage: str) -> Optional[Path]:
 def load_stage(folder: Path) -> StageResult:
     """A completed stage from its ``final.safetensors`` / ``final.json``."""
     meta, state = load_final(folder)
-    module = build_module(meta["arch"], meta["config"])
+    module = create_model(meta["arch"], **dict(meta["config"]))  # older stages' training.* names are aliases
     module.load_state_dict(state)
     module.eval()
     return StageResult(
