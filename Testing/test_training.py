@@ -733,3 +733,75 @@ def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, r
     bad = open_run(bad_dir, "tiny", [*steps, "assn.beta=0.5"], phantom_dir, runtime)
     with pytest.raises(RunError, match="assn"):
         run_fold(bad_dir, bad, 0, runtime, CaseCache((0.5, 99.5)), stages=("prsn",), reuse_from=main_dir)
+
+
+def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtime, tmp_path, capsys):
+    from myops.model import ModelBundle, sha256_of
+    from myops.pipeline import Segmenter
+    from training.cv import ALL, RunError, swap_member
+
+    steps = ["localizer.steps=2", "dae.steps=2", "assn.steps=2", "prsn.steps=2"]
+    cache = CaseCache((0.5, 99.5))
+    main_dir, seed2_dir, seed3_dir, scar_dir = (tmp_path / n for n in ("main", "seed2", "seed3", "scar"))
+    run_fold(main_dir, open_run(main_dir, "tiny", steps, phantom_dir, runtime), ALL, runtime, cache)
+    for folder, extra in ((seed2_dir, "prsn.seed=7"), (seed3_dir, "prsn.seed=8"), (scar_dir, "prsn.variant=unet_scar")):
+        run = open_run(folder, "tiny", [*steps, extra], phantom_dir, runtime)
+        run_fold(folder, run, ALL, runtime, cache, stages=("prsn",), reuse_from=main_dir)
+    branches = {
+        "weights": {"0.5": {"summary": {"dice_scar": {"mean": 0.7}}}},
+        "nested": {"dice_scar": {"mean": 0.7, "sd": 0.1}},
+        "chosen_per_fold": {"fold_0": [0.5]},
+        "in_sample_best": {"setting": [0.5], "summary": {"dice_scar": {"mean": 0.7}}},
+    }
+    study = {"run": "runs/old", "tta": {"assn-dihedral": {"branch_weights": branches}}}
+    (main_dir / "cv_metrics.json").write_text(
+        json.dumps({"run": "main", "folds": {}, "n_cases": 4, "summary": {"dice_scar": {"mean": 0.5}}})
+    )
+    old = export_ensemble(main_dir, [ALL], tmp_path / "old", runtime, tta_flips=True, tta_study=study,
+                          extra_members=[("prsn", seed2_dir)])  # fmt: skip
+    before = ModelBundle(old).manifest
+    new_study = {**study, "run": "runs/new", "tta": {"assn-dihedral": {"branch_weights": {
+        **branches, "nested": {"dice_scar": {"mean": 0.75, "sd": 0.1}}}}}}  # fmt: skip
+    study_file = tmp_path / "study.json"
+    study_file.write_text(json.dumps(new_study))
+    args = ["swap", "--model", str(old), "--runs-dir", str(tmp_path), "--tta-study", str(study_file)]
+    assert cli_main([*args, "--member", "prsn:seed2=seed3", "--out", str(tmp_path / "new"), "--name", "v-next"]) == 0
+    new = tmp_path / "new"
+    after = ModelBundle(new).manifest  # verifies every sha256
+    assert after["name"] == "v-next" and after["inference"] == before["inference"]
+    # every file but the swapped PRSN is byte for byte the old one; the swapped one holds seed3's weights
+    assert {f: sha256_of(new / f) == sha256_of(old / f) for f in before["files"]} == {
+        f: f != "prsn_1.safetensors" for f in before["files"]
+    }
+    expected = load_stage(seed3_dir / "all" / "prsn").module.state_dict()
+    swapped = Segmenter(new, device="cpu").prsns[1].state_dict()
+    half = tiny()["export"]["half_precision"]
+    assert all(torch.equal(swapped[k], expected[k].half().float() if half else expected[k]) for k in expected)
+    prov = after["provenance"]
+    assert [e["run"] for e in prov["extra_members"]] == ["seed3"] and prov["extra_members"][0]["config"]["prsn"][
+        "seed"
+    ] == 8
+    record = prov["swapped_members"][0]
+    assert (record["stage"], record["index"], record["replaces_run"], record["run"]) == ("prsn", 1, "seed2", "seed3")
+    assert record["derived_from"]["files"] == before["files"]
+    assert "the prsn of seed3" in after["description"] and "seed2" not in after["description"]
+    cv = after["metrics"]["cross_validation"]
+    assert cv["summary"]["dice_scar"]["mean"] == 0.75 and "runs/new" in cv["note"] and cv["run"] == "main"
+    # refusals: one clear line, exit 2, nothing written
+    refusals = (
+        ("prsn:nope=seed3", "no prsn member from run 'nope'"),
+        ("prsn:seed2=scar", "differs"),
+        ("prsn:seed2=missing", "not trained"),
+        ("prsn", "expected STAGE:OLD_RUN=NEW_RUN"),
+    )
+    for member, match in refusals:
+        assert cli_main([*args, "--member", member, "--out", str(tmp_path / "refused")]) == 2
+        assert match in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert cli_main([*args, "--member", "prsn:seed2=seed3", "--out", str(new)]) == 2  # not empty
+    assert "not empty" in capsys.readouterr().err
+    flips_only = {**new_study, "tta": {"flips": {"branch_weights": branches}}}  # measured without the ASSN turns
+    with pytest.raises(RunError, match="the study measured"):
+        swap_member(old, "prsn", "seed2", seed3_dir, tmp_path / "other", runtime, tta_study=flips_only)
+    with pytest.raises(RunError, match="CV study"):
+        swap_member(old, "prsn", "seed2", seed3_dir, tmp_path / "other", runtime)
+    assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other.partial-*"))

@@ -12,6 +12,9 @@ Examples (from the repository root)::
     python -m training export --run-name cv5 --folds all --out MyoPSSegmentation/myops/models/default
     # each fold's model (with a second run's PRSN) as a run folder for benchmarks/cv_decoding.py
     python -m training export --run-name cv5 --per-fold --add-member prsn:cv5_exp_prsn_seed2 --out runs/pair
+    # the shipped model with one PRSN replaced by another run's all-cases PRSN, with the new procedure's CV
+    python -m training swap --model MyoPSSegmentation/myops/models/default --member prsn:cv5_a=cv5_b \\
+        --tta-study benchmarks/results/cv_new.json --out runs/swapped
     # multi-process (DDP): torchrun --nproc_per_node 2 -m training cv ...
 
 Each run lives in ``runs/<run-name>/`` (``--runs-dir``); see :mod:`training.cv` for its layout.
@@ -27,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from myops.model import ModelError
 
 from .config import STAGE_ORDER, ConfigError
 from .cv import (
@@ -206,6 +211,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
+        "swap",
+        help="a model folder with one ensemble member replaced by another run's all-cases stage",
+        description="Write a new model folder from an existing one (e.g. the shipped model) with one "
+        "ensemble member replaced by the all-cases stage of another run (same network; train it with --folds "
+        "full). The other weight files are rewritten byte for byte; the manifest records the swap and takes "
+        "its CV block from --tta-study, the benchmarks/cv_decoding.py study of the new procedure's fold models.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="the model folder to start from")
+    p.add_argument(
+        "--member",
+        required=True,
+        metavar="STAGE:OLD_RUN=NEW_RUN",
+        help="e.g. prsn:cv5_exp_prsn_gt_mask=cv5_exp_prsn_gt_mask_aug_long (run names as in the manifest)",
+    )
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--tta-study", type=Path, required=True, help="cv_decoding.py JSON of the new procedure")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (new or empty)")
+    p.add_argument("--name", default=None, help="model name in the manifest")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_swap)
+
+    p = sub.add_parser(
         "report",
         help="markdown tables of a main run and its comparison runs (<run>_table1_*, <run>_table2_*)",
     )
@@ -361,6 +388,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_swap(args: argparse.Namespace) -> int:
+    from .config import DEFAULTS
+    from .cv import read_json, swap_member
+
+    stage, _, rest = args.member.partition(":")
+    old_run, _, new_run = rest.partition("=")
+    if stage not in STAGE_ORDER or not old_run or not new_run:
+        print(
+            f"error: --member {args.member!r}: expected STAGE:OLD_RUN=NEW_RUN, STAGE in {STAGE_ORDER}", file=sys.stderr
+        )
+        return 2
+    runtime = setup_runtime(DEFAULTS["runtime"], "cpu")
+    out = swap_member(
+        args.model,
+        stage,
+        old_run,
+        args.runs_dir / new_run,
+        args.out,
+        runtime,
+        tta_study=read_json(args.tta_study),
+        name=args.name,
+    )
+    print(f"model folder: {out}")
+    return 0
+
+
 def _export_per_fold(run_dir: Path, folds: List[Fold], out: Path, runtime: Runtime, options: Dict[str, Any]) -> int:
     """``export --per-fold``: one model per CV fold, laid out as a run folder that the CV benchmarks read.
 
@@ -421,6 +474,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         loop.SHOW_PROGRESS = False
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, RunError, StageExistsError, FileNotFoundError, PackError) as exc:
+    except (ConfigError, RunError, StageExistsError, FileNotFoundError, PackError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

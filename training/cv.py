@@ -364,55 +364,8 @@ def export_ensemble(
             }
         }
         if tta_study is not None and "tta" in tta_study:  # benchmarks/cv_decoding.py
-            if not config["export"]["tta_flips"]:
-                raise RunError("a cv_decoding study measures the procedure with flips; export with flips on")
-            measured = [k for k in ("flips", "assn-dihedral") if k in tta_study["tta"]]
-            if len(measured) != 1:
-                raise RunError(
-                    "the cv_decoding study must measure exactly one of --tta flips or assn-dihedral, the "
-                    f"procedure this model runs; it measured {sorted(tta_study['tta'])}"
-                )
-            assn_rot90 = measured[0] == "assn-dihedral"
-            config = {**config, "export": {**config["export"], "assn_tta_rot90": assn_rot90}}
-            flips_study = tta_study["tta"][measured[0]]
-            branch_note = ""
-            if "branch_weights" in flips_study:  # cv_decoding.py --branch-weights: the weight is chosen by CV
-                branches = flips_study["branch_weights"]
-                weight = float(branches["in_sample_best"]["setting"][0])
-                weights = [float(w) for w in branches["weights"]]
-                config = {**config, "export": {**config["export"], "pathology_branch_weight": weight}}
-                studied = branches["nested"]
-                metrics["cross_validation"]["summary_at_chosen_weight_in_sample"] = branches["weights"][str(weight)][
-                    "summary"
-                ]
-                metrics["cross_validation"]["branch_weight_choice"] = {
-                    "weights": weights,
-                    "chosen": weight,
-                    "chosen_per_fold": branches["chosen_per_fold"],
-                }
-                branch_note = (
-                    f", PRSN branch weight {weight} (inference.pathology_branch_weight; chosen among "
-                    f"{weights} by the scar + scar-edema Dice of all folds; "
-                    "'summary' chooses it for each fold on the other folds only, nested, so it is the honest "
-                    "estimate of choosing it by CV)"
-                )
-            else:
-                studied = flips_study["rules"]["argmax"]["summary"]
-            metrics["cross_validation"]["summary"] = {k: {**cv["summary"].get(k, {}), **v} for k, v in studied.items()}
-            metrics["cross_validation"]["summary_single_run"] = cv["summary"]
-            partners = tta_study.get("ensemble_with") or []
-            partners = [partners] if isinstance(partners, str) else list(partners)
-            metrics["cross_validation"]["note"] = (
-                f"'summary' is the CV of this procedure: fold models of {tta_study['run']}"
-                + (f" with the PRSNs of {', '.join(partners)} averaged in" if partners else "")
-                + ", test-time flips"
-                + (" (the ASSN with the 8 dihedral passes)" if assn_rot90 else "")
-                + ", argmax"
-                + branch_note
-                + " (each fold's models on their own held-out cases, benchmarks/cv_decoding.py); "
-                "'summary_single_run' is the run's own CV as training validated it "
-                f"(test-time flips {'on' if run['config']['export']['tta_flips'] else 'off'})."
-            )
+            config, studied = decoding_study_metrics(config, cv["summary"], tta_study, run["config"])
+            metrics["cross_validation"].update(studied)
         elif tta_study is not None and config["export"]["tta_flips"]:
             flips = tta_study["tta_flips"]["summary"]
             metrics["cross_validation"]["summary"] = {k: {**cv["summary"][k], **v} for k, v in flips.items()}
@@ -447,6 +400,226 @@ def export_ensemble(
         metrics=metrics,
         extra_provenance=provenance,
     )
+
+
+def swap_member(
+    model_dir: Path,
+    stage: str,
+    old_run: str,
+    new_run_dir: Path,
+    out_dir: Path,
+    runtime: Runtime,
+    tta_study: Optional[Mapping[str, Any]] = None,
+    name: Optional[str] = None,
+) -> Path:
+    """A model folder like ``model_dir`` with one ensemble member of ``stage`` replaced by another run's.
+
+    The member that came from run ``old_run`` (the manifest's ``provenance.run`` for member 0, else the
+    ``provenance.extra_members`` entry of that stage) is replaced by the all-cases (``all``) ``stage`` of
+    ``new_run_dir``, which must be the same network. Every other weight file is rewritten unchanged (same
+    bytes, same sha256). With ``tta_study`` (``benchmarks/cv_decoding.py`` on the fold models of the new
+    procedure) the manifest's CV block is that study's, and the study must have measured the inference options
+    the model runs; without it the old CV block would describe another model, so it is refused.
+
+    The folder is written under a temporary name beside ``out_dir`` and renamed at the end; an existing,
+    non-empty ``out_dir`` is refused.
+
+    Raises:
+        RunError: no such member, another network, a missing all-cases stage, a study of other options, or
+            ``out_dir`` not empty.
+    """
+    import datetime as _dt
+    import shutil
+    import tempfile
+
+    from myops.model import ModelBundle, save_model_folder
+
+    from .runtime import git_state
+
+    out_dir, new_run_dir = Path(out_dir), Path(new_run_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunError(f"{out_dir} exists and is not empty; choose a new folder")
+    if tta_study is None:
+        raise RunError("a swapped member changes the model: give the CV study of the new procedure (--tta-study)")
+    bundle = ModelBundle(model_dir)  # verifies every sha256
+    manifest = bundle.manifest
+    provenance = dict(manifest["provenance"])
+    extra = [dict(e) for e in provenance.get("extra_members", [])]
+    sources = [provenance["run"]] + [e["run"] for e in extra if e["stage"] == stage]
+    if old_run not in sources:
+        raise RunError(f"{model_dir}: no {stage} member from run {old_run!r}; its {stage} members came from {sources}")
+    index = sources.index(old_run)
+    folder = completed_stage_folder(new_run_dir / fold_dirname(ALL), stage)
+    if folder is None:
+        raise RunError(f"{new_run_dir / fold_dirname(ALL) / stage} is not trained (train it with --folds full)")
+    member = load_stage(folder)
+    entry = manifest["networks"][stage]
+    if (member.arch, member.config) != (entry["arch"], bundle.member_configs(stage)[index]):
+        raise RunError(f"{folder}: {member.arch} {member.config} differs from the member it would replace")
+    new_config = read_json(new_run_dir / "config.json")
+    old_config = (
+        provenance["config"]
+        if index == 0
+        else next(e["config"] for e in extra if e["stage"] == stage and e["run"] == old_run)
+    )
+    if new_config["data"] != old_config["data"]:
+        raise RunError(f"{new_run_dir}: data geometry {new_config['data']} differs from the model's")
+
+    config = {**provenance["config"], "export": {**provenance["config"]["export"], "tta_flips": True}}
+    config, cross_validation = decoding_study_metrics(
+        config, manifest["metrics"]["cross_validation"]["summary_single_run"], tta_study, provenance["config"]
+    )
+    inference = manifest["inference"]
+    measured = {
+        "pathology_branch_weight": float(config["export"].get("pathology_branch_weight", 0.0)),
+        "assn_tta_rot90": bool(config["export"].get("assn_tta_rot90", False)),
+    }
+    runs = {
+        "pathology_branch_weight": float(inference.get("pathology_branch_weight", 0.0)),
+        "assn_tta_rot90": bool(inference.get("assn_tta_rot90", False)),
+    }
+    if measured != runs or not inference.get("tta_flips", False):
+        raise RunError(f"the study measured {measured} with flips; the model runs {inference}")
+    # the main run's own CV stays; everything measured on the old procedure goes
+    kept = {
+        k: v for k, v in manifest["metrics"]["cross_validation"].items() if k in ("run", "folds", "n_cases", "protocol")
+    }
+    metrics = {**manifest["metrics"], "cross_validation": {**kept, **cross_validation}}
+
+    networks = {}
+    for s in manifest["networks"]:
+        modules = bundle.build(s, "cpu")
+        if s == stage:
+            modules[index] = member.module.cpu().eval()
+        networks[s] = (manifest["networks"][s]["arch"], manifest["networks"][s]["config"], modules)
+    new_name = new_run_dir.name
+    record = {
+        "stage": stage,
+        "index": index,
+        "replaces_run": old_run,
+        "run": new_name,
+        "config": new_config,
+        "wall_s": member.wall_s,
+        "steps": member.steps,
+        "git": member.git,
+        "hardware": member.runtime,
+        "derived_from": {"name": manifest["name"], "files": manifest["files"]},
+    }
+    if index == 0:
+        provenance["run"] = new_name
+    else:
+        position = [i for i, e in enumerate(extra) if e["stage"] == stage][index - 1]
+        extra[position] = {"stage": stage, "run": new_name, "config": new_config}
+        provenance["extra_members"] = extra
+    provenance["stage_git"] = {**provenance["stage_git"], stage: list(provenance["stage_git"][stage])}
+    provenance["stage_git"][stage][index] = member.git
+    provenance["stage_hardware"] = {**provenance["stage_hardware"], stage: list(provenance["stage_hardware"][stage])}
+    provenance["stage_hardware"][stage][index] = member.runtime
+    provenance["swapped_members"] = [*provenance.get("swapped_members", []), record]
+    provenance["git"] = git_state()
+    provenance["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    provenance["hardware"] = runtime.describe()
+    description = manifest["description"].replace(f"the {stage} of {old_run}", f"the {stage} of {new_name}")
+    if index == 0 or description == manifest["description"]:
+        description += f"; its {stage} member from {old_run} replaced by the one of {new_name}"
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        save_model_folder(
+            partial,
+            networks,
+            trained=True,
+            name=name or f"{manifest['name']}-swapped",
+            description=description,
+            input_spec=manifest["input"],
+            postprocessing=manifest["postprocessing"],
+            inference=inference,
+            provenance=provenance,
+            metrics=metrics,
+            half_precision=bool(provenance["config"]["export"]["half_precision"]),
+        )
+        ModelBundle(partial)  # loads and verifies what was written
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        partial.rename(out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out_dir
+
+
+def decoding_study_metrics(
+    config: Mapping[str, Any],
+    single_run_summary: Mapping[str, Any],
+    tta_study: Mapping[str, Any],
+    run_config: Mapping[str, Any],
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The manifest's CV block from a ``benchmarks/cv_decoding.py`` study of the procedure a model runs.
+
+    Args:
+        config: the config being exported (its ``export`` section must have test-time flips on).
+        single_run_summary: the main run's own CV summary (kept as ``summary_single_run``).
+        tta_study: the study's JSON: exactly one of ``--tta flips`` / ``assn-dihedral``, optionally with
+            ``--branch-weights`` (the weight chosen by CV becomes ``export.pathology_branch_weight``).
+        run_config: the main run's config as trained (for the note on its own validation).
+
+    Returns:
+        ``(config, cross_validation)``: the config with the measured inference options in ``export``, and the
+        keys to set in ``metrics["cross_validation"]`` (``summary``, ``summary_single_run``, ``note``, and with
+        branch weights ``summary_at_chosen_weight_in_sample`` and ``branch_weight_choice``).
+
+    Raises:
+        RunError: flips off, or a study of none or several test-time procedures.
+    """
+    if not config["export"]["tta_flips"]:
+        raise RunError("a cv_decoding study measures the procedure with flips; export with flips on")
+    measured = [k for k in ("flips", "assn-dihedral") if k in tta_study["tta"]]
+    if len(measured) != 1:
+        raise RunError(
+            "the cv_decoding study must measure exactly one of --tta flips or assn-dihedral, the "
+            f"procedure this model runs; it measured {sorted(tta_study['tta'])}"
+        )
+    assn_rot90 = measured[0] == "assn-dihedral"
+    config = {**config, "export": {**config["export"], "assn_tta_rot90": assn_rot90}}
+    flips_study = tta_study["tta"][measured[0]]
+    out: Dict[str, Any] = {}
+    branch_note = ""
+    if "branch_weights" in flips_study:  # cv_decoding.py --branch-weights: the weight is chosen by CV
+        branches = flips_study["branch_weights"]
+        weight = float(branches["in_sample_best"]["setting"][0])
+        weights = [float(w) for w in branches["weights"]]
+        config = {**config, "export": {**config["export"], "pathology_branch_weight": weight}}
+        studied = branches["nested"]
+        out["summary_at_chosen_weight_in_sample"] = branches["weights"][str(weight)]["summary"]
+        out["branch_weight_choice"] = {
+            "weights": weights,
+            "chosen": weight,
+            "chosen_per_fold": branches["chosen_per_fold"],
+        }
+        branch_note = (
+            f", PRSN branch weight {weight} (inference.pathology_branch_weight; chosen among "
+            f"{weights} by the scar + scar-edema Dice of all folds; "
+            "'summary' chooses it for each fold on the other folds only, nested, so it is the honest "
+            "estimate of choosing it by CV)"
+        )
+    else:
+        studied = flips_study["rules"]["argmax"]["summary"]
+    out["summary"] = {k: {**single_run_summary.get(k, {}), **v} for k, v in studied.items()}
+    out["summary_single_run"] = dict(single_run_summary)
+    partners = tta_study.get("ensemble_with") or []
+    partners = [partners] if isinstance(partners, str) else list(partners)
+    out["note"] = (
+        f"'summary' is the CV of this procedure: fold models of {tta_study['run']}"
+        + (f" with the PRSNs of {', '.join(partners)} averaged in" if partners else "")
+        + ", test-time flips"
+        + (" (the ASSN with the 8 dihedral passes)" if assn_rot90 else "")
+        + ", argmax"
+        + branch_note
+        + " (each fold's models on their own held-out cases, benchmarks/cv_decoding.py); "
+        "'summary_single_run' is the run's own CV as training validated it "
+        f"(test-time flips {'on' if run_config['export']['tta_flips'] else 'off'})."
+    )
+    return config, out
 
 
 def _stage_folder(run_dir: Path, fold: Fold, stage: str) -> Optional[Path]:
