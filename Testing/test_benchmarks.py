@@ -251,3 +251,62 @@ def test_alignment_pipeline_study_counts_the_shipped_pipelines_warnings(tmp_path
     assert row["case"] == "ph6" and row["warning"] is None and result["warnings"] == 0
     assert row["bSSFP_unmoved_mm"] < 1.0 and row["T2_unmoved_mm"] < 1.0
     assert result["largest_mm"] == max(row["bSSFP_unmoved_mm"], row["T2_unmoved_mm"])
+
+
+def test_exact_region_prsn_input_and_output_sit_on_the_reference_region(tiny_model_dir):
+    """cv_prsn_exact_region.py on an oblique, anisotropic, off-centre phantom: the PRSN sees the image only
+    inside the reference LV region, and what it returns lands back on that region of the LGE grid."""
+    from types import SimpleNamespace
+
+    import SimpleITK as sitk
+    import torch
+
+    from myops.labels import LV_EPICARDIUM_LABELS
+    from myops.phantom import make_phantom_case
+    from myops.pipeline import Segmenter
+    from myops.preprocessing import prepare_sequences
+
+    script = _load_script("cv_prsn_exact_region")
+    case = make_phantom_case(seed=3, n_slices=3, size_xy=(150, 120), spacing_xyz=(0.7, 0.9, 11.0), oblique=True)
+    truth = sitk.GetArrayFromImage(case.labels)
+    seen = []
+
+    volumes = prepare_sequences(case.bssfp, case.lge, case.t2, segmenter_percentiles := (0.5, 99.5))
+    reference = np.isin(truth, LV_EPICARDIUM_LABELS)
+    threshold = float(np.median(volumes[1][reference]))  # half the region's LGE is brighter
+
+    class BrightIsScar(torch.nn.Module):
+        """Inside its (masked) input: scar where the LGE channel exceeds ``threshold``, wall elsewhere."""
+
+        def forward(self, x):
+            seen.append(x.clone())
+            inside = (x.abs().sum(dim=1) > 0).float()
+            logits = torch.zeros(x.shape[0], 4, *x.shape[2:])
+            logits[:, 1] = 20.0 * inside
+            logits[:, 3] = inside * (20.0 + 200.0 * (x[:, 1] - threshold))
+            return SimpleNamespace(main=logits)
+
+    segmenter = Segmenter(tiny_model_dir, device="cpu", tta_flips=False, branch_weight=0.0)
+    assert tuple(segmenter.percentiles) == segmenter_percentiles
+    segmenter.prsns = [BrightIsScar()]
+    prob, region, spacing = script.case_probabilities(segmenter, [case.bssfp, case.lge, case.t2], truth)
+    assert np.array_equal(region, reference) and prob.shape == (4, *truth.shape)
+    assert spacing == pytest.approx((11.0, 0.9, 0.7))
+    # the window is centred on the region, at 1 mm per pixel: the masked input's extent in window pixels is the
+    # region's extent in mm along rows (0.9 mm pixels) and along columns (0.7 mm)
+    masked = seen[0].abs().sum(dim=1) > 0  # (z, S, S)
+    assert masked.shape[0] == 3
+    _, rows, cols = np.nonzero(masked.numpy())
+    assert abs(rows.mean() - 63.5) < 1 and abs(cols.mean() - 63.5) < 1  # the centroid of the whole region
+    for z in range(3):
+        rows, cols = np.nonzero(masked[z].numpy())
+        src_rows, src_cols = np.nonzero(reference[z])
+        assert rows.max() - rows.min() == pytest.approx((src_rows.max() - src_rows.min()) * 0.9, abs=2)
+        assert cols.max() - cols.min() == pytest.approx((src_cols.max() - src_cols.min()) * 0.7, abs=2)
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    # ... and what the PRSN returns lands back where it was found on the LGE grid
+    assert dice(prob[1] + prob[3] > 0.5, reference) > 0.97
+    assert dice(prob[3] > 0.5, reference & (volumes[1] > threshold)) > 0.85

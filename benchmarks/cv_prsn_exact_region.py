@@ -1,0 +1,156 @@
+"""Cross-validated score of PRSNs alone, inside the exact ground-truth LV epicardial region.
+
+``cv_decoding.py`` scores a whole fold model (localiser, ASSN, PRSN), so a PRSN's figure there depends on the ASSN
+it was paired with. This script takes the ASSN out: for each fold of a CV run, the fold's PRSN segments only its
+held-out cases, inside the reference LV epicardial region (the ``C = I * M`` of Eq. 2-4 with ``M`` exact), on a
+heart window centred on that region. Everything else is the engine's: preprocessing, test-time transforms, the
+branch mixing of ``inference.pathology_branch_weight``, the argmax decision and the anatomical constraints
+(:func:`myops.postprocessing.compose_labels`), scored with :func:`myops.metrics.case_metrics`.
+
+It needs only the PRSN stage of each fold (``fold_k/prsn/final.safetensors``), so it scores PRSN-only runs
+(``python -m training cv --stages prsn`` without ``--reuse-from``). With several ``--run`` folders their PRSNs are
+averaged per fold (an ensemble). The input window (size, spacing, normalisation) and postprocessing come from
+``--model`` (default: the shipped model), and must match the runs' ``data`` config.
+
+The figures are an upper bound of what the PRSN gives in the cascade (the region is exact); they compare PRSNs
+with each other, not with the cascade's CV.
+
+    python benchmarks/cv_prsn_exact_region.py --run runs/cv5_exp_prsn_gt_mask_seed2 \\
+        --data ../shared/data/myops2020/train25 --branch-weights 0 0.5 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "MyoPSSegmentation"))
+sys.path.insert(0, str(ROOT))
+
+import SimpleITK as sitk  # noqa: E402
+
+from myops.labels import LV_EPICARDIUM_LABELS  # noqa: E402
+from myops.metrics import MetricSummary, case_metrics  # noqa: E402
+from myops.pipeline import Segmenter  # noqa: E402
+from myops.postprocessing import compose_labels, pathology_classes  # noqa: E402
+from myops.preprocessing import (  # noqa: E402
+    Window,
+    heart_center_from_mask,
+    paste_windows,
+    prepare_sequences,
+    sample_windows,
+    spacing_zyx_of,
+)
+from training.stages import load_stage  # noqa: E402
+
+KEYS = ("dice_scar", "dice_scar_edema", "dice_myocardium")
+
+
+def fold_prsns(runs: Sequence[Path], fold: int) -> list:
+    """The PRSN module of fold ``fold`` of every run (the same held-out cases are checked by the caller)."""
+    members = []
+    for run in runs:
+        folder = run / f"fold_{fold}" / "prsn"
+        if not (folder / "final.safetensors").is_file():
+            raise SystemExit(f"{folder} has no final.safetensors: that fold's PRSN is not trained yet")
+        members.append(load_stage(folder).module)
+    return members
+
+
+def check_runs(runs: Sequence[Path], segmenter: Segmenter) -> List[List[str]]:
+    """The runs' common split; refuses runs with other splits or another input window than the model's."""
+    splits = [json.loads((run / "split.json").read_text())["folds"] for run in runs]
+    if any(s != splits[0] for s in splits):
+        raise SystemExit("the runs have different splits; their PRSNs cannot be averaged fold by fold")
+    for run in runs:
+        data = json.loads((run / "config.json").read_text())["data"]
+        window = (data["crop_size"], float(data["crop_spacing_mm"]), tuple(data["percentiles"]))
+        expected = (segmenter.crop_size, segmenter.crop_spacing_mm, tuple(segmenter.percentiles))
+        if window != expected:
+            raise SystemExit(f"{run}: input window {window} differs from the model's {expected}")
+    return splits[0]
+
+
+def case_probabilities(segmenter: Segmenter, images: Sequence[sitk.Image], truth: np.ndarray) -> tuple:
+    """PRSN probabilities on the LGE grid inside the exact region: ``((4, z, y, x), region (z, y, x), spacing)``."""
+    volumes = prepare_sequences(*images, segmenter.percentiles)  # (3, z, y, x)
+    spacing_zyx = spacing_zyx_of(images[1])
+    spacing_yx = (spacing_zyx[1], spacing_zyx[2])
+    region = np.isin(truth, LV_EPICARDIUM_LABELS)
+    center = heart_center_from_mask(region, spacing_zyx, min_area_mm2=0.0)
+    window = Window(center, segmenter.crop_spacing_mm, segmenter.crop_size)
+    crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
+    mask = sample_windows(region[None].astype(np.float32), spacing_yx, window, mode="nearest")[:, 0]
+    prob = segmenter.prsn_pass(crops * mask[:, None])  # (z, 4, S, S)
+    pasted = paste_windows(prob, truth.shape, spacing_yx, window, fill=[1.0, 0.0, 0.0, 0.0])
+    return pasted, region, spacing_zyx
+
+
+def evaluate(
+    runs: Sequence[Path], data: Path, model: Path, weight: float, flips: bool, only: Sequence[int] = ()
+) -> List[dict]:
+    """Per-case metrics of the runs' (averaged) PRSNs on their held-out cases at branch weight ``weight``
+    (every fold, or the folds in ``only``)."""
+    segmenter = Segmenter(model, device="cpu", tta_flips=flips, tta_rot90=False, branch_weight=weight)
+    folds = check_runs(runs, segmenter)
+    rows = []
+    for k, held_out in enumerate(folds):
+        if only and k not in only:
+            continue
+        segmenter.prsns = fold_prsns(runs, k)
+        for case in held_out:
+            images = [sitk.ReadImage(str(data / f"{case}_{s}.nii.gz")) for s in ("C0", "DE", "T2")]
+            truth = sitk.GetArrayFromImage(sitk.ReadImage(str(data / f"{case}_gd.nii.gz")))
+            t0 = time.perf_counter()
+            prob, region, spacing = case_probabilities(segmenter, images, truth)
+            classes = pathology_classes(prob, "argmax")
+            labels = compose_labels(region, classes, spacing, segmenter.postprocessing)
+            metrics = case_metrics(labels, truth, spacing)
+            rows.append(
+                {"fold": k, "case": case, "seconds": time.perf_counter() - t0, **{key: metrics[key] for key in KEYS}}
+            )
+    return rows
+
+
+def summarise(rows: List[dict]) -> Dict[str, dict]:
+    return {key: MetricSummary.of([r[key] for r in rows]).to_dict() for key in KEYS}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", nargs="+", required=True, type=Path, help="CV run folder(s); several = averaged")
+    parser.add_argument("--data", required=True, type=Path, help="MyoPS-layout folder (<case>_{C0,DE,T2,gd})")
+    parser.add_argument("--model", type=Path, default=None, help="model folder for window and postprocessing")
+    parser.add_argument("--branch-weights", nargs="+", type=float, default=[0.5])
+    parser.add_argument("--no-flips", action="store_true", help="no test-time flips (default: flips, as shipped)")
+    parser.add_argument("--folds", nargs="+", type=int, default=[], help="only these folds (default: all)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    out = {"runs": [str(r) for r in args.run], "flips": not args.no_flips, "folds": args.folds or "all", "weights": {}}
+    for w in args.branch_weights:
+        rows = evaluate(args.run, args.data, args.model, w, not args.no_flips, args.folds)
+        summary = summarise(rows)
+        total = summary["dice_scar"]["mean"] + summary["dice_scar_edema"]["mean"]
+        out["weights"][str(w)] = {"summary": summary, "sum": total, "cases": rows}
+        print(
+            f"w {w}: scar {100 * summary['dice_scar']['mean']:.2f}  scar+edema "
+            f"{100 * summary['dice_scar_edema']['mean']:.2f}  myo {100 * summary['dice_myocardium']['mean']:.2f}  "
+            f"sum {100 * total:.2f}  ({statistics.median(r['seconds'] for r in rows):.2f} s per case)",
+            flush=True,
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
