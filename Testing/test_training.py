@@ -574,7 +574,9 @@ def test_main_targets_follow_the_architecture_table():
 # ----------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", ["cv", "localizer", "dae", "assn", "prsn", "export", "summarize", "report"])
+@pytest.mark.parametrize(
+    "command", ["cv", "localizer", "dae", "assn", "prsn", "export", "swap", "summarize", "report", "pack"]
+)
 def test_every_entry_point_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         cli_main([command, "--help"])
