@@ -807,3 +807,19 @@ def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtim
     with pytest.raises(RunError, match="CV study"):
         swap_member(old, "prsn", "seed2", seed3_dir, tmp_path / "other", runtime)
     assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other.partial-*"))
+
+
+def test_swapped_description_replaces_whole_run_names_only():
+    from training.cv import swapped_description
+
+    text = "main: all cases; ensembled with the prsn of gt, the prsn of gt_seed2; weight 0.5"
+    assert swapped_description(text, "prsn", "gt", "gt_long", 1) == (
+        "main: all cases; ensembled with the prsn of gt_long, the prsn of gt_seed2; weight 0.5"
+    )
+    assert swapped_description(text, "prsn", "gt_seed2", "x", 2).endswith("the prsn of x; weight 0.5")
+    assert swapped_description("m; ensembled with the prsn of gt", "prsn", "gt", "y", 1).endswith("the prsn of y")
+    # member 0 is named by the run at the start of the text: a sentence is added instead
+    assert (
+        swapped_description(text, "prsn", "main", "z", 0)
+        == f"{text}; its prsn member from main replaced by the one of z"
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -519,9 +520,7 @@ def swap_member(
     provenance["git"] = git_state()
     provenance["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     provenance["hardware"] = runtime.describe()
-    description = manifest["description"].replace(f"the {stage} of {old_run}", f"the {stage} of {new_name}")
-    if index == 0 or description == manifest["description"]:
-        description += f"; its {stage} member from {old_run} replaced by the one of {new_name}"
+    description = swapped_description(manifest["description"], stage, old_run, new_name, index)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -546,6 +545,16 @@ def swap_member(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out_dir
+
+
+def swapped_description(description: str, stage: str, old_run: str, new_run: str, index: int) -> str:
+    """The manifest description after :func:`swap_member`: ``"the <stage> of <old_run>"`` (a whole run name,
+    not the prefix of a longer one) becomes ``new_run``'s; member 0, named by the run at the start, gets a
+    sentence instead."""
+    pattern = re.compile(rf"the {re.escape(stage)} of {re.escape(old_run)}(?=[,;]|$)")
+    if index > 0 and len(pattern.findall(description)) == 1:
+        return pattern.sub(f"the {stage} of {new_run}", description)
+    return f"{description}; its {stage} member from {old_run} replaced by the one of {new_run}"
 
 
 def decoding_study_metrics(
