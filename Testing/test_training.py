@@ -503,6 +503,8 @@ def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path)
     assert {s: [h["device"] for h in hs] for s, hs in prov["stage_hardware"].items()} == {
         s: ["cpu"] for s in ("localizer", "dae", "assn", "prsn")
     }
+    # ... and with which numeric libraries (weights repeat bit for bit only with the same CPU kind and libraries)
+    assert all(h["numpy"] and h["simpleitk"] and h["cpu"] for hs in prov["stage_hardware"].values() for h in hs)
     assert bundle.trained and bundle.input_spec["crop_size"] == 32
     seg = Segmenter(model_dir, device="cpu")
     case = find_cases(phantom_dir)[0]
