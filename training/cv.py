@@ -423,7 +423,8 @@ def swap_member(
     the model runs; without it the old CV block would describe another model, so it is refused.
 
     The folder is written under a temporary name beside ``out_dir`` and renamed at the end; an existing,
-    non-empty ``out_dir`` is refused.
+    non-empty ``out_dir`` is refused. ``provenance.training_wall_s`` stays the old model's (it is a per-stage
+    sum; per-member times were not kept); the new member's time is in ``provenance.swapped_members``.
 
     Raises:
         RunError: no such member, another network, a missing all-cases stage, a study of other options, or
@@ -467,9 +468,10 @@ def swap_member(
         raise RunError(f"{new_run_dir}: data geometry {new_config['data']} differs from the model's")
 
     config = {**provenance["config"], "export": {**provenance["config"]["export"], "tta_flips": True}}
-    config, cross_validation = decoding_study_metrics(
-        config, manifest["metrics"]["cross_validation"]["summary_single_run"], tta_study, provenance["config"]
-    )
+    old_cv = manifest.get("metrics", {}).get("cross_validation", {})
+    # a folder exported without a study has only the run's own CV, as "summary"
+    single_run = old_cv.get("summary_single_run", old_cv.get("summary", {}))
+    config, cross_validation = decoding_study_metrics(config, single_run, tta_study, provenance["config"])
     inference = manifest["inference"]
     measured = {
         "pathology_branch_weight": float(config["export"].get("pathology_branch_weight", 0.0)),
@@ -482,10 +484,8 @@ def swap_member(
     if measured != runs or not inference.get("tta_flips", False):
         raise RunError(f"the study measured {measured} with flips; the model runs {inference}")
     # the main run's own CV stays; everything measured on the old procedure goes
-    kept = {
-        k: v for k, v in manifest["metrics"]["cross_validation"].items() if k in ("run", "folds", "n_cases", "protocol")
-    }
-    metrics = {**manifest["metrics"], "cross_validation": {**kept, **cross_validation}}
+    kept = {k: v for k, v in old_cv.items() if k in ("run", "folds", "n_cases", "protocol")}
+    metrics = {**manifest.get("metrics", {}), "cross_validation": {**kept, **cross_validation}}
 
     networks = {}
     for s in manifest["networks"]:
