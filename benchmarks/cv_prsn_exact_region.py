@@ -95,28 +95,30 @@ def case_probabilities(segmenter: Segmenter, images: Sequence[sitk.Image], truth
 
 
 def evaluate(
-    runs: Sequence[Path], data: Path, model: Path, weight: float, flips: bool, only: Sequence[int] = ()
-) -> List[dict]:
-    """Per-case metrics of the runs' (averaged) PRSNs on their held-out cases at branch weight ``weight``
-    (every fold, or the folds in ``only``)."""
-    segmenter = Segmenter(model, device="cpu", tta_flips=flips, tta_rot90=False, branch_weight=weight)
-    folds = check_runs(runs, segmenter)
-    rows = []
+    runs: Sequence[Path], data: Path, model: Path, weights: Sequence[float], flips: bool, only: Sequence[int] = ()
+) -> Dict[float, List[dict]]:
+    """Per-case metrics of the runs' (averaged) PRSNs on their held-out cases at each branch weight in
+    ``weights`` (every fold, or the folds in ``only``). Each fold's PRSNs and each case's files are read once."""
+    segmenters = {w: Segmenter(model, device="cpu", tta_flips=flips, tta_rot90=False, branch_weight=w) for w in weights}
+    folds = check_runs(runs, next(iter(segmenters.values())))
+    rows: Dict[float, List[dict]] = {w: [] for w in weights}
     for k, held_out in enumerate(folds):
         if only and k not in only:
             continue
-        segmenter.prsns = fold_prsns(runs, k)
+        prsns = fold_prsns(runs, k)
+        for segmenter in segmenters.values():
+            segmenter.prsns = prsns
         for case in held_out:
             images = [sitk.ReadImage(str(data / f"{case}_{s}.nii.gz")) for s in ("C0", "DE", "T2")]
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(data / f"{case}_gd.nii.gz")))
-            t0 = time.perf_counter()
-            prob, region, spacing = case_probabilities(segmenter, images, truth)
-            classes = pathology_classes(prob, "argmax")
-            labels = compose_labels(region, classes, spacing, segmenter.postprocessing)
-            metrics = case_metrics(labels, truth, spacing)
-            rows.append(
-                {"fold": k, "case": case, "seconds": time.perf_counter() - t0, **{key: metrics[key] for key in KEYS}}
-            )
+            for w, segmenter in segmenters.items():
+                t0 = time.perf_counter()
+                prob, region, spacing = case_probabilities(segmenter, images, truth)
+                classes = pathology_classes(prob, "argmax")
+                labels = compose_labels(region, classes, spacing, segmenter.postprocessing)
+                metrics = case_metrics(labels, truth, spacing)
+                seconds = time.perf_counter() - t0
+                rows[w].append({"fold": k, "case": case, "seconds": seconds, **{key: metrics[key] for key in KEYS}})
     return rows
 
 
@@ -135,8 +137,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     out = {"runs": [str(r) for r in args.run], "flips": not args.no_flips, "folds": args.folds or "all", "weights": {}}
-    for w in args.branch_weights:
-        rows = evaluate(args.run, args.data, args.model, w, not args.no_flips, args.folds)
+    per_weight = evaluate(args.run, args.data, args.model, args.branch_weights, not args.no_flips, args.folds)
+    for w, rows in per_weight.items():
         summary = summarise(rows)
         total = summary["dice_scar"]["mean"] + summary["dice_scar_edema"]["mean"]
         out["weights"][str(w)] = {"summary": summary, "sum": total, "cases": rows}
