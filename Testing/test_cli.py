@@ -220,6 +220,85 @@ def test_output_equal_to_input_is_refused(case_files, tiny_model_dir, capsys):
     assert case_files["DE"].read_bytes() == before
 
 
+@pytest.mark.parametrize("which", ["output", "csv"])
+def test_segment_keeps_an_existing_output_unless_asked_to_overwrite(
+    case_files, tiny_model_dir, tmp_path, capsys, which
+):
+    out, csv = tmp_path / "seg.nii.gz", tmp_path / "q.csv"
+    existing = {"output": out, "csv": csv}[which]
+    existing.write_bytes(b"a corrected segmentation")
+    args = [*segment_args(case_files, out, tiny_model_dir), "--csv", csv]
+    code = run_cli(*args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert existing.name in err[0] and "refusing to overwrite" in err[0] and "--overwrite" in err[0]
+    assert existing.read_bytes() == b"a corrected segmentation"
+    assert outputs_in(tmp_path) == [existing.name]  # nothing else written, no temporary file left
+    assert run_cli(*args, "--overwrite") == 0
+    assert sitk.ReadImage(str(out)).GetSize() == sitk.ReadImage(str(case_files["DE"])).GetSize()
+    assert csv.read_text().startswith("quantity,value,unit")
+
+
+def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path):
+    from myops.errors import InputError
+    from myops.io import check_output_path, write_labelmap
+
+    out = tmp_path / "seg.nii.gz"
+    assert check_output_path(out, overwrite=False) == out  # free when the run starts ...
+    out.write_bytes(b"saved meanwhile")  # ... and someone saves a file there before the run ends
+    labels = sitk.Image(4, 3, 2, sitk.sitkUInt16)
+    with pytest.raises(InputError, match="refusing to overwrite"):
+        write_labelmap(out, labels, overwrite=False)
+    assert out.read_bytes() == b"saved meanwhile"
+    assert outputs_in(tmp_path) == ["seg.nii.gz"]
+    write_labelmap(out, labels, overwrite=True)
+    assert sitk.ReadImage(str(out)).GetSize() == (4, 3, 2)
+
+
+def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are(tiny_model_dir, tmp_path, capsys):
+    import csv
+
+    from myops.labels import MYOCARDIUM, SCAR
+
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    out_dir.mkdir()
+    for seed, name in ((1, "a"), (2, "b")):
+        write_phantom_case(make_phantom_case(seed=seed), in_dir, name=name)
+    # case a was segmented before and then corrected by hand: 10 scar voxels in a 100-voxel wall, 2 x 1 x 1 mm
+    lge = sitk.ReadImage(str(in_dir / "a_DE.nii.gz"))
+    edited = np.zeros(sitk.GetArrayViewFromImage(lge).shape, dtype=np.uint16)
+    edited[0, :10, :10] = MYOCARDIUM
+    edited[0, 0, :10] = SCAR
+    image = sitk.GetImageFromArray(edited)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(image, str(out_dir / "a_seg.nii.gz"))
+    before = (out_dir / "a_seg.nii.gz").read_bytes()
+    base = ["segment-batch", in_dir, out_dir, "--model", tiny_model_dir, "--device", "cpu", "--quiet"]
+
+    assert run_cli(*base) == 0
+    text = capsys.readouterr().out
+    assert (out_dir / "a_seg.nii.gz").read_bytes() == before
+    assert (out_dir / "b_seg.nii.gz").is_file()
+    assert "Segmented 1 of 2" in text and "Kept 1 label map" in text
+    with open(out_dir / "quantification.csv", newline="") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert rows["a"]["source"] == "existing" and rows["b"]["source"] == "segmented"
+    assert float(rows["a"]["scar_ml"]) == pytest.approx(10 * 2e-3)
+    assert float(rows["a"]["lv_myocardium_ml"]) == pytest.approx(100 * 2e-3)
+
+    b_time = (out_dir / "b_seg.nii.gz").stat().st_mtime_ns
+    assert run_cli(*base) == 0  # everything there already: nothing segmented, the model is not even loaded
+    text = capsys.readouterr().out
+    assert "Segmented 0 of 2" in text and "Device:" not in text
+    assert (out_dir / "b_seg.nii.gz").stat().st_mtime_ns == b_time
+
+    assert run_cli(*base, "--overwrite") == 0
+    assert "Segmented 2 of 2" in capsys.readouterr().out
+    assert (out_dir / "a_seg.nii.gz").read_bytes() != before
+    assert sitk.ReadImage(str(out_dir / "a_seg.nii.gz")).GetSize() == lge.GetSize()
+
+
 @pytest.mark.parametrize("where", ["missing folder", "unwritable folder"])
 def test_unwritable_output_is_refused(case_files, tiny_model_dir, tmp_path, capsys, where):
     out = tmp_path / "nope" / "seg.nii.gz" if where == "missing folder" else Path("/proc/seg.nii.gz")

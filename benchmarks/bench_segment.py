@@ -49,7 +49,7 @@ def time_case(segmenter: Segmenter, paths: dict, out: Path, repeats: int) -> lis
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        segmenter.segment_files(paths["C0"], paths["DE"], paths["T2"], output=out)
+        segmenter.segment_files(paths["C0"], paths["DE"], paths["T2"], output=out, overwrite=True)
         if segmenter.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

@@ -179,7 +179,8 @@ def validate_cases(
     for case in cases:
         t0 = time.perf_counter()
         out = prediction_dir / f"{case.name}_seg.nii.gz"
-        result = segmenter.segment_files(case.c0, case.de, case.t2, output=out)
+        # the run's own prediction folder: a rerun replaces what an earlier one wrote
+        result = segmenter.segment_files(case.c0, case.de, case.t2, output=out, overwrite=True)
         truth_image = sitk.ReadImage(str(case.gd))
         truth = sitk.GetArrayFromImage(truth_image)
         metrics = case_metrics(result.labels_zyx, truth, spacing_zyx_of(truth_image))

@@ -22,6 +22,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
+#: Why an existing output is left alone, and how to replace it.
+OVERWRITE_HINT = "exists; refusing to overwrite it (it may hold your edits); pass --overwrite to replace it"
 #: Accepted sequence suffixes in batch folders: role -> file name tags.
 BATCH_TAGS = {"bssfp": ("C0",), "lge": ("DE", "LGE"), "t2": ("T2",)}
 
@@ -69,13 +71,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for extra in (args.csv, args.json):
         if extra is not None:
             _check_side_file(extra, inputs)
+    if not args.overwrite:
+        _refuse_existing([out, args.csv, args.json])
     t0 = time.perf_counter()
     images = [read_image(p) for p in inputs]  # bad input fails here, before the model is loaded
     t_read = time.perf_counter() - t0
     segmenter = _make_segmenter(args.model, args.device)
     result = segmenter.segment(*images)
     t0 = time.perf_counter()
-    write_output(out, result.labels)
+    write_output(out, result.labels, overwrite=args.overwrite)
     result.timings_s.update(read=t_read, write=time.perf_counter() - t0)
     _print(f"Wrote {out}")
     warning = _alignment_warning(result)
@@ -90,6 +94,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         _print(f"Wrote {args.json}")
     _print(f"Timings: {_format_timings(result.timings_s)}")
     return EXIT_OK
+
+
+def _refuse_existing(paths: Sequence[Optional[object]]) -> None:
+    """One line and exit 2 (via :class:`InputError`) for the first of ``paths`` that exists already."""
+    for path in paths:
+        if path is not None and Path(str(path)).exists():
+            raise InputError(path, OVERWRITE_HINT)
 
 
 def _check_side_file(path: str, inputs: Sequence[str]) -> None:
@@ -130,6 +141,35 @@ def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[str]]:
     return complete, problems
 
 
+def _quantify_existing(path: Path):
+    """The quantification of a label map already in the output folder (as it is now, edits included)."""
+    import SimpleITK as sitk
+
+    from .io import read_labelmap
+    from .preprocessing import spacing_zyx_of
+    from .quantify import quantify
+
+    image = read_labelmap(path)
+    if image.GetDimension() != 3:
+        raise InputError(path, f"is not a 3D label map (dimension {image.GetDimension()})")
+    return quantify(sitk.GetArrayViewFromImage(image), spacing_zyx_of(image))
+
+
+def _write_csv_rows(path: Path, rows: List[dict]) -> None:
+    """Write ``rows`` (dicts with the same keys) as a CSV table, atomically."""
+    import csv
+
+    from .io import write_atomically
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(path, write)
+
+
 def cmd_segment_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -142,16 +182,23 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
     if out_dir.resolve() == in_dir.resolve():
         raise InputError(out_dir, "output folder must differ from the input folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    segmenter = _make_segmenter(args.model, args.device)
+    outputs = {name: out_dir / f"{name}_seg.nii.gz" for name in cases}
+    keep = set() if args.overwrite else {name for name, out in outputs.items() if out.exists()}
+    segmenter = _make_segmenter(args.model, args.device) if len(keep) < len(cases) else None
     failures: List[Tuple[str, str]] = [(p.split(":")[0], p.split(": ", 1)[1]) for p in problems]
     rows = []
     times = []
     bar = tqdm(sorted(cases.items()), desc="Segmenting", unit="case", file=sys.stderr, disable=args.quiet)
     for name, paths in bar:
         bar.set_postfix_str(name)
-        out = out_dir / f"{name}_seg.nii.gz"
+        out = outputs[name]
         try:
-            result = segmenter.segment_files(paths["bssfp"], paths["lge"], paths["t2"], output=out)
+            if name in keep:  # an earlier run's (maybe corrected) label map: quantified, never replaced
+                rows.append({"case": name, "source": "existing", **_quantify_existing(out).to_dict()})
+                continue
+            result = segmenter.segment_files(
+                paths["bssfp"], paths["lge"], paths["t2"], output=out, overwrite=args.overwrite
+            )
         except MyoPSError as exc:
             failures.append((name, str(exc)))
             tqdm.write(f"FAILED {name}: {exc}", file=sys.stderr)
@@ -164,16 +211,17 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         warning = _alignment_warning(result)
         if warning:
             tqdm.write(f"{name}: {warning}", file=sys.stderr)
-        row = {"case": name, **result.quantification.to_dict()}
-        rows.append(row)
+        rows.append({"case": name, "source": "segmented", **result.quantification.to_dict()})
     if rows:
-        import csv
-
-        with open(out_dir / "quantification.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-            writer.writeheader()
-            writer.writerows(rows)
-    _print(f"Segmented {len(rows)} of {len(rows) + len(failures)} case(s) into {out_dir}")
+        _write_csv_rows(out_dir / "quantification.csv", rows)
+    segmented = sum(r["source"] == "segmented" for r in rows)
+    _print(f"Segmented {segmented} of {len(cases) + len(problems)} case(s) into {out_dir}")
+    kept = len(rows) - segmented
+    if kept:
+        _print(
+            f"Kept {kept} label map(s) already there, unchanged (quantification.csv reads them as they are); "
+            "--overwrite segments those cases again"
+        )
     if times:
         times.sort()
         _print(f"Median time per case: {times[len(times) // 2]:.2f} s (model loaded)")
@@ -226,7 +274,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         paths = write_phantom_case(case, out_dir, name="phantom")
         segmenter = _make_segmenter(model, args.device)
         seg_path = out_dir / "phantom_seg.nii.gz"
-        result = segmenter.segment_files(paths["C0"], paths["DE"], paths["T2"], output=seg_path)
+        # the demo's own folder of synthetic files: each run replaces the last one's
+        result = segmenter.segment_files(paths["C0"], paths["DE"], paths["T2"], output=seg_path, overwrite=True)
         seg_nrrd = out_dir / "phantom.seg.nrrd"
         from .io import write_segmentation
 
@@ -353,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .nii.gz/.nii/.nrrd label map or .seg.nrrd")
     p.add_argument("--csv", help="also write the quantification as CSV")
     p.add_argument("--json", help="also write the quantification as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: refuse)")
     add_common(p)
     p.set_defaults(func=cmd_segment)
 
@@ -361,12 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment every case of a folder",
         description=(
             "Segment every case <name>_C0.*, <name>_DE.* (or <name>_LGE.*), <name>_T2.* of IN_DIR into "
-            "OUT_DIR/<name>_seg.nii.gz, plus OUT_DIR/quantification.csv. Exit code 1 if any case failed."
+            "OUT_DIR/<name>_seg.nii.gz, plus OUT_DIR/quantification.csv (one row per case; its 'source' column says "
+            "'segmented' or 'existing'). A label map already in OUT_DIR is kept as it is (it may hold corrections) "
+            "and quantified from the file, so a rerun finishes an interrupted batch and refreshes the table after "
+            "edits; --overwrite segments every case again. Exit code 1 if any case failed."
         ),
     )
     p.add_argument("in_dir")
     p.add_argument("out_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="segment every case again, replacing label maps already in OUT_DIR (default: keep them)",
+    )
     add_common(p)
     p.set_defaults(func=cmd_segment_batch)
 
@@ -385,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="run the cascade on a synthetic phantom (the embedded default)")
-    p.add_argument("--output-dir", default="demo-output", help="where to write the phantom, results and figure")
+    p.add_argument(
+        "--output-dir", default="demo-output", help="where to write the phantom, results and figure (replaced each run)"
+    )
     p.add_argument("--seed", type=int, default=2020, help="phantom seed")
     p.add_argument("--size", type=int, default=400, help="phantom in-plane size in pixels (default 400)")
     add_common(p)

@@ -28,6 +28,8 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Suffixes accepted for label-map outputs.
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 SEGMENTATION_SUFFIX = ".seg.nrrd"
+#: Why an existing output is not replaced (it may be a segmentation someone has corrected).
+EXISTS_MESSAGE = "exists; refusing to overwrite it (it may hold someone's edits)"
 
 
 def has_suffix(path: PathLike, suffixes: Iterable[str]) -> bool:
@@ -129,19 +131,23 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
     )
 
 
-def check_output_path(output: PathLike, inputs: Iterable[PathLike] = (), *, segmentation_ok: bool = True) -> Path:
+def check_output_path(
+    output: PathLike, inputs: Iterable[PathLike] = (), *, segmentation_ok: bool = True, overwrite: bool = True
+) -> Path:
     """Check an output path before any work starts.
 
     Args:
         output: the file to write (``.nii.gz``, ``.nii``, ``.nrrd`` label map, or ``.seg.nrrd``).
         inputs: input paths it must not equal.
         segmentation_ok: whether ``.seg.nrrd`` is allowed.
+        overwrite: whether an existing file may be replaced (it may hold a user's edits).
 
     Returns:
         The output as a :class:`~pathlib.Path`.
 
     Raises:
-        InputError: wrong suffix, same as an input, or a folder that is missing or not writable.
+        InputError: wrong suffix, same as an input, an existing file without ``overwrite``, or a folder that is
+            missing or not writable.
     """
     out = Path(output)
     allowed = LABELMAP_SUFFIXES + ((SEGMENTATION_SUFFIX,) if segmentation_ok else ())
@@ -158,6 +164,8 @@ def check_output_path(output: PathLike, inputs: Iterable[PathLike] = (), *, segm
         raise InputError(out, f"output folder {folder} is not writable")
     if out.is_dir():
         raise InputError(out, "output path is a folder")
+    if not overwrite and out.exists():
+        raise InputError(out, EXISTS_MESSAGE)
     return out
 
 
@@ -170,11 +178,33 @@ def _can_create_file_in(folder: Path) -> bool:
         return False
 
 
-def _write_atomically(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` (same suffix), then rename it onto ``path``.
+def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` onto ``final``; without ``overwrite`` never replace a file that exists by then.
+
+    The no-replace move is a hard link (atomic: it fails if ``final`` exists) where the file system has them,
+    else a check just before the rename.
+    """
+    if overwrite:
+        os.replace(str(tmp), str(final))
+        return
+    try:
+        os.link(str(tmp), str(final))
+    except FileExistsError:
+        raise InputError(final, EXISTS_MESSAGE) from None
+    except OSError:  # no hard links here (some network and FAT file systems)
+        if final.exists():
+            raise InputError(final, EXISTS_MESSAGE) from None
+        os.replace(str(tmp), str(final))
+        return
+    tmp.unlink()
+
+
+def write_atomically(path: PathLike, write: Callable[[str], None], overwrite: bool = True) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path`` (same suffix), then move it onto ``path``.
 
     A failure removes the temporary file, so nothing half-written is left; OS and writer errors become
-    :class:`InputError` naming the output.
+    :class:`InputError` naming the output. Without ``overwrite`` an existing ``path`` (one that appeared while
+    the work ran included) is left as it is and :class:`InputError` is raised.
     """
     final = Path(path)
     lower = final.name.lower()
@@ -187,7 +217,10 @@ def _write_atomically(path: PathLike, write: Callable[[str], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(str(tmp))
-        os.replace(str(tmp), str(final))
+        _publish(tmp, final, overwrite)
+    except InputError:
+        tmp.unlink(missing_ok=True)
+        raise
     except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
         raise InputError(final, f"cannot be written ({exc})") from None
@@ -197,18 +230,23 @@ def _write_atomically(path: PathLike, write: Callable[[str], None]) -> Path:
     return final
 
 
-def write_labelmap(path: PathLike, labels: sitk.Image) -> Path:
-    """Write a label map (MyoPS values, unsigned 16-bit) atomically, compressed where the format allows."""
-    final = _write_atomically(path, lambda tmp: sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt16), tmp, True))
+def write_labelmap(path: PathLike, labels: sitk.Image, overwrite: bool = True) -> Path:
+    """Write a label map (MyoPS values, unsigned 16-bit) atomically, compressed where the format allows.
+
+    Without ``overwrite`` an existing file is kept and :class:`InputError` raised."""
+    final = write_atomically(
+        path, lambda tmp: sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt16), tmp, True), overwrite
+    )
     logger.info("wrote label map %s", final)
     return final
 
 
-def write_segmentation(path: PathLike, labels: sitk.Image) -> Path:
+def write_segmentation(path: PathLike, labels: sitk.Image, overwrite: bool = True) -> Path:
     """Write a Slicer ``.seg.nrrd`` with one segment per output label (non-overlapping, one layer).
 
     Segment names, label values, colours and terminology come from :data:`myops.labels.SEGMENTS`. Segments are
-    written even when empty, so every output has the same four segments.
+    written even when empty, so every output has the same four segments. Without ``overwrite`` an existing file
+    is kept and :class:`InputError` raised.
     """
     import slicerio
 
@@ -247,7 +285,7 @@ def write_segmentation(path: PathLike, labels: sitk.Image) -> Path:
         "referenceImageExtentOffset": [0, 0, 0],
         "segments": segments,
     }
-    final = _write_atomically(path, lambda tmp: slicerio.write_segmentation(tmp, segmentation))
+    final = write_atomically(path, lambda tmp: slicerio.write_segmentation(tmp, segmentation), overwrite)
     logger.info("wrote segmentation %s", final)
     return final
 
@@ -265,11 +303,11 @@ def _slicerio_terminology(spec) -> dict:
     }
 
 
-def write_output(path: PathLike, labels: sitk.Image) -> Path:
+def write_output(path: PathLike, labels: sitk.Image, overwrite: bool = True) -> Path:
     """Write ``labels`` as a ``.seg.nrrd`` segmentation or a label map, chosen by the suffix of ``path``."""
     if has_suffix(path, (SEGMENTATION_SUFFIX,)):
-        return write_segmentation(path, labels)
-    return write_labelmap(path, labels)
+        return write_segmentation(path, labels, overwrite)
+    return write_labelmap(path, labels, overwrite)
 
 
 def read_labelmap(path: PathLike) -> sitk.Image:

@@ -558,16 +558,19 @@ class Segmenter:
         t2_path: Union[str, Path],
         output: Optional[Union[str, Path]] = None,
         progress: Optional[ProgressCallback] = None,
+        overwrite: bool = False,
     ) -> SegmentationResult:
         """Read three files, segment, and write ``output`` (label map or ``.seg.nrrd``) when given.
 
-        The output is checked before any work and written atomically, so a failure leaves nothing behind.
+        The output is checked before any work and written atomically, so a failure leaves nothing behind. An
+        existing ``output`` is replaced only with ``overwrite``; otherwise :class:`InputError` is raised, before
+        the work when it exists already and at the end when it appeared meanwhile (it is kept either way).
         """
         from .io import check_output_path
 
         inputs = [bssfp_path, lge_path, t2_path]
         if output is not None:
-            check_output_path(output, inputs)
+            check_output_path(output, inputs, overwrite=overwrite)
         t0 = time.perf_counter()
         bssfp = read_image(bssfp_path)
         lge = read_image(lge_path)
@@ -577,6 +580,6 @@ class Segmenter:
         result.timings_s["read"] = t_read
         if output is not None:
             t0 = time.perf_counter()
-            write_output(output, result.labels)
+            write_output(output, result.labels, overwrite)
             result.timings_s["write"] = time.perf_counter() - t0
         return result
