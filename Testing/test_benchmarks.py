@@ -120,6 +120,7 @@ def _load_script(name: str):
 
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -310,3 +311,41 @@ def test_exact_region_prsn_input_and_output_sit_on_the_reference_region(tiny_mod
     # ... and what the PRSN returns lands back where it was found on the LGE grid
     assert dice(prob[1] + prob[3] > 0.5, reference) > 0.97
     assert dice(prob[3] > 0.5, reference & (volumes[1] > threshold)) > 0.85
+
+
+def _recalibration_case(fold: int, seed: int):
+    """A 1 x 20 x 20 region whose PRSN says "normal myocardium" everywhere, while rows 0-4 are scar that is
+    4 SD brighter on LGE than the rest (2 x 1 x 1 mm voxels)."""
+    from myops.labels import MYOCARDIUM, SCAR
+
+    script = _load_script("pathology_recalibration")
+    rng = np.random.default_rng(seed)
+    region = np.ones((1, 20, 20), dtype=bool)
+    truth = np.full(region.shape, MYOCARDIUM, dtype=np.uint16)
+    truth[0, :5] = SCAR
+    lge = rng.normal(0.0, 1.0, region.shape).astype(np.float32)
+    lge[0, :5] += 4.0
+    p = np.tile(np.array([0.1, 0.6, 0.1, 0.2], dtype=np.float32)[:, None], (1, region.size))
+    t2 = rng.normal(0.0, 1.0, region.size).astype(np.float32)
+    return script.CaseData(fold, f"c{seed}", region, p, p.copy(), lge[region], t2, truth, (2.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("objective", ["ce", "dice"])
+def test_recalibration_learns_the_lge_contrast_on_the_other_folds(objective):
+    """The PRSN alone misses all scar (Dice 0); the recalibration fitted on the other folds' cases finds it by its
+    LGE contrast (positive LGE weight for scar), and the offsets alone (R0) cannot."""
+    from myops.postprocessing import PostprocessingConfig
+
+    script = _load_script("pathology_recalibration")
+    cases = [_recalibration_case(fold, seed) for fold, seed in ((0, 1), (0, 2), (1, 3), (1, 4))]
+    # every voxel is predicted normal myocardium here, so all of them are the reference
+    lge = cases[0].lge
+    spread = 1.4826 * np.median(np.abs(lge - np.median(lge)))
+    np.testing.assert_allclose(cases[0].features(0.5)[0], (lge - np.median(lge)) / spread, rtol=1e-5, atol=1e-5)
+    out = script.evaluate(cases, 0.5, PostprocessingConfig(min_pathology_area_mm2=0.0), objective)
+    assert [r["dice_scar"] for r in out["none"]["cases"]] == [0.0] * 4
+    for fold in ("0", "1"):
+        scar_row = out["R"]["theta"][fold][2]  # classes 0, 2, 3 -> scar; [b_LGE, d_T2, e]
+        assert scar_row[0] > 0.5
+    assert min(r["dice_scar"] for r in out["R"]["cases"]) > 0.8
+    assert max(r["dice_scar"] for r in out["R0"]["cases"]) < 0.5
