@@ -5,8 +5,10 @@ against the case's own remote myocardium. This script asks whether adding that e
 output helps, in cross-validation, inside the exact reference LV region (as ``cv_prsn_exact_region.py``):
 
 - for each fold of the CV run(s), the fold's PRSNs (averaged when several runs are given) give the class
-  probabilities ``p`` of their held-out cases at branch weights 0 and 1; weight ``w`` is their linear mix, as in
-  the engine;
+  probabilities ``p`` of their held-out cases at branch weights 0 and 1, and weight ``w`` is their linear mix.
+  The engine mixes the same way but then makes the regions nested (``fused_pathology_probabilities``), so the
+  baseline ("none") at ``w`` 0.5 is close to, not equal to, the engine's: 63.99 / 70.42 against 64.02 / 70.45
+  (scar / scar + edema) for ``cv5_exp_prsn_gt_mask_seed2`` (session 14);
 - per case, ``zLGE`` and ``zT2`` are the prepared LGE and T2 (on the LGE grid) as robust z-scores against the
   case's predicted normal myocardium (median and 1.4826 x MAD of the voxels whose argmax is class 1);
 - variant ``R``: scores ``s_c = log p_c + b_c zLGE + d_c zT2 + e_c`` for background, edema and scar, normal
@@ -74,7 +76,8 @@ class CaseData:
     spacing: tuple
 
     def probabilities(self, w: float) -> np.ndarray:
-        """Class probabilities (4, n) at branch weight ``w`` (the engine's linear mix)."""
+        """Class probabilities (4, n) at branch weight ``w``: the linear mix of weights 0 and 1 (the engine's
+        mix before its nesting step)."""
         return (1.0 - w) * self.p0 + w * self.p1
 
     def features(self, w: float) -> np.ndarray:
