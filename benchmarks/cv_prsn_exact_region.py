@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -79,9 +79,14 @@ def check_runs(runs: Sequence[Path], segmenter: Segmenter) -> List[List[str]]:
     return splits[0]
 
 
-def case_probabilities(segmenter: Segmenter, images: Sequence[sitk.Image], truth: np.ndarray) -> tuple:
-    """PRSN probabilities on the LGE grid inside the exact region: ``((4, z, y, x), region (z, y, x), spacing)``."""
-    volumes = prepare_sequences(*images, segmenter.percentiles)  # (3, z, y, x)
+def case_probabilities(
+    segmenter: Segmenter, images: Sequence[sitk.Image], truth: np.ndarray, volumes: Optional[np.ndarray] = None
+) -> tuple:
+    """PRSN probabilities on the LGE grid inside the exact region: ``((4, z, y, x), region (z, y, x), spacing)``.
+
+    ``volumes``: the images already prepared (:func:`prepare_sequences`, (3, z, y, x)), to reuse across calls."""
+    if volumes is None:
+        volumes = prepare_sequences(*images, segmenter.percentiles)  # (3, z, y, x)
     spacing_zyx = spacing_zyx_of(images[1])
     spacing_yx = (spacing_zyx[1], spacing_zyx[2])
     region = np.isin(truth, LV_EPICARDIUM_LABELS)
@@ -111,9 +116,12 @@ def evaluate(
         for case in held_out:
             images = [sitk.ReadImage(str(data / f"{case}_{s}.nii.gz")) for s in ("C0", "DE", "T2")]
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(data / f"{case}_gd.nii.gz")))
+            volumes = None
             for w, segmenter in segmenters.items():
                 t0 = time.perf_counter()
-                prob, region, spacing = case_probabilities(segmenter, images, truth)
+                if volumes is None:  # the same for every weight
+                    volumes = prepare_sequences(*images, segmenter.percentiles)
+                prob, region, spacing = case_probabilities(segmenter, images, truth, volumes)
                 classes = pathology_classes(prob, "argmax")
                 labels = compose_labels(region, classes, spacing, segmenter.postprocessing)
                 metrics = case_metrics(labels, truth, spacing)

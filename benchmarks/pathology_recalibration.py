@@ -114,8 +114,8 @@ def collect(runs: Sequence[Path], data: Path, model: Optional[Path], flips: bool
         for case in held_out:
             images = [sitk.ReadImage(str(data / f"{case}_{s}.nii.gz")) for s in ("C0", "DE", "T2")]
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(data / f"{case}_gd.nii.gz")))
-            (p0, region, spacing), (p1, _, _) = (case_probabilities(s, images, truth) for s in segmenters)
             volumes = prepare_sequences(*images, segmenters[0].percentiles)  # (3, z, y, x)
+            (p0, region, spacing), (p1, _, _) = (case_probabilities(s, images, truth, volumes) for s in segmenters)
             cases.append(
                 CaseData(
                     k,
