@@ -311,6 +311,23 @@ def test_exact_region_prsn_input_and_output_sit_on_the_reference_region(tiny_mod
     # ... and what the PRSN returns lands back where it was found on the LGE grid
     assert dice(prob[1] + prob[3] > 0.5, reference) > 0.97
     assert dice(prob[3] > 0.5, reference & (volumes[1] > threshold)) > 0.85
+    # a region drawn 2 pixels too narrow is what the PRSN then sees and what the labels are composed in
+    _, narrow, _ = script.case_probabilities(segmenter, [case.bssfp, case.lge, case.t2], truth, margin_px=-2)
+    assert np.array_equal(narrow, script.shift_region(reference, -2)) and narrow.sum() < reference.sum()
+    assert (seen[-1].abs().sum(dim=1) > 0).sum() < masked.sum()
+
+
+def test_region_margin_grows_and_shrinks_in_plane_only():
+    """A 5 x 5 square on the middle of three slices: grown by ITK's 1-pixel ball (a 3 x 3 square) it is 7 x 7,
+    shrunk it is 3 x 3; no slice above or below is touched. At 2 pixels the ball is 5 x 5 without its corners."""
+    script = _load_script("cv_prsn_exact_region")
+    region = np.zeros((3, 11, 11), dtype=bool)
+    region[1, 3:8, 3:8] = True
+    grown, shrunk = script.shift_region(region, 1), script.shift_region(region, -1)
+    assert grown.sum() == 49 and grown[1, 2:9, 2:9].all() and not grown[[0, 2]].any()
+    assert shrunk.sum() == 9 and shrunk[1, 4:7, 4:7].all()
+    assert script.shift_region(region, 2).sum() == 9 * 9 - 4  # the corners of the 9 x 9 stay out
+    assert script.shift_region(region, 0) is region
 
 
 def _recalibration_case(fold: int, seed: int):

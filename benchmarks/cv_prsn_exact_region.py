@@ -79,17 +79,35 @@ def check_runs(runs: Sequence[Path], segmenter: Segmenter) -> List[List[str]]:
     return splits[0]
 
 
+def shift_region(region: np.ndarray, margin_px: int) -> np.ndarray:
+    """``region`` (bool (z, y, x)) dilated (``margin_px`` > 0) or eroded (< 0) in-plane by ITK's ball of that
+    radius in pixels of its own grid (a 3 x 3 square at 1 pixel), slice by slice; 0 returns it unchanged."""
+    if margin_px == 0:
+        return region
+    image = sitk.GetImageFromArray(region.astype(np.uint8))
+    operation = sitk.BinaryDilate if margin_px > 0 else sitk.BinaryErode
+    radius = [abs(int(margin_px)), abs(int(margin_px)), 0]  # x, y, z: never across slices
+    return sitk.GetArrayFromImage(operation(image, radius, sitk.sitkBall)).astype(bool)
+
+
 def case_probabilities(
-    segmenter: Segmenter, images: Sequence[sitk.Image], truth: np.ndarray, volumes: Optional[np.ndarray] = None
+    segmenter: Segmenter,
+    images: Sequence[sitk.Image],
+    truth: np.ndarray,
+    volumes: Optional[np.ndarray] = None,
+    margin_px: int = 0,
 ) -> tuple:
     """PRSN probabilities on the LGE grid inside the exact region: ``((4, z, y, x), region (z, y, x), spacing)``.
 
-    ``volumes``: the images already prepared (:func:`prepare_sequences`, (3, z, y, x)), to reuse across calls."""
+    ``volumes``: the images already prepared (:func:`prepare_sequences`, (3, z, y, x)), to reuse across calls.
+    ``margin_px``: use the reference region grown (> 0) or shrunk (< 0) by that many LGE pixels in-plane instead,
+    as an LV region drawn too wide or too narrow would be (:func:`shift_region`); it is then also the region the
+    labels are composed in."""
     if volumes is None:
         volumes = prepare_sequences(*images, segmenter.percentiles)  # (3, z, y, x)
     spacing_zyx = spacing_zyx_of(images[1])
     spacing_yx = (spacing_zyx[1], spacing_zyx[2])
-    region = np.isin(truth, LV_EPICARDIUM_LABELS)
+    region = shift_region(np.isin(truth, LV_EPICARDIUM_LABELS), margin_px)
     center = heart_center_from_mask(region, spacing_zyx, min_area_mm2=0.0)
     window = Window(center, segmenter.crop_spacing_mm, segmenter.crop_size)
     crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
@@ -100,10 +118,17 @@ def case_probabilities(
 
 
 def evaluate(
-    runs: Sequence[Path], data: Path, model: Path, weights: Sequence[float], flips: bool, only: Sequence[int] = ()
+    runs: Sequence[Path],
+    data: Path,
+    model: Path,
+    weights: Sequence[float],
+    flips: bool,
+    only: Sequence[int] = (),
+    margin_px: int = 0,
 ) -> Dict[float, List[dict]]:
     """Per-case metrics of the runs' (averaged) PRSNs on their held-out cases at each branch weight in
-    ``weights`` (every fold, or the folds in ``only``). Each fold's PRSNs and each case's files are read once."""
+    ``weights`` (every fold, or the folds in ``only``), in the reference region grown or shrunk by ``margin_px``.
+    Each fold's PRSNs and each case's files are read once."""
     segmenters = {w: Segmenter(model, device="cpu", tta_flips=flips, tta_rot90=False, branch_weight=w) for w in weights}
     folds = check_runs(runs, next(iter(segmenters.values())))
     rows: Dict[float, List[dict]] = {w: [] for w in weights}
@@ -121,7 +146,7 @@ def evaluate(
                 t0 = time.perf_counter()
                 if volumes is None:  # the same for every weight
                     volumes = prepare_sequences(*images, segmenter.percentiles)
-                prob, region, spacing = case_probabilities(segmenter, images, truth, volumes)
+                prob, region, spacing = case_probabilities(segmenter, images, truth, volumes, margin_px)
                 classes = pathology_classes(prob, "argmax")
                 labels = compose_labels(region, classes, spacing, segmenter.postprocessing)
                 metrics = case_metrics(labels, truth, spacing)
@@ -142,10 +167,16 @@ def main() -> int:
     parser.add_argument("--branch-weights", nargs="+", type=float, default=[0.5])
     parser.add_argument("--no-flips", action="store_true", help="no test-time flips (default: flips, as shipped)")
     parser.add_argument("--folds", nargs="+", type=int, default=[], help="only these folds (default: all)")
+    parser.add_argument(
+        "--region-margin-px", type=int, default=0, help="grow (> 0) or shrink (< 0) the region by N LGE pixels"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    out = {"runs": [str(r) for r in args.run], "flips": not args.no_flips, "folds": args.folds or "all", "weights": {}}
-    per_weight = evaluate(args.run, args.data, args.model, args.branch_weights, not args.no_flips, args.folds)
+    out = {"runs": [str(r) for r in args.run], "flips": not args.no_flips, "folds": args.folds or "all"}
+    out.update(region_margin_px=args.region_margin_px, weights={})
+    per_weight = evaluate(
+        args.run, args.data, args.model, args.branch_weights, not args.no_flips, args.folds, args.region_margin_px
+    )
     for w, rows in per_weight.items():
         summary = summarise(rows)
         total = summary["dice_scar"]["mean"] + summary["dice_scar_edema"]["mean"]
