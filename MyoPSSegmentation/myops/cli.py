@@ -22,8 +22,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
-#: Why an existing output is left alone, and how to replace it.
-OVERWRITE_HINT = "exists; refusing to overwrite it (it may hold your edits); pass --overwrite to replace it"
 #: Accepted sequence suffixes in batch folders: role -> file name tags.
 BATCH_TAGS = {"bssfp": ("C0",), "lge": ("DE", "LGE"), "t2": ("T2",)}
 
@@ -98,9 +96,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def _refuse_existing(paths: Sequence[Optional[object]]) -> None:
     """One line and exit 2 (via :class:`InputError`) for the first of ``paths`` that exists already."""
+    from .io import EXISTS_MESSAGE
+
     for path in paths:
         if path is not None and Path(str(path)).exists():
-            raise InputError(path, OVERWRITE_HINT)
+            raise InputError(path, f"{EXISTS_MESSAGE}; pass --overwrite to replace it")
 
 
 def _check_side_file(path: str, inputs: Sequence[str]) -> None:
