@@ -96,13 +96,16 @@ def case_probabilities(
     truth: np.ndarray,
     volumes: Optional[np.ndarray] = None,
     margin_px: int = 0,
+    input_margin_px: int = 0,
 ) -> tuple:
     """PRSN probabilities on the LGE grid inside the exact region: ``((4, z, y, x), region (z, y, x), spacing)``.
 
     ``volumes``: the images already prepared (:func:`prepare_sequences`, (3, z, y, x)), to reuse across calls.
     ``margin_px``: use the reference region grown (> 0) or shrunk (< 0) by that many LGE pixels in-plane instead,
     as an LV region drawn too wide or too narrow would be (:func:`shift_region`); it is then also the region the
-    labels are composed in."""
+    labels are composed in.
+    ``input_margin_px``: the PRSN sees that region grown by that many crop pixels in-plane (the engine's
+    ``inference.prsn_region_margin_px``), while the labels stay composed in the region itself."""
     if volumes is None:
         volumes = prepare_sequences(*images, segmenter.percentiles)  # (3, z, y, x)
     spacing_zyx = spacing_zyx_of(images[1])
@@ -112,6 +115,7 @@ def case_probabilities(
     window = Window(center, segmenter.crop_spacing_mm, segmenter.crop_size)
     crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
     mask = sample_windows(region[None].astype(np.float32), spacing_yx, window, mode="nearest")[:, 0]
+    mask = shift_region(mask > 0.5, input_margin_px).astype(np.float32)
     prob = segmenter.prsn_pass(crops * mask[:, None])  # (z, 4, S, S)
     pasted = paste_windows(prob, truth.shape, spacing_yx, window, fill=[1.0, 0.0, 0.0, 0.0])
     return pasted, region, spacing_zyx
@@ -125,9 +129,11 @@ def evaluate(
     flips: bool,
     only: Sequence[int] = (),
     margin_px: int = 0,
+    input_margin_px: int = 0,
 ) -> Dict[float, List[dict]]:
     """Per-case metrics of the runs' (averaged) PRSNs on their held-out cases at each branch weight in
-    ``weights`` (every fold, or the folds in ``only``), in the reference region grown or shrunk by ``margin_px``.
+    ``weights`` (every fold, or the folds in ``only``), in the reference region grown or shrunk by ``margin_px``
+    (the PRSN seeing it grown by ``input_margin_px`` more crop pixels).
     Each fold's PRSNs and each case's files are read once."""
     segmenters = {w: Segmenter(model, device="cpu", tta_flips=flips, tta_rot90=False, branch_weight=w) for w in weights}
     folds = check_runs(runs, next(iter(segmenters.values())))
@@ -146,7 +152,9 @@ def evaluate(
                 t0 = time.perf_counter()
                 if volumes is None:  # the same for every weight
                     volumes = prepare_sequences(*images, segmenter.percentiles)
-                prob, region, spacing = case_probabilities(segmenter, images, truth, volumes, margin_px)
+                prob, region, spacing = case_probabilities(
+                    segmenter, images, truth, volumes, margin_px, input_margin_px
+                )
                 classes = pathology_classes(prob, "argmax")
                 labels = compose_labels(region, classes, spacing, segmenter.postprocessing)
                 metrics = case_metrics(labels, truth, spacing)
@@ -170,12 +178,25 @@ def main() -> int:
     parser.add_argument(
         "--region-margin-px", type=int, default=0, help="grow (> 0) or shrink (< 0) the region by N LGE pixels"
     )
+    parser.add_argument(
+        "--input-margin-px",
+        type=int,
+        default=0,
+        help="the PRSN sees the region grown by N crop pixels; the labels stay in the region",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     out = {"runs": [str(r) for r in args.run], "flips": not args.no_flips, "folds": args.folds or "all"}
-    out.update(region_margin_px=args.region_margin_px, weights={})
+    out.update(region_margin_px=args.region_margin_px, input_margin_px=args.input_margin_px, weights={})
     per_weight = evaluate(
-        args.run, args.data, args.model, args.branch_weights, not args.no_flips, args.folds, args.region_margin_px
+        args.run,
+        args.data,
+        args.model,
+        args.branch_weights,
+        not args.no_flips,
+        args.folds,
+        args.region_margin_px,
+        args.input_margin_px,
     )
     for w, rows in per_weight.items():
         summary = summarise(rows)
