@@ -13,6 +13,11 @@ Choices (each a field of :class:`PostprocessingConfig`, recorded in the model ma
   normal myocardium (0 disables).
 - ``min_wall_area_mm2``: per slice, wall islands smaller than this area become LV blood pool (they lie inside the
   epicardial region, so they are cavity); 0 disables.
+- ``trim_region_to_wall`` (off by default): per slice, where the wall closes around a cavity (its hole-filled
+  mask holds pixels that are not wall), the epicardial region is cut to that filled ring. Region pixels outside
+  the ring would otherwise be LV blood pool lying outside the myocardium, which is anatomically impossible; the
+  annotators' LV region is the closed ring. Wall, scar and edema are unchanged by it; only the region's outer
+  border (and so its Dice and Hausdorff distance) moves. Slices whose wall is not a closed ring keep the region.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class PostprocessingConfig:
     fill_epicardium_holes: bool = True
     min_pathology_area_mm2: float = 4.0
     min_wall_area_mm2: float = 10.0
+    trim_region_to_wall: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -105,6 +111,23 @@ def fill_holes_2d(mask_yx: np.ndarray) -> np.ndarray:
     return sitk.GetArrayFromImage(filled).astype(bool)
 
 
+def trim_to_closed_ring_2d(region_yx: np.ndarray, wall_yx: np.ndarray) -> np.ndarray:
+    """``region_yx`` cut to the hole-filled ``wall_yx`` when the wall encloses a cavity; else unchanged.
+
+    Args:
+        region_yx: boolean (y, x) LV epicardial region of one slice.
+        wall_yx: boolean (y, x) myocardial wall of that slice (inside ``region_yx``).
+
+    Returns:
+        boolean (y, x): ``region_yx & fill_holes_2d(wall_yx)`` if that filling adds at least one pixel (the ring
+        is closed), otherwise a copy of ``region_yx`` (no wall, an open ring, or a solid apical disc).
+    """
+    filled = fill_holes_2d(wall_yx)
+    if not (filled & ~wall_yx).any():
+        return region_yx.copy()
+    return region_yx & filled
+
+
 def remove_small_islands_2d(mask_yx: np.ndarray, min_pixels: int) -> np.ndarray:
     """Remove 2D connected components smaller than ``min_pixels``."""
     if min_pixels <= 1 or not mask_yx.any():
@@ -145,6 +168,8 @@ def compose_labels(
     if config.min_wall_area_mm2 > 0:
         min_px = int(np.ceil(config.min_wall_area_mm2 / pixel_mm2))
         wall = np.stack([remove_small_islands_2d(s, min_px) for s in wall])
+    if config.trim_region_to_wall:
+        epi = np.stack([trim_to_closed_ring_2d(r, w) for r, w in zip(epi, wall)])
 
     labels = np.zeros(epi.shape, dtype=np.uint16)
     labels[epi] = LV_BLOOD_POOL
