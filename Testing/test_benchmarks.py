@@ -100,6 +100,27 @@ def test_cv_decoding_chooses_thresholds_on_the_other_folds_only():
     assert classes[:, 20, 30].tolist() == [3, 3] and classes[:, 20, 10].tolist() == [1, 1]  # scar; decoy (0.33)
 
 
+def test_cv_decoding_scores_a_postprocessing_variant_from_the_same_probabilities():
+    """The LV region drawn 2 pixels too wide around the wall ring: the variant that trims the region to the closed
+    ring gives the reference region exactly (Dice 1, HD 0), the model's own postprocessing does not; the pathology
+    is the same either way."""
+    cvd = _load_cv_decoding()
+    fold, case, probs, truth, segmenter = _threshold_case("a", 0.9, 0.1)
+    n = truth.shape[1]
+    yy, xx = np.mgrid[:n, :n]
+    probs.epicardium = np.repeat((np.hypot(yy - 20, xx - 20) <= 14)[None], truth.shape[0], 0).astype(np.float32)
+    cases = [(fold, case, probs, truth, segmenter)]
+    decide = lambda p: cvd.pathology_classes(p, "argmax")  # noqa: E731
+    own = cvd.score(cases, decide)[0]
+    variant = cvd.score(cases, decide, cvd.parse_variant(["trim_region_to_wall=true"]))[0]
+    assert own["dice_lv"] < 0.99 and own["hd_lv_2d_mm"] >= 2.0  # at least the 2 extra pixels
+    assert variant["dice_lv"] == 1.0 and variant["hd_lv_2d_mm"] == 0.0
+    for key in ("dice_scar", "dice_scar_edema", "dice_myocardium"):
+        assert variant[key] == own[key]
+    with pytest.raises(SystemExit, match="postprocessing field"):
+        cvd.parse_variant(["no_such_field=1"])
+
+
 def test_end_slice_hausdorff_splits_the_annotated_stack_by_hand():
     """Slices 1-4 are annotated (0 is empty): 1 and 4 are the ends, 2 and 3 the middle. A square predicted one
     pixel too wide (1.5 mm pixels) on slice 1 and two pixels on slice 3 gives HD 1.5 (end) and 3.0 (middle)."""

@@ -11,7 +11,9 @@ ensemble, without training anything.
 
 With ``--branch-weights W [W ...]``, each weight ``w`` of ``inference.pathology_branch_weight`` (how much the PRSN
 branches' own scar, scar + edema and wall estimates count beside B_Main's; 0 is the paper) is scored with the
-argmax rule, and ``w`` is also chosen with nested selection like the thresholds below.
+argmax rule, and ``w`` is also chosen with nested selection like the thresholds below. ``--postprocessing-variant
+KEY=VALUE [...]`` scores, at each weight and from the same probabilities, the manifest's postprocessing with those
+fields changed beside it (e.g. ``trim_region_to_wall=true``), case by case.
 
 The threshold sweep is reported with nested selection: for each fold, the thresholds are chosen on the other
 folds' cases only and then applied to this fold's cases, so the "nested" figure is an honest estimate of what a
@@ -31,7 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,7 +45,12 @@ import SimpleITK as sitk  # noqa: E402
 from myops.labels import LV_EPICARDIUM_LABELS  # noqa: E402
 from myops.metrics import MetricSummary, case_metrics, mean_slice_hausdorff  # noqa: E402
 from myops.pipeline import Segmenter  # noqa: E402
-from myops.postprocessing import PATHOLOGY_DECODINGS, compose_labels, pathology_classes  # noqa: E402
+from myops.postprocessing import (  # noqa: E402
+    PATHOLOGY_DECODINGS,
+    PostprocessingConfig,
+    compose_labels,
+    pathology_classes,
+)
 
 KEYS = ("dice_scar", "dice_scar_edema", "dice_myocardium", "dice_lv", "hd_lv_2d_mm")
 #: test-time transforms: name -> (tta_flips, tta_rot90, assn_tta_rot90) of the Segmenter
@@ -139,13 +146,17 @@ def pooled_slices(rows: List[dict]) -> dict:
     return out
 
 
-def score(cases: list, decide) -> List[dict]:
+def score(cases: list, decide, changes: Optional[Mapping[str, object]] = None) -> List[dict]:
     """Per-case metrics after decoding every case's probabilities with ``decide(p) -> classes``; each row also
-    lists the in-plane HD of its end and middle slices (:func:`end_slice_hausdorff`)."""
+    lists the in-plane HD of its end and middle slices (:func:`end_slice_hausdorff`). ``changes``: fields of the
+    model's postprocessing to override (:class:`PostprocessingConfig`)."""
     rows = []
     for fold, case, probs, truth, segmenter in cases:
         classes = decide(probs.pathology)
-        labels = compose_labels(probs.epicardium > 0.5, classes, probs.spacing_zyx, segmenter.postprocessing)
+        config = segmenter.postprocessing
+        if changes:
+            config = PostprocessingConfig.from_dict({**config.to_dict(), **changes})
+        labels = compose_labels(probs.epicardium > 0.5, classes, probs.spacing_zyx, config)
         ends, middle = end_slice_hausdorff(labels, truth, probs.spacing_zyx)
         rows.append(
             {
@@ -193,8 +204,16 @@ def nested_thresholds(cases: list) -> dict:
     return nested_choice(per_setting)
 
 
-def branch_weight_study(run: Path, data: Path, tta: str, others: Sequence[Path], weights: Sequence[float]) -> dict:
-    """Argmax scores at each ``inference.pathology_branch_weight``, and the nested choice among them."""
+def branch_weight_study(
+    run: Path,
+    data: Path,
+    tta: str,
+    others: Sequence[Path],
+    weights: Sequence[float],
+    variant: Optional[Mapping[str, object]] = None,
+) -> dict:
+    """Argmax scores at each ``inference.pathology_branch_weight``, and the nested choice among them; with
+    ``variant`` (postprocessing fields), each weight is also scored with them, from the same probabilities."""
     per_setting, summaries = {}, {}
     for w in weights:
         cases, _ = predict_all(run, data, *TTA[tta], others=others, branch_weight=w)
@@ -208,6 +227,10 @@ def branch_weight_study(run: Path, data: Path, tta: str, others: Sequence[Path],
             f"{slices['hd_lv_2d_middle_slices_mm']['mean']:.2f} mm (n {slices['hd_lv_2d_middle_slices_mm']['n']})",
             flush=True,
         )
+        if variant:
+            rows = score(cases, lambda p: pathology_classes(p, "argmax"), variant)
+            summaries[str(w)]["variant"] = {"changes": dict(variant), "summary": summarise(rows), "cases": rows}
+            print(line(f"{tta}/w {w} + variant", summaries[str(w)]["variant"]["summary"]), flush=True)
         del cases
     study = nested_choice(per_setting)
     print(line(f"{tta}/branch weight nested", study["nested"]), study["chosen_per_fold"])
@@ -220,6 +243,17 @@ def line(name: str, s: dict) -> str:
         f"myo {s['dice_myocardium']['mean']:.4f}  LV {s['dice_lv']['mean']:.4f}  "
         f"HD2D {s['hd_lv_2d_mm']['mean']:.2f} mm"
     )
+
+
+def parse_variant(items: Sequence[str]) -> Dict[str, object]:
+    """``["trim_region_to_wall=true", ...]`` -> ``{"trim_region_to_wall": True, ...}``; unknown fields refused."""
+    out: Dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in PostprocessingConfig.__dataclass_fields__:
+            raise SystemExit(f"--postprocessing-variant {item!r}: expected FIELD=VALUE, FIELD a postprocessing field")
+        out[key] = json.loads(value)
+    return out
 
 
 def main() -> int:
@@ -243,14 +277,24 @@ def main() -> int:
         default=None,
         help="study inference.pathology_branch_weight at these weights (argmax) instead of the decision rules",
     )
+    parser.add_argument(
+        "--postprocessing-variant",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --branch-weights: also score the model's postprocessing with these fields changed (JSON values)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    variant = parse_variant(args.postprocessing_variant)
     run, data = Path(args.run), Path(args.data)
     others = [Path(o) for o in args.ensemble_with]
     results: Dict[str, dict] = {"run": str(run), "ensemble_with": args.ensemble_with, "tta": {}}
     for tta in args.tta:
         if args.branch_weights:
-            results["tta"][tta] = {"branch_weights": branch_weight_study(run, data, tta, others, args.branch_weights)}
+            results["tta"][tta] = {
+                "branch_weights": branch_weight_study(run, data, tta, others, args.branch_weights, variant)
+            }
             continue
         cases, times = predict_all(run, data, *TTA[tta], others=others)
         entry: Dict[str, dict] = {"median_network_s": statistics.median(times), "rules": {}}
