@@ -80,7 +80,8 @@ def _threshold_case(fold: str, scar_p: float, decoy_p: float):
     p[0, :, disc & ~wall] = 1.0  # blood pool: PRSN background inside the region
     probs = CaseProbabilities(epicardium=np.repeat(disc[None], z, 0).astype(np.float32), pathology=p,
                               reference=None, spacing_zyx=(8.0, 1.0, 1.0))  # fmt: skip
-    return (fold, f"{fold}-case", probs, truth, SimpleNamespace(postprocessing=PostprocessingConfig()))
+    segmenter = SimpleNamespace(postprocessing=PostprocessingConfig(), region_threshold=0.5)
+    return (fold, f"{fold}-case", probs, truth, segmenter)
 
 
 def test_cv_decoding_chooses_thresholds_on_the_other_folds_only():

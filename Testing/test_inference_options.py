@@ -191,6 +191,43 @@ def test_manifest_inference_options_are_read_and_checked(tiny_model_dir, tmp_pat
         Segmenter(folder, device="cpu")
 
 
+def _recording(function, store: dict, key):
+    """``function`` that also keeps its (only) argument in ``store[key]``."""
+
+    def wrapper(argument):
+        store[key] = argument
+        return function(argument)
+
+    return wrapper
+
+
+def test_region_threshold_is_read_checked_and_used_for_the_prsn_input_and_the_output(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["inference"] = {"tta_flips": False, "lv_region_threshold": 0.3}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert Segmenter(folder, device="cpu").region_threshold == 0.3
+    assert Segmenter(folder, device="cpu", region_threshold=0.7).region_threshold == 0.7
+    assert Segmenter(tiny_model_dir, device="cpu").region_threshold == 0.5  # absent: the default
+    for bad in (0.0, 1.0, True, "0.4"):
+        manifest["inference"]["lv_region_threshold"] = bad
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ModelError, match="lv_region_threshold"):
+            Segmenter(folder, device="cpu")
+
+    # the PRSN sees the image masked by the thresholded ASSN probability: a constant ASSN probability of 0.4 gives
+    # an empty region at 0.5 and the whole window at 0.3, in the PRSN's input and in the labels alike
+    seen = {}
+    for threshold in (0.5, 0.3):
+        seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=False, region_threshold=threshold)
+        seg.assn_pass = lambda crops: np.stack([np.full(crops[:, 0].shape, 0.6), np.full(crops[:, 0].shape, 0.4)], 1)
+        seg.prsn_pass = _recording(seg.prsn_pass, seen, threshold)
+        labels = seg.segment(*_case()).labels_zyx
+        assert (labels > 0).any() == (threshold < 0.4)
+    assert not seen[0.5].any() and seen[0.3].any()
+
+
 # -- PRSN branch fusion ---------------------------------------------------------------------------------------
 def _logits(*probabilities):
     """(1, k, 1, 1) logits whose softmax is exactly the given probabilities."""

@@ -84,6 +84,7 @@ def predict_all(
     assn_rot90: bool = False,
     others: Sequence[Path] = (),
     branch_weight: float = 0.0,
+    region_threshold: Optional[float] = None,
 ) -> Tuple[list, list]:
     """[(fold, case, CaseProbabilities, truth_zyx, segmenter)] for every held-out case, and the per-case network
     seconds. With ``others``, the PRSN probabilities are the mean of all runs' fold models (same ASSN required)."""
@@ -94,6 +95,7 @@ def predict_all(
         "tta_rot90": rot90,
         "assn_tta_rot90": assn_rot90,
         "branch_weight": branch_weight,
+        "region_threshold": region_threshold,
     }
     for fold_dir in sorted(run.glob("fold_*")):
         held_out = json.loads((fold_dir / "metrics.json").read_text())["held_out"]
@@ -111,7 +113,8 @@ def predict_all(
             probs = segmenter.predict(*images)
             for partner in partners:
                 second = partner.predict(*images)
-                if not np.array_equal(second.epicardium > 0.5, probs.epicardium > 0.5):
+                threshold = segmenter.region_threshold
+                if not np.array_equal(second.epicardium > threshold, probs.epicardium > threshold):
                     raise SystemExit(f"{case}: the runs' ASSNs differ; a PRSN ensemble needs the same ASSN")
                 probs.pathology = probs.pathology + second.pathology
             probs.pathology = probs.pathology / (1 + len(partners))
@@ -156,7 +159,8 @@ def score(cases: list, decide, changes: Optional[Mapping[str, object]] = None) -
         config = segmenter.postprocessing
         if changes:
             config = PostprocessingConfig.from_dict({**config.to_dict(), **changes})
-        labels = compose_labels(probs.epicardium > 0.5, classes, probs.spacing_zyx, config)
+        region = probs.epicardium > segmenter.region_threshold
+        labels = compose_labels(region, classes, probs.spacing_zyx, config)
         ends, middle = end_slice_hausdorff(labels, truth, probs.spacing_zyx)
         rows.append(
             {
@@ -211,12 +215,13 @@ def branch_weight_study(
     others: Sequence[Path],
     weights: Sequence[float],
     variant: Optional[Mapping[str, object]] = None,
+    region_threshold: Optional[float] = None,
 ) -> dict:
     """Argmax scores at each ``inference.pathology_branch_weight``, and the nested choice among them; with
     ``variant`` (postprocessing fields), each weight is also scored with them, from the same probabilities."""
     per_setting, summaries = {}, {}
     for w in weights:
-        cases, _ = predict_all(run, data, *TTA[tta], others=others, branch_weight=w)
+        cases, _ = predict_all(run, data, *TTA[tta], others=others, branch_weight=w, region_threshold=region_threshold)
         per_setting[(w,)] = score(cases, lambda p: pathology_classes(p, "argmax"))
         slices = pooled_slices(per_setting[(w,)])
         summaries[str(w)] = {"summary": summarise(per_setting[(w,)]), "slices": slices, "cases": per_setting[(w,)]}
@@ -284,16 +289,29 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="with --branch-weights: also score the model's postprocessing with these fields changed (JSON values)",
     )
+    parser.add_argument(
+        "--region-threshold",
+        type=float,
+        default=None,
+        help="with --branch-weights: the LV region where the ASSNs' probability exceeds this (default: the "
+        "manifest's inference.lv_region_threshold, 0.5), for the PRSN's input and the output",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if (args.postprocessing_variant or args.region_threshold is not None) and not args.branch_weights:
+        parser.error("--postprocessing-variant and --region-threshold need --branch-weights")
     variant = parse_variant(args.postprocessing_variant)
     run, data = Path(args.run), Path(args.data)
     others = [Path(o) for o in args.ensemble_with]
     results: Dict[str, dict] = {"run": str(run), "ensemble_with": args.ensemble_with, "tta": {}}
+    if args.region_threshold is not None:
+        results["region_threshold"] = args.region_threshold
     for tta in args.tta:
         if args.branch_weights:
             results["tta"][tta] = {
-                "branch_weights": branch_weight_study(run, data, tta, others, args.branch_weights, variant)
+                "branch_weights": branch_weight_study(
+                    run, data, tta, others, args.branch_weights, variant, args.region_threshold
+                )
             }
             continue
         cases, times = predict_all(run, data, *TTA[tta], others=others)

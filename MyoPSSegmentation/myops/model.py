@@ -28,6 +28,7 @@ Manifest (schema version 1)::
                     "shape_prior": bool,  # use the DAE output as the LV region (default true)
                     "pathology_decoding": "argmax",  # or "regions", "regions_split" (optional)
                     "pathology_branch_weight": 0.0,  # PRSN branches' weight beside B_Main (optional)
+                    "lv_region_threshold": 0.5,  # ASSN probability above which the LV region lies (optional)
                     "align_series": bool},  # move bSSFP and T2 to their estimated offsets (optional, default false)
       "files": {"<file>": {"sha256": str, "size": int}},
       "provenance": {...}, "metrics": {...}

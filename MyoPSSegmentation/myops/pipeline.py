@@ -214,6 +214,9 @@ class Segmenter:
             moved by their estimated offsets against the LGE (:mod:`myops.alignment`). Off by default: on v7's CV
             it cost 1.4 points of scar + edema and 0.8 of LV Dice (docs/results.md, session 10). The offsets are
             estimated either way, and gross ones (``ALIGNMENT_WARN_MM``) are reported.
+        region_threshold: override the manifest's ``inference.lv_region_threshold`` (default 0.5): the LV
+            epicardial region is where the ASSNs' averaged probability exceeds it, both for the PRSN's input
+            ``C = I * M`` and for the output. Below 0.5 the region leans wider.
 
     Raises:
         ModelError: the model folder is missing, malformed or fails its checksums.
@@ -230,6 +233,7 @@ class Segmenter:
         pathology_decoding: Optional[str] = None,
         branch_weight: Optional[float] = None,
         align_series: Optional[bool] = None,
+        region_threshold: Optional[float] = None,
     ) -> None:
         from .networks import PathologyRegionNet, ShapeConstrainedASSN, fused_pathology_probabilities
 
@@ -258,6 +262,13 @@ class Segmenter:
                 f"{self.model_dir}: unknown inference.pathology_decoding {decoding!r}; known: {PATHOLOGY_DECODINGS}"
             )
         self.pathology_decoding = decoding
+        threshold = inference.get("lv_region_threshold", 0.5) if region_threshold is None else region_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
+            raise ModelError(
+                f"{self.model_dir}: inference.lv_region_threshold must be a number in (0, 1), got {threshold!r}"
+            )
+        #: The LV region is where the ASSNs' probability exceeds this (PRSN input and output alike).
+        self.region_threshold = float(threshold)
         #: Eq. 6 at inference: the LV region is the DAE's reconstruction (True, the paper) or the ASSN's own output.
         self.shape_prior = bool(inference.get("shape_prior", True))
         self.localizers = self.bundle.build("localizer", self.device)
@@ -472,7 +483,7 @@ class Segmenter:
             crops = self._aligned_windows(volumes, spacing_yx, window, crops, alignment)
         t0 = lap("alignment", t0)
         epi_prob = self.assn_pass(crops)  # (z, 2, S, S)
-        epi_mask = (epi_prob[:, 1] > 0.5).astype(np.float32)
+        epi_mask = (epi_prob[:, 1] > self.region_threshold).astype(np.float32)
         t0 = lap("assn", t0)
 
         step(0.6, "Segmenting scar and edema (PRSN)")
@@ -503,7 +514,7 @@ class Segmenter:
         t0 = time.perf_counter()
         timings = dict(probabilities.timings_s)
         spacing_zyx = probabilities.spacing_zyx
-        epicardium = probabilities.epicardium > 0.5
+        epicardium = probabilities.epicardium > self.region_threshold
         classes = pathology_classes(probabilities.pathology, self.pathology_decoding)
         labels_zyx = compose_labels(epicardium, classes, spacing_zyx, self.postprocessing)
         labels = sitk.GetImageFromArray(labels_zyx)
