@@ -577,7 +577,7 @@ def test_main_targets_follow_the_architecture_table():
 # Command line
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "command", ["cv", "localizer", "dae", "assn", "prsn", "export", "swap", "summarize", "report", "pack"]
+    "command", ["cv", "localizer", "dae", "assn", "prsn", "export", "swap", "retune", "summarize", "report", "pack"]
 )
 def test_every_entry_point_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -809,6 +809,63 @@ def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtim
     with pytest.raises(RunError, match="CV study"):
         swap_member(old, "prsn", "seed2", seed3_dir, tmp_path / "other", runtime)
     assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other.partial-*"))
+
+
+def test_retune_ships_the_measured_options_with_the_same_weights(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from myops.model import ModelBundle, sha256_of
+    from myops.pipeline import Segmenter
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["inference"] = {"tta_flips": True, "pathology_branch_weight": 0.5, "assn_tta_rot90": True}
+    manifest["metrics"] = {"cross_validation": {"run": "runs/v7_cand", "summary": {"dice_lv": {"mean": 0.97}}}}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    base, trimmed = {"dice_lv": {"mean": 0.971}}, {"dice_lv": {"mean": 0.973}}
+    weight = {"summary": base, "cases": [{}] * 25, "variant": {
+        "changes": {"trim_region_to_wall": True}, "summary": trimmed, "cases": [{}] * 25}}  # fmt: skip
+    study = {"run": "runs/v7R", "region_threshold": 0.4, "tta": {"assn-dihedral": {"branch_weights": {
+        "weights": {"0.5": weight}}}}}  # fmt: skip
+    study_file = tmp_path / "study.json"
+    study_file.write_text(json.dumps(study))
+    args = ["retune", "--model", str(old), "--study", str(study_file), "--note", "a replicate"]
+    assert cli_main([*args, "--out", str(tmp_path / "new"), "--name", "v-next"]) == 0
+    new = tmp_path / "new"
+    after = ModelBundle(new).manifest  # verifies every sha256
+    assert after["name"] == "v-next" and after["files"] == manifest["files"]
+    assert all(sha256_of(new / f) == sha256_of(old / f) for f in manifest["files"])
+    assert after["inference"] == {
+        "tta_flips": True,
+        "pathology_branch_weight": 0.5,
+        "assn_tta_rot90": True,
+        "lv_region_threshold": 0.4,
+    }
+    assert after["postprocessing"]["trim_region_to_wall"] is True
+    assert {k: v for k, v in after["postprocessing"].items() if k != "trim_region_to_wall"} == {
+        k: v for k, v in manifest["postprocessing"].items() if k != "trim_region_to_wall"
+    }
+    cv = after["metrics"]["cross_validation"]
+    assert cv["summary"] == trimmed and cv["summary_without_postprocessing_change"] == base
+    assert cv["run"] == "runs/v7R" and cv["n_cases"] == 25 and "a replicate" in cv["note"]
+    record = after["provenance"]["retuned"][0]
+    assert record["changes"] == {"inference": {"lv_region_threshold": 0.4}, "postprocessing": {
+        "trim_region_to_wall": True}}  # fmt: skip
+    assert record["previous_cross_validation"]["summary"] == {"dice_lv": {"mean": 0.97}}
+    seg = Segmenter(new, device="cpu")
+    assert seg.region_threshold == 0.4 and seg.postprocessing.trim_region_to_wall and seg.assn_tta_rot90
+    # refusals: one clear line, exit 2, nothing written
+    two_weights = json.loads(json.dumps(study))
+    two_weights["tta"]["assn-dihedral"]["branch_weights"]["weights"]["0"] = weight
+    flips_and_dihedral = {**study, "tta": {**study["tta"], "flips": study["tta"]["assn-dihedral"]}}
+    for bad, match in ((two_weights, "exactly one weight"), (flips_and_dihedral, "exactly one of")):
+        study_file.write_text(json.dumps(bad))
+        assert cli_main([*args, "--out", str(tmp_path / "refused")]) == 2
+        assert match in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    study_file.write_text(json.dumps(study))
+    assert cli_main([*args, "--out", str(new)]) == 2 and "not empty" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".refused.partial-*"))
 
 
 def test_swapped_description_replaces_whole_run_names_only():

@@ -15,6 +15,9 @@ Examples (from the repository root)::
     # the shipped model with one PRSN replaced by another run's all-cases PRSN, with the new procedure's CV
     python -m training swap --model MyoPSSegmentation/myops/models/default --member prsn:cv5_a=cv5_b \\
         --tta-study benchmarks/results/cv_new.json --out runs/swapped
+    # the shipped model's weights with the inference / postprocessing options a CV study measured
+    python -m training retune --model MyoPSSegmentation/myops/models/default \
+        --study benchmarks/results/cv_options.json --out runs/retuned
     # multi-process (DDP): torchrun --nproc_per_node 2 -m training cv ...
 
 Each run lives in ``runs/<run-name>/`` (``--runs-dir``); see :mod:`training.cv` for its layout.
@@ -233,6 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_swap)
 
     p = sub.add_parser(
+        "retune",
+        help="a model folder with the same weights and the inference/postprocessing options a CV study measured",
+        description="Write a new model folder from an existing one (e.g. the shipped model) with the same weight "
+        "files (byte for byte) and the inference and postprocessing options that --study measured: a "
+        "benchmarks/cv_decoding.py JSON with one test-time procedure and one --branch-weights value, optionally "
+        "--region-threshold and --postprocessing-variant (then the variant ships). The manifest takes the study's "
+        "CV block and records the change and the earlier figures in provenance.retuned.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="the model folder to start from")
+    p.add_argument("--study", type=Path, required=True, help="cv_decoding.py JSON of the procedure to ship")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (new or empty)")
+    p.add_argument("--name", default=None, help="model name in the manifest (default: the old one + -retuned)")
+    p.add_argument("--note", default="", help="added to the CV note, e.g. whose fold models the study scored")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_retune)
+
+    p = sub.add_parser(
         "report",
         help="markdown tables of a main run and its comparison runs (<run>_table1_*, <run>_table2_*)",
     )
@@ -410,6 +430,15 @@ def cmd_swap(args: argparse.Namespace) -> int:
         tta_study=read_json(args.tta_study),
         name=args.name,
     )
+    print(f"model folder: {out}")
+    return 0
+
+
+def cmd_retune(args: argparse.Namespace) -> int:
+    from .cv import read_json
+    from .retune import retune_model
+
+    out = retune_model(args.model, read_json(args.study), args.out, str(args.study), args.name, args.note)
     print(f"model folder: {out}")
     return 0
 
