@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from myops.metrics import METRIC_NAMES
 
@@ -431,8 +431,6 @@ def swap_member(
             ``out_dir`` not empty.
     """
     import datetime as _dt
-    import shutil
-    import tempfile
 
     from myops.model import ModelBundle, save_model_folder
 
@@ -522,11 +520,9 @@ def swap_member(
     provenance["hardware"] = runtime.describe()
     description = swapped_description(manifest["description"], stage, old_run, new_name, index)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    def write(folder: Path) -> None:
         save_model_folder(
-            partial,
+            folder,
             networks,
             trained=True,
             name=name or f"{manifest['name']}-swapped",
@@ -538,9 +534,30 @@ def swap_member(
             metrics=metrics,
             half_precision=bool(provenance["config"]["export"]["half_precision"]),
         )
+
+    return publish_model_folder(out_dir, write)
+
+
+def publish_model_folder(out_dir: Path, write: Callable[[Path], Any]) -> Path:
+    """Build a model folder with ``write(folder)`` under a temporary name beside ``out_dir``, check that the engine
+    loads it (every sha256), then rename it to ``out_dir`` (absent or empty); on any failure nothing is left.
+
+    Returns:
+        ``out_dir``.
+    """
+    import shutil
+    import tempfile
+
+    from myops.model import ModelBundle
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        write(partial)
         ModelBundle(partial)  # loads and verifies what was written
         if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
+            out_dir.rmdir()  # must be empty
         partial.rename(out_dir)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

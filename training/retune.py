@@ -14,14 +14,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from myops.model import MANIFEST, ModelBundle
 from myops.postprocessing import PostprocessingConfig
 
-from .cv import RunError
+from .cv import RunError, publish_model_folder
 from .runtime import git_state
 
 #: cv_decoding's test-time procedures that a manifest can express -> ``inference.assn_tta_rot90``
@@ -138,16 +137,9 @@ def retune_model(
         "retuned": [*manifest["provenance"].get("retuned", []), record],
     }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    def write(folder: Path) -> None:
         for file_name in manifest["files"]:
-            shutil.copyfile(Path(model_dir) / file_name, partial / file_name)
-        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        ModelBundle(partial)  # loads and verifies what was written
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        partial.rename(out_dir)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return out_dir
+            shutil.copyfile(Path(model_dir) / file_name, folder / file_name)
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+    return publish_model_folder(out_dir, write)
