@@ -866,6 +866,12 @@ def test_retune_ships_the_measured_options_with_the_same_weights(tiny_model_dir,
     study_file.write_text(json.dumps(study))
     assert cli_main([*args, "--out", str(new)]) == 2 and "not empty" in capsys.readouterr().err
     assert not list(tmp_path.glob(".refused.partial-*"))
+    # retuned again by a study of the default threshold, the model goes back to 0.5, as measured
+    del study["region_threshold"]
+    study_file.write_text(json.dumps(study))
+    assert cli_main(["retune", "--model", str(new), "--study", str(study_file), "--out", str(tmp_path / "again")]) == 0
+    again = ModelBundle(tmp_path / "again").manifest
+    assert again["inference"]["lv_region_threshold"] == 0.5 and len(again["provenance"]["retuned"]) == 2
 
 
 def test_swapped_description_replaces_whole_run_names_only():

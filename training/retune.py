@@ -91,6 +91,8 @@ def retune_model(
         raise RunError(f"{model_dir} runs without test-time flips; the CV studies measure the procedure with flips")
     procedure, weight, inference_changes, post_changes, block = study_options(study)
     old_inference, old_post = dict(manifest["inference"]), dict(manifest["postprocessing"])
+    if "lv_region_threshold" in old_inference and "lv_region_threshold" not in inference_changes:
+        inference_changes["lv_region_threshold"] = 0.5  # a study without --region-threshold measured the default
     inference = {**old_inference, **inference_changes}
     postprocessing = PostprocessingConfig.from_dict({**old_post, **post_changes}).to_dict()
     shipped = block["variant"] if post_changes else block
