@@ -474,10 +474,12 @@ def swap_member(
     measured = {
         "pathology_branch_weight": float(config["export"].get("pathology_branch_weight", 0.0)),
         "assn_tta_rot90": bool(config["export"].get("assn_tta_rot90", False)),
+        "lv_region_threshold": float(tta_study.get("region_threshold") or 0.5),
     }
     runs = {
         "pathology_branch_weight": float(inference.get("pathology_branch_weight", 0.0)),
         "assn_tta_rot90": bool(inference.get("assn_tta_rot90", False)),
+        "lv_region_threshold": float(inference.get("lv_region_threshold", 0.5)),
     }
     if measured != runs or not inference.get("tta_flips", False):
         raise RunError(f"the study measured {measured} with flips; the model runs {inference}")
