@@ -23,9 +23,11 @@ from training.data import SliceBank, find_cases, load_cases, main_target_of, mak
 from training.loop import learning_rate
 from training.losses import (
     border_band,
+    boundary_loss,
     cross_entropy,
     nested_region_dice_loss,
     reconstruction_loss,
+    signed_distance_px,
     soft_dice_loss,
 )
 from training.runtime import setup_runtime
@@ -352,6 +354,56 @@ def test_border_band_hand_computed():
     assert band[0, 1].tolist() == [False, False, True, True, False, False, False]
     assert border_band(blood, wall, 2)[0, 1].tolist() == [False, True, True, True, True, False, False]
     assert not border_band(blood, torch.zeros_like(wall), 3).any()
+
+
+def test_signed_distance_hand_computed():
+    # A 3x3 square in a 9x9 image. Outside: step 1 (3x3 square) reaches the 8-neighbour ring, step 2 (cross) the
+    # next ring but its corners, step 3 (square) those corners. Inside: the border ring is 0, the centre survives
+    # one erosion (-1) and the cross of step 2 removes it (so it stays -1). Corner (0, 0) is 4 (Euclidean 4.24).
+    mask = torch.zeros(1, 9, 9, dtype=torch.bool)
+    mask[0, 3:6, 3:6] = True
+    d = signed_distance_px(mask, 10)[0]
+    assert d[4].tolist() == [3, 2, 1, 0, -1, 0, 1, 2, 3]  # the row through the centre
+    assert float(d[3, 3]) == 0.0
+    assert float(d[2, 2]) == 1.0 and float(d[1, 1]) == 3.0 and float(d[1, 2]) == 2.0 and float(d[0, 0]) == 4.0
+    # capped, and an empty mask is the cap everywhere
+    assert float(signed_distance_px(mask, 2)[0, 0, 0]) == 2.0
+    assert signed_distance_px(torch.zeros(1, 4, 4, dtype=torch.bool), 5).eq(5).all()
+    with pytest.raises(ValueError, match="max_px"):
+        signed_distance_px(mask, 0)
+
+
+def test_boundary_loss_weighs_false_positives_by_distance():
+    mask = torch.zeros(1, 1, 21, dtype=torch.bool)
+    mask[0, 0, 8:13] = True  # a 1 x 21 row: truth at x = 8..12
+    dist = signed_distance_px(mask, 20)
+    logits = torch.zeros(1, 2, 1, 21, requires_grad=True)  # p = 0.5 everywhere
+    boundary_loss(logits, dist).backward()
+    grad_fg = logits.grad[0, 1, 0]
+    # d loss / d logit_1 = phi * p (1 - p) / n_pixels and the background logit gets the opposite
+    assert float(grad_fg[0]) == pytest.approx(8 * 0.25 / 21)
+    assert float(grad_fg[7]) == pytest.approx(1 * 0.25 / 21)
+    assert float(grad_fg[8]) == pytest.approx(0.0)
+    assert float(grad_fg[10]) < 0  # inside: rewarded
+    torch.testing.assert_close(logits.grad[0, 0, 0], -grad_fg)
+    # the true mask scores lower than the same mask with a far false positive
+    fg = torch.where(mask, 20.0, -20.0)[:, None]
+    perfect = torch.cat([-fg, fg], dim=1)
+    spill = perfect.clone()
+    spill[0, :, 0, 0] = torch.tensor([-20.0, 20.0])
+    assert float(boundary_loss(spill, dist)) > float(boundary_loss(perfect, dist))
+
+
+def test_assn_trains_with_boundary_loss(phantom_cases, runtime, tmp_path):
+    cfg = tiny("assn.steps=20", "assn.variant=assn_wo_dae", "assn.boundary_weight=0.5", "assn.boundary_max_px=8")
+    assn = train_assn(cfg, SliceBank(phantom_cases, cfg["data"]), tmp_path / "assn", runtime, 0)
+    assert len(assn.losses) == 20 and all(math.isfinite(v) for v in assn.losses)
+    assert _decreases(assn.losses), assn.losses
+    logged = [json.loads(line) for line in (tmp_path / "assn" / "log.jsonl").read_text().splitlines()]
+    assert any("boundary" in row for row in logged), logged[:2]
+    for bad in ("assn.boundary_weight=-1", "assn.boundary_weight=true", "assn.boundary_max_px=0"):
+        with pytest.raises(ConfigError, match="boundary"):
+            load_config("tiny", [bad])
 
 
 def test_pixel_weighted_cross_entropy_hand_computed():

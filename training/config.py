@@ -122,6 +122,10 @@ DEFAULTS: Dict[str, Any] = {
         # how much more often the first and last slice of each case's stack is drawn than the others (1 = uniform;
         # the ends are where the LV region's in-plane HD fails: the outflow tract at the base, the apex)
         "end_slice_weight": 1.0,
+        # weight of the boundary loss (training.losses.boundary_loss) beside Dice + CE, and the distance cap (px);
+        # 0 = off, the paper's loss
+        "boundary_weight": 0.0,
+        "boundary_max_px": 20,
         **_optim(600, 8, 2e-3),
     },
     "prsn": {
@@ -276,6 +280,11 @@ def validate_config(config: Mapping[str, Any]) -> None:
     end_w = config["assn"]["end_slice_weight"]
     if isinstance(end_w, bool) or not isinstance(end_w, (int, float)) or not 0 < end_w < 1000:
         raise ConfigError("assn.end_slice_weight must be a number in (0, 1000)")
+    bnd_w, bnd_px = config["assn"]["boundary_weight"], config["assn"]["boundary_max_px"]
+    if isinstance(bnd_w, bool) or not isinstance(bnd_w, (int, float)) or not 0 <= bnd_w < 100:
+        raise ConfigError("assn.boundary_weight must be a number in [0, 100)")
+    if isinstance(bnd_px, bool) or not isinstance(bnd_px, int) or not 1 <= bnd_px <= 64:
+        raise ConfigError("assn.boundary_max_px must be an integer in [1, 64]")
     context = config["assn"]["config"].get("slice_context", 0)
     if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context <= 4:
         raise ConfigError("assn.config.slice_context must be an integer in [0, 4]")

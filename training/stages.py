@@ -8,7 +8,8 @@
   ``dice_weight`` x soft Dice (added: the engine thresholds the DAE output, so overlap is what matters).
 - **ASSN** (:func:`train_assn`, Eq. 6): ``Dice(f(I), L) + ce_weight * CE(f(I), L) + beta * Dice(D(E(f(I))), L)``
   with the pre-trained DAE frozen (gradients flow through it into the ASSN); beta = 0.2. Cross-entropy is our
-  addition (``ce_weight``, 0 gives the paper's loss). Variants ``assn_wo_dae`` (no DAE term) and ``unet_bssfp``.
+  addition (``ce_weight``, 0 gives the paper's loss). Variants ``assn_wo_dae`` (no DAE term) and ``unet_bssfp``;
+  each may add ``boundary_weight`` x :func:`training.losses.boundary_loss` (off by default).
 - **PRSN** (:func:`train_prsn`, Eq. 13): on candidate regions ``C = I * M`` (Eq. 2-4), where ``M`` is the
   ground-truth LV epicardial region after random erosion/dilation and a smooth warp (``mask_source =
   "perturbed_gt"``; the perturbation stands in for the ASSN's errors at inference, and keeps the PRSN
@@ -39,7 +40,15 @@ from .baselines import (
 from .config import STAGE_ORDER, stage_seed
 from .data import SliceBank, epicardium_of, lge_target_of, lv_blood_of, main_target_of, t2_target_of, wall_of
 from .loop import StageResult, fit, is_complete, load_final
-from .losses import border_band, cross_entropy, dice_ce_loss, reconstruction_loss, soft_dice_loss
+from .losses import (
+    border_band,
+    boundary_loss,
+    cross_entropy,
+    dice_ce_loss,
+    reconstruction_loss,
+    signed_distance_px,
+    soft_dice_loss,
+)
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -167,18 +176,23 @@ def train_assn(
         pick = lambda m: m  # noqa: E731
     context = int(net_cfg.get("slice_context", 0)) if variant != "unet_bssfp" else 0
     weights = bank.end_slice_weights(float(section["end_slice_weight"]))
+    bnd_w, bnd_px = float(section["boundary_weight"]), int(section["boundary_max_px"])
 
     def loss_fn(m: nn.Module, gen: torch.Generator):
         batch = bank.draw(int(section["batch_size"]), gen, aug, view="fine", weights=weights, slice_context=context)
         target = epicardium_of(batch.codes).to(dev)
         images = batch.images[:, :1] if variant == "unet_bssfp" else batch.images
         out = m(images.to(dev))
+        seg_logits = out.seg_logits if variant == "assn" else out
+        seg = dice_ce_loss(seg_logits, target, ce_w)
+        loss, parts = seg, {"seg": seg}
         if variant == "assn":
-            seg = dice_ce_loss(out.seg_logits, target, ce_w)
-            shape = soft_dice_loss(out.shape_logits, target)
-            return seg + beta * shape, {"seg": seg, "shape": shape}
-        seg = dice_ce_loss(out, target, ce_w)
-        return seg, {"seg": seg}
+            parts["shape"] = soft_dice_loss(out.shape_logits, target)
+            loss = loss + beta * parts["shape"]
+        if bnd_w:
+            parts["boundary"] = boundary_loss(seg_logits, signed_distance_px(target > 0, bnd_px))
+            loss = loss + bnd_w * parts["boundary"]
+        return loss, parts
 
     gen = make_generator(seed, "assn", fold, runtime.rank)
     export = (arch, net.config(), pick)
