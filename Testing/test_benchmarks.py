@@ -388,3 +388,20 @@ def test_recalibration_learns_the_lge_contrast_on_the_other_folds(objective):
         assert scar_row[0] > 0.5
     assert min(r["dice_scar"] for r in out["R"]["cases"]) > 0.8
     assert max(r["dice_scar"] for r in out["R0"]["cases"]) < 0.5
+
+
+def test_qc_calibration_rank_statistics_by_hand():
+    qc = _load_script("qc_calibration")
+    assert qc.ranks([3.0, 1.0, 2.0, 2.0]).tolist() == [4.0, 1.0, 2.5, 2.5]
+    assert qc.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert qc.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks 1..4 against 1, 3, 2, 4: d^2 = 0 + 1 + 1 + 0 = 2, rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert qc.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert np.isnan(qc.spearman([1, 1, 1], [1, 2, 3]))
+    # lowest figure 2 = cases {0, 1}; worst Dice 2 = cases {1, 3}; worst distance 2 (largest) = cases {0, 2}
+    figure, dice, hd = [0.1, 0.2, 0.9, 0.8], [0.9, 0.1, 0.8, 0.2], [9.0, 1.0, 8.0, 2.0]
+    assert qc.worst_overlap(figure, dice, 1, 2) == 1
+    assert qc.worst_overlap(figure, hd, -1, 2) == 1
+    assert qc.worst_overlap(figure, [0.1, 0.2, 0.9, 0.8], 1, 2) == 2
+    low, high = qc.bootstrap_interval([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 6, 5], 1, n=200)
+    assert 0.5 < low <= high <= 1.0

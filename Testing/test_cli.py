@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from conftest import ROOT, make_volume
 
 from myops.cli import find_cases, main
 from myops.phantom import make_phantom_case, write_phantom_case
+from myops.quality import FIGURES
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,15 @@ def test_segment_writes_output_on_the_lge_grid(case_files, tiny_model_dir, tmp_p
     np.testing.assert_allclose(labels.GetSpacing(), lge.GetSpacing(), atol=1e-5)
     assert (tmp_path / "q.csv").read_text().count("\n") >= 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".myops-")]
+    # the self-agreement figures: printed, and after the quantities in the CSV and JSON, each in [0, 1]
+    assert "Self-agreement (no reference; lower = review first): LV " in text
+    with open(tmp_path / "q.csv", newline="") as f:
+        csv_rows = list(csv.reader(f))[1:]
+    assert [r[0] for r in csv_rows[-4:]] == [label for _, label in FIGURES]
+    assert all(r[2] == "Dice" and 0.0 <= float(r[1]) <= 1.0 for r in csv_rows[-4:])
+    data = json.loads((tmp_path / "q.json").read_text())
+    assert list(data)[-4:] == [f"self_agreement_{key}" for key, _ in FIGURES]
+    assert all(0.0 <= data[f"self_agreement_{key}"] <= 1.0 for key, _ in FIGURES)
 
 
 def test_seg_nrrd_and_labelmap_hold_the_same_labels(case_files, tiny_model_dir, tmp_path):
@@ -256,7 +267,6 @@ def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path):
 
 
 def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are(tiny_model_dir, tmp_path, capsys):
-    import csv
 
     from myops.labels import MYOCARDIUM, SCAR
 
@@ -286,6 +296,9 @@ def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are
     assert rows["a"]["source"] == "existing" and rows["b"]["source"] == "segmented"
     assert float(rows["a"]["scar_ml"]) == pytest.approx(10 * 2e-3)
     assert float(rows["a"]["lv_myocardium_ml"]) == pytest.approx(100 * 2e-3)
+    # a label map read back has no probabilities: its self-agreement cells are empty, a segmented case's are not
+    assert rows["a"]["self_agreement_scar_edema"] == "" and 0 <= float(rows["b"]["self_agreement_scar_edema"]) <= 1
+    assert "Lowest self-agreement" not in text  # one case segmented: no review order to give
 
     b_time = (out_dir / "b_seg.nii.gz").stat().st_mtime_ns
     assert run_cli(*base) == 0  # everything there already: nothing segmented, the model is not even loaded
@@ -294,7 +307,12 @@ def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are
     assert (out_dir / "b_seg.nii.gz").stat().st_mtime_ns == b_time
 
     assert run_cli(*base, "--overwrite") == 0
-    assert "Segmented 2 of 2" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "Segmented 2 of 2" in text
+    order = text.split("Lowest self-agreement", 1)[1].splitlines()
+    assert order[1].startswith("  LV region, worst slice: ") and order[2].startswith("  scar + edema: ")
+    shown = [float(item.rsplit(" ", 1)[1]) for item in order[2].split(": ", 1)[1].split(", ")]
+    assert len(shown) == 2 and shown == sorted(shown)
     assert (out_dir / "a_seg.nii.gz").read_bytes() != before
     assert sitk.ReadImage(str(out_dir / "a_seg.nii.gz")).GetSize() == lge.GetSize()
 

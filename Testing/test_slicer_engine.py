@@ -19,6 +19,7 @@ if not _available:
     pytest.skip(_reason, allow_module_level=True)
 
 from myops.errors import InputError  # noqa: E402
+from myops.quality import FIGURES  # noqa: E402
 from MyoPSSegmentationLib import conversion, segments  # noqa: E402
 from MyoPSSegmentationLib.background import BackgroundSegmentation  # noqa: E402
 from MyoPSSegmentationLib.headless import newScene  # noqa: E402
@@ -78,6 +79,7 @@ def test_exported_labelmap_equals_the_cli_output_for_the_same_files(phantomFiles
     rows = segments.quantificationRows(logic.quantificationTableNode(segmentationNode))
     assert {unit for _, _, unit in rows} >= {"mL", "%"}
     assert any("salvage" in label.lower() for label, _, _ in rows)
+    assert [label for label, _, unit in rows if unit == "Dice"] == [label for _, label in FIGURES]
 
 
 def test_background_worker_gives_the_cli_result(phantomFiles, cliOutput, tiny_model_dir, logic):
@@ -98,8 +100,12 @@ def test_background_worker_gives_the_cli_result(phantomFiles, cliOutput, tiny_mo
     cliLabels = sitk.GetArrayFromImage(cliOutput)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.labels), cliLabels)
     expected = quantify(cliLabels, cliOutput.GetSpacing()[::-1]).as_rows()
-    assert [r[0] for r in result.quantificationRows] == [r[0] for r in expected]
-    np.testing.assert_allclose([r[1] for r in result.quantificationRows], [r[1] for r in expected], rtol=1e-9)
+    volumes, agreement = result.quantificationRows[: len(expected)], result.quantificationRows[len(expected) :]
+    assert [r[0] for r in volumes] == [r[0] for r in expected]
+    np.testing.assert_allclose([r[1] for r in volumes], [r[1] for r in expected], rtol=1e-9)
+    # then the engine's self-agreement figures, relayed from the worker process
+    assert [r[0] for r in agreement] == [label for _, label in FIGURES]
+    assert all(unit == "Dice" and 0.0 <= value <= 1.0 for _, value, unit in agreement)
     assert result.device == "cpu" and "CPU" in result.deviceReason
     assert result.warnings == ()  # the phantom's series are aligned
 

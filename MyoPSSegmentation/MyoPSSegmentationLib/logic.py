@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from myops.errors import InputError, MyoPSError
+from myops.quality import agreement_rows
 
 from . import conversion, segments, worker
 
@@ -253,7 +254,7 @@ class MyoPSLogic:
         }
         outputNode = self.writeResult(
             result.labels,
-            result.quantification.as_rows(),
+            result.quantification.as_rows() + agreement_rows(getattr(result, "agreement", {}) or {}),
             lgeNode,
             outputSegmentationNode,
             info=info,

@@ -100,6 +100,8 @@ def run(workDir: Path, device: str = "auto", modelDir: Optional[str] = None, seg
     """Segment the inputs of ``workDir`` and write the outputs; returns the process exit code (0 ok, 1 failed)."""
     import SimpleITK as sitk
 
+    from myops.quality import agreement_rows
+
     workDir = Path(workDir)
     try:
         writeProgress(workDir, 0.0, "Loading the model")
@@ -121,7 +123,11 @@ def run(workDir: Path, device: str = "auto", modelDir: Optional[str] = None, seg
                 "device": result.device,
                 "deviceReason": choice.reason,
                 "timings_s": {k: float(v) for k, v in result.timings_s.items()},
-                "quantification": [[str(a), float(b), str(c)] for a, b, c in result.quantification.as_rows()],
+                "quantification": [
+                    [str(a), float(b), str(c)]
+                    for a, b, c in result.quantification.as_rows()
+                    + agreement_rows(getattr(result, "agreement", {}) or {})
+                ],
                 "warnings": runWarnings(result),
             },
         )

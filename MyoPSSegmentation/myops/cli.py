@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import InputError, ModelError, MyoPSError
+from .quality import agreement_columns, agreement_rows, format_agreement
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -84,11 +85,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if warning:
         _print(warning)
     _print(result.quantification.format_table())
+    _print(f"Self-agreement (no reference; lower = review first): {format_agreement(result.agreement)}")
     if args.csv:
-        result.quantification.write_csv(args.csv)
+        result.quantification.write_csv(args.csv, extra_rows=agreement_rows(result.agreement))
         _print(f"Wrote {args.csv}")
     if args.json:
-        result.quantification.write_json(args.json)
+        result.quantification.write_json(args.json, extra=agreement_columns(result.agreement))
         _print(f"Wrote {args.json}")
     _print(f"Timings: {_format_timings(result.timings_s)}")
     return EXIT_OK
@@ -194,7 +196,8 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         out = outputs[name]
         try:
             if name in keep:  # an earlier run's (maybe corrected) label map: quantified, never replaced
-                rows.append({"case": name, "source": "existing", **_quantify_existing(out).to_dict()})
+                quant = _quantify_existing(out)  # no probabilities: its self-agreement cells stay empty
+                rows.append({"case": name, "source": "existing", **quant.to_dict(), **agreement_columns({})})
                 continue
             result = segmenter.segment_files(
                 paths["bssfp"], paths["lge"], paths["t2"], output=out, overwrite=args.overwrite
@@ -211,7 +214,14 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         warning = _alignment_warning(result)
         if warning:
             tqdm.write(f"{name}: {warning}", file=sys.stderr)
-        rows.append({"case": name, "source": "segmented", **result.quantification.to_dict()})
+        rows.append(
+            {
+                "case": name,
+                "source": "segmented",
+                **result.quantification.to_dict(),
+                **agreement_columns(result.agreement),
+            }
+        )
     if rows:
         _write_csv_rows(out_dir / "quantification.csv", rows)
     segmented = sum(r["source"] == "segmented" for r in rows)
@@ -225,12 +235,25 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
     if times:
         times.sort()
         _print(f"Median time per case: {times[len(times) // 2]:.2f} s (model loaded)")
+    if segmented >= 2:
+        _print_review_order(rows)
     for name, why in failures:
         _print(f"  failed: {name}: {why}")
     return EXIT_FAILED if failures else EXIT_OK
 
 
 # -- evaluate ------------------------------------------------------------------------------------------------
+def _print_review_order(rows: List[dict], k: int = 3) -> None:
+    """The segmented cases with the lowest self-agreement, per figure (a review order, not a verdict)."""
+    _print("Lowest self-agreement (review these first; columns self_agreement_* of quantification.csv):")
+    for key, label in (
+        ("self_agreement_lv_worst_slice", "LV region, worst slice"),
+        ("self_agreement_scar_edema", "scar + edema"),
+    ):
+        scored = sorted((r[key], r["case"]) for r in rows if r["source"] == "segmented" and r[key] is not None)
+        _print(f"  {label}: " + ", ".join(f"{case} {value:.3f}" for value, case in scored[:k]))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate_folders
 
@@ -301,6 +324,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"Figure:        {png}")
     _print("")
     _print(result.quantification.format_table())
+    _print(f"Self-agreement (no reference; lower = review first): {format_agreement(result.agreement)}")
     _print("")
     _print("Agreement with the phantom's ground truth:")
     for key, value in metrics.items():

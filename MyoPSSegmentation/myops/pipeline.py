@@ -39,6 +39,7 @@ from .preprocessing import (
     spacing_zyx_of,
     stack_slice_context,
 )
+from .quality import case_agreement
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ class SegmentationResult:
         localized: False when the localiser found no heart and the image centre was used.
         alignment: the bSSFP and T2 offsets against the LGE found on the heart window
             (:func:`myops.alignment.estimate_offsets`), and whether they were corrected (``aligned``).
+        agreement: how much the model's members and test-time transforms agree on this case, without a reference
+            (:func:`myops.quality.case_agreement`: ``lv``, ``lv_worst_slice``, ``scar_edema``, ``scar``, each a
+            Dice in [0, 1]); a ranking aid for review, not a quality estimate.
     """
 
     labels: sitk.Image
@@ -110,6 +114,7 @@ class SegmentationResult:
     localized: bool = True
     alignment: Dict[str, SeriesOffset] = field(default_factory=dict)
     aligned: bool = False
+    agreement: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -520,6 +525,7 @@ class Segmenter:
         labels = sitk.GetImageFromArray(labels_zyx)
         labels.CopyInformation(probabilities.reference)
         quant = quantify(labels_zyx, spacing_zyx)
+        agreement = case_agreement(probabilities.epicardium, probabilities.pathology, self.region_threshold)
         timings["postprocess"] = timings.pop("paste", 0.0) + time.perf_counter() - t0
         timings["total"] = sum(timings.values())
         return SegmentationResult(
@@ -532,6 +538,7 @@ class Segmenter:
             localized=probabilities.localized,
             alignment=probabilities.alignment,
             aligned=probabilities.aligned,
+            agreement=agreement,
         )
 
     def segment(
