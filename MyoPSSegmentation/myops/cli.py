@@ -85,7 +85,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if warning:
         _print(warning)
     _print(result.quantification.format_table())
-    _print(f"Self-agreement (no reference; lower = review first): {format_agreement(result.agreement)}")
+    _print_agreement(result)
     if args.csv:
         result.quantification.write_csv(args.csv, extra_rows=agreement_rows(result.agreement))
         _print(f"Wrote {args.csv}")
@@ -243,6 +243,11 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
 
 
 # -- evaluate ------------------------------------------------------------------------------------------------
+def _print_agreement(result) -> None:
+    """The case's self-agreement figures in one line (:func:`myops.quality.format_agreement`)."""
+    _print(f"Self-agreement (no reference; lower = review first): {format_agreement(result.agreement)}")
+
+
 def _print_review_order(rows: List[dict], k: int = 3) -> None:
     """The segmented cases with the lowest self-agreement, per figure (a review order, not a verdict)."""
     _print("Lowest self-agreement (review these first; columns self_agreement_* of quantification.csv):")
@@ -324,7 +329,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"Figure:        {png}")
     _print("")
     _print(result.quantification.format_table())
-    _print(f"Self-agreement (no reference; lower = review first): {format_agreement(result.agreement)}")
+    _print_agreement(result)
     _print("")
     _print("Agreement with the phantom's ground truth:")
     for key, value in metrics.items():
