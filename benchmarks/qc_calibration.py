@@ -101,17 +101,17 @@ def main() -> int:
     for figure, metric, sign in PAIRS:
         pairs = [(r["agreement"][figure], r[metric]) for r in rows if np.isfinite(r[metric])]
         a, m = [p[0] for p in pairs], [p[1] for p in pairs]
-        low, high = bootstrap_interval(a, m, sign)
+        rho, (low, high) = sign * spearman(a, m), bootstrap_interval(a, m, sign)
+        overlap = worst_overlap(a, m, sign, args.k)
         results[f"{figure} ~ {metric}"] = {
-            "spearman": round(sign * spearman(a, m), 3),
+            "spearman": round(rho, 3),
             "spearman_90ci_bootstrap": [round(low, 3), round(high, 3)],
-            f"lowest_{args.k}_among_worst_{args.k}": worst_overlap(a, m, sign, args.k),
+            f"lowest_{args.k}_among_worst_{args.k}": overlap,
             "n": len(pairs),
         }
         print(
-            f"{figure:>15} ~ {metric:<26} rho {results[f'{figure} ~ {metric}']['spearman']:+.3f}  "
-            f"(90% CI {low:+.2f} to {high:+.2f})  lowest {args.k} among worst {args.k}: "
-            f"{worst_overlap(a, m, sign, args.k)}  (n {len(pairs)})"
+            f"{figure:>15} ~ {metric:<26} rho {rho:+.3f}  (90% CI {low:+.2f} to {high:+.2f})  "
+            f"lowest {args.k} among worst {args.k}: {overlap}  (n {len(pairs)})"
         )
     case_rows: List[dict] = [
         {
