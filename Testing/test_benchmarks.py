@@ -405,3 +405,45 @@ def test_qc_calibration_rank_statistics_by_hand():
     assert qc.worst_overlap(figure, [0.1, 0.2, 0.9, 0.8], 1, 2) == 2
     low, high = qc.bootstrap_interval([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 6, 5], 1, n=200)
     assert 0.5 < low <= high <= 1.0
+
+
+def _study(rows):
+    return {"tta": {"assn-dihedral": {"branch_weights": {"weights": {"0.5": {"cases": rows}}}}}}
+
+
+def test_compare_cv_paired_statistics_by_hand(tmp_path, capsys):
+    cmp = _load_script("compare_cv")
+    base = [
+        {"case": "a", "dice_lv": 0.90, "hd_lv_2d_mm": 3.0},
+        {"case": "b", "dice_lv": 0.80, "hd_lv_2d_mm": 5.0},
+        {"case": "c", "dice_lv": 0.70, "hd_lv_2d_mm": float("nan")},
+    ]
+    cand = [
+        {"case": "b", "dice_lv": 0.90, "hd_lv_2d_mm": 2.0},
+        {"case": "a", "dice_lv": 0.80, "hd_lv_2d_mm": 4.0},
+        {"case": "c", "dice_lv": 0.70, "hd_lv_2d_mm": 1.0},
+    ]
+    stats = cmp.paired(cmp.study_cases(_study(base)), cmp.study_cases(_study(cand)))
+    assert set(stats) == {"dice_lv", "hd_lv_2d_mm"}  # metrics neither study holds are left out
+    # LV Dice, paired by case name: a -0.10, b +0.10, c 0 -> mean 0, sd 0.1, se 0.1 / sqrt(3); 1 better, 1 worse
+    lv = stats["dice_lv"]
+    assert lv["n"] == 3 and lv["diff_mean"] == pytest.approx(0.0, abs=1e-12)
+    assert lv["diff_se"] == pytest.approx(0.1 / np.sqrt(3))
+    assert (lv["better"], lv["worse"]) == (1, 1)
+    # HD: case c is NaN on one side and left out; a 3 -> 4 (worse), b 5 -> 2 (better): mean -1, sd 2.828, se 2
+    hd = stats["hd_lv_2d_mm"]
+    assert hd["n"] == 2 and hd["diff_mean"] == pytest.approx(-1.0) and hd["diff_se"] == pytest.approx(2.0)
+    assert (hd["better"], hd["worse"]) == (1, 1)
+    assert hd["baseline_median"] == pytest.approx(4.0) and hd["candidate_median"] == pytest.approx(3.0)
+    moved = cmp.movers(cmp.study_cases(_study(base)), cmp.study_cases(_study(cand)), k=5)
+    assert [m["case"] for m in moved] == ["b", "a"]  # |2 - 5| = 3 before |4 - 3| = 1; c (NaN) left out
+    # the script: different cases refused with one line and exit code 2; a run writes its JSON
+    paths = []
+    for name, rows in (("base", base), ("cand", cand), ("short", cand[:2])):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(_study(rows)))
+    assert cmp.main([str(paths[0]), str(paths[2])]) == 2
+    assert "different cases: c" in capsys.readouterr().err
+    assert cmp.main([str(paths[0]), str(paths[1]), "--json", str(tmp_path / "out.json")]) == 0
+    assert json.loads((tmp_path / "out.json").read_text())["metrics"]["hd_lv_2d_mm"]["diff_mean"] == pytest.approx(-1.0)
+    assert cmp.main([str(paths[0]), str(paths[1]), "--weight", "0.25"]) == 2
