@@ -129,7 +129,7 @@ def test_align_series_samples_the_moved_series_where_its_content_is(tiny_model_d
     for align in (False, True):
         seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=False, align_series=align)
         seen = []
-        seg.assn_pass = lambda crops, seen=seen: (
+        seg.assn_pass = lambda crops, seen=seen, **_: (
             seen.append(crops.copy())
             or np.zeros(  # type: ignore[method-assign]
                 (crops.shape[0], 2, crops.shape[2], crops.shape[3]), np.float32
@@ -139,7 +139,7 @@ def test_align_series_samples_the_moved_series_where_its_content_is(tiny_model_d
         windows[align] = seen[0]
     reference = Segmenter(tiny_model_dir, device="cpu", tta_flips=False)
     seen_ref = []
-    reference.assn_pass = lambda crops: (
+    reference.assn_pass = lambda crops, **_: (
         seen_ref.append(crops.copy())
         or np.zeros(  # type: ignore[method-assign]
             (crops.shape[0], 2, crops.shape[2], crops.shape[3]), np.float32

@@ -221,7 +221,9 @@ def test_region_threshold_is_read_checked_and_used_for_the_prsn_input_and_the_ou
     seen = {}
     for threshold in (0.5, 0.3):
         seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=False, region_threshold=threshold)
-        seg.assn_pass = lambda crops: np.stack([np.full(crops[:, 0].shape, 0.6), np.full(crops[:, 0].shape, 0.4)], 1)
+        seg.assn_pass = lambda crops, **_: np.stack(
+            [np.full(crops[:, 0].shape, 0.6), np.full(crops[:, 0].shape, 0.4)], 1
+        )
         seg.prsn_pass = _recording(seg.prsn_pass, seen, threshold)
         labels = seg.segment(*_case()).labels_zyx
         assert (labels > 0).any() == (threshold < 0.4)

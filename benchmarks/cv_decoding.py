@@ -151,8 +151,9 @@ def pooled_slices(rows: List[dict]) -> dict:
 
 def score(cases: list, decide, changes: Optional[Mapping[str, object]] = None) -> List[dict]:
     """Per-case metrics after decoding every case's probabilities with ``decide(p) -> classes``; each row also
-    lists the in-plane HD of its end and middle slices (:func:`end_slice_hausdorff`). ``changes``: fields of the
-    model's postprocessing to override (:class:`PostprocessingConfig`)."""
+    lists the in-plane HD of its end and middle slices (:func:`end_slice_hausdorff`) and, for a model with an
+    ASSN guard (``inference.assn_guard``), the slices it vetoed. ``changes``: fields of the model's
+    postprocessing to override (:class:`PostprocessingConfig`)."""
     rows = []
     for fold, case, probs, truth, segmenter in cases:
         classes = decide(probs.pathology)
@@ -169,6 +170,7 @@ def score(cases: list, decide, changes: Optional[Mapping[str, object]] = None) -
                 **case_metrics(labels, truth, probs.spacing_zyx),
                 "hd_lv_2d_end_slices_mm": ends,
                 "hd_lv_2d_middle_slices_mm": middle,
+                **({"assn_guarded_slices": list(probs.guarded_slices)} if segmenter.assn_guard else {}),
             }
         )
     return rows
@@ -232,6 +234,9 @@ def branch_weight_study(
             f"{slices['hd_lv_2d_middle_slices_mm']['mean']:.2f} mm (n {slices['hd_lv_2d_middle_slices_mm']['n']})",
             flush=True,
         )
+        guarded = [(r["case"], r["assn_guarded_slices"]) for r in per_setting[(w,)] if r.get("assn_guarded_slices")]
+        if any("assn_guarded_slices" in r for r in per_setting[(w,)]):
+            print(f"{'':>26}  ASSN guard: {sum(len(s) for _, s in guarded)} slices in {len(guarded)} cases {guarded}")
         if variant:
             rows = score(cases, lambda p: pathology_classes(p, "argmax"), variant)
             summaries[str(w)]["variant"] = {"changes": dict(variant), "summary": summarise(rows), "cases": rows}

@@ -131,6 +131,8 @@ class CaseProbabilities:
         heart_center_yx: the heart centre (row, col) in LGE index units used for the fine crop.
         localized: False when the localiser found no heart and the image centre was used.
         alignment: the bSSFP and T2 offsets against the LGE on the heart window; ``aligned``: corrected.
+        guarded_slices: z indices where the ASSN guard (``inference.assn_guard``) used its reference members
+            alone; empty without a guard.
     """
 
     epicardium: np.ndarray
@@ -142,6 +144,94 @@ class CaseProbabilities:
     localized: bool = True
     alignment: Dict[str, SeriesOffset] = field(default_factory=dict)
     aligned: bool = False
+    guarded_slices: Tuple[int, ...] = ()
+
+
+class AssnGuard(NamedTuple):
+    """``inference.assn_guard``: where two groups of ASSN members disagree on a slice, trust one group.
+
+    Attributes:
+        reference_members: indices into the manifest's ASSN weights of the members trusted on such slices.
+        max_slice_disagreement_mm: the in-plane Hausdorff distance (mm) between the two groups' regions above
+            which a slice counts as disagreeing.
+    """
+
+    reference_members: Tuple[int, ...]
+    max_slice_disagreement_mm: float
+
+    @classmethod
+    def from_manifest(cls, value: object, n_members: int, where: str) -> Optional[AssnGuard]:
+        """Parse and check the manifest entry (``None`` when absent).
+
+        Raises:
+            ModelError: not a mapping with a non-empty proper subset of ``range(n_members)`` as
+                ``reference_members`` and a positive ``max_slice_disagreement_mm``.
+        """
+        if value is None:
+            return None
+        if not isinstance(value, dict) or set(value) != {"reference_members", "max_slice_disagreement_mm"}:
+            raise ModelError(
+                f"{where}: inference.assn_guard must be {{'reference_members': [...], "
+                f"'max_slice_disagreement_mm': mm}}, got {value!r}"
+            )
+        members, tau = value["reference_members"], value["max_slice_disagreement_mm"]
+        valid_members = (
+            isinstance(members, list)
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_members for i in members)
+            and 0 < len(set(members)) == len(members) < n_members
+        )
+        if not valid_members:
+            raise ModelError(
+                f"{where}: inference.assn_guard.reference_members must name some but not all of the "
+                f"{n_members} ASSN members (distinct indices from 0), got {members!r}"
+            )
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 < float(tau) < 1000.0:
+            raise ModelError(
+                f"{where}: inference.assn_guard.max_slice_disagreement_mm must be a positive number of mm, got {tau!r}"
+            )
+        return cls(tuple(members), float(tau))
+
+
+def guarded_average(
+    reference: np.ndarray,
+    others: np.ndarray,
+    n_reference: int,
+    n_others: int,
+    threshold: float,
+    spacing_mm: float,
+    max_disagreement_mm: float,
+) -> Tuple[np.ndarray, Tuple[int, ...]]:
+    """The ASSN ensemble's probabilities with a slice-level guard.
+
+    Every slice is the members' plain average (``(n_reference * reference + n_others * others) / n``), except
+    where the two groups' regions (probability > ``threshold``) differ by more than ``max_disagreement_mm``
+    (in-plane Hausdorff distance, isotropic ``spacing_mm``), or where one group draws a region and the other
+    none: there ``reference`` alone is used. This keeps the whole ensemble's border on ordinary slices and
+    lets the reference group veto a gross error of the others on single slices.
+
+    Args:
+        reference, others: ``(z, 2, H, W)`` each group's averaged probabilities (background, LV region).
+        n_reference, n_others: how many members each group averages.
+        threshold: the region threshold (``inference.lv_region_threshold``).
+        spacing_mm: in-plane pixel size of the crops, mm.
+        max_disagreement_mm: the guard's limit, mm.
+
+    Returns:
+        ``(z, 2, H, W)`` probabilities and the indices of the slices taken from ``reference`` alone.
+    """
+    from .metrics import hausdorff_distance
+
+    out = (n_reference * reference + n_others * others) / float(n_reference + n_others)
+    switched = []
+    for z in range(reference.shape[0]):
+        a, b = reference[z, 1] > threshold, others[z, 1] > threshold
+        if not a.any() and not b.any():
+            continue
+        distance = hausdorff_distance(a, b, (spacing_mm, spacing_mm)) if a.any() and b.any() else np.inf
+        if distance > max_disagreement_mm:
+            out[z] = reference[z]
+            switched.append(z)
+    return out, tuple(switched)
 
 
 #: The alignment estimate searches this far (mm, each in-plane axis).
@@ -282,6 +372,8 @@ class Segmenter:
         # an ensemble trained fold by fold pairs each ASSN with its own DAE; otherwise one DAE serves all
         pairs = zip(assns, daes) if len(daes) == len(assns) else ((a, daes[0]) for a in assns)
         self.assns = [ShapeConstrainedASSN(a, d).eval() for a, d in pairs]
+        #: Slice-level guard between two groups of ASSN members (:func:`guarded_average`); None: plain average.
+        self.assn_guard = AssnGuard.from_manifest(inference.get("assn_guard"), len(self.assns), str(self.model_dir))
         self.prsns = self.bundle.build("prsn", self.device)
         weight = inference.get("pathology_branch_weight", 0.0) if branch_weight is None else branch_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
@@ -378,28 +470,51 @@ class Segmenter:
         """The localiser(s) on full-view windows: ``(z, 3, C, C)`` -> ``(z, 2, C, C)`` probabilities."""
         return self._forward(self.localizers, coarse, lambda out: out)
 
-    def assn_pass(self, crops: np.ndarray) -> np.ndarray:
+    def assn_pass(self, crops: np.ndarray, guarded: Optional[list] = None) -> np.ndarray:
         """The ASSN(s) on the heart windows: ``(z, 3, S, S)`` -> ``(z, 2, S, S)`` LV-region probabilities (the
         DAE's reconstruction with :attr:`shape_prior`, else the ASSN's own output; :attr:`assn_tta_transforms`).
 
         ``crops`` must be the whole stack in slice order: a 2.5D member (``slice_context`` > 0) also sees each
         slice's neighbours (:func:`myops.preprocessing.stack_slice_context`). Members are averaged with equal
-        weight whatever their context.
+        weight whatever their context, except on the slices :attr:`assn_guard` vetoes (:func:`guarded_average`);
+        their indices are appended to ``guarded`` when it is given.
         """
+        if self.assn_guard is None:
+            return self._assn_average(self.assns, crops)
+        ref = set(self.assn_guard.reference_members)
+        reference = [m for i, m in enumerate(self.assns) if i in ref]
+        others = [m for i, m in enumerate(self.assns) if i not in ref]
+        prob, switched = guarded_average(
+            self._assn_average(reference, crops),
+            self._assn_average(others, crops),
+            len(reference),
+            len(others),
+            self.region_threshold,
+            self.crop_spacing_mm,
+            self.assn_guard.max_slice_disagreement_mm,
+        )
+        if switched:
+            logger.info("ASSN guard: slices %s use the reference members alone", list(switched))
+        if guarded is not None:
+            guarded.extend(switched)
+        return prob
+
+    def _assn_average(self, members: Sequence[nn.Module], crops: np.ndarray) -> np.ndarray:
+        """``members``' probabilities averaged with equal weight, each seeing its own slice context."""
         pick = (lambda out: out.shape_logits) if self.shape_prior else (lambda out: out.seg_logits)
         groups: Dict[int, list] = {}
-        for member in self.assns:
+        for member in members:
             groups.setdefault(int(getattr(member.assn, "slice_context", 0)), []).append(member)
         probs = [
             (
-                self._forward(members, stack_slice_context(crops, context), pick, transforms=self.assn_tta_transforms),
-                len(members),
+                self._forward(group, stack_slice_context(crops, context), pick, transforms=self.assn_tta_transforms),
+                len(group),
             )
-            for context, members in groups.items()
+            for context, group in groups.items()
         ]
         if len(probs) == 1:
             return probs[0][0]
-        return sum(prob * count for prob, count in probs) / len(self.assns)
+        return sum(prob * count for prob, count in probs) / len(members)
 
     def prsn_pass(self, candidates: np.ndarray) -> np.ndarray:
         """The PRSN(s) on the masked heart windows: ``(z, 3, S, S)`` -> ``(z, 4, S, S)`` class probabilities
@@ -487,7 +602,8 @@ class Segmenter:
         if self.align_series:
             crops = self._aligned_windows(volumes, spacing_yx, window, crops, alignment)
         t0 = lap("alignment", t0)
-        epi_prob = self.assn_pass(crops)  # (z, 2, S, S)
+        guarded: list = []
+        epi_prob = self.assn_pass(crops, guarded=guarded)  # (z, 2, S, S)
         epi_mask = (epi_prob[:, 1] > self.region_threshold).astype(np.float32)
         t0 = lap("assn", t0)
 
@@ -509,6 +625,7 @@ class Segmenter:
             localized=localized,
             alignment=alignment,
             aligned=self.align_series,
+            guarded_slices=tuple(guarded),
         )
 
     def decode(self, probabilities: CaseProbabilities) -> SegmentationResult:
