@@ -366,6 +366,8 @@ def test_signed_distance_hand_computed():
     assert d[4].tolist() == [3, 2, 1, 0, -1, 0, 1, 2, 3]  # the row through the centre
     assert float(d[3, 3]) == 0.0
     assert float(d[2, 2]) == 1.0 and float(d[1, 1]) == 3.0 and float(d[1, 2]) == 2.0 and float(d[0, 0]) == 4.0
+    # below the cap, more steps change nothing (the loop stops once every pixel has its distance)
+    torch.testing.assert_close(signed_distance_px(mask, 50), d[None])
     # capped, and an empty mask is the cap everywhere
     assert float(signed_distance_px(mask, 2)[0, 0, 0]) == 2.0
     assert signed_distance_px(torch.zeros(1, 4, 4, dtype=torch.bool), 5).eq(5).all()

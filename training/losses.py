@@ -117,12 +117,12 @@ def border_band(a: torch.Tensor, b: torch.Tensor, radius_px: int) -> torch.Tenso
     Returns:
         ``(N, H, W)`` boolean.
     """
-    size = 2 * int(radius_px) + 1
+    return _square_dilate(a, int(radius_px)) & _square_dilate(b, int(radius_px))
 
-    def near(m: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(m[:, None].float(), size, stride=1, padding=int(radius_px))[:, 0] > 0
 
-    return near(a) & near(b)
+def _square_dilate(mask: torch.Tensor, radius_px: int) -> torch.Tensor:
+    """``(N, H, W)`` boolean masks dilated by a ``(2 r + 1)``-pixel square (chessboard distance ``<= r``)."""
+    return F.max_pool2d(mask[:, None].float(), 2 * radius_px + 1, stride=1, padding=radius_px)[:, 0] > 0
 
 
 def dice_ce_loss(
@@ -147,7 +147,7 @@ def dice_ce_loss(
 def _dilate(mask: torch.Tensor, square: bool) -> torch.Tensor:
     """One dilation step of ``(N, H, W)`` boolean masks by a 3x3 square or a 3x3 cross."""
     if square:
-        return F.max_pool2d(mask[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+        return _square_dilate(mask, 1)
     p = F.pad(mask[:, None].float(), (1, 1, 1, 1))[:, 0]
     h, w = mask.shape[-2:]
     shifted = torch.stack([p[:, 1:-1, :w], p[:, 1:-1, 2:], p[:, :h, 1:-1], p[:, 2:, 1:-1], p[:, 1:-1, 1:-1]])
@@ -178,6 +178,8 @@ def signed_distance_px(mask: torch.Tensor, max_px: int) -> torch.Tensor:
         grown = nxt
         shrunk = ~_dilate(~shrunk, square)
         inside[shrunk] = -float(step)
+        if bool(grown.all()) and not bool(shrunk.any()):
+            break  # every pixel has its distance: more steps would change nothing
     return torch.where(mask, inside, outside)
 
 
