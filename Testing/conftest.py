@@ -56,6 +56,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def two_assn_model_dir(tmp_path_factory) -> Path:
+    """Like :func:`tiny_model_dir`, with two ASSNs (an ensemble whose members can disagree)."""
+    from myops.model import build_random_model_folder
+
+    return build_random_model_folder(tmp_path_factory.mktemp("models") / "two", preset="tiny", seed=0, assn_members=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_segmenter(tiny_model_dir):
     from myops.pipeline import Segmenter
 

@@ -7,12 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from myops.errors import ModelError
-from myops.model import PRESETS, STAGES, save_model_folder
-from myops.networks import create_model
-from myops.pipeline import AssnGuard, Segmenter, guarded_average
+from myops.pipeline import AssnGuard, AssnPassReport, Segmenter, guarded_average
+from myops.quality import member_distances_mm
 
 
 def _disc(h, w, cy, cx, r):
@@ -74,14 +72,9 @@ def test_guard_entry_parses():
 
 
 def _two_assn_folder(path):
-    torch.manual_seed(0)
-    networks = {}
-    for stage in STAGES:
-        entry = PRESETS["tiny"][stage]
-        count = 2 if stage == "assn" else 1
-        members = [create_model(entry["arch"], **entry["config"]) for _ in range(count)]
-        networks[stage] = (entry["arch"], members[0].config(), members)
-    return save_model_folder(path, networks, trained=False)
+    from myops.model import build_random_model_folder
+
+    return build_random_model_folder(path, preset="tiny", seed=0, assn_members=2)
 
 
 def test_segmenter_applies_the_guard_from_the_manifest(tmp_path):
@@ -104,9 +97,12 @@ def test_segmenter_applies_the_guard_from_the_manifest(tmp_path):
         alone.append(single.assn_pass(crops))
     expected, expected_switched = guarded_average(alone[1], alone[0], 1, 1, 0.5, guarded.crop_spacing_mm, 0.01)
     assert expected_switched
-    record: list = []
-    np.testing.assert_allclose(guarded.assn_pass(crops, guarded=record), expected, rtol=1e-5, atol=1e-6)
-    assert tuple(record) == expected_switched
+    report = AssnPassReport()
+    np.testing.assert_allclose(guarded.assn_pass(crops, report=report), expected, rtol=1e-5, atol=1e-6)
+    assert tuple(report.guarded_slices) == expected_switched
+    # the report also carries how far apart the two members draw the region on each slice
+    masks = [a[:, 1] > 0.5 for a in alone]
+    np.testing.assert_allclose(report.member_distance_mm, member_distances_mm(masks, guarded.crop_spacing_mm))
     np.testing.assert_allclose(plain.assn_pass(crops), (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-6)
 
     manifest["inference"]["assn_guard"]["reference_members"] = [0, 1]
@@ -130,9 +126,9 @@ def test_predict_reports_the_guarded_slices(tmp_path):
     seen = []
     real = seg.assn_pass
 
-    def recording(crops, guarded=None):
+    def recording(crops, report=None):
         seen.append(crops.copy())
-        return real(crops, guarded=guarded)
+        return real(crops, report=report)
 
     seg.assn_pass = recording
     probabilities = seg.predict(image, image, image)
@@ -145,3 +141,10 @@ def test_predict_reports_the_guarded_slices(tmp_path):
     _, expected = guarded_average(alone[0], alone[1], 1, 1, seg.region_threshold, seg.crop_spacing_mm, 0.01)
     assert expected  # the random members differ somewhere, so the check is not vacuous
     assert probabilities.guarded_slices == expected
+    masks = [a[:, 1] > seg.region_threshold for a in alone]
+    np.testing.assert_allclose(probabilities.assn_member_distance_mm, member_distances_mm(masks, seg.crop_spacing_mm))
+    # and decode turns them into the two member figures of the case's self-agreement
+    agreement = seg.decode(probabilities).agreement
+    drawn = [d for d in probabilities.assn_member_distance_mm if not np.isnan(d)]
+    assert agreement["lv_members_mm"] == pytest.approx(np.mean(drawn))
+    assert agreement["lv_members_worst_slice_mm"] == pytest.approx(max(drawn))

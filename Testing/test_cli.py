@@ -73,11 +73,14 @@ def test_segment_writes_output_on_the_lge_grid(case_files, tiny_model_dir, tmp_p
     assert "Self-agreement (no reference; lower = review first): LV " in text
     with open(tmp_path / "q.csv", newline="") as f:
         csv_rows = list(csv.reader(f))[1:]
-    assert [r[0] for r in csv_rows[-4:]] == [label for _, label in FIGURES]
+    # (one ASSN: no distance between members, so those rows are left out and their JSON values are null)
+    dice_figures = [(key, label) for key, label, unit in FIGURES if unit == "Dice"]
+    assert [r[0] for r in csv_rows[-4:]] == [label for _, label in dice_figures]
     assert all(r[2] == "Dice" and 0.0 <= float(r[1]) <= 1.0 for r in csv_rows[-4:])
     data = json.loads((tmp_path / "q.json").read_text())
-    assert list(data)[-4:] == [f"self_agreement_{key}" for key, _ in FIGURES]
-    assert all(0.0 <= data[f"self_agreement_{key}"] <= 1.0 for key, _ in FIGURES)
+    assert list(data)[-len(FIGURES) :] == [f"self_agreement_{key}" for key, _, _ in FIGURES]
+    assert all(0.0 <= data[f"self_agreement_{key}"] <= 1.0 for key, _ in dice_figures)
+    assert all(data[f"self_agreement_{key}"] is None for key, _, unit in FIGURES if unit == "mm")
 
 
 def test_seg_nrrd_and_labelmap_hold_the_same_labels(case_files, tiny_model_dir, tmp_path):
@@ -266,7 +269,7 @@ def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path):
     assert sitk.ReadImage(str(out)).GetSize() == (4, 3, 2)
 
 
-def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are(tiny_model_dir, tmp_path, capsys):
+def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are(two_assn_model_dir, tmp_path, capsys):
 
     from myops.labels import MYOCARDIUM, SCAR
 
@@ -284,7 +287,7 @@ def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are
     image.SetSpacing((1.0, 1.0, 2.0))
     sitk.WriteImage(image, str(out_dir / "a_seg.nii.gz"))
     before = (out_dir / "a_seg.nii.gz").read_bytes()
-    base = ["segment-batch", in_dir, out_dir, "--model", tiny_model_dir, "--device", "cpu", "--quiet"]
+    base = ["segment-batch", in_dir, out_dir, "--model", two_assn_model_dir, "--device", "cpu", "--quiet"]
 
     assert run_cli(*base) == 0
     text = capsys.readouterr().out
@@ -298,7 +301,8 @@ def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are
     assert float(rows["a"]["lv_myocardium_ml"]) == pytest.approx(100 * 2e-3)
     # a label map read back has no probabilities: its self-agreement cells are empty, a segmented case's are not
     assert rows["a"]["self_agreement_scar_edema"] == "" and 0 <= float(rows["b"]["self_agreement_scar_edema"]) <= 1
-    assert "Lowest self-agreement" not in text  # one case segmented: no review order to give
+    assert rows["a"]["self_agreement_lv_members_mm"] == "" and float(rows["b"]["self_agreement_lv_members_mm"]) >= 0
+    assert "Least self-agreement" not in text  # one case segmented: no review order to give
 
     b_time = (out_dir / "b_seg.nii.gz").stat().st_mtime_ns
     assert run_cli(*base) == 0  # everything there already: nothing segmented, the model is not even loaded
@@ -309,10 +313,13 @@ def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are
     assert run_cli(*base, "--overwrite") == 0
     text = capsys.readouterr().out
     assert "Segmented 2 of 2" in text
-    order = text.split("Lowest self-agreement", 1)[1].splitlines()
-    assert order[1].startswith("  LV region, worst slice: ") and order[2].startswith("  scar + edema: ")
-    shown = [float(item.rsplit(" ", 1)[1]) for item in order[2].split(": ", 1)[1].split(", ")]
-    assert len(shown) == 2 and shown == sorted(shown)
+    order = text.split("Least self-agreement", 1)[1].splitlines()
+    assert order[1].startswith("  LV region, ASSN members apart: ")
+    assert order[2].startswith("  LV region, worst slice: ") and order[3].startswith("  scar + edema: ")
+    apart = [float(item.split(" ")[-2]) for item in order[1].split(": ", 1)[1].split(", ")]
+    assert len(apart) == 2 and apart == sorted(apart, reverse=True)  # the largest distance first
+    shown = [float(item.rsplit(" ", 1)[1]) for item in order[3].split(": ", 1)[1].split(", ")]
+    assert len(shown) == 2 and shown == sorted(shown)  # the lowest Dice figure first
     assert (out_dir / "a_seg.nii.gz").read_bytes() != before
     assert sitk.ReadImage(str(out_dir / "a_seg.nii.gz")).GetSize() == lge.GetSize()
 

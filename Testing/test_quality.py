@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from myops.quality import case_agreement, threshold_agreement
+from myops.quality import (
+    agreement_columns,
+    agreement_rows,
+    case_agreement,
+    format_agreement,
+    member_distances_mm,
+    threshold_agreement,
+)
 
 
 def test_threshold_agreement_hand_computed():
@@ -42,3 +49,59 @@ def test_case_agreement_per_structure_and_worst_slice():
     assert empty == {"lv": 1.0, "lv_worst_slice": 1.0, "scar_edema": 1.0, "scar": 1.0}
     with pytest.raises(ValueError, match="do not match"):
         case_agreement(epi, path[:, :2])
+
+
+def _square(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_member_distances_hand_computed():
+    empty = np.zeros((20, 30), bool)
+    a = np.stack([_square(20, 30, 5, 10, 5, 10), _square(20, 30, 5, 10, 5, 10), empty, empty])
+    # slice 0: the same square moved 3 px right (3 px = 1.5 mm at 0.5 mm); slice 1: identical; slice 2: only one
+    # member draws (the grid's width, 30 px x 0.5 mm = 15 mm); slice 3: nobody draws (NaN)
+    b = np.stack([_square(20, 30, 5, 10, 8, 13), _square(20, 30, 5, 10, 5, 10), _square(20, 30, 1, 3, 1, 3), empty])
+    d = member_distances_mm([a, b], 0.5)
+    assert d[:3] == pytest.approx([1.5, 0.0, 15.0]) and np.isnan(d[3])
+    # three members: the largest of the pairs. A third square 3 px left of a's on slice 0 is 1.5 mm from a and
+    # 6 px = 3.0 mm from b (equal squares: the distance is the shift)
+    c = b.copy()
+    c[0] = _square(20, 30, 5, 10, 2, 7)
+    assert member_distances_mm([a, b, c], 0.5)[0] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="two members"):
+        member_distances_mm([a], 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        member_distances_mm([a, b[:2]], 0.5)
+
+
+def test_case_agreement_adds_the_member_figures_only_when_given():
+    epi = np.zeros((2, 8, 8))
+    epi[:, 2:6, 2:6] = 0.9
+    path = np.zeros((4, 2, 8, 8))
+    path[0] = 1.0
+    plain = case_agreement(epi, path)
+    assert "lv_members_mm" not in plain and "lv_members_worst_slice_mm" not in plain
+    figures = case_agreement(epi, path, member_distance_mm=[1.0, float("nan"), 4.0])
+    assert figures["lv_members_mm"] == pytest.approx(2.5) and figures["lv_members_worst_slice_mm"] == 4.0
+    assert "lv_members_mm" not in case_agreement(epi, path, member_distance_mm=[float("nan")])
+
+
+def test_agreement_rows_and_columns_carry_each_figures_unit():
+    figures = {
+        "lv": 0.97,
+        "lv_worst_slice": 0.9,
+        "scar_edema": 0.8,
+        "scar": 0.7,
+        "lv_members_mm": 2.5,
+        "lv_members_worst_slice_mm": 4.0,
+    }
+    rows = agreement_rows(figures)
+    assert [unit for _, _, unit in rows] == ["Dice"] * 4 + ["mm"] * 2
+    assert rows[-1][1] == 4.0
+    assert agreement_rows({}) == []
+    columns = agreement_columns({k: v for k, v in figures.items() if not k.endswith("_mm")})
+    assert columns["self_agreement_lv_members_mm"] is None and columns["self_agreement_scar"] == 0.7
+    assert format_agreement(figures).endswith("; ASSN members apart 2.5 mm (worst slice 4.0 mm)")
+    assert "apart" not in format_agreement({k: v for k, v in figures.items() if not k.endswith("_mm")})

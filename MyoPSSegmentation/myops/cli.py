@@ -249,14 +249,20 @@ def _print_agreement(result) -> None:
 
 
 def _print_review_order(rows: List[dict], k: int = 3) -> None:
-    """The segmented cases with the lowest self-agreement, per figure (a review order, not a verdict)."""
-    _print("Lowest self-agreement (review these first; columns self_agreement_* of quantification.csv):")
-    for key, label in (
-        ("self_agreement_lv_worst_slice", "LV region, worst slice"),
-        ("self_agreement_scar_edema", "scar + edema"),
+    """The segmented cases with the least self-agreement, per figure (a review order, not a verdict): the lowest
+    Dice figures, and the largest distances between the ASSN members where the model has several."""
+    _print("Least self-agreement (review these first; columns self_agreement_* of quantification.csv):")
+    for key, label, unit in (
+        ("self_agreement_lv_members_mm", "LV region, ASSN members apart", "mm"),
+        ("self_agreement_lv_worst_slice", "LV region, worst slice", "Dice"),
+        ("self_agreement_scar_edema", "scar + edema", "Dice"),
     ):
-        scored = sorted((r[key], r["case"]) for r in rows if r["source"] == "segmented" and r[key] is not None)
-        _print(f"  {label}: " + ", ".join(f"{case} {value:.3f}" for value, case in scored[:k]))
+        scored = [(r[key], r["case"]) for r in rows if r["source"] == "segmented" and r[key] is not None]
+        if not scored:
+            continue  # e.g. a model with one ASSN has no member distance
+        scored.sort(reverse=unit == "mm")  # the largest distances, the lowest Dice figures first
+        shown = [f"{case} {value:.1f} mm" if unit == "mm" else f"{case} {value:.3f}" for value, case in scored[:k]]
+        _print(f"  {label}: " + ", ".join(shown))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

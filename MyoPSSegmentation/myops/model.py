@@ -318,13 +318,16 @@ def save_model_folder(
     return folder
 
 
-def build_random_model_folder(folder: Union[str, Path], preset: str = "tiny", seed: int = 0) -> Path:
+def build_random_model_folder(
+    folder: Union[str, Path], preset: str = "tiny", seed: int = 0, assn_members: int = 1
+) -> Path:
     """Write an *untrained* model folder with randomly initialised networks (tests, mechanics, benchmarks).
 
     Args:
         folder: target folder.
         preset: a key of :data:`PRESETS`.
         seed: torch seed for the initialisation.
+        assn_members: how many ASSNs the ensemble holds (each initialised in turn from ``seed``).
     """
     from .networks import create_model
 
@@ -334,8 +337,9 @@ def build_random_model_folder(folder: Union[str, Path], preset: str = "tiny", se
     networks = {}
     for stage in STAGES:
         entry = PRESETS[preset][stage]
-        model = create_model(entry["arch"], **entry["config"])
-        networks[stage] = (entry["arch"], model.config(), [model])
+        count = int(assn_members) if stage == "assn" else 1
+        models = [create_model(entry["arch"], **entry["config"]) for _ in range(count)]
+        networks[stage] = (entry["arch"], models[0].config(), models)
     return save_model_folder(
         folder,
         networks,

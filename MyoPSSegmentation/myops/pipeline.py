@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -39,7 +39,7 @@ from .preprocessing import (
     spacing_zyx_of,
     stack_slice_context,
 )
-from .quality import case_agreement
+from .quality import case_agreement, member_distances_mm
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ class SegmentationResult:
             (:func:`myops.alignment.estimate_offsets`), and whether they were corrected (``aligned``).
         agreement: how much the model's members and test-time transforms agree on this case, without a reference
             (:func:`myops.quality.case_agreement`: ``lv``, ``lv_worst_slice``, ``scar_edema``, ``scar``, each a
-            Dice in [0, 1]); a ranking aid for review, not a quality estimate.
+            Dice in [0, 1], and with several ASSNs ``lv_members_mm`` and ``lv_members_worst_slice_mm``, how far
+            apart they draw the LV region); a ranking aid for review, not a quality estimate.
     """
 
     labels: sitk.Image
@@ -133,6 +134,8 @@ class CaseProbabilities:
         alignment: the bSSFP and T2 offsets against the LGE on the heart window; ``aligned``: corrected.
         guarded_slices: z indices where the ASSN guard (``inference.assn_guard``) used its reference members
             alone; empty without a guard.
+        assn_member_distance_mm: per z slice, how far apart the ASSN members draw the LV region
+            (:func:`myops.quality.member_distances_mm`, mm; NaN where none draws it); empty with one ASSN.
     """
 
     epicardium: np.ndarray
@@ -145,6 +148,21 @@ class CaseProbabilities:
     alignment: Dict[str, SeriesOffset] = field(default_factory=dict)
     aligned: bool = False
     guarded_slices: Tuple[int, ...] = ()
+    assn_member_distance_mm: Tuple[float, ...] = ()
+
+
+@dataclass
+class AssnPassReport:
+    """What :meth:`Segmenter.assn_pass` found beside the probabilities (filled in when one is passed to it).
+
+    Attributes:
+        guarded_slices: slice indices the guard took from its reference members alone.
+        member_distance_mm: per slice, how far apart the members' regions are
+            (:func:`myops.quality.member_distances_mm`); empty with one member.
+    """
+
+    guarded_slices: List[int] = field(default_factory=list)
+    member_distance_mm: List[float] = field(default_factory=list)
 
 
 class AssnGuard(NamedTuple):
@@ -470,33 +488,40 @@ class Segmenter:
         """The localiser(s) on full-view windows: ``(z, 3, C, C)`` -> ``(z, 2, C, C)`` probabilities."""
         return self._forward(self.localizers, coarse, lambda out: out)
 
-    def assn_pass(self, crops: np.ndarray, guarded: Optional[list] = None) -> np.ndarray:
+    def assn_pass(self, crops: np.ndarray, report: Optional[AssnPassReport] = None) -> np.ndarray:
         """The ASSN(s) on the heart windows: ``(z, 3, S, S)`` -> ``(z, 2, S, S)`` LV-region probabilities (the
         DAE's reconstruction with :attr:`shape_prior`, else the ASSN's own output; :attr:`assn_tta_transforms`).
 
         ``crops`` must be the whole stack in slice order: a 2.5D member (``slice_context`` > 0) also sees each
         slice's neighbours (:func:`myops.preprocessing.stack_slice_context`). Members are averaged with equal
-        weight whatever their context, except on the slices :attr:`assn_guard` vetoes (:func:`guarded_average`);
-        their indices are appended to ``guarded`` when it is given.
+        weight whatever their context, except on the slices :attr:`assn_guard` vetoes (:func:`guarded_average`).
+        With ``report``, the vetoed slices and how far apart the members draw the region on each slice are added
+        to it.
         """
+        each = [self._assn_average([member], crops) for member in self.assns]
+        switched: Tuple[int, ...] = ()
         if self.assn_guard is None:
-            return self._assn_average(self.assns, crops)
-        ref = set(self.assn_guard.reference_members)
-        reference = [m for i, m in enumerate(self.assns) if i in ref]
-        others = [m for i, m in enumerate(self.assns) if i not in ref]
-        prob, switched = guarded_average(
-            self._assn_average(reference, crops),
-            self._assn_average(others, crops),
-            len(reference),
-            len(others),
-            self.region_threshold,
-            self.crop_spacing_mm,
-            self.assn_guard.max_slice_disagreement_mm,
-        )
-        if switched:
-            logger.info("ASSN guard: slices %s use the reference members alone", list(switched))
-        if guarded is not None:
-            guarded.extend(switched)
+            prob = each[0] if len(each) == 1 else sum(each) / float(len(each))
+        else:
+            ref = set(self.assn_guard.reference_members)
+            reference = [p for i, p in enumerate(each) if i in ref]
+            others = [p for i, p in enumerate(each) if i not in ref]
+            prob, switched = guarded_average(
+                sum(reference) / float(len(reference)),
+                sum(others) / float(len(others)),
+                len(reference),
+                len(others),
+                self.region_threshold,
+                self.crop_spacing_mm,
+                self.assn_guard.max_slice_disagreement_mm,
+            )
+            if switched:
+                logger.info("ASSN guard: slices %s use the reference members alone", list(switched))
+        if report is not None:
+            report.guarded_slices.extend(switched)
+            if len(each) > 1:
+                masks = [p[:, 1] > self.region_threshold for p in each]
+                report.member_distance_mm.extend(member_distances_mm(masks, self.crop_spacing_mm))
         return prob
 
     def _assn_average(self, members: Sequence[nn.Module], crops: np.ndarray) -> np.ndarray:
@@ -602,8 +627,8 @@ class Segmenter:
         if self.align_series:
             crops = self._aligned_windows(volumes, spacing_yx, window, crops, alignment)
         t0 = lap("alignment", t0)
-        guarded: list = []
-        epi_prob = self.assn_pass(crops, guarded=guarded)  # (z, 2, S, S)
+        assn_report = AssnPassReport()
+        epi_prob = self.assn_pass(crops, report=assn_report)  # (z, 2, S, S)
         epi_mask = (epi_prob[:, 1] > self.region_threshold).astype(np.float32)
         t0 = lap("assn", t0)
 
@@ -625,7 +650,8 @@ class Segmenter:
             localized=localized,
             alignment=alignment,
             aligned=self.align_series,
-            guarded_slices=tuple(guarded),
+            guarded_slices=tuple(assn_report.guarded_slices),
+            assn_member_distance_mm=tuple(assn_report.member_distance_mm),
         )
 
     def decode(self, probabilities: CaseProbabilities) -> SegmentationResult:
@@ -642,7 +668,12 @@ class Segmenter:
         labels = sitk.GetImageFromArray(labels_zyx)
         labels.CopyInformation(probabilities.reference)
         quant = quantify(labels_zyx, spacing_zyx)
-        agreement = case_agreement(probabilities.epicardium, probabilities.pathology, self.region_threshold)
+        agreement = case_agreement(
+            probabilities.epicardium,
+            probabilities.pathology,
+            self.region_threshold,
+            member_distance_mm=probabilities.assn_member_distance_mm,
+        )
         timings["postprocess"] = timings.pop("paste", 0.0) + time.perf_counter() - t0
         timings["total"] = sum(timings.values())
         return SegmentationResult(
