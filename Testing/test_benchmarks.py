@@ -403,6 +403,10 @@ def test_qc_calibration_rank_statistics_by_hand():
     assert qc.worst_overlap(figure, dice, 1, 2) == 1
     assert qc.worst_overlap(figure, hd, -1, 2) == 1
     assert qc.worst_overlap(figure, [0.1, 0.2, 0.9, 0.8], 1, 2) == 2
+    # a distance figure flags its largest values: 9 and 8 = cases {0, 2}, the two largest distances too
+    assert qc.worst_overlap(hd, hd, -1, 2, figure_sign=-1) == 2
+    assert qc.worst_overlap(hd, dice, 1, 2, figure_sign=-1) == 0
+    assert [qc.orientation(n) for n in ("dice_lv", "hd_lv_2d_mm", "lv", "lv_members_mm")] == [1, -1, 1, -1]
     low, high = qc.bootstrap_interval([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 6, 5], 1, n=200)
     assert 0.5 < low <= high <= 1.0
 

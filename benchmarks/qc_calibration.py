@@ -3,8 +3,8 @@
 Each fold's exported model predicts its own held-out cases (as ``cv_decoding.py`` does: nothing retrained, no
 case scored by a model that saw it). For each case the engine's :func:`myops.quality.case_agreement` is computed
 from the probabilities, and the real metrics from the decoded labels against the reference. Reported: the Spearman
-rank correlation of each agreement figure with the metric it stands for, and how many of the k cases it ranks
-lowest are among the k truly worst.
+rank correlation of each agreement figure with the metric it stands for, and how many of the k cases it flags (the
+lowest Dice-like figures, the largest distances between ASSN members) are among the k truly worst.
 
     python benchmarks/qc_calibration.py --run runs/v7R --data ../shared/data/myops2020/train25 \\
         --json benchmarks/results/qc_calibration_v7R.json
@@ -27,16 +27,26 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from cv_decoding import TTA, predict_all, score  # noqa: E402
 
 from myops.postprocessing import pathology_classes  # noqa: E402
-from myops.quality import case_agreement  # noqa: E402
+from myops.quality import FIGURES, case_agreement  # noqa: E402
 
-#: (agreement figure, real metric, sign): sign -1 where a higher metric is worse (a distance)
+#: (agreement figure, real metric) pairs; each side's direction comes from its unit (:func:`orientation`)
 PAIRS = (
-    ("lv", "dice_lv", 1),
-    ("lv", "hd_lv_2d_mm", -1),
-    ("lv_worst_slice", "hd_lv_2d_worst_slice_mm", -1),
-    ("scar_edema", "dice_scar_edema", 1),
-    ("scar", "dice_scar", 1),
+    ("lv", "dice_lv"),
+    ("lv", "hd_lv_2d_mm"),
+    ("lv_worst_slice", "hd_lv_2d_worst_slice_mm"),
+    ("lv_members_mm", "hd_lv_2d_mm"),
+    ("lv_members_mm", "dice_lv"),
+    ("lv_members_worst_slice_mm", "hd_lv_2d_worst_slice_mm"),
+    ("scar_edema", "dice_scar_edema"),
+    ("scar", "dice_scar"),
 )
+
+
+def orientation(name: str) -> int:
+    """+1 where a lower value is worse (a Dice or a Dice-like agreement), -1 where a higher one is (a distance in mm:
+    the ``hd_*`` metrics and the ``mm`` agreement figures)."""
+    units = {key: unit for key, _, unit in FIGURES}
+    return -1 if name.startswith("hd_") or units.get(name) == "mm" else 1
 
 
 def ranks(values: Sequence[float]) -> np.ndarray:
@@ -75,9 +85,10 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
-def worst_overlap(figure: Sequence[float], metric: Sequence[float], sign: int, k: int) -> int:
-    """How many of the ``k`` cases with the lowest ``figure`` are among the ``k`` with the worst ``metric``."""
-    flagged = set(np.argsort(np.asarray(figure), kind="mergesort")[:k].tolist())
+def worst_overlap(figure: Sequence[float], metric: Sequence[float], sign: int, k: int, figure_sign: int = 1) -> int:
+    """How many of the ``k`` cases the ``figure`` flags (its lowest, or its highest with ``figure_sign`` -1) are
+    among the ``k`` with the worst ``metric`` (its lowest, or its highest with ``sign`` -1)."""
+    flagged = set(np.argsort(figure_sign * np.asarray(figure), kind="mergesort")[:k].tolist())
     worst = set(np.argsort(sign * np.asarray(metric), kind="mergesort")[:k].tolist())
     return len(flagged & worst)
 
@@ -95,23 +106,33 @@ def main() -> int:
     cases, _ = predict_all(args.run, args.data, *TTA[args.tta], branch_weight=args.branch_weight)
     rows = score(cases, lambda p: pathology_classes(p, "argmax"))
     for row, (_, _, probs, _, segmenter) in zip(rows, cases):
-        row["agreement"] = case_agreement(probs.epicardium, probs.pathology, segmenter.region_threshold)
+        row["agreement"] = case_agreement(
+            probs.epicardium,
+            probs.pathology,
+            segmenter.region_threshold,
+            member_distance_mm=probs.assn_member_distance_mm,
+        )
         row["hd_lv_2d_worst_slice_mm"] = max(row["hd_lv_2d_end_slices_mm"] + row["hd_lv_2d_middle_slices_mm"])
     results: Dict[str, Dict[str, float]] = {}
-    for figure, metric, sign in PAIRS:
-        pairs = [(r["agreement"][figure], r[metric]) for r in rows if np.isfinite(r[metric])]
+    for figure, metric in PAIRS:
+        scored = [r for r in rows if figure in r["agreement"] and np.isfinite(r[metric])]
+        pairs = [(r["agreement"][figure], r[metric]) for r in scored]
+        if len(pairs) < 3:
+            continue  # e.g. the member figures of a model with one ASSN
         a, m = [p[0] for p in pairs], [p[1] for p in pairs]
+        f_sign, m_sign = orientation(figure), orientation(metric)
+        sign = f_sign * m_sign
         rho, (low, high) = sign * spearman(a, m), bootstrap_interval(a, m, sign)
-        overlap = worst_overlap(a, m, sign, args.k)
+        overlap = worst_overlap(a, m, m_sign, args.k, figure_sign=f_sign)
         results[f"{figure} ~ {metric}"] = {
             "spearman": round(rho, 3),
             "spearman_90ci_bootstrap": [round(low, 3), round(high, 3)],
-            f"lowest_{args.k}_among_worst_{args.k}": overlap,
+            f"flagged_{args.k}_among_worst_{args.k}": overlap,
             "n": len(pairs),
         }
         print(
-            f"{figure:>15} ~ {metric:<26} rho {rho:+.3f}  (90% CI {low:+.2f} to {high:+.2f})  "
-            f"lowest {args.k} among worst {args.k}: {overlap}  (n {len(pairs)})"
+            f"{figure:>25} ~ {metric:<26} rho {rho:+.3f}  (90% CI {low:+.2f} to {high:+.2f})  "
+            f"flagged {args.k} among worst {args.k}: {overlap}  (n {len(pairs)})"
         )
     case_rows: List[dict] = [
         {
@@ -135,7 +156,8 @@ def main() -> int:
             "run": str(args.run),
             "tta": args.tta,
             "branch_weight": args.branch_weight,
-            "sign_note": "spearman is signed so that positive means low agreement goes with a worse metric",
+            "sign_note": "spearman is signed so that positive means low agreement (a low Dice figure or a large "
+            "distance between members) goes with a worse metric",
             "results": results,
             "cases": case_rows,
         }
