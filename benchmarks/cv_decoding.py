@@ -149,6 +149,11 @@ def pooled_slices(rows: List[dict]) -> dict:
     return out
 
 
+def _guarded(segmenter) -> bool:
+    """Whether the model has an ASSN guard (stand-ins without the attribute have none)."""
+    return getattr(segmenter, "assn_guard", None) is not None
+
+
 def score(cases: list, decide, changes: Optional[Mapping[str, object]] = None) -> List[dict]:
     """Per-case metrics after decoding every case's probabilities with ``decide(p) -> classes``; each row also
     lists the in-plane HD of its end and middle slices (:func:`end_slice_hausdorff`) and, for a model with an
@@ -170,7 +175,7 @@ def score(cases: list, decide, changes: Optional[Mapping[str, object]] = None) -
                 **case_metrics(labels, truth, probs.spacing_zyx),
                 "hd_lv_2d_end_slices_mm": ends,
                 "hd_lv_2d_middle_slices_mm": middle,
-                **({"assn_guarded_slices": list(probs.guarded_slices)} if segmenter.assn_guard else {}),
+                **({"assn_guarded_slices": list(probs.guarded_slices)} if _guarded(segmenter) else {}),
             }
         )
     return rows
