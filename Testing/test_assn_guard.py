@@ -148,3 +148,5 @@ def test_predict_reports_the_guarded_slices(tmp_path):
     drawn = [d for d in probabilities.assn_member_distance_mm if not np.isnan(d)]
     assert agreement["lv_members_mm"] == pytest.approx(np.mean(drawn))
     assert agreement["lv_members_worst_slice_mm"] == pytest.approx(max(drawn))
+    worst_k = int(agreement["lv_members_worst_slice_k"])
+    assert probabilities.assn_member_distance_mm[worst_k] == pytest.approx(max(drawn))

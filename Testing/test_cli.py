@@ -80,7 +80,7 @@ def test_segment_writes_output_on_the_lge_grid(case_files, tiny_model_dir, tmp_p
     data = json.loads((tmp_path / "q.json").read_text())
     assert list(data)[-len(FIGURES) :] == [f"self_agreement_{key}" for key, _, _ in FIGURES]
     assert all(0.0 <= data[f"self_agreement_{key}"] <= 1.0 for key, _ in dice_figures)
-    assert all(data[f"self_agreement_{key}"] is None for key, _, unit in FIGURES if unit == "mm")
+    assert all(data[f"self_agreement_{key}"] is None for key, _, unit in FIGURES if unit != "Dice")
 
 
 def test_seg_nrrd_and_labelmap_hold_the_same_labels(case_files, tiny_model_dir, tmp_path):

@@ -85,6 +85,8 @@ def test_case_agreement_adds_the_member_figures_only_when_given():
     assert "lv_members_mm" not in plain and "lv_members_worst_slice_mm" not in plain
     figures = case_agreement(epi, path, member_distance_mm=[1.0, float("nan"), 4.0])
     assert figures["lv_members_mm"] == pytest.approx(2.5) and figures["lv_members_worst_slice_mm"] == 4.0
+    assert figures["lv_members_worst_slice_k"] == 2.0  # the slice index counts the NaN slice too
+    assert case_agreement(epi, path, member_distance_mm=[3.0, 3.0])["lv_members_worst_slice_k"] == 0.0  # first tie
     assert "lv_members_mm" not in case_agreement(epi, path, member_distance_mm=[float("nan")])
 
 
@@ -96,12 +98,14 @@ def test_agreement_rows_and_columns_carry_each_figures_unit():
         "scar": 0.7,
         "lv_members_mm": 2.5,
         "lv_members_worst_slice_mm": 4.0,
+        "lv_members_worst_slice_k": 3.0,
     }
     rows = agreement_rows(figures)
-    assert [unit for _, _, unit in rows] == ["Dice"] * 4 + ["mm"] * 2
-    assert rows[-1][1] == 4.0
+    assert [unit for _, _, unit in rows] == ["Dice"] * 4 + ["mm"] * 2 + ["slice"]
+    assert rows[-2][1] == 4.0 and rows[-1][1] == 3.0
     assert agreement_rows({}) == []
-    columns = agreement_columns({k: v for k, v in figures.items() if not k.endswith("_mm")})
+    dice_only = {k: v for k, v in figures.items() if not k.startswith("lv_members")}
+    columns = agreement_columns(dice_only)
     assert columns["self_agreement_lv_members_mm"] is None and columns["self_agreement_scar"] == 0.7
-    assert format_agreement(figures).endswith("; ASSN members apart 2.5 mm (worst slice 4.0 mm)")
-    assert "apart" not in format_agreement({k: v for k, v in figures.items() if not k.endswith("_mm")})
+    assert format_agreement(figures).endswith("; ASSN members apart 2.5 mm (worst 4.0 mm, slice k = 3)")
+    assert "apart" not in format_agreement(dice_only)

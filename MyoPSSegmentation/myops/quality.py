@@ -25,7 +25,8 @@ import numpy as np
 #: the two thresholds whose masks are compared
 LOW, HIGH = 0.3, 0.7
 #: (key of :func:`case_agreement`, label for people, unit), in report order. A ``Dice`` figure is in [0, 1], lower
-#: meaning less agreement; an ``mm`` figure is a distance, higher meaning less agreement.
+#: meaning less agreement; an ``mm`` figure is a distance, higher meaning less agreement; the ``slice`` figure says
+#: where the worst distance is (the LGE volume's slice index k, from 0: numpy's z, Slicer's K).
 FIGURES: Tuple[Tuple[str, str, str], ...] = (
     ("lv", "Self-agreement: LV region", "Dice"),
     ("lv_worst_slice", "Self-agreement: LV region (worst slice)", "Dice"),
@@ -33,6 +34,7 @@ FIGURES: Tuple[Tuple[str, str, str], ...] = (
     ("scar", "Self-agreement: scar", "Dice"),
     ("lv_members_mm", "Self-agreement: LV region, ASSN members apart (mean over slices)", "mm"),
     ("lv_members_worst_slice_mm", "Self-agreement: LV region, ASSN members apart (worst slice)", "mm"),
+    ("lv_members_worst_slice_k", "Self-agreement: LV region, ASSN members apart (worst slice's K index)", "slice"),
 )
 
 
@@ -107,8 +109,9 @@ def case_agreement(
     Returns:
         ``lv``: over the whole stack; ``lv_worst_slice``: the lowest over the slices where the region is drawn
         (1.0 when none is); ``scar_edema`` and ``scar``: inside the region (1.0 when neither mask has a pixel).
-        With member distances on at least one slice: ``lv_members_mm``, their mean over those slices, and
-        ``lv_members_worst_slice_mm``, their largest.
+        With member distances on at least one slice: ``lv_members_mm``, their mean over those slices,
+        ``lv_members_worst_slice_mm``, their largest, and ``lv_members_worst_slice_k``, its slice index (the first
+        on a tie).
     """
     if epicardium.ndim != 3 or pathology.shape != (4, *epicardium.shape):
         raise ValueError(f"shapes {epicardium.shape} and {pathology.shape} do not match (z, y, x) and (4, z, y, x)")
@@ -120,10 +123,12 @@ def case_agreement(
         "scar_edema": threshold_agreement((pathology[2] + pathology[3]) * region),
         "scar": threshold_agreement(pathology[3] * region),
     }
-    drawn = [float(d) for d in member_distance_mm if not math.isnan(float(d))]
+    drawn = [(float(d), k) for k, d in enumerate(member_distance_mm) if not math.isnan(float(d))]
     if drawn:
-        figures["lv_members_mm"] = float(np.mean(drawn))
-        figures["lv_members_worst_slice_mm"] = max(drawn)
+        worst, k = max(drawn, key=lambda item: (item[0], -item[1]))
+        figures["lv_members_mm"] = float(np.mean([d for d, _ in drawn]))
+        figures["lv_members_worst_slice_mm"] = worst
+        figures["lv_members_worst_slice_k"] = float(k)
     return figures
 
 
@@ -140,7 +145,7 @@ def agreement_columns(agreement: Mapping[str, float]) -> Dict[str, Optional[floa
 
 def format_agreement(agreement: Mapping[str, float]) -> str:
     """One line for people, e.g. ``LV 0.975 (worst slice 0.961), scar + edema 0.81, scar 0.74; ASSN members
-    apart 1.4 mm (worst slice 2.2 mm)`` (the last part only with several ASSNs)."""
+    apart 1.4 mm (worst 2.2 mm, slice k = 3)`` (the last part only with several ASSNs)."""
     a = agreement
     line = (
         f"LV {a['lv']:.3f} (worst slice {a['lv_worst_slice']:.3f}), scar + edema {a['scar_edema']:.2f}, "
@@ -148,6 +153,7 @@ def format_agreement(agreement: Mapping[str, float]) -> str:
     )
     if "lv_members_mm" in a:
         line += (
-            f"; ASSN members apart {a['lv_members_mm']:.1f} mm (worst slice {a['lv_members_worst_slice_mm']:.1f} mm)"
+            f"; ASSN members apart {a['lv_members_mm']:.1f} mm (worst {a['lv_members_worst_slice_mm']:.1f} mm, "
+            f"slice k = {int(a['lv_members_worst_slice_k'])})"
         )
     return line
