@@ -102,8 +102,9 @@ class SegmentationResult:
             (:func:`myops.alignment.estimate_offsets`), and whether they were corrected (``aligned``).
         agreement: how much the model's members and test-time transforms agree on this case, without a reference
             (:func:`myops.quality.case_agreement`: ``lv``, ``lv_worst_slice``, ``scar_edema``, ``scar``, each a
-            Dice in [0, 1], and with several ASSNs ``lv_members_mm`` and ``lv_members_worst_slice_mm``, how far
-            apart they draw the LV region); a ranking aid for review, not a quality estimate.
+            Dice in [0, 1], and with several ASSNs ``lv_members_mm``, ``lv_members_worst_slice_mm`` and
+            ``lv_members_worst_slice_k``: how far apart they draw the LV region, and where); a ranking aid for
+            review, not a quality estimate.
     """
 
     labels: sitk.Image
@@ -498,7 +499,7 @@ class Segmenter:
         With ``report``, the vetoed slices and how far apart the members draw the region on each slice are added
         to it.
         """
-        each = [self._assn_average([member], crops) for member in self.assns]
+        each = [self._assn_member(member, crops) for member in self.assns]
         switched: Tuple[int, ...] = ()
         if self.assn_guard is None:
             prob = each[0] if len(each) == 1 else sum(each) / float(len(each))
@@ -524,22 +525,11 @@ class Segmenter:
                 report.member_distance_mm.extend(member_distances_mm(masks, self.crop_spacing_mm))
         return prob
 
-    def _assn_average(self, members: Sequence[nn.Module], crops: np.ndarray) -> np.ndarray:
-        """``members``' probabilities averaged with equal weight, each seeing its own slice context."""
+    def _assn_member(self, member: nn.Module, crops: np.ndarray) -> np.ndarray:
+        """One ASSN's ``(z, 2, S, S)`` probabilities over :attr:`assn_tta_transforms`, with its own slice context."""
         pick = (lambda out: out.shape_logits) if self.shape_prior else (lambda out: out.seg_logits)
-        groups: Dict[int, list] = {}
-        for member in members:
-            groups.setdefault(int(getattr(member.assn, "slice_context", 0)), []).append(member)
-        probs = [
-            (
-                self._forward(group, stack_slice_context(crops, context), pick, transforms=self.assn_tta_transforms),
-                len(group),
-            )
-            for context, group in groups.items()
-        ]
-        if len(probs) == 1:
-            return probs[0][0]
-        return sum(prob * count for prob, count in probs) / len(members)
+        context = int(getattr(member.assn, "slice_context", 0))
+        return self._forward([member], stack_slice_context(crops, context), pick, transforms=self.assn_tta_transforms)
 
     def prsn_pass(self, candidates: np.ndarray) -> np.ndarray:
         """The PRSN(s) on the masked heart windows: ``(z, 3, S, S)`` -> ``(z, 4, S, S)`` class probabilities
