@@ -27,6 +27,7 @@ from torch import nn
 from .alignment import SeriesOffset, estimate_offsets
 from .errors import CancelledError, InputError, ModelError
 from .io import read_image, write_output
+from .metrics import hausdorff_distance
 from .model import ModelBundle, resolve_model_dir
 from .postprocessing import PATHOLOGY_DECODINGS, PostprocessingConfig, compose_labels, pathology_classes
 from .preprocessing import (
@@ -238,8 +239,6 @@ def guarded_average(
     Returns:
         ``(z, 2, H, W)`` probabilities and the indices of the slices taken from ``reference`` alone.
     """
-    from .metrics import hausdorff_distance
-
     out = (n_reference * reference + n_others * others) / float(n_reference + n_others)
     switched = []
     for z in range(reference.shape[0]):

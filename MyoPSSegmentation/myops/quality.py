@@ -22,6 +22,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .metrics import hausdorff_distance
+
 #: the two thresholds whose masks are compared
 LOW, HIGH = 0.3, 0.7
 #: (key of :func:`case_agreement`, label for people, unit), in report order. A ``Dice`` figure is in [0, 1], lower
@@ -64,8 +66,6 @@ def member_distances_mm(masks: Sequence[np.ndarray], spacing_mm: float) -> List[
         ``z`` values: NaN on a slice where no member draws a region; on a slice where some members draw one and
         others none, the grid's width (``W * spacing_mm``), as far apart as two regions on it can be.
     """
-    from .metrics import hausdorff_distance
-
     if len(masks) < 2:
         raise ValueError(f"need at least two members' masks, got {len(masks)}")
     shape = masks[0].shape
