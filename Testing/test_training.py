@@ -844,7 +844,12 @@ def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtim
     assert record["derived_from"]["files"] == before["files"]
     assert "the prsn of seed3" in after["description"] and "seed2" not in after["description"]
     cv = after["metrics"]["cross_validation"]
-    assert cv["summary"]["dice_scar"]["mean"] == 0.75 and "runs/new" in cv["note"] and cv["run"] == "main"
+    assert cv["summary"]["dice_scar"]["mean"] == 0.75 and "runs/new" in cv["note"] and cv["run"] == "runs/new"
+    assert "summary_single_run" not in cv and "summary_single_run" not in cv["note"]
+    assert record["previous_cross_validation"]["run"] == "main"
+    assert prov["stage_wall_s"]["prsn"][1] == round(record["wall_s"], 1) and prov["training_wall_s"]["prsn"] == round(
+        sum(prov["stage_wall_s"]["prsn"]), 1
+    )
     # refusals: one clear line, exit 2, nothing written
     refusals = (
         ("prsn:nope=seed3", "no prsn member from run 'nope'"),
@@ -942,3 +947,25 @@ def test_swapped_description_replaces_whole_run_names_only():
         swapped_description(text, "prsn", "main", "z", 0)
         == f"{text}; its prsn member from main replaced by the one of z"
     )
+
+
+def test_member_wall_s_recovers_what_older_manifests_say():
+    """Per-member times: kept ones as they are, a lone member has the stage total, swapped members their own
+    time (the later swap wins), and an unsplittable total stays unknown rather than guessed."""
+    from training.export import member_wall_s, stage_total_s
+
+    old = {
+        "ensemble_members": {"assn": 2, "dae": 1, "prsn": 3},
+        "training_wall_s": {"assn": 1192.4, "dae": 165.2, "prsn": 3533.2},
+        "swapped_members": [
+            {"stage": "assn", "index": 0, "wall_s": 1000.0},
+            {"stage": "prsn", "index": 2, "wall_s": 700.0},
+            {"stage": "assn", "index": 0, "wall_s": 1042.44},
+            {"stage": "assn", "index": 1, "wall_s": 1011.88},
+        ],
+    }
+    assert member_wall_s(old, "assn") == [1042.44, 1011.88] and stage_total_s(member_wall_s(old, "assn")) == 2054.3
+    assert member_wall_s(old, "dae") == [165.2]
+    assert member_wall_s(old, "prsn") == [None, None, 700.0] and stage_total_s(member_wall_s(old, "prsn")) is None
+    kept = {**old, "stage_wall_s": {"prsn": [1.0, 2.0, 3.5]}}
+    assert member_wall_s(kept, "prsn") == [1.0, 2.0, 3.5] and stage_total_s([1.0, 2.0, 3.5]) == 6.5

@@ -22,7 +22,7 @@ from myops.metrics import METRIC_NAMES
 from .checkpoint import write_json
 from .config import STAGE_ORDER, ConfigError, apply_overrides, load_config, validate_config, with_defaults
 from .data import CaseData, CaseFiles, SliceBank, find_cases, load_case, make_folds
-from .export import export_model, read_json, summarise, validate_cases
+from .export import export_model, member_wall_s, read_json, stage_total_s, summarise, validate_cases
 from .loop import StageResult
 from .pack import PackedCases
 from .runtime import Runtime
@@ -423,8 +423,11 @@ def swap_member(
     the model runs; without it the old CV block would describe another model, so it is refused.
 
     The folder is written under a temporary name beside ``out_dir`` and renamed at the end; an existing,
-    non-empty ``out_dir`` is refused. ``provenance.training_wall_s`` stays the old model's (it is a per-stage
-    sum; per-member times were not kept); the new member's time is in ``provenance.swapped_members``.
+    non-empty ``out_dir`` is refused. ``provenance.stage_wall_s`` (per member) and ``training_wall_s`` (per
+    stage) take the new member's time; where an older manifest does not say how a stage's total splits among
+    its members (:func:`training.export.member_wall_s`), that total becomes None rather than stay wrong.
+    ``metrics.cross_validation`` is the study's alone, with ``run`` naming the study's fold models; the old
+    block (which described the replaced member's run) is kept in the swap's record.
 
     Raises:
         RunError: no such member, another network, a missing all-cases stage, a study of other options, or
@@ -468,8 +471,8 @@ def swap_member(
     config = {**provenance["config"], "export": {**provenance["config"]["export"], "tta_flips": True}}
     old_cv = manifest.get("metrics", {}).get("cross_validation", {})
     # a folder exported without a study has only the run's own CV, as "summary"
-    single_run = old_cv.get("summary_single_run", old_cv.get("summary", {}))
-    config, cross_validation = decoding_study_metrics(config, single_run, tta_study, provenance["config"])
+    # the old run's own CV described the replaced member's procedure, so none of it is merged into the new block
+    config, cross_validation = decoding_study_metrics(config, None, tta_study, provenance["config"])
     inference = manifest["inference"]
     measured = {
         "pathology_branch_weight": float(config["export"].get("pathology_branch_weight", 0.0)),
@@ -483,9 +486,9 @@ def swap_member(
     }
     if measured != runs or not inference.get("tta_flips", False):
         raise RunError(f"the study measured {measured} with flips; the model runs {inference}")
-    # the main run's own CV stays; everything measured on the old procedure goes
-    kept = {k: v for k, v in old_cv.items() if k in ("run", "folds", "n_cases", "protocol")}
-    metrics = {**manifest.get("metrics", {}), "cross_validation": {**kept, **cross_validation}}
+    kept = {k: v for k, v in old_cv.items() if k in ("n_cases", "protocol")}
+    cross_validation = {**kept, "run": tta_study.get("run"), **cross_validation}
+    metrics = {**manifest.get("metrics", {}), "cross_validation": cross_validation}
 
     networks = {}
     for s in manifest["networks"]:
@@ -505,7 +508,12 @@ def swap_member(
         "git": member.git,
         "hardware": member.runtime,
         "derived_from": {"name": manifest["name"], "files": manifest["files"]},
+        "previous_cross_validation": {k: old_cv[k] for k in ("run", "summary", "note") if k in old_cv},
     }
+    wall = {s: member_wall_s(provenance, s) for s in manifest["networks"]}
+    wall[stage][index] = round(float(member.wall_s), 1)
+    provenance["stage_wall_s"] = wall
+    provenance["training_wall_s"] = {s: stage_total_s(t) for s, t in wall.items()}
     if index == 0:
         provenance["run"] = new_name
     else:
@@ -578,7 +586,7 @@ def swapped_description(description: str, stage: str, old_run: str, new_run: str
 
 def decoding_study_metrics(
     config: Mapping[str, Any],
-    single_run_summary: Mapping[str, Any],
+    single_run_summary: Optional[Mapping[str, Any]],
     tta_study: Mapping[str, Any],
     run_config: Mapping[str, Any],
 ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -586,7 +594,8 @@ def decoding_study_metrics(
 
     Args:
         config: the config being exported (its ``export`` section must have test-time flips on).
-        single_run_summary: the main run's own CV summary (kept as ``summary_single_run``).
+        single_run_summary: the main run's own CV summary (kept as ``summary_single_run``); None where it
+            describes another model (a swapped member), and then neither it nor the note's sentence on it appear.
         tta_study: the study's JSON: exactly one of ``--tta flips`` / ``assn-dihedral``, optionally with
             ``--branch-weights`` (the weight chosen by CV becomes ``export.pathology_branch_weight``).
         run_config: the main run's config as trained (for the note on its own validation).
@@ -632,8 +641,10 @@ def decoding_study_metrics(
         )
     else:
         studied = flips_study["rules"]["argmax"]["summary"]
-    out["summary"] = {k: {**single_run_summary.get(k, {}), **v} for k, v in studied.items()}
-    out["summary_single_run"] = dict(single_run_summary)
+    own = dict(single_run_summary or {})
+    out["summary"] = {k: {**own.get(k, {}), **v} for k, v in studied.items()}
+    if single_run_summary is not None:
+        out["summary_single_run"] = own
     partners = tta_study.get("ensemble_with") or []
     partners = [partners] if isinstance(partners, str) else list(partners)
     out["note"] = (
@@ -643,9 +654,13 @@ def decoding_study_metrics(
         + (" (the ASSN with the 8 dihedral passes)" if assn_rot90 else "")
         + ", argmax"
         + branch_note
-        + " (each fold's models on their own held-out cases, benchmarks/cv_decoding.py); "
-        "'summary_single_run' is the run's own CV as training validated it "
-        f"(test-time flips {'on' if run_config['export']['tta_flips'] else 'off'})."
+        + " (each fold's models on their own held-out cases, benchmarks/cv_decoding.py)"
+        + (
+            "; 'summary_single_run' is the run's own CV as training validated it "
+            f"(test-time flips {'on' if run_config['export']['tta_flips'] else 'off'})."
+            if single_run_summary is not None
+            else "."
+        )
     )
     return config, out
 

@@ -121,6 +121,8 @@ def export_model(
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "hardware": dict(runtime_info),
         "training_wall_s": wall,
+        # per member, in weight-file order: what a later swap or merge needs to keep training_wall_s true
+        "stage_wall_s": {s: [round(r.wall_s, 1) for r in rs] for s, rs in stages.items()},
         "ensemble_members": {s: len(rs) for s, rs in stages.items()},
         "stage_git": {s: [r.git for r in rs] for s, rs in stages.items()},
         # where each stage was trained ("hardware" above is the machine that exported the folder)
@@ -222,3 +224,27 @@ def read_json(path: Path) -> Any:
 
 def modules_of(results: Sequence[StageResult]) -> List[nn.Module]:
     return [r.module for r in results]
+
+
+def member_wall_s(provenance: Mapping[str, Any], stage: str) -> List[Optional[float]]:
+    """Training wall time (s) of each ensemble member of ``stage`` in a manifest's provenance, weight-file order.
+
+    Newer manifests keep it (``stage_wall_s``). For older ones it is recovered where it can be: a single member
+    has the stage's total, and a member replaced by ``training swap`` has its time in ``swapped_members``;
+    otherwise the entry is None (the total of several members does not say how it splits).
+    """
+    n = int(provenance.get("ensemble_members", {}).get(stage, 1))
+    kept = provenance.get("stage_wall_s", {}).get(stage)
+    if kept is not None and len(kept) == n:
+        return [None if t is None else float(t) for t in kept]
+    total = provenance.get("training_wall_s", {}).get(stage)
+    times: List[Optional[float]] = [float(total) if n == 1 and total is not None else None] * n
+    for record in provenance.get("swapped_members", []):  # in order, so a later swap of the same member wins
+        if record.get("stage") == stage and 0 <= int(record.get("index", -1)) < n and record.get("wall_s") is not None:
+            times[int(record["index"])] = float(record["wall_s"])
+    return times
+
+
+def stage_total_s(times: Sequence[Optional[float]]) -> Optional[float]:
+    """The stage's total training time (s) from :func:`member_wall_s`, or None where one member's is unknown."""
+    return None if any(t is None for t in times) else round(float(sum(times)), 1)  # type: ignore[arg-type]
