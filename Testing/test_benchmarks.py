@@ -451,3 +451,17 @@ def test_compare_cv_paired_statistics_by_hand(tmp_path, capsys):
     assert cmp.main([str(paths[0]), str(paths[1]), "--json", str(tmp_path / "out.json")]) == 0
     assert json.loads((tmp_path / "out.json").read_text())["metrics"]["hd_lv_2d_mm"]["diff_mean"] == pytest.approx(-1.0)
     assert cmp.main([str(paths[0]), str(paths[1]), "--weight", "0.25"]) == 2
+
+
+def test_cv_decoding_records_what_the_fold_models_run(tmp_path, tiny_model_dir, two_assn_model_dir):
+    """The study names the fold models' inference options and ensemble sizes, and says when folds differ."""
+    cvd = _load_cv_decoding()
+    for k, model in enumerate((tiny_model_dir, tiny_model_dir)):
+        shutil.copytree(model, tmp_path / "run" / f"fold_{k}" / "model")
+    same = cvd.fold_models(tmp_path / "run")
+    manifest = json.loads((tiny_model_dir / "manifest.json").read_text())
+    assert same["folds_agree"] and same["inference"] == manifest["inference"] and same["members"]["assn"] == 1
+    shutil.copytree(two_assn_model_dir, tmp_path / "run" / "fold_2" / "model")
+    assert not cvd.fold_models(tmp_path / "run")["folds_agree"]
+    with pytest.raises(SystemExit, match="no fold"):
+        cvd.fold_models(tmp_path / "empty")

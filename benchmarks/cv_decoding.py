@@ -271,6 +271,20 @@ def parse_variant(items: Sequence[str]) -> Dict[str, object]:
     return out
 
 
+def fold_models(run: Path) -> dict:
+    """What the run's fold models are, as their manifests say: ``inference`` (the options the study ran, the ASSN
+    guard included), ``members`` (ensemble size per stage) and whether every fold agrees. A tool that ships a
+    procedure (``training merge``) checks a study against the model it writes with this."""
+    seen = []
+    for fold_dir in sorted(run.glob("fold_*")):
+        manifest = json.loads((fold_dir / "model" / "manifest.json").read_text())
+        members = {stage: len(entry["weights"]) for stage, entry in manifest["networks"].items()}
+        seen.append({"inference": manifest.get("inference", {}), "members": members})
+    if not seen:
+        raise SystemExit(f"{run}: no fold_*/model")
+    return {**seen[0], "folds_agree": all(s == seen[0] for s in seen)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="CV run folder with fold_*/metrics.json and fold_*/model")
@@ -313,7 +327,12 @@ def main() -> int:
     variant = parse_variant(args.postprocessing_variant)
     run, data = Path(args.run), Path(args.data)
     others = [Path(o) for o in args.ensemble_with]
-    results: Dict[str, dict] = {"run": str(run), "ensemble_with": args.ensemble_with, "tta": {}}
+    results: Dict[str, dict] = {
+        "run": str(run),
+        "ensemble_with": args.ensemble_with,
+        "models": fold_models(run),
+        "tta": {},
+    }
     if args.region_threshold is not None:
         results["region_threshold"] = args.region_threshold
     for tta in args.tta:
