@@ -236,6 +236,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_swap)
 
     p = sub.add_parser(
+        "merge",
+        help="a model folder with ensemble members of another model folder added (optionally with an ASSN guard)",
+        description="Write a new model folder from an existing one (e.g. the shipped model) with members of one "
+        "stage (assn or prsn) taken from another model folder and added after its own, every weight file copied "
+        "byte for byte. With --guard-reference and --guard-mm the merged ASSNs run with inference.assn_guard: "
+        "where the reference members and the others draw the LV region more than that far apart on a slice, the "
+        "reference members alone. --tta-study is the benchmarks/cv_decoding.py study of the merged procedure's "
+        "fold models; it must have run exactly this model (ensemble sizes, guard, test-time passes, branch "
+        "weight), and its CV becomes the manifest's.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="the model folder to start from")
+    p.add_argument("--from", dest="donor", type=Path, required=True, help="the model folder the members come from")
+    p.add_argument("--stage", required=True, choices=["assn", "prsn"])
+    p.add_argument("--members", type=int, nargs="+", default=None, help="its member indices (default: all)")
+    p.add_argument(
+        "--guard-reference",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="I",
+        help="ASSN members the guard trusts where the groups disagree (indices in the merged model)",
+    )
+    p.add_argument("--guard-mm", type=float, default=None, help="the guard's limit, mm (in-plane Hausdorff)")
+    p.add_argument("--tta-study", type=Path, required=True, help="cv_decoding.py JSON of the merged procedure")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (new or empty)")
+    p.add_argument("--name", default=None, help="model name in the manifest (default: the old one + -merged)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser(
         "retune",
         help="a model folder with the same weights and the inference/postprocessing options a CV study measured",
         description="Write a new model folder from an existing one (e.g. the shipped model) with the same weight "
@@ -428,6 +458,31 @@ def cmd_swap(args: argparse.Namespace) -> int:
         args.out,
         runtime,
         tta_study=read_json(args.tta_study),
+        name=args.name,
+    )
+    print(f"model folder: {out}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .cv import read_json
+    from .merge import merge_members
+
+    if (args.guard_reference is None) != (args.guard_mm is None):
+        print("error: --guard-reference and --guard-mm go together", file=sys.stderr)
+        return 2
+    guard = None
+    if args.guard_reference is not None:
+        guard = {"reference_members": list(args.guard_reference), "max_slice_disagreement_mm": float(args.guard_mm)}
+    out = merge_members(
+        args.model,
+        args.donor,
+        args.stage,
+        args.out,
+        read_json(args.tta_study),
+        members=args.members,
+        guard=guard,
+        study_path=str(args.tta_study),
         name=args.name,
     )
     print(f"model folder: {out}")
