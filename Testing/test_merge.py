@@ -90,6 +90,7 @@ def test_merge_adds_the_donor_members_byte_for_byte_with_the_guard(pair, tmp_pat
     assert prov["stage_git"]["assn"] == ["v8-git-a", "v8-git-b", "v7-git-a", "v7-git-b"]
     # both of the donor's members: its stage total is known, its split is not
     assert prov["stage_wall_s"]["assn"][2:] == [None, None] and prov["training_wall_s"]["assn"] is None
+    assert prov["training_wall_s"]["prsn"] == 4.0  # untouched stages keep their totals
     record = prov["merged_members"][0]
     assert record["indices"] == [2, 3] and record["from"]["members"] == [0, 1]
     assert record["previous_cross_validation"]["run"] == "old"

@@ -850,6 +850,7 @@ def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtim
     assert prov["stage_wall_s"]["prsn"][1] == round(record["wall_s"], 1) and prov["training_wall_s"]["prsn"] == round(
         sum(prov["stage_wall_s"]["prsn"]), 1
     )
+    assert prov["training_wall_s"]["assn"] == before["provenance"]["training_wall_s"]["assn"]  # untouched
     # refusals: one clear line, exit 2, nothing written
     refusals = (
         ("prsn:nope=seed3", "no prsn member from run 'nope'"),

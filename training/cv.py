@@ -513,7 +513,8 @@ def swap_member(
     wall = {s: member_wall_s(provenance, s) for s in manifest["networks"]}
     wall[stage][index] = round(float(member.wall_s), 1)
     provenance["stage_wall_s"] = wall
-    provenance["training_wall_s"] = {s: stage_total_s(t) for s, t in wall.items()}
+    # the other stages' totals still hold (none of their members changed), even where their split is unknown
+    provenance["training_wall_s"] = {**provenance.get("training_wall_s", {}), stage: stage_total_s(wall[stage])}
     if index == 0:
         provenance["run"] = new_name
     else:

@@ -183,7 +183,8 @@ def merge_members(
     added_times = [their_times[i] for i in picked]
     wall[stage] = [*wall[stage], *added_times]
     provenance["stage_wall_s"] = wall
-    totals = {s: stage_total_s(t) for s, t in wall.items()}
+    # the other stages' totals still hold (none of their members changed), even where their split is unknown
+    totals = {**provenance.get("training_wall_s", {}), stage: stage_total_s(wall[stage])}
     if totals[stage] is None and sorted(picked) == list(range(n_theirs)):
         # all of the donor's members: their stage total is known even where its split is not
         own_total = stage_total_s(wall[stage][:n_own])
