@@ -693,6 +693,19 @@ def test_export_per_fold_writes_a_run_folder_of_fold_models(phantom_dir, runtime
     # a member run that lacks the fold fails the export, and nothing is left behind
     assert cli_main([*args[:-1], str(tmp_path / "other"), "--folds", "0", "--add-member", "prsn:main_missing"]) == 2
     assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other.partial-*"))
+    # a second ASSN joins with the slice-level guard that trusts the run's own (member 0)
+    assn_run = open_run(tmp_path / "aseed", "tiny", [*steps, "assn.seed=7"], phantom_dir, runtime)
+    run_fold(tmp_path / "aseed", assn_run, 0, runtime, CaseCache((0.5, 99.5)), stages=("assn",), reuse_from=main_dir)
+    guarded = [*args[:-1], str(tmp_path / "guarded"), "--folds", "0", "--add-member", "assn:aseed"]
+    assert cli_main([*guarded, "--guard-reference", "0", "--guard-mm", "5"]) == 0
+    inference = ModelBundle(tmp_path / "guarded" / "fold_0" / "model").manifest["inference"]
+    assert inference["assn_guard"] == {"reference_members": [0], "max_slice_disagreement_mm": 5.0}
+    capsys.readouterr()
+    lone = [*args[:-1], str(tmp_path / "lone"), "--folds", "0"]
+    assert cli_main([*lone, "--guard-reference", "0", "--guard-mm", "5"]) == 2  # one ASSN: nothing to guard
+    assert "some but not all" in capsys.readouterr().err and not (tmp_path / "lone").exists()
+    assert cli_main([*lone, "--guard-mm", "5"]) == 2
+    assert "go together" in capsys.readouterr().err
 
 
 def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, runtime, tmp_path):

@@ -208,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--add-member), the fold's metrics.json, the run's config.json and split.json; what "
         "benchmarks/cv_decoding.py --run OUT scores",
     )
+    p.add_argument(
+        "--guard-reference",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="I",
+        help="with --guard-mm: inference.assn_guard, trusting these ASSN members (the run's own is 0, then each "
+        "--add-member assn:... in turn) where they and the others draw the LV region further apart on a slice",
+    )
+    p.add_argument("--guard-mm", type=float, default=None, help="the ASSN guard's limit, mm (in-plane Hausdorff)")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (with --per-fold: a new run folder)")
     p.add_argument("--name", default=None, help="model name in the manifest")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -430,7 +440,20 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"error: --add-member {item!r}: expected STAGE:RUN_NAME with STAGE in {STAGE_ORDER}", file=sys.stderr)
             return 2
         extra.append((stage, args.runs_dir / other))
-    options = dict(name=args.name, stages_to_ensemble=stages, tta_flips=tta, tta_study=study, extra_members=extra)
+    if (args.guard_reference is None) != (args.guard_mm is None):
+        print("error: --guard-reference and --guard-mm go together", file=sys.stderr)
+        return 2
+    guard = None
+    if args.guard_reference is not None:
+        guard = {"reference_members": list(args.guard_reference), "max_slice_disagreement_mm": float(args.guard_mm)}
+    options = dict(
+        name=args.name,
+        stages_to_ensemble=stages,
+        tta_flips=tta,
+        tta_study=study,
+        extra_members=extra,
+        assn_guard=guard,
+    )
     if args.per_fold:
         return _export_per_fold(run_dir, folds, args.out, runtime, options)
     out = export_ensemble(run_dir, folds, args.out, runtime, **options)

@@ -155,6 +155,9 @@ DEFAULTS: Dict[str, Any] = {
         "tta_flips": False,
         # the ASSN (LV region) also averages the 90-degree turns (engine: inference.assn_tta_rot90)
         "assn_tta_rot90": False,
+        # a slice-level guard between ASSN members (engine: inference.assn_guard), e.g.
+        # {"reference_members": [0, 1], "max_slice_disagreement_mm": 5.0}; None: the plain average
+        "assn_guard": None,
         "postprocessing": {
             "largest_lv_component": True,
             "fill_epicardium_holes": True,

@@ -308,6 +308,7 @@ def export_ensemble(
     tta_flips: Optional[bool] = None,
     tta_study: Optional[Mapping[str, Any]] = None,
     extra_members: Sequence[Tuple[str, Path]] = (),
+    assn_guard: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Export an ensemble of trained folds as one model folder, with the run's CV metrics in the manifest.
 
@@ -319,12 +320,16 @@ def export_ensemble(
     ``benchmarks/cv_decoding.py`` (flips, argmax) is accepted too, e.g. for a cross-run ensemble measured with
     ``--ensemble-with``. ``extra_members`` lists ``(stage, other_run_dir)``: the same folds' ``stage`` of another
     run with the same split and the same network (e.g. the PRSN from a second seed) join that stage's ensemble.
+    ``assn_guard`` overrides ``export.assn_guard`` (the engine's ``inference.assn_guard``, indices in member order:
+    the run's own ASSN first, then each ``extra_members`` ASSN in turn).
     """
     run_dir = Path(run_dir)
     run = {"config": read_json(run_dir / "config.json"), "split": read_json(run_dir / "split.json")}
     config = run["config"]
     if tta_flips is not None:
         config = {**config, "export": {**config["export"], "tta_flips": bool(tta_flips)}}
+    if assn_guard is not None:
+        config = {**config, "export": {**config["export"], "assn_guard": dict(assn_guard)}}
     stages: Dict[str, List[StageResult]] = {}
     for stage in STAGE_ORDER:
         members = folds if stage in stages_to_ensemble else list(folds)[:1]

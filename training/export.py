@@ -137,6 +137,12 @@ def export_model(
         inference["pathology_branch_weight"] = branch_weight
     if export_cfg.get("assn_tta_rot90", False):  # left out when off, the engine's default
         inference["assn_tta_rot90"] = True
+    if export_cfg.get("assn_guard"):  # left out when off, the engine's default (a plain average)
+        from myops.pipeline import AssnGuard
+
+        guard = dict(export_cfg["assn_guard"])
+        AssnGuard.from_manifest(guard, len(stages["assn"]), str(folder))  # ModelError: one clear line
+        inference["assn_guard"] = guard
     for modules in (networks[s][2] for s in networks):
         for m in modules:
             m.cpu().eval()
