@@ -118,7 +118,10 @@ def test_predict_reports_the_guarded_slices(tmp_path):
 
     plain_dir = _two_assn_folder(tmp_path / "plain")
     image = make_volume(shape_zyx=(3, 48, 52), seed=4)
-    assert Segmenter(plain_dir, device="cpu", tta_flips=False).predict(image, image, image).guarded_slices == ()
+    plain = Segmenter(plain_dir, device="cpu", tta_flips=False)
+    unguarded = plain.predict(image, image, image)
+    assert unguarded.guarded_slices == () and not unguarded.guarded
+    assert "lv_guarded_slices" not in plain.decode(unguarded).agreement
     manifest = json.loads((plain_dir / "manifest.json").read_text())
     manifest.setdefault("inference", {})["assn_guard"] = {"reference_members": [0], "max_slice_disagreement_mm": 0.01}
     (plain_dir / "manifest.json").write_text(json.dumps(manifest))
@@ -148,5 +151,6 @@ def test_predict_reports_the_guarded_slices(tmp_path):
     drawn = [d for d in probabilities.assn_member_distance_mm if not np.isnan(d)]
     assert agreement["lv_members_mm"] == pytest.approx(np.mean(drawn))
     assert agreement["lv_members_worst_slice_mm"] == pytest.approx(max(drawn))
+    assert agreement["lv_guarded_slices"] == len(expected)
     worst_k = int(agreement["lv_members_worst_slice_k"])
     assert probabilities.assn_member_distance_mm[worst_k] == pytest.approx(max(drawn))

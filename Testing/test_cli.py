@@ -322,6 +322,23 @@ def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are
     assert len(shown) == 2 and shown == sorted(shown)  # the lowest Dice figure first
     assert (out_dir / "a_seg.nii.gz").read_bytes() != before
     assert sitk.ReadImage(str(out_dir / "a_seg.nii.gz")).GetSize() == lge.GetSize()
+    assert "ASSN guard" not in text and rows["b"]["self_agreement_lv_guarded_slices"] == ""  # no guard, no figure
+
+    # with a guard so strict that any difference between the random members overrules: every case is listed
+    guarded_model = tmp_path / "guarded"
+    shutil.copytree(two_assn_model_dir, guarded_model)
+    manifest = json.loads((guarded_model / "manifest.json").read_text())
+    manifest["inference"]["assn_guard"] = {"reference_members": [0], "max_slice_disagreement_mm": 0.01}
+    (guarded_model / "manifest.json").write_text(json.dumps(manifest))
+    assert run_cli(*base[:3], "--model", guarded_model, "--device", "cpu", "--quiet", "--overwrite") == 0
+    text = capsys.readouterr().out
+    with open(out_dir / "quantification.csv", newline="") as f:
+        counts = {r["case"]: float(r["self_agreement_lv_guarded_slices"]) for r in csv.DictReader(f)}
+    assert all(n >= 1 for n in counts.values())
+    line = next(t for t in text.splitlines() if t.startswith("  ASSN guard overruled the other members: "))
+    listed = line.split(": ", 1)[1].split(", ")
+    assert sorted(item.split(" ")[0] for item in listed) == ["a", "b"]
+    assert [int(item.split("(")[1].split(" ")[0]) for item in listed] == sorted(map(int, counts.values()), reverse=True)
 
 
 @pytest.mark.parametrize("where", ["missing folder", "unwritable folder"])

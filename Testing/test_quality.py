@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from myops.quality import (
+    FIGURES,
     agreement_columns,
     agreement_rows,
     case_agreement,
@@ -88,6 +89,10 @@ def test_case_agreement_adds_the_member_figures_only_when_given():
     assert figures["lv_members_worst_slice_k"] == 2.0  # the slice index counts the NaN slice too
     assert case_agreement(epi, path, member_distance_mm=[3.0, 3.0])["lv_members_worst_slice_k"] == 0.0  # first tie
     assert "lv_members_mm" not in case_agreement(epi, path, member_distance_mm=[float("nan")])
+    # the guard's count: only for a model with a guard, zero when it overruled nothing
+    assert "lv_guarded_slices" not in figures
+    assert case_agreement(epi, path, guarded_slices=())["lv_guarded_slices"] == 0.0
+    assert case_agreement(epi, path, guarded_slices=(0, 2))["lv_guarded_slices"] == 2.0
 
 
 def test_agreement_rows_and_columns_carry_each_figures_unit():
@@ -108,4 +113,8 @@ def test_agreement_rows_and_columns_carry_each_figures_unit():
     columns = agreement_columns(dice_only)
     assert columns["self_agreement_lv_members_mm"] is None and columns["self_agreement_scar"] == 0.7
     assert format_agreement(figures).endswith("; ASSN members apart 2.5 mm (worst 4.0 mm, slice k = 3)")
+    assert format_agreement({**figures, "lv_guarded_slices": 0.0}) == format_agreement(figures)
+    guarded = {**figures, "lv_guarded_slices": 1.0}
+    assert format_agreement(guarded).endswith("slice k = 3); ASSN guard overruled the other members on 1 slice")
+    assert agreement_rows(guarded)[-1] == (FIGURES[-1][1], 1.0, "slices")
     assert "apart" not in format_agreement(dice_only)

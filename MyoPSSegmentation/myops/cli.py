@@ -263,6 +263,12 @@ def _print_review_order(rows: List[dict], k: int = 3) -> None:
         scored.sort(reverse=unit == "mm")  # the largest distances, the lowest Dice figures first
         shown = [f"{case} {value:.1f} mm" if unit == "mm" else f"{case} {value:.3f}" for value, case in scored[:k]]
         _print(f"  {label}: " + ", ".join(shown))
+    key = "self_agreement_lv_guarded_slices"
+    guarded = sorted(
+        ((r[key], r["case"]) for r in rows if r["source"] == "segmented" and r.get(key)), key=lambda v: (-v[0], v[1])
+    )
+    if guarded:  # every case where the ASSN guard overruled members: the gross disagreements, all of them
+        _print("  ASSN guard overruled the other members: " + ", ".join(f"{c} ({int(n)} sl.)" for n, c in guarded))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

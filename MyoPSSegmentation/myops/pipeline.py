@@ -104,8 +104,9 @@ class SegmentationResult:
         agreement: how much the model's members and test-time transforms agree on this case, without a reference
             (:func:`myops.quality.case_agreement`: ``lv``, ``lv_worst_slice``, ``scar_edema``, ``scar``, each a
             Dice in [0, 1], and with several ASSNs ``lv_members_mm``, ``lv_members_worst_slice_mm`` and
-            ``lv_members_worst_slice_k``: how far apart they draw the LV region, and where); a ranking aid for
-            review, not a quality estimate.
+            ``lv_members_worst_slice_k``: how far apart they draw the LV region, and where; with an ASSN guard
+            ``lv_guarded_slices``: on how many slices it overruled the other members); a ranking aid for review,
+            not a quality estimate.
     """
 
     labels: sitk.Image
@@ -135,7 +136,7 @@ class CaseProbabilities:
         localized: False when the localiser found no heart and the image centre was used.
         alignment: the bSSFP and T2 offsets against the LGE on the heart window; ``aligned``: corrected.
         guarded_slices: z indices where the ASSN guard (``inference.assn_guard``) used its reference members
-            alone; empty without a guard.
+            alone; empty without a guard (``guarded`` says whether one ran).
         assn_member_distance_mm: per z slice, how far apart the ASSN members draw the LV region
             (:func:`myops.quality.member_distances_mm`, mm; NaN where none draws it); empty with one ASSN.
     """
@@ -150,6 +151,7 @@ class CaseProbabilities:
     alignment: Dict[str, SeriesOffset] = field(default_factory=dict)
     aligned: bool = False
     guarded_slices: Tuple[int, ...] = ()
+    guarded: bool = False
     assn_member_distance_mm: Tuple[float, ...] = ()
 
 
@@ -640,6 +642,7 @@ class Segmenter:
             alignment=alignment,
             aligned=self.align_series,
             guarded_slices=tuple(assn_report.guarded_slices),
+            guarded=self.assn_guard is not None,
             assn_member_distance_mm=tuple(assn_report.member_distance_mm),
         )
 
@@ -662,6 +665,7 @@ class Segmenter:
             probabilities.pathology,
             self.region_threshold,
             member_distance_mm=probabilities.assn_member_distance_mm,
+            guarded_slices=probabilities.guarded_slices if probabilities.guarded else None,
         )
         timings["postprocess"] = timings.pop("paste", 0.0) + time.perf_counter() - t0
         timings["total"] = sum(timings.values())

@@ -28,7 +28,9 @@ from .metrics import hausdorff_distance
 LOW, HIGH = 0.3, 0.7
 #: (key of :func:`case_agreement`, label for people, unit), in report order. A ``Dice`` figure is in [0, 1], lower
 #: meaning less agreement; an ``mm`` figure is a distance, higher meaning less agreement; the ``slice`` figure says
-#: where the worst distance is (the LGE volume's slice index k, from 0: numpy's z, Slicer's K).
+#: where the worst distance is (the LGE volume's slice index k, from 0: numpy's z, Slicer's K); the ``slices`` figure
+#: counts the slices where the ASSN guard (``inference.assn_guard``) overruled the other members, more meaning less
+#: agreement (only for a model with a guard).
 FIGURES: Tuple[Tuple[str, str, str], ...] = (
     ("lv", "Self-agreement: LV region", "Dice"),
     ("lv_worst_slice", "Self-agreement: LV region (worst slice)", "Dice"),
@@ -37,6 +39,7 @@ FIGURES: Tuple[Tuple[str, str, str], ...] = (
     ("lv_members_mm", "Self-agreement: LV region, ASSN members apart (mean over slices)", "mm"),
     ("lv_members_worst_slice_mm", "Self-agreement: LV region, ASSN members apart (worst slice)", "mm"),
     ("lv_members_worst_slice_k", "Self-agreement: LV region, ASSN members apart (worst slice's K index)", "slice"),
+    ("lv_guarded_slices", "Self-agreement: LV region, slices the ASSN guard drew from its reference members", "slices"),
 )
 
 
@@ -95,6 +98,7 @@ def case_agreement(
     pathology: np.ndarray,
     region_threshold: float = 0.5,
     member_distance_mm: Sequence[float] = (),
+    guarded_slices: Optional[Sequence[int]] = None,
 ) -> Dict[str, float]:
     """The threshold agreement of a case's LV region, of its scar + edema and of its scar; with
     ``member_distance_mm`` (:func:`member_distances_mm` of the ASSN members), how far apart the members draw the
@@ -105,13 +109,14 @@ def case_agreement(
         pathology: ``(4, z, y, x)`` P(background, normal wall, edema, scar).
         region_threshold: where the region is decided (the pathology is scored inside it only).
         member_distance_mm: per-slice distances (mm; NaN where no member draws); empty for a single ASSN.
+        guarded_slices: the slices the ASSN guard drew from its reference members alone; None without a guard.
 
     Returns:
         ``lv``: over the whole stack; ``lv_worst_slice``: the lowest over the slices where the region is drawn
         (1.0 when none is); ``scar_edema`` and ``scar``: inside the region (1.0 when neither mask has a pixel).
         With member distances on at least one slice: ``lv_members_mm``, their mean over those slices,
         ``lv_members_worst_slice_mm``, their largest, and ``lv_members_worst_slice_k``, its slice index (the first
-        on a tie).
+        on a tie). With ``guarded_slices``: ``lv_guarded_slices``, how many there are.
     """
     if epicardium.ndim != 3 or pathology.shape != (4, *epicardium.shape):
         raise ValueError(f"shapes {epicardium.shape} and {pathology.shape} do not match (z, y, x) and (4, z, y, x)")
@@ -129,12 +134,15 @@ def case_agreement(
         figures["lv_members_mm"] = float(np.mean([d for d, _ in drawn]))
         figures["lv_members_worst_slice_mm"] = worst
         figures["lv_members_worst_slice_k"] = float(k)
+    if guarded_slices is not None:
+        figures["lv_guarded_slices"] = float(len(guarded_slices))
     return figures
 
 
 def agreement_rows(agreement: Mapping[str, float]) -> List[Tuple[str, float, str]]:
     """``(label, value, unit)`` rows of :func:`case_agreement`'s figures, in the quantification's row format (unit
-    ``Dice`` or ``mm``); empty when ``agreement`` is (e.g. a label map read back from disk has no probabilities)."""
+    ``Dice``, ``mm``, ``slice`` or ``slices``); empty when ``agreement`` is (e.g. a label map read back from disk
+    has no probabilities)."""
     return [(label, float(agreement[key]), unit) for key, label, unit in FIGURES if key in agreement]
 
 
@@ -145,7 +153,8 @@ def agreement_columns(agreement: Mapping[str, float]) -> Dict[str, Optional[floa
 
 def format_agreement(agreement: Mapping[str, float]) -> str:
     """One line for people, e.g. ``LV 0.975 (worst slice 0.961), scar + edema 0.81, scar 0.74; ASSN members
-    apart 1.4 mm (worst 2.2 mm, slice k = 3)`` (the last part only with several ASSNs)."""
+    apart 1.4 mm (worst 2.2 mm, slice k = 3)`` (that part only with several ASSNs), and where a guard overruled
+    members, ``; ASSN guard overruled the other members on 2 slices``."""
     a = agreement
     line = (
         f"LV {a['lv']:.3f} (worst slice {a['lv_worst_slice']:.3f}), scar + edema {a['scar_edema']:.2f}, "
@@ -156,4 +165,7 @@ def format_agreement(agreement: Mapping[str, float]) -> str:
             f"; ASSN members apart {a['lv_members_mm']:.1f} mm (worst {a['lv_members_worst_slice_mm']:.1f} mm, "
             f"slice k = {int(a['lv_members_worst_slice_k'])})"
         )
+    if a.get("lv_guarded_slices"):
+        n = int(a["lv_guarded_slices"])
+        line += f"; ASSN guard overruled the other members on {n} slice{'s' if n != 1 else ''}"
     return line
