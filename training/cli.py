@@ -208,16 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--add-member), the fold's metrics.json, the run's config.json and split.json; what "
         "benchmarks/cv_decoding.py --run OUT scores",
     )
-    p.add_argument(
-        "--guard-reference",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="I",
-        help="with --guard-mm: inference.assn_guard, trusting these ASSN members (the run's own is 0, then each "
-        "--add-member assn:... in turn) where they and the others draw the LV region further apart on a slice",
-    )
-    p.add_argument("--guard-mm", type=float, default=None, help="the ASSN guard's limit, mm (in-plane Hausdorff)")
+    _guard_arguments(p, "the run's own is 0, then each --add-member assn:... in turn")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (with --per-fold: a new run folder)")
     p.add_argument("--name", default=None, help="model name in the manifest")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -260,15 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="donor", type=Path, required=True, help="the model folder the members come from")
     p.add_argument("--stage", required=True, choices=["assn", "prsn"])
     p.add_argument("--members", type=int, nargs="+", default=None, help="its member indices (default: all)")
-    p.add_argument(
-        "--guard-reference",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="I",
-        help="ASSN members the guard trusts where the groups disagree (indices in the merged model)",
-    )
-    p.add_argument("--guard-mm", type=float, default=None, help="the guard's limit, mm (in-plane Hausdorff)")
+    _guard_arguments(p, "indices in the merged model")
     p.add_argument("--tta-study", type=Path, required=True, help="cv_decoding.py JSON of the merged procedure")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (new or empty)")
     p.add_argument("--name", default=None, help="model name in the manifest (default: the old one + -merged)")
@@ -320,6 +303,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_summarize)
     return parser
+
+
+def _guard_arguments(p: argparse.ArgumentParser, indices: str) -> None:
+    """``--guard-reference I [I ...] --guard-mm MM``: the engine's ``inference.assn_guard`` (see :func:`_guard_of`)."""
+    p.add_argument(
+        "--guard-reference",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="I",
+        help=f"with --guard-mm: inference.assn_guard, trusting these ASSN members ({indices}) on the slices where "
+        "they and the others draw the LV region further apart than --guard-mm",
+    )
+    p.add_argument("--guard-mm", type=float, default=None, help="the ASSN guard's limit, mm (in-plane Hausdorff)")
+
+
+def _guard_of(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """The ``inference.assn_guard`` entry that :func:`_guard_arguments` asked for, or None.
+
+    Raises:
+        ConfigError: one of the two options without the other.
+    """
+    if (args.guard_reference is None) != (args.guard_mm is None):
+        raise ConfigError("--guard-reference and --guard-mm go together")
+    if args.guard_reference is None:
+        return None
+    return {"reference_members": list(args.guard_reference), "max_slice_disagreement_mm": float(args.guard_mm)}
 
 
 def _setup_logging(verbose: bool, log_file: Optional[Path] = None) -> None:
@@ -440,12 +450,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"error: --add-member {item!r}: expected STAGE:RUN_NAME with STAGE in {STAGE_ORDER}", file=sys.stderr)
             return 2
         extra.append((stage, args.runs_dir / other))
-    if (args.guard_reference is None) != (args.guard_mm is None):
-        print("error: --guard-reference and --guard-mm go together", file=sys.stderr)
-        return 2
-    guard = None
-    if args.guard_reference is not None:
-        guard = {"reference_members": list(args.guard_reference), "max_slice_disagreement_mm": float(args.guard_mm)}
+    guard = _guard_of(args)
     options = dict(
         name=args.name,
         stages_to_ensemble=stages,
@@ -491,12 +496,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from .cv import read_json
     from .merge import merge_members
 
-    if (args.guard_reference is None) != (args.guard_mm is None):
-        print("error: --guard-reference and --guard-mm go together", file=sys.stderr)
-        return 2
-    guard = None
-    if args.guard_reference is not None:
-        guard = {"reference_members": list(args.guard_reference), "max_slice_disagreement_mm": float(args.guard_mm)}
+    guard = _guard_of(args)
     out = merge_members(
         args.model,
         args.donor,

@@ -23,7 +23,7 @@ from myops.pipeline import AssnGuard
 
 from .cv import RunError, publish_model_folder
 from .export import member_wall_s, stage_total_s
-from .retune import study_options
+from .retune import study_cv_block, study_options
 from .runtime import git_state
 
 #: inference options a merge keeps from the receiving model, and their defaults where a manifest omits them
@@ -227,17 +227,13 @@ def merge_members(
     manifest["files"] = files
     manifest["metrics"] = {
         **manifest.get("metrics", {}),
-        "cross_validation": {
-            "run": study.get("run"),
-            "n_cases": len(block.get("cases", [])),
-            "summary": block["summary"],
-            "note": (
-                f"'summary' is the CV of this procedure ({procedure}, branch weight {weight}"
-                + (f", ASSN guard {inference['assn_guard']}" if inference.get("assn_guard") else "")
-                + f"): each fold model of {study.get('run')} on its own held-out cases "
-                f"(benchmarks/cv_decoding.py{', ' + study_path if study_path else ''})."
-            ),
-        },
+        "cross_validation": study_cv_block(
+            study,
+            block,
+            f"{procedure}, branch weight {weight}"
+            + (f", ASSN guard {inference['assn_guard']}" if inference.get("assn_guard") else ""),
+            study_path,
+        ),
     }
 
     def write(folder: Path) -> None:

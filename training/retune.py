@@ -57,6 +57,33 @@ def study_options(study: Mapping[str, Any]) -> Tuple[str, float, Dict[str, Any],
     return procedure, weight, inference, changes, block
 
 
+def study_cv_block(
+    study: Mapping[str, Any],
+    block: Mapping[str, Any],
+    options: str,
+    study_path: Optional[str] = None,
+    more: str = "",
+    note: str = "",
+) -> Dict[str, Any]:
+    """The manifest's ``metrics.cross_validation`` for a model that runs what ``study`` measured.
+
+    Args:
+        study: the ``cv_decoding.py`` JSON; block: its measured entry (``summary``, ``cases``).
+        options: the procedure in words, for the note (e.g. ``assn-dihedral, branch weight 0.5``).
+        study_path: where the study lives. more: appended to the note's first sentence. note: a last sentence.
+    """
+    return {
+        "run": study.get("run"),
+        "n_cases": len(block.get("cases", [])),
+        "summary": block["summary"],
+        "note": (
+            f"'summary' is the CV of this procedure ({options}): each fold model of {study.get('run')} on its own "
+            f"held-out cases (benchmarks/cv_decoding.py{', ' + study_path if study_path else ''}){more}"
+            + (f". {note}" if note else ".")
+        ),
+    }
+
+
 def retune_model(
     model_dir: Path,
     study: Mapping[str, Any],
@@ -102,21 +129,16 @@ def retune_model(
         options += f", LV region threshold {inference_changes['lv_region_threshold']}"
     if post_changes:
         options += f", postprocessing {post_changes}"
-    cross_validation: Dict[str, Any] = {
-        "run": study.get("run"),
-        "n_cases": len(shipped.get("cases", [])),
-        "summary": shipped["summary"],
-        "note": (
-            f"'summary' is the CV of this procedure ({options}): each fold model of {study.get('run')} on its own "
-            f"held-out cases (benchmarks/cv_decoding.py{', ' + study_path if study_path else ''})"
-            + (
-                ", and 'summary_without_postprocessing_change' the same fold models with the earlier postprocessing"
-                if post_changes
-                else ""
-            )
-            + (f". {note}" if note else ".")
-        ),
-    }
+    cross_validation = study_cv_block(
+        study,
+        shipped,
+        options,
+        study_path,
+        (", and 'summary_without_postprocessing_change' the same fold models with the earlier postprocessing")
+        if post_changes
+        else "",
+        note,
+    )
     if post_changes:
         cross_validation["summary_without_postprocessing_change"] = block["summary"]
     record = {
