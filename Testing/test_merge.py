@@ -46,7 +46,13 @@ def _study(members: int = 4, guard=GUARD, weight: float = 0.5) -> dict:
             "folds_agree": True,
         },
         "tta": {
-            "assn-dihedral": {"branch_weights": {"weights": {str(weight): {"summary": summary, "cases": [{}] * 25}}}}
+            "assn-dihedral": {
+                "branch_weights": {
+                    "weights": {
+                        str(weight): {"summary": summary, "cases": [{"fold": f"fold_{k % 5}"} for k in range(25)]}
+                    }
+                }
+            }
         },
     }
 
@@ -81,6 +87,7 @@ def test_merge_adds_the_donor_members_byte_for_byte_with_the_guard(pair, tmp_pat
     assert all(torch.equal(segmenter.assns[3].assn.state_dict()[k], v) for k, v in own.items())
     cv = manifest["metrics"]["cross_validation"]
     assert cv["run"] == "runs/vZ" and cv["summary"]["dice_scar"]["mean"] == 0.64 and cv["n_cases"] == 25
+    assert cv["folds"] == 5  # from the study's cases, which `myops info` shows
     assert "assn_guard" in cv["note"] or "ASSN guard" in cv["note"]
     prov = manifest["provenance"]
     assert prov["ensemble_members"]["assn"] == 4

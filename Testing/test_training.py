@@ -819,7 +819,9 @@ def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtim
         run = open_run(folder, "tiny", [*steps, extra], phantom_dir, runtime)
         run_fold(folder, run, ALL, runtime, cache, stages=("prsn",), reuse_from=main_dir)
     branches = {
-        "weights": {"0.5": {"summary": {"dice_scar": {"mean": 0.7}}}},
+        "weights": {
+            "0.5": {"summary": {"dice_scar": {"mean": 0.7}}, "cases": [{"fold": "fold_0"}, {"fold": "fold_1"}]}
+        },
         "nested": {"dice_scar": {"mean": 0.7, "sd": 0.1}},
         "chosen_per_fold": {"fold_0": [0.5]},
         "in_sample_best": {"setting": [0.5], "summary": {"dice_scar": {"mean": 0.7}}},
@@ -859,6 +861,7 @@ def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtim
     cv = after["metrics"]["cross_validation"]
     assert cv["summary"]["dice_scar"]["mean"] == 0.75 and "runs/new" in cv["note"] and cv["run"] == "runs/new"
     assert "summary_single_run" not in cv and "summary_single_run" not in cv["note"]
+    assert cv["folds"] == 2  # the study's folds (its cases name two)
     assert record["previous_cross_validation"]["run"] == "main"
     assert prov["stage_wall_s"]["prsn"][1] == round(record["wall_s"], 1) and prov["training_wall_s"]["prsn"] == round(
         sum(prov["stage_wall_s"]["prsn"]), 1

@@ -590,6 +590,12 @@ def swapped_description(description: str, stage: str, old_run: str, new_run: str
     return f"{description}; its {stage} member from {old_run} replaced by the one of {new_run}"
 
 
+def study_fold_count(rows: Sequence[Mapping[str, Any]]) -> Optional[int]:
+    """How many folds a study's per-case rows (each with its ``fold``) come from; None when they do not say."""
+    folds = {r.get("fold") for r in rows}
+    return len(folds) if rows and None not in folds else None
+
+
 def decoding_study_metrics(
     config: Mapping[str, Any],
     single_run_summary: Optional[Mapping[str, Any]],
@@ -645,8 +651,13 @@ def decoding_study_metrics(
             "'summary' chooses it for each fold on the other folds only, nested, so it is the honest "
             "estimate of choosing it by CV)"
         )
+        rows = next(iter(branches["weights"].values()), {}).get("cases", [])
     else:
         studied = flips_study["rules"]["argmax"]["summary"]
+        rows = flips_study["rules"]["argmax"].get("cases", [])
+    folds = study_fold_count(rows)
+    if folds is not None:
+        out["folds"] = folds
     own = dict(single_run_summary or {})
     out["summary"] = {k: {**own.get(k, {}), **v} for k, v in studied.items()}
     if single_run_summary is not None:

@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from myops.model import MANIFEST, ModelBundle
 from myops.postprocessing import PostprocessingConfig
 
-from .cv import RunError, publish_model_folder
+from .cv import RunError, publish_model_folder, study_fold_count
 from .runtime import git_state
 
 #: cv_decoding's test-time procedures that a manifest can express -> ``inference.assn_tta_rot90``
@@ -72,8 +72,10 @@ def study_cv_block(
         options: the procedure in words, for the note (e.g. ``assn-dihedral, branch weight 0.5``).
         study_path: where the study lives. more: appended to the note's first sentence. note: a last sentence.
     """
+    folds = study_fold_count(block.get("cases", []))
     return {
         "run": study.get("run"),
+        **({"folds": folds} if folds is not None else {}),
         "n_cases": len(block.get("cases", [])),
         "summary": block["summary"],
         "note": (
