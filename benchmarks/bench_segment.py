@@ -128,16 +128,17 @@ def main() -> int:
         if not args.no_cold:
             paths = write_case(folder, seed=101, n_slices=4, size=480)
             cmd = [sys.executable, "-m", "myops", "segment", "--bssfp", str(paths["C0"]), "--lge", str(paths["DE"]),
-                   "--t2", str(paths["T2"]), "-o", str(folder / "cold.nii.gz"), "--device", args.device]  # fmt: skip
+                   "--t2", str(paths["T2"]), "--device", args.device]  # fmt: skip
             if args.model:
                 cmd += ["--model", args.model]
             # prepended, not replaced: packages installed outside site-packages (pip --target) stay importable
             path = [str(ROOT / "MyoPSSegmentation"), os.environ.get("PYTHONPATH", "")]
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
             cold = []
-            for _ in range(3):
+            for k in range(3):
                 t0 = time.perf_counter()
-                subprocess.run(cmd, check=True, capture_output=True, env=env)
+                # a new output each time: the CLI never overwrites a label map
+                subprocess.run([*cmd, "-o", str(folder / f"cold{k}.nii.gz")], check=True, capture_output=True, env=env)
                 cold.append(time.perf_counter() - t0)
             results["cold_cli_s"] = statistics.median(cold)
             print(f"Cold CLI process (python start + torch import + model load + segment): "
