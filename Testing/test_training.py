@@ -861,7 +861,7 @@ def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtim
     cv = after["metrics"]["cross_validation"]
     assert cv["summary"]["dice_scar"]["mean"] == 0.75 and "runs/new" in cv["note"] and cv["run"] == "runs/new"
     assert "summary_single_run" not in cv and "summary_single_run" not in cv["note"]
-    assert cv["folds"] == 2  # the study's folds (its cases name two)
+    assert cv["folds"] == 2 and cv["n_cases"] == 2  # the study's folds and cases (not the old run's 4)
     assert record["previous_cross_validation"]["run"] == "main"
     assert prov["stage_wall_s"]["prsn"][1] == round(record["wall_s"], 1) and prov["training_wall_s"]["prsn"] == round(
         sum(prov["stage_wall_s"]["prsn"]), 1

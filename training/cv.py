@@ -475,7 +475,6 @@ def swap_member(
 
     config = {**provenance["config"], "export": {**provenance["config"]["export"], "tta_flips": True}}
     old_cv = manifest.get("metrics", {}).get("cross_validation", {})
-    # a folder exported without a study has only the run's own CV, as "summary"
     # the old run's own CV described the replaced member's procedure, so none of it is merged into the new block
     config, cross_validation = decoding_study_metrics(config, None, tta_study, provenance["config"])
     inference = manifest["inference"]
@@ -491,7 +490,7 @@ def swap_member(
     }
     if measured != runs or not inference.get("tta_flips", False):
         raise RunError(f"the study measured {measured} with flips; the model runs {inference}")
-    kept = {k: v for k, v in old_cv.items() if k in ("n_cases", "protocol")}
+    kept = {k: v for k, v in old_cv.items() if k == "protocol"}
     cross_validation = {**kept, "run": tta_study.get("run"), **cross_validation}
     metrics = {**manifest.get("metrics", {}), "cross_validation": cross_validation}
 
@@ -658,6 +657,8 @@ def decoding_study_metrics(
     folds = study_fold_count(rows)
     if folds is not None:
         out["folds"] = folds
+    if rows:
+        out["n_cases"] = len(rows)
     own = dict(single_run_summary or {})
     out["summary"] = {k: {**own.get(k, {}), **v} for k, v in studied.items()}
     if single_run_summary is not None:
