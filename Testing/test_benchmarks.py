@@ -406,7 +406,8 @@ def test_qc_calibration_rank_statistics_by_hand():
     # a distance figure flags its largest values: 9 and 8 = cases {0, 2}, the two largest distances too
     assert qc.worst_overlap(hd, hd, -1, 2, figure_sign=-1) == 2
     assert qc.worst_overlap(hd, dice, 1, 2, figure_sign=-1) == 0
-    assert [qc.orientation(n) for n in ("dice_lv", "hd_lv_2d_mm", "lv", "lv_members_mm")] == [1, -1, 1, -1]
+    names = ("dice_lv", "hd_lv_2d_mm", "lv", "lv_members_mm", "lv_guarded_slices")
+    assert [qc.orientation(n) for n in names] == [1, -1, 1, -1, -1]
     low, high = qc.bootstrap_interval([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 6, 5], 1, n=200)
     assert 0.5 < low <= high <= 1.0
 

@@ -44,9 +44,9 @@ PAIRS = (
 
 def orientation(name: str) -> int:
     """+1 where a lower value is worse (a Dice or a Dice-like agreement), -1 where a higher one is (a distance in mm:
-    the ``hd_*`` metrics and the ``mm`` agreement figures)."""
+    the ``hd_*`` metrics and the ``mm`` agreement figures; the count of slices the ASSN guard overruled)."""
     units = {key: unit for key, _, unit in FIGURES}
-    return -1 if name.startswith("hd_") or units.get(name) == "mm" else 1
+    return -1 if name.startswith("hd_") or units.get(name) in ("mm", "slices") else 1
 
 
 def ranks(values: Sequence[float]) -> np.ndarray:
@@ -111,6 +111,7 @@ def main() -> int:
             probs.pathology,
             segmenter.region_threshold,
             member_distance_mm=probs.assn_member_distance_mm,
+            guarded_slices=probs.guarded_slices if probs.guarded else None,
         )
         row["hd_lv_2d_worst_slice_mm"] = max(row["hd_lv_2d_end_slices_mm"] + row["hd_lv_2d_middle_slices_mm"])
     results: Dict[str, Dict[str, float]] = {}
