@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from myops.model import MANIFEST, ModelBundle, ModelError
+from myops.model import MANIFEST, ModelBundle
 from myops.pipeline import AssnGuard
 
 from .cv import RunError, publish_model_folder
@@ -71,9 +71,10 @@ def merge_members(
 
     Raises:
         RunError: a stage that is not averaged, another network or input geometry, member indices out of range,
-            a model that pairs each ASSN with its own DAE, a guard that does not fit, a study of another
+            a model that pairs each ASSN with its own DAE, a study of another
             procedure (other ensemble sizes, guard, test-time passes, branch weight or threshold), or
             ``out_dir`` not empty.
+        ModelError: a guard that does not fit the merged ASSNs.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -101,10 +102,7 @@ def merge_members(
         raise RunError(f"{model_dir}: each ASSN has its own DAE; merged ASSNs would have none")
     n_total = n_own + len(picked)
     if guard is not None:
-        try:
-            AssnGuard.from_manifest(dict(guard), n_total, "the merged model")
-        except ModelError as exc:
-            raise RunError(str(exc)) from None
+        AssnGuard.from_manifest(dict(guard), n_total, "the merged model")  # ModelError: one clear line
         inference["assn_guard"] = dict(guard)
     elif stage == "assn":
         inference.pop("assn_guard", None)  # a guard names member indices of the old ensemble
