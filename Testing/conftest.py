@@ -95,3 +95,48 @@ def oblique_direction(angles=(0.3, -0.5, 0.8)) -> np.ndarray:
     ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
     rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
     return (rz @ ry @ rx).ravel()
+
+
+def reorder_voxels(
+    image: sitk.Image, flip_x: bool = False, flip_y: bool = False, flip_z: bool = False, swap_xy: bool = False
+) -> sitk.Image:
+    """The same physical image with its voxels stored in another order: every voxel keeps its patient point.
+
+    Flips reverse an index axis (the origin moves to the far end, the direction column changes sign); ``swap_xy``
+    exchanges the two in-plane index axes (columns become rows; spacing and direction columns swap with them).
+    Flips are applied first, then the swap. Either may turn a right-handed grid into a left-handed one, as some
+    scanners' and converters' files are.
+    """
+    array = sitk.GetArrayFromImage(image)  # (z, y, x)
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    size = np.asarray(image.GetSize())
+    steps = [direction[:, i] * spacing[i] for i in range(3)]  # physical step per index along i, j, k
+    for axis, flip in ((0, flip_x), (1, flip_y), (2, flip_z)):
+        if flip:
+            origin = origin + steps[axis] * (size[axis] - 1)
+            steps[axis] = -steps[axis]
+            array = np.flip(array, axis=2 - axis)
+    if swap_xy:
+        steps[0], steps[1] = steps[1], steps[0]
+        array = np.swapaxes(array, 1, 2)
+    new_spacing = [float(np.linalg.norm(s)) for s in steps]
+    new_direction = np.stack([s / n for s, n in zip(steps, new_spacing)], axis=1)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    out.SetSpacing(new_spacing)
+    out.SetOrigin(tuple(origin))
+    out.SetDirection(tuple(new_direction.ravel()))
+    return out
+
+
+def restore_voxel_order(
+    array_zyx: np.ndarray, flip_x: bool = False, flip_y: bool = False, flip_z: bool = False, swap_xy: bool = False
+) -> np.ndarray:
+    """Undo :func:`reorder_voxels` on an array of the reordered grid (trailing axes ``(z, y, x)``)."""
+    if swap_xy:
+        array_zyx = np.swapaxes(array_zyx, -1, -2)
+    for axis, flip in ((-1, flip_x), (-2, flip_y), (-3, flip_z)):
+        if flip:
+            array_zyx = np.flip(array_zyx, axis=axis)
+    return np.ascontiguousarray(array_zyx)
