@@ -1,7 +1,7 @@
 """The shipped model on real MyoPS cases (skipped when the data are absent; they are never copied here).
 
-These cases were part of the shipped model's training data (it is an ensemble of cross-validation folds, and each
-case is in four of the five training sets), so this is a smoke test of the whole product on real geometry, not a
+These cases were part of the shipped model's training data (every one of its networks was trained on all 25
+cases), so this is a smoke test of the whole product on real geometry, not a
 quality estimate: quality is measured by cross-validation (docs/results.md).
 """
 

@@ -421,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="myops",
         description="Segment myocardial scar, edema and myocardium from bSSFP, LGE and T2 cardiac MR "
-        "(cascade ASSN + DAE -> PRSN + CAFB). Research use only; not for clinical diagnosis.",
+        "(cascade: ASSN -> PRSN with CAFB; the DAE shape prior is a model option). "
+        "Research use only; not for clinical diagnosis.",
     )
     parser.add_argument("--version", action="version", version=f"myops {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")

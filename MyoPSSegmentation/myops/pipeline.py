@@ -5,8 +5,9 @@
 1. bSSFP and T2 are resampled onto the LGE grid; each sequence is normalised (percentile clip + z-score).
 2. Coarse stage: every slice's whole field of view is sampled into a ``coarse_size`` square; the localiser
    finds the LV; the heart centre is the centroid of the largest 3D component.
-3. Fine stage: a ``crop_size`` window at ``crop_spacing_mm`` around that centre; ASSN + DAE shape prior give the
-   LV epicardial region M; candidate regions ``C = I * M`` (Eq. 2-4) go through the PRSN.
+3. Fine stage: a ``crop_size`` window at ``crop_spacing_mm`` around that centre; the ASSNs (and the DAE shape
+   prior, when the manifest asks for it) give the LV epicardial region M; candidate regions ``C = I * M``
+   (Eq. 2-4) go through the PRSN.
 4. Probabilities are pasted back onto the LGE grid and the anatomical constraints produce the label map.
 """
 
