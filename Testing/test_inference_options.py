@@ -15,6 +15,7 @@ from myops.errors import ModelError
 from myops.networks import (
     PathologyRegionNet,
     PrsnOutput,
+    candidate_region,
     create_model,
     fused_pathology_probabilities,
     region_standardise,
@@ -337,6 +338,35 @@ def test_prsn_input_norm_is_in_the_config_only_when_used():
         torch.testing.assert_close(normed(x).main, plain(region_standardise(x)).main)
     with pytest.raises(ValueError, match="input_norm"):
         PathologyRegionNet(features=(4, 8), input_norm="global")
+
+
+def test_prsn_region_channel_tells_the_branches_where_the_region_is():
+    """With ``region_channel`` every branch and B_Main also see ``M`` (recovered from the candidates), so a region
+    of exactly-zero intensity (LGE normal myocardium after the z-score) is no longer the same input as the outside;
+    without it B_LGE cannot see the difference."""
+    torch.manual_seed(0)
+    plain = PathologyRegionNet(features=(4, 8))
+    assert "region_channel" not in plain.config()
+    withm = create_model("prsn", **{**plain.config(), "region_channel": True})
+    assert withm.config()["region_channel"] is True
+    first_conv = [
+        next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        for net in (withm.branches[1], withm.main_encoder)
+    ]
+    assert [conv.in_channels for conv in first_conv] == [2, 4]
+    c = torch.zeros(1, 3, 16, 16)
+    c[0, 0, 4:12, 4:12] = 0.7  # bSSFP shows the region ...
+    c[0, 2, 4:12, 4:12] = 0.6  # ... and so does T2
+    inside_zero = c.clone()  # LGE at exactly 0 inside the region
+    region = torch.zeros(1, 1, 16, 16)
+    region[0, 0, 4:12, 4:12] = 1.0
+    torch.testing.assert_close(candidate_region(c), region)
+    outside = torch.zeros_like(c)  # nothing anywhere: B_LGE's own input is the same zeros in both cases
+    with torch.no_grad():
+        torch.testing.assert_close(plain(inside_zero).lge, plain(outside).lge)
+        assert not torch.allclose(withm(inside_zero).lge, withm(outside).lge)
+    with pytest.raises(ValueError, match="region_channel"):
+        PathologyRegionNet(features=(4, 8), region_channel="yes")
 
 
 @pytest.mark.parametrize("max_batch, width", [(64, 16), (3, 16), (64, 12)])

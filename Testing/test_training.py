@@ -476,7 +476,15 @@ def test_every_stage_trains_and_its_loss_goes_down(phantom_cases, runtime, tmp_p
         torch.testing.assert_close(v, dae.module.state_dict()[k])
 
 
-@pytest.mark.parametrize("option", ["prsn.dice=image", "prsn.main_dice=nested_regions", "prsn.endo_border_weight=2.0"])
+@pytest.mark.parametrize(
+    "option",
+    [
+        "prsn.dice=image",
+        "prsn.main_dice=nested_regions",
+        "prsn.endo_border_weight=2.0",
+        "prsn.config.region_channel=true",
+    ],
+)
 def test_prsn_trains_on_its_dice_options(phantom_cases, runtime, tmp_path, option):
     cfg = tiny("prsn.steps=30", option)
     prsn = train_prsn(cfg, SliceBank(phantom_cases, cfg["data"]), tmp_path / "prsn", runtime, 0)

@@ -690,6 +690,18 @@ class MaxSumProductFusion(_ConfigMixin, nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # PRSN (Section 2.2)
 # ----------------------------------------------------------------------------------------------------------
+def candidate_region(c: torch.Tensor) -> torch.Tensor:
+    """The region ``M`` of candidate slices: where any channel is non-zero (candidates are ``I * M``).
+
+    Args:
+        c: ``(N, C, H, W)`` candidate regions.
+
+    Returns:
+        ``(N, 1, H, W)``, 1 inside the region and 0 outside, in ``c``'s dtype.
+    """
+    return (c != 0).any(dim=1, keepdim=True).to(c.dtype)
+
+
 def region_standardise(c: torch.Tensor, min_pixels: int = 16, eps: float = 1e-5) -> torch.Tensor:
     """Standardise candidate regions inside their own region, slice by slice and channel by channel.
 
@@ -703,7 +715,7 @@ def region_standardise(c: torch.Tensor, min_pixels: int = 16, eps: float = 1e-5)
     Returns:
         ``(N, C, H, W)``, same dtype.
     """
-    mask = (c != 0).any(dim=1, keepdim=True).to(c.dtype)  # (N, 1, H, W)
+    mask = candidate_region(c)  # (N, 1, H, W)
     count = mask.sum(dim=(2, 3), keepdim=True)  # (N, 1, 1, 1)
     safe = count.clamp(min=1.0)
     mean = (c * mask).sum(dim=(2, 3), keepdim=True) / safe
@@ -733,12 +745,17 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
         input_norm: ``"none"`` (the paper: candidates enter as they come) or ``"region"``: each slice and channel
             is re-standardised inside its candidate region (:func:`region_standardise`) before the branches, so
             intensities are relative to the LV's own tissue rather than to the whole field of view.
+        region_channel: ``False`` (the paper) or ``True``: the region ``M`` itself (:func:`candidate_region`,
+            recovered from the candidates) is an extra input channel of every branch and of B_Main. After the
+            z-score, normal myocardium in the LGE sits at about 0 (median over train25: -0.03), which is also the
+            value outside ``M``, so B_LGE alone cannot tell the wall from the background there; the channel says
+            where the region is. Not in the paper.
 
     Shapes: ``(N, 3, H, W)`` -> :class:`PrsnOutput` of logits ``(N, k, H, W)``, in train and eval mode.
     """
 
     #: Options left out of :meth:`config` at their default, so configs written before they existed stay equal.
-    OMITTED_AT_DEFAULT = ("input_norm",)
+    OMITTED_AT_DEFAULT = ("input_norm", "region_channel")
 
     def __init__(
         self,
@@ -753,9 +770,12 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
         downsample: str = "maxpool",
         upsample: str = "deconv",
         input_norm: str = "none",
+        region_channel: bool = False,
     ):
         super().__init__()
         cfg = _common_kwargs(in_channels, out_channels, features, norm, dropout, downsample, upsample)
+        if not isinstance(region_channel, bool):
+            raise ValueError(f"region_channel must be true or false, got {region_channel!r}")
         n_branches = len(PrsnOutput._fields) - 1
         if (
             isinstance(branch_out_channels, (str, bytes))
@@ -793,13 +813,20 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
         }
         if input_norm != "none":  # recorded only when used, so older manifests and weights stay identical
             self._config["input_norm"] = input_norm
+        if region_channel:
+            self._config["region_channel"] = True
         f = cfg["features"]
         self.in_channels, self.out_channels, self.features, self.norm = in_channels, out_channels, f, norm
         self.input_norm = input_norm
+        self.region_channel = region_channel
+        extra = 1 if region_channel else 0
         self.branches = nn.ModuleList(
-            [PathologyBranchNet(1, k, f, norm, dropout, downsample, upsample) for k in cfg["branch_out_channels"]]
+            [
+                PathologyBranchNet(1 + extra, k, f, norm, dropout, downsample, upsample)
+                for k in cfg["branch_out_channels"]
+            ]
         )
-        self.main_encoder = Encoder(in_channels, f, norm, dropout, downsample)
+        self.main_encoder = Encoder(in_channels + extra, f, norm, dropout, downsample)
         if fusion == "cafb":
             self.fusions = nn.ModuleList(
                 [ChannelAttentionFusion((n_branches + 1) * c, c, min(reduction, (n_branches + 1) * c)) for c in f]
@@ -811,15 +838,17 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
 
     def forward(self, c: torch.Tensor) -> PrsnOutput:
         _check_input(c, self.in_channels, len(self.features), self.norm, type(self).__name__)
+        region = candidate_region(c) if self.region_channel else None  # before any standardisation
         if self.input_norm == "region":
             c = region_standardise(c)
         branch_feats, branch_logits = [], []
         for s, branch in enumerate(self.branches):
-            feats, logits = branch.forward_features(c[:, s : s + 1])
+            own = c[:, s : s + 1] if region is None else torch.cat([c[:, s : s + 1], region], dim=1)
+            feats, logits = branch.forward_features(own)
             branch_feats.append(feats)
             branch_logits.append(logits)
         fused: List[torch.Tensor] = []
-        x = c
+        x = c if region is None else torch.cat([c, region], dim=1)
         for i, fusion in enumerate(self.fusions):
             m = self.main_encoder.level(i, x)
             x = fusion([feats[i] for feats in branch_feats] + [m])
