@@ -75,7 +75,7 @@ class MyoPSSegmentationParameterNode:
     """Panel state, saved with the scene.
 
     bssfpVolume, lgeVolume, t2Volume - the three input sequences.
-    outputSegmentation - where results go; None creates a new segmentation on each run.
+    outputSegmentation - where results go; None creates a new segmentation (then selected here).
     device - where the engine runs.
     showSurface - build closed surfaces for the 3D view.
     statusText - the last run's outcome (time, device) shown under the buttons.
@@ -246,6 +246,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             "lge": p.lgeVolume,
             "output": output,
             "overwrite": overwrite,
+            "fingerprint": self.logic.outputFingerprint(output),
             "showSurface": p.showSurface,
             "started": time.monotonic(),
         }
@@ -334,6 +335,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             info=info,
             overwrite=context["overwrite"],
             createClosedSurface=context["showSurface"],
+            fingerprintAtStart=context["fingerprint"],
         )
         self._parameterNode.outputSegmentation = node
         elapsed = time.monotonic() - context["started"]
@@ -370,7 +372,8 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             info = self.logic.lastRunInfo
             p.outputSegmentation = node
             p.statusText = warningsPrefix(info) + (
-                f"Done in {info['wall_s']:.1f} s on {info['device']} ({info['deviceReason']})."
+                f"Done in {info['wall_s']:.1f} s on {info['device']} ({info['deviceReason']}). "
+                f"Result: '{node.GetName()}'.{info.get('note', '')}"
             )
         except CancelledError:
             p.statusText = "Cancelled."

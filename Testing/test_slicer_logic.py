@@ -303,3 +303,51 @@ def test_a_background_result_lands_safely_when_the_scene_changed_meanwhile(case)
     with pytest.raises(RuntimeError, match="LGE volume was removed"):
         case.logic.landFinishedResult(labels, rows, case.lge, None)
     assert case.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count
+
+
+def _paint(node, case, segment="Scar"):
+    """Paint a 3 x 3 patch of ``segment`` onto slice 1 of ``node``; return the node's labels afterwards."""
+    painted = segments.segmentLabelArray(node, case.lge) == SCAR
+    painted[1, 3:6, 3:6] = True
+    segments.setSegmentMask(node, segment, painted, case.lge)
+    return segments.segmentLabelArray(node, case.lge)
+
+
+def test_edits_made_while_segment_runs_are_kept(case):
+    """``segment`` lets the GUI run between stages (progress callback): a correction made then is not replaced."""
+    chosen = case.run()
+    edited = {}
+
+    def progress(fraction, message):
+        if "labels" not in edited:
+            edited["labels"] = _paint(chosen, case)
+
+    node = case.run(outputSegmentationNode=chosen, progress=progress)
+    assert node.GetID() != chosen.GetID()
+    assert "edited during the run" in case.logic.lastRunInfo["note"]
+    np.testing.assert_array_equal(segments.segmentLabelArray(chosen, case.lge), edited["labels"])
+    # unedited during the run: the result goes where it was asked, with no note
+    again = case.run(outputSegmentationNode=node, progress=lambda fraction, message: None)
+    assert again is node and case.logic.lastRunInfo["note"] == ""
+
+
+def test_agreeing_to_overwrite_covers_the_output_as_it_was_at_the_start(case):
+    """'Overwrite my edits' at Apply replaces those edits, not further ones made while the run was going."""
+    labels, rows = _finishedResult(case)
+    chosen = case.run()
+    _paint(chosen, case)  # edited before the run: the user agrees to overwrite it
+    atStart = case.logic.outputFingerprint(chosen)
+    node, note = case.logic.landFinishedResult(
+        labels, rows, case.lge, chosen, overwrite=True, fingerprintAtStart=atStart
+    )
+    assert node is chosen and note == ""
+    np.testing.assert_array_equal(segments.segmentLabelArray(chosen, case.lge), sitk.GetArrayViewFromImage(labels))
+    # again, with a further edit during the run: that edit stays, the result goes to a new node
+    atStart = case.logic.outputFingerprint(chosen)
+    duringRun = _paint(chosen, case, segment="Edema")
+    node, note = case.logic.landFinishedResult(
+        labels, rows, case.lge, chosen, overwrite=True, fingerprintAtStart=atStart
+    )
+    assert node.GetID() != chosen.GetID() and "edited during the run" in note
+    np.testing.assert_array_equal(segments.segmentLabelArray(chosen, case.lge), duringRun)
+    assert case.logic.outputFingerprint(None) is None

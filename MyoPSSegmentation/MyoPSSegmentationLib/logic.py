@@ -196,6 +196,13 @@ class MyoPSLogic:
         if segments.isEditedSinceLastRun(outputSegmentationNode):
             raise SegmentationEditedError(outputSegmentationNode)
 
+    @staticmethod
+    def outputFingerprint(outputSegmentationNode) -> Optional[str]:
+        """What the output holds when a run starts (None for a new output): the run may replace exactly this."""
+        if outputSegmentationNode is None:
+            return None
+        return segments.segmentationFingerprint(outputSegmentationNode)
+
     # -- conversion --------------------------------------------------------------------------------------------
     @staticmethod
     def imagesFromNodes(bssfpNode, lgeNode, t2Node) -> List[sitk.Image]:
@@ -242,6 +249,7 @@ class MyoPSLogic:
         started = time.perf_counter()
         self.validateInputs(bssfpNode, lgeNode, t2Node)
         self.checkOutputWritable(outputSegmentationNode, overwrite)
+        fingerprintAtStart = self.outputFingerprint(outputSegmentationNode)
         images = self.imagesFromNodes(bssfpNode, lgeNode, t2Node)
         segmenter = self.getSegmenter(device)
         result = segmenter.segment(*images, progress=progress, should_cancel=shouldCancel)
@@ -252,14 +260,16 @@ class MyoPSLogic:
             "deviceReason": getattr(deviceChoice, "reason", ""),
             "warnings": worker.runWarnings(result),
         }
-        outputNode = self.writeResult(
+        # progress callbacks may let the user edit the output meanwhile: land it like a background run
+        outputNode, info["note"] = self.landFinishedResult(
             result.labels,
             result.quantification.as_rows() + agreement_rows(getattr(result, "agreement", {}) or {}),
             lgeNode,
             outputSegmentationNode,
             info=info,
-            overwrite=True,  # checked above, before the (long) run
+            overwrite=overwrite,
             createClosedSurface=createClosedSurface,
+            fingerprintAtStart=fingerprintAtStart,
         )
         info["wall_s"] = time.perf_counter() - started
         self.lastRunInfo = info
@@ -306,13 +316,16 @@ class MyoPSLogic:
         info: Optional[Dict[str, object]] = None,
         overwrite: bool = False,
         createClosedSurface: bool = True,
+        fingerprintAtStart: Optional[str] = None,
     ) -> Tuple[object, str]:
         """Write the result of a run that finished in the background, where the scene may have changed meanwhile.
 
         - The LGE volume was removed: nothing is written (``RuntimeError``).
         - The chosen output was deleted: a new segmentation is made.
-        - The chosen output was edited during the run (and ``overwrite`` was not asked for before the run): it is
-          left as it is and a new segmentation is made.
+        - The chosen output was edited during the run: it is left as it is and a new segmentation is made. With
+          ``fingerprintAtStart`` (:meth:`outputFingerprint` when the run started) that means any change since the
+          start, even when ``overwrite`` was agreed to then: the agreement covered the output as it was. Without
+          it, a change since this module last wrote the output, unless ``overwrite``.
 
         Returns:
             (segmentation node, a note for the user; empty when the result went where it was asked to).
@@ -322,6 +335,13 @@ class MyoPSLogic:
         output, note = outputSegmentationNode, ""
         if output is not None and output.GetScene() is None:
             output, note = None, " The chosen output segmentation was deleted during the run; a new one was made."
+        if output is not None and fingerprintAtStart is not None:
+            if self.outputFingerprint(output) != fingerprintAtStart:
+                node = self.writeResult(
+                    labels, quantificationRows, lgeNode, None, info=info, createClosedSurface=createClosedSurface
+                )
+                return node, f" '{output.GetName()}' was edited during the run and was left as it is."
+            overwrite = True  # as it was when the run started, where it was new, unedited or agreed to
         try:
             node = self.writeResult(
                 labels, quantificationRows, lgeNode, output, info=info, overwrite=overwrite,
