@@ -10,8 +10,9 @@ Conventions (they differ, and mixing them silently flips or shifts results):
 
 Parent transforms: a volume under a *linear* transform (e.g. after registration) is converted with that transform
 applied, expressed in the coordinate frame of a chosen "frame" node (the LGE volume, whose grid is the output
-grid). Non-linear transforms and transforms that shear or scale the voxel grid are refused with an
-:class:`myops.errors.InputError`; the user hardens or resamples them first.
+grid). Rotations, translations and scalings along the grid's axes change only its direction, origin and spacing.
+Non-linear transforms and transforms that shear the voxel grid (its axes no longer orthogonal) are refused with
+an :class:`myops.errors.InputError`; the user hardens or resamples them first.
 """
 
 from __future__ import annotations

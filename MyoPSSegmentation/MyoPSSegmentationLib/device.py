@@ -35,5 +35,5 @@ def describeDevice(request: str = "auto") -> str:
     except InputError as error:
         return f"No usable GPU: {error.problem}"
     if choice.device == "cuda":
-        return f"GPU found: {choice.name} ({choice.reason})"
+        return f"GPU: {choice.reason}"  # the reason names the GPU
     return f"CPU ({choice.reason})"
