@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from slicer_support import FakeSegmenter, assertSameImage, fakeFactory, fakeLabelsZyx, obliqueImage, requireSlicer
+from slicer_support import (
+    FakeSegmenter,
+    assertSameImage,
+    fakeFactory,
+    fakeLabelsZyx,
+    obliqueImage,
+    requireSlicer,
+    rotation,
+)
 
 slicer = requireSlicer()
 vtk = pytest.importorskip("vtk")
@@ -174,6 +182,54 @@ def test_segmentation_follows_the_lge_parent_transform(case):
     segments.setSegmentMask(node, "Scar", painted, case.lge)
     assert (segments.segmentLabelArray(node, case.lge) == SCAR)[painted].all()
     assert case.logic.isEditedSinceLastRun(node)
+
+
+def _matrixOf(array4x4):
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array4x4[r, c]))
+    return matrix
+
+
+def _ijkToRas(volumeNode):
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def test_rotated_parent_transforms_of_their_own_bring_every_volume_into_the_lge_frame(case):
+    """The LGE and the T2 under two different rotations + translations (e.g. two registrations), the bSSFP under
+    none: the engine gets every volume in the LGE's local frame, where each voxel keeps its world point, and the
+    output segmentation sits under the LGE's transform on the LGE's grid."""
+    rotationLge, rotationT2 = np.eye(4), np.eye(4)
+    rotationLge[:3, :3], rotationLge[:3, 3] = rotation((0.2, -0.1, 0.5)), (4.0, -7.5, 12.0)
+    rotationT2[:3, :3], rotationT2[:3, 3] = rotation((-0.3, 0.25, -0.4)), (-9.0, 3.0, 5.5)
+    transforms = {}
+    for name, array, node in (("lge", rotationLge, case.lge), ("t2", rotationT2, case.t2)):
+        transforms[name] = case.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+        transforms[name].SetMatrixTransformToParent(_matrixOf(array))
+        node.SetAndObserveTransformNodeID(transforms[name].GetID())
+    node = case.run()
+    assert node.GetTransformNodeID() == transforms["lge"].GetID()
+    engine = case.logic.getSegmenter("auto")
+    bssfpSeen, lgeSeen, t2Seen = engine.calls[-1]
+    rasToLps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    for seen, volumeNode, toWorld in (
+        (t2Seen, case.t2, rotationT2),
+        (bssfpSeen, case.bssfp, np.eye(4)),
+        (lgeSeen, case.lge, rotationLge),
+    ):
+        expected = rasToLps @ np.linalg.inv(rotationLge) @ toWorld @ _ijkToRas(volumeNode)  # IJK -> LGE-frame LPS
+        spacing = np.asarray(seen.GetSpacing())
+        actual = np.eye(4)
+        actual[:3, :3] = np.asarray(seen.GetDirection()).reshape(3, 3) * spacing[None, :]
+        actual[:3, 3] = seen.GetOrigin()
+        np.testing.assert_allclose(actual, expected, atol=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(t2Seen), sitk.GetArrayViewFromImage(case.t2Image))
+    np.testing.assert_array_equal(
+        segments.segmentLabelArray(node, case.lge), fakeLabelsZyx(sitk.GetArrayViewFromImage(case.lgeImage).shape)
+    )
 
 
 def test_segmenter_is_built_once_per_model_and_device():

@@ -26,6 +26,8 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "MyoPSSegmentation.ui"
 TERM_FILE = MODULE_DIR / "Resources" / "MyoPSSegmentation.term.json"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "MyoPSSegmentation.png"
 OUR_PYTHON = [MODULE_FILE, *sorted(LIB_DIR.glob("*.py"))]
+#: The engine, which Slicer imports too (its CLI is the one module that prints).
+ENGINE_PYTHON = sorted((MODULE_DIR / "myops").glob("*.py"))
 
 #: Which widget classes the parameterNodeWrapper connects to which field types (Slicer >= 5.8 guiConnectors).
 CONNECTABLE = {
@@ -161,7 +163,7 @@ def test_nothing_heavy_happens_when_the_module_file_is_imported():
         assert not heavy, f"{path.name} imports {heavy} at import time"
 
 
-@pytest.mark.parametrize("path", OUR_PYTHON, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", OUR_PYTHON + ENGINE_PYTHON, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_python_39_compatible(path):
     source = path.read_text()
     tree = ast.parse(source, feature_version=(3, 9))
@@ -177,7 +179,8 @@ def test_python_39_compatible(path):
                 assert not any(
                     isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(annotation)
                 ), f"{path.name}:{node.lineno}: 'X | Y' annotation is evaluated at run time on Python 3.9"
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+        printing = isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"
+        if printing and path != MODULE_DIR / "myops" / "cli.py":
             raise AssertionError(f"{path.name}:{node.lineno}: library code logs, it does not print")
 
 
