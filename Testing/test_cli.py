@@ -219,10 +219,7 @@ def test_bad_input_gives_one_line_and_exit_2(case_files, tiny_model_dir, tmp_pat
     assert code == 2
     assert len(err) == 1 and err[0].startswith("myops: error: "), err
     assert expected in err[0]
-    if kind != "no overlap":  # the sequence name is given for spatial problems, the file otherwise
-        assert path.name in err[0]
-    else:
-        assert "T2" in err[0]
+    assert err[0].startswith(f"myops: error: {path}: "), err  # the file, also for the engine's spatial checks
     assert outputs_in(out_dir) == []
 
 
@@ -267,6 +264,60 @@ def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path):
     assert outputs_in(tmp_path) == ["seg.nii.gz"]
     write_labelmap(out, labels, overwrite=True)
     assert sitk.ReadImage(str(out)).GetSize() == (4, 3, 2)
+
+
+def test_a_side_file_that_appears_during_the_run_is_not_replaced(tmp_path):
+    from myops.errors import InputError
+    from myops.quantify import quantify
+
+    quant = quantify(np.zeros((2, 3, 4), np.uint16), (10.0, 1.0, 1.0))
+    for name, write in (("q.csv", quant.write_csv), ("q.json", quant.write_json)):
+        path = tmp_path / name
+        path.write_text("the user's own notes")
+        with pytest.raises(InputError, match="refusing to overwrite"):
+            write(path, overwrite=False)
+        assert path.read_text() == "the user's own notes"
+        write(path)  # overwrite, the default
+        assert path.read_text() != "the user's own notes"
+    assert outputs_in(tmp_path) == ["q.csv", "q.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("where", ["csv unwritable", "json missing folder", "csv is the output", "csv is the json"])
+def test_side_outputs_are_checked_before_the_run(case_files, tiny_model_dir, tmp_path, capsys, where):
+    out = tmp_path / "seg.nii.gz"
+    extra = {
+        "csv unwritable": ["--csv", "/proc/q.csv"],
+        "json missing folder": ["--json", tmp_path / "nope" / "q.json"],
+        "csv is the output": ["--csv", out],
+        "csv is the json": ["--csv", tmp_path / "q.txt", "--json", tmp_path / "q.txt"],
+    }[where]
+    code = run_cli(*segment_args(case_files, out, tiny_model_dir), *extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("myops: error: "), err
+    assert outputs_in(tmp_path) == []  # not even the label map
+
+
+def test_evaluate_and_batch_refuse_unusable_output_paths_in_one_line(case_files, tiny_model_dir, tmp_path, capsys):
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    for args in (
+        ["evaluate", pred, truth, "--csv", tmp_path / "nope" / "m.csv"],
+        ["evaluate", pred, truth, "--json", "/proc/m.json"],
+        ["segment-batch", case_files["DE"].parent, "/proc/myops-out", "--model", tiny_model_dir, "--device", "cpu"],
+    ):
+        code = run_cli(*args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("myops: error: "), (args, err)
+
+
+def test_outputs_get_the_mode_a_plain_open_would_give(case_files, tiny_model_dir, tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    out, table = tmp_path / "seg.nii.gz", tmp_path / "q.csv"
+    assert run_cli(*segment_args(case_files, out, tiny_model_dir), "--csv", table) == 0
+    for path in (out, table):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, oct(path.stat().st_mode)
 
 
 def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are(two_assn_model_dir, tmp_path, capsys):

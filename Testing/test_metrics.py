@@ -88,6 +88,16 @@ def test_hausdorff_uses_voxel_sets_not_surfaces():
     assert hausdorff_distance(pred, truth, (5.0, 2.0, 1.0)) == pytest.approx(math.sqrt(20.0), rel=1e-5)
 
 
+def test_hausdorff_of_identical_masks_is_plus_zero():
+    """Not -0.0 (which reports and CSV files print as "-0.00"): on identical label maps every distance is +0."""
+    labels = np.zeros((2, 8, 8), np.uint16)
+    labels[:, 2, 1:6] = MYOCARDIUM  # a thin wall: the distance map inside it is -0.0
+    labels[:, 3:5, 2:5] = LV_BLOOD_POOL
+    metrics = case_metrics(labels, labels.copy(), (8.0, 0.7, 0.7))
+    for name in ("hd_lv_mm", "hd_lv_2d_mm", "hd_myocardium_mm", "hd_myocardium_2d_mm"):
+        assert metrics[name] == 0.0 and math.copysign(1.0, metrics[name]) == 1.0, (name, metrics[name])
+
+
 def test_hausdorff_empty_policy():
     empty = np.zeros((2, 4, 4), dtype=bool)
     some = _mask((2, 4, 4), (1, 2, 2))

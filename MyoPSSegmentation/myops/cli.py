@@ -63,20 +63,27 @@ def _make_segmenter(model: Optional[str], device: str, quiet: bool = False):
 
 # -- segment --------------------------------------------------------------------------------------------------
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .io import check_output_path, read_image, write_output
+    from .io import check_output_path, check_side_output, read_image, write_output
 
     inputs = [args.bssfp, args.lge, args.t2]
     out = check_output_path(args.output, inputs)
+    _refuse_same_outputs([out, args.csv, args.json])
     for extra in (args.csv, args.json):
         if extra is not None:
-            _check_side_file(extra, inputs)
+            check_side_output(extra, inputs)
     if not args.overwrite:
         _refuse_existing([out, args.csv, args.json])
     t0 = time.perf_counter()
     images = [read_image(p) for p in inputs]  # bad input fails here, before the model is loaded
     t_read = time.perf_counter() - t0
     segmenter = _make_segmenter(args.model, args.device)
-    result = segmenter.segment(*images)
+    try:
+        result = segmenter.segment(*images)
+    except InputError as error:  # the engine names the sequence; the user knows it by its file
+        files = dict(zip(("bSSFP", "LGE", "T2"), inputs))
+        if str(error.source) not in files:
+            raise
+        raise InputError(files[str(error.source)], error.problem) from None
     t0 = time.perf_counter()
     write_output(out, result.labels, overwrite=args.overwrite)
     result.timings_s.update(read=t_read, write=time.perf_counter() - t0)
@@ -87,10 +94,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     _print(result.quantification.format_table())
     _print_agreement(result)
     if args.csv:
-        result.quantification.write_csv(args.csv, extra_rows=agreement_rows(result.agreement))
+        rows = agreement_rows(result.agreement)
+        result.quantification.write_csv(args.csv, extra_rows=rows, overwrite=args.overwrite)
         _print(f"Wrote {args.csv}")
     if args.json:
-        result.quantification.write_json(args.json, extra=agreement_columns(result.agreement))
+        columns = agreement_columns(result.agreement)
+        result.quantification.write_json(args.json, extra=columns, overwrite=args.overwrite)
         _print(f"Wrote {args.json}")
     _print(f"Timings: {_format_timings(result.timings_s)}")
     return EXIT_OK
@@ -105,13 +114,16 @@ def _refuse_existing(paths: Sequence[Optional[object]]) -> None:
             raise InputError(path, f"{EXISTS_MESSAGE}; pass --overwrite to replace it")
 
 
-def _check_side_file(path: str, inputs: Sequence[str]) -> None:
-    p = Path(path)
-    for item in inputs:
-        if Path(item).resolve() == p.resolve():
-            raise InputError(p, "output path is the same as an input; refusing to overwrite an input")
-    if not p.resolve().parent.is_dir():
-        raise InputError(p, f"output folder {p.resolve().parent} does not exist")
+def _refuse_same_outputs(paths: Sequence[Optional[object]]) -> None:
+    """One line and exit 2 when two outputs (label map, --csv, --json) are the same file."""
+    seen: Dict[Path, object] = {}
+    for path in paths:
+        if path is None:
+            continue
+        resolved = Path(str(path)).resolve()
+        if resolved in seen:
+            raise InputError(path, f"is given as two outputs (also as {seen[resolved]}); each needs its own file")
+        seen[resolved] = path
 
 
 # -- segment-batch ----------------------------------------------------------------------------------------------
@@ -183,7 +195,10 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         raise InputError(in_dir, "no complete case (<name>_C0.*, <name>_DE.* or <name>_LGE.*, <name>_T2.*) found")
     if out_dir.resolve() == in_dir.resolve():
         raise InputError(out_dir, "output folder must differ from the input folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out_dir, f"output folder cannot be created ({exc.strerror})") from None
     outputs = {name: out_dir / f"{name}_seg.nii.gz" for name in cases}
     keep = set() if args.overwrite else {name for name, out in outputs.items() if out.exists()}
     segmenter = _make_segmenter(args.model, args.device) if len(keep) < len(cases) else None
@@ -272,11 +287,16 @@ def _print_review_order(rows: List[dict], k: int = 3) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .io import check_side_output
     from .metrics import evaluate_folders
 
     for d in (args.pred_dir, args.gt_dir):
         if not Path(d).is_dir():
             raise InputError(d, "folder not found")
+    _refuse_same_outputs([args.csv, args.json])
+    for extra in (args.csv, args.json):
+        if extra is not None:
+            check_side_output(extra)  # before the (long) evaluation
     report = evaluate_folders(args.pred_dir, args.gt_dir)
     _print(report.format_table())
     if args.csv:

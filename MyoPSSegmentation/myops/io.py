@@ -153,6 +153,17 @@ def check_output_path(
     allowed = LABELMAP_SUFFIXES + ((SEGMENTATION_SUFFIX,) if segmentation_ok else ())
     if not has_suffix(out, allowed):
         raise InputError(out, f"output must end with one of {', '.join(allowed)}")
+    return check_side_output(out, inputs, overwrite=overwrite)
+
+
+def check_side_output(output: PathLike, inputs: Iterable[PathLike] = (), *, overwrite: bool = True) -> Path:
+    """Check where a file of any kind (a CSV, a JSON report, a label map) will be written, before any work.
+
+    Raises:
+        InputError: the same path as an input, an existing file without ``overwrite``, a folder in its place, or
+            a folder that is missing or not writable.
+    """
+    out = Path(output)
     out_resolved = out.resolve()
     for item in inputs:
         if Path(item).resolve() == out_resolved:
@@ -176,6 +187,16 @@ def _can_create_file_in(folder: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask, read once at import: files this module writes get the mode a plain ``open`` would give.
+_UMASK = _read_umask()
 
 
 def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
@@ -217,6 +238,7 @@ def write_atomically(path: PathLike, write: Callable[[str], None], overwrite: bo
     tmp = Path(tmp_name)
     try:
         write(str(tmp))
+        os.chmod(str(tmp), 0o666 & ~_UMASK)  # mkstemp made it 0600
         _publish(tmp, final, overwrite)
     except InputError:
         tmp.unlink(missing_ok=True)

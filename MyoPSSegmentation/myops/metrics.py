@@ -110,7 +110,7 @@ def _directed_max(source: np.ndarray, target: np.ndarray, spacing: Tuple[float, 
     )
     values = sitk.GetArrayViewFromImage(distance)[source]
     # Inside the target the map is <= 0 (distance to its own border): those voxels are at distance 0.
-    return max(float(values.max()), 0.0)
+    return max(0.0, float(values.max()))  # 0.0 first: max(-0.0, 0.0) would give -0.0
 
 
 def _hausdorff_nonempty(a: np.ndarray, b: np.ndarray, spacing: Tuple[float, ...]) -> float:
@@ -328,8 +328,11 @@ class EvaluationReport:
         }
 
     def to_json(self, path: PathLike) -> None:
-        """Write :meth:`to_dict` as JSON (NaN written as ``null``)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        """Write :meth:`to_dict` as JSON (NaN written as ``null``), atomically."""
+        from .io import write_atomically
+
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def to_csv(self, path: PathLike, include_summary: bool = True) -> None:
         """Write one row per case (``case, prediction_missing, <metrics>``; NaN as ``nan``).
@@ -337,15 +340,21 @@ class EvaluationReport:
         With ``include_summary``, rows named ``mean``, ``sd``, ``median``, ``n`` and ``n_nan`` follow, with an
         empty ``prediction_missing`` cell.
         """
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["case", "prediction_missing", *METRIC_NAMES])
-            for c in self.cases:
-                writer.writerow([c.case, int(c.prediction_missing), *(repr(float(c.metrics[n])) for n in METRIC_NAMES)])
-            if include_summary:
-                summary = self.summary
-                for stat in ("mean", "sd", "median", "n", "n_nan"):
-                    writer.writerow([stat, "", *(getattr(summary[n], stat) for n in METRIC_NAMES)])
+        from .io import write_atomically
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["case", "prediction_missing", *METRIC_NAMES])
+                for c in self.cases:
+                    metrics = (repr(float(c.metrics[n])) for n in METRIC_NAMES)
+                    writer.writerow([c.case, int(c.prediction_missing), *metrics])
+                if include_summary:
+                    summary = self.summary
+                    for stat in ("mean", "sd", "median", "n", "n_nan"):
+                        writer.writerow([stat, "", *(getattr(summary[n], stat) for n in METRIC_NAMES)])
+
+        write_atomically(path, write)
 
     def format_table(self) -> str:
         """A plain-text table for people: one line per case, then mean ± sd, median, n and NaN counts."""

@@ -77,19 +77,36 @@ class Quantification:
         value_width = max(len(r[1]) for r in rows)
         return "\n".join(f"{label.ljust(width)}  {value.rjust(value_width)} {unit}" for label, value, unit in rows)
 
-    def write_csv(self, path: PathLike, extra_rows: Sequence[Tuple[str, float, str]] = ()) -> None:
-        """Write ``quantity,value,unit`` rows (:meth:`as_rows`, then ``extra_rows``); NaN written as ``nan``."""
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["quantity", "value", "unit"])
-            for label, value, unit in [*self.as_rows(), *extra_rows]:
-                writer.writerow([label, repr(float(value)), unit])
+    def write_csv(
+        self, path: PathLike, extra_rows: Sequence[Tuple[str, float, str]] = (), overwrite: bool = True
+    ) -> None:
+        """Write ``quantity,value,unit`` rows (:meth:`as_rows`, then ``extra_rows``); NaN written as ``nan``.
 
-    def write_json(self, path: PathLike, extra: Optional[Dict[str, Optional[float]]] = None) -> None:
-        """Write :meth:`to_dict` (and the ``extra`` keys after it) as a JSON object; NaN written as ``null``."""
+        Written atomically (:func:`myops.io.write_atomically`); without ``overwrite`` an existing file, one that
+        appeared meanwhile included, is kept and :class:`~myops.errors.InputError` raised."""
+        from .io import write_atomically
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["quantity", "value", "unit"])
+                for label, value, unit in [*self.as_rows(), *extra_rows]:
+                    writer.writerow([label, repr(float(value)), unit])
+
+        write_atomically(path, write, overwrite)
+
+    def write_json(
+        self, path: PathLike, extra: Optional[Dict[str, Optional[float]]] = None, overwrite: bool = True
+    ) -> None:
+        """Write :meth:`to_dict` (and the ``extra`` keys after it) as a JSON object; NaN written as ``null``.
+
+        Written atomically, like :meth:`write_csv`."""
+        from .io import write_atomically
+
         values = {**self.to_dict(), **(extra or {})}
         data = {k: None if v is None or math.isnan(v) else v for k, v in values.items()}
-        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(data, indent=2) + "\n"
+        write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite)
 
 
 _ROWS: Tuple[Tuple[str, str, str], ...] = (
