@@ -432,3 +432,19 @@ def test_module_entry_point_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["myops: error: a.nii.gz: file not found"]
+
+
+def test_an_empty_dicom_folder_gives_exactly_one_line(tmp_path):
+    """ITK warns on stderr when a folder holds no series; the user sees only the engine's one line."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "MyoPSSegmentation"), os.environ.get("PYTHONPATH")])),
+    )
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "myops", "segment", "--bssfp", "empty", "--lge", "empty", "--t2", "empty",
+         "-o", "o.nii.gz"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["myops: error: empty: folder holds no DICOM series"], proc.stderr

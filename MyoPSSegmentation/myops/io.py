@@ -67,7 +67,12 @@ def read_image(path: PathLike) -> sitk.Image:
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "No Series were found" would precede our one line
+    try:
+        series = reader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not series:
         raise InputError(folder, "folder holds no DICOM series")
     if len(series) > 1:
