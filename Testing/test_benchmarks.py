@@ -452,6 +452,9 @@ def test_compare_cv_paired_statistics_by_hand(tmp_path, capsys):
     assert cmp.main([str(paths[0]), str(paths[1]), "--json", str(tmp_path / "out.json")]) == 0
     assert json.loads((tmp_path / "out.json").read_text())["metrics"]["hd_lv_2d_mm"]["diff_mean"] == pytest.approx(-1.0)
     assert cmp.main([str(paths[0]), str(paths[1]), "--weight", "0.25"]) == 2
+    # cv_prsn_exact_region.py's layout (no test-time block) gives the same rows
+    exact = {"runs": ["r"], "flips": True, "weights": {"0.5": {"summary": {}, "cases": base}}}
+    assert cmp.study_cases(exact) == cmp.study_cases(_study(base))
 
 
 def test_cv_decoding_records_what_the_fold_models_run(tmp_path, tiny_model_dir, two_assn_model_dir):

@@ -1,4 +1,5 @@
-"""Paired comparison of two cross-validated procedures, case by case, from their ``cv_decoding.py`` JSON files.
+"""Paired comparison of two cross-validated procedures, case by case, from their ``cv_decoding.py`` JSON files
+(or two ``cv_prsn_exact_region.py`` files: PRSNs alone inside the exact LV region; ``--tta`` is then ignored).
 
 Both studies must cover the same cases (same split). For each metric the script reports both means and medians,
 the mean paired difference ``candidate - baseline`` with its standard error (sd / sqrt(n)), and how many cases got
@@ -36,10 +37,14 @@ def study_cases(study: Mapping, tta: str = "assn-dihedral", weight: str = "0.5")
     """The per-case rows of one ``cv_decoding.py`` study, keyed by case name.
 
     Reads ``study["tta"][tta]["branch_weights"]["weights"][weight]["cases"]``, the layout written with
-    ``--branch-weights``; raises ``KeyError`` naming what is missing otherwise.
+    ``--branch-weights``, or ``study["weights"][weight]["cases"]``, the layout of ``cv_prsn_exact_region.py``
+    (no test-time choice there); raises ``KeyError`` naming what is missing otherwise.
     """
     try:
-        rows = study["tta"][tta]["branch_weights"]["weights"][weight]["cases"]
+        if "tta" not in study and "weights" in study:
+            rows = study["weights"][weight]["cases"]
+        else:
+            rows = study["tta"][tta]["branch_weights"]["weights"][weight]["cases"]
     except KeyError as exc:
         raise KeyError(f"no per-case rows for tta {tta!r}, branch weight {weight!r} (missing key {exc})") from None
     return {row["case"]: row for row in rows}
