@@ -200,11 +200,32 @@ def _bad_inputs(case_files, folder: Path):
         "no overlap": ("t2", _write(far, folder / "far_T2.nii.gz"), "does not overlap"),
         "constant": ("bssfp", _write(const, folder / "const.nii.gz"), "is constant"),
         "NaN": ("t2", _write(nan, folder / "nan.nrrd"), "NaN"),
+        "truncated .nii.gz": ("t2", _truncated(case_files["T2"], folder / "cut_T2.nii.gz"), "cut short"),
+        "truncated .nii": ("bssfp", _truncated(_write(lge, folder / "plain.nii"), folder / "cut.nii"), "cut short"),
     }
 
 
+def _truncated(source: Path, target: Path) -> Path:
+    """The first half of ``source``'s bytes (a copy or download cut short): ITK reads it, filled with zeros."""
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    assert sitk.ReadImage(str(target)).GetSize() == sitk.ReadImage(str(source)).GetSize()
+    return target
+
+
 @pytest.mark.parametrize(
-    "kind", ["missing file", "not an image", "4D volume", "2D image", "no overlap", "constant", "NaN"]
+    "kind",
+    [
+        "missing file",
+        "not an image",
+        "4D volume",
+        "2D image",
+        "no overlap",
+        "constant",
+        "NaN",
+        "truncated .nii.gz",
+        "truncated .nii",
+    ],
 )
 def test_bad_input_gives_one_line_and_exit_2(case_files, tiny_model_dir, tmp_path, capsys, kind):
     bad_dir = tmp_path / "bad"

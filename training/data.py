@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from myops.io import IMAGE_SUFFIXES, read_image
+from myops.io import IMAGE_SUFFIXES, read_file, read_image
 from myops.labels import EDEMA, LV_EPICARDIUM_LABELS, MYOCARDIUM, SCAR
 from myops.preprocessing import (
     Window,
@@ -130,7 +130,7 @@ def load_case(files: CaseFiles, percentiles: Sequence[float] = (0.5, 99.5)) -> C
     """Read and prepare one case (engine readers, :func:`prepare_sequences`) with its labels on the LGE grid."""
     bssfp, lge, t2 = (read_image(p) for p in (files.c0, files.de, files.t2))
     volumes = prepare_sequences(bssfp, lge, t2, percentiles)
-    gd = sitk.ReadImage(str(files.gd))
+    gd = read_file(files.gd)
     if gd.GetSize() != lge.GetSize():
         gd = sitk.Resample(gd, lge, sitk.Transform(), sitk.sitkNearestNeighbor, 0, gd.GetPixelID())
     labels = sitk.GetArrayFromImage(gd).astype(np.int32)

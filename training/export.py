@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from torch import nn
 
+from myops.io import read_file
 from myops.metrics import METRIC_NAMES, MetricSummary, case_metrics
 from myops.model import save_model_folder
 from myops.networks import IdentityShapePrior, SingleSequenceASSN
@@ -189,7 +190,7 @@ def validate_cases(
         out = prediction_dir / f"{case.name}_seg.nii.gz"
         # the run's own prediction folder: a rerun replaces what an earlier one wrote
         result = segmenter.segment_files(case.c0, case.de, case.t2, output=out, overwrite=True)
-        truth_image = sitk.ReadImage(str(case.gd))
+        truth_image = read_file(case.gd)
         truth = sitk.GetArrayFromImage(truth_image)
         metrics = case_metrics(result.labels_zyx, truth, spacing_zyx_of(truth_image))
         rows.append(

@@ -7,8 +7,10 @@ leaves a half-written output behind.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
@@ -38,6 +40,60 @@ def has_suffix(path: PathLike, suffixes: Iterable[str]) -> bool:
     return any(name.endswith(s) for s in suffixes)
 
 
+def nifti_is_complete(path: PathLike, n_values: int) -> bool:
+    """Whether a NIfTI file (``.nii`` or ``.nii.gz``) holds all ``n_values`` voxel values its header promises.
+
+    ITK's NIfTI reader fills what a truncated file lacks with zeros and reports nothing, so a file cut short by a
+    copy or a download would be segmented as if its lower slices were empty. This reads the header's ``bitpix``
+    and ``vox_offset`` (NIfTI-1 or NIfTI-2, either byte order) and counts the bytes that follow; a ``.gz`` stream
+    is read to its end, which also catches a damaged one. A file that is not NIfTI is left to its reader (True).
+
+    Args:
+        path: the file.
+        n_values: voxels times components of the image as read.
+    """
+    p = Path(path)
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    try:
+        with opener(str(p), "rb") as handle:
+            header = handle.read(540)
+            total = len(header)
+            while True:
+                chunk = handle.read(1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError):
+        return False
+    for order in ("<", ">"):
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            offset = int(struct.unpack(order + "q", header[168:176])[0])
+            break
+    else:
+        return True
+    return total >= offset + n_values * max(int(bitpix), 0) // 8
+
+
+def read_file(path: PathLike) -> sitk.Image:
+    """``sitk.ReadImage``, refusing a NIfTI file that is cut short (:func:`nifti_is_complete`).
+
+    Raises:
+        RuntimeError: the reader's own failure (callers turn it into their message).
+        InputError: a truncated or damaged NIfTI file.
+    """
+    image = sitk.ReadImage(str(path))
+    if has_suffix(path, (".nii", ".nii.gz")):
+        n_values = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel()
+        if not nifti_is_complete(path, n_values):
+            raise InputError(path, "is cut short or damaged (it holds fewer voxels than its header says)")
+    return image
+
+
 def read_image(path: PathLike) -> sitk.Image:
     """Read one 3D MR volume from NIfTI, NRRD, MHA/MHD or a DICOM series folder, and validate it.
 
@@ -58,7 +114,7 @@ def read_image(path: PathLike) -> sitk.Image:
         image = _read_dicom_folder(p)
     else:
         try:
-            image = sitk.ReadImage(str(p))
+            image = read_file(p)
         except RuntimeError:
             raise InputError(p, "not a readable image (expected NIfTI, NRRD, MHA or a DICOM series folder)") from None
     validate_image(image, str(p))
@@ -362,7 +418,7 @@ def read_labelmap(path: PathLike) -> sitk.Image:
         image.SetOrigin(tuple(ijk_to_lps[:3, 3]))
         return image
     try:
-        return sitk.ReadImage(str(p))
+        return read_file(p)
     except RuntimeError:
         raise InputError(p, "not a readable label map") from None
 

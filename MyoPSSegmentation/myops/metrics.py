@@ -436,8 +436,10 @@ def _index_folder(folder: PathLike, suffix: str) -> Dict[str, Path]:
 
 
 def _read_labels(path: Path) -> sitk.Image:
+    from .io import read_file
+
     try:
-        image = sitk.ReadImage(str(path))
+        image = read_file(path)
     except RuntimeError as exc:
         raise InputError(path, f"cannot be read as an image ({str(exc).strip().splitlines()[-1]})") from exc
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
