@@ -714,6 +714,18 @@ def test_export_per_fold_writes_a_run_folder_of_fold_models(phantom_dir, runtime
     assert "some but not all" in capsys.readouterr().err and not (tmp_path / "lone").exists()
     assert cli_main([*lone, "--guard-mm", "5"]) == 2
     assert "go together" in capsys.readouterr().err
+    # one model folder: never over a folder that holds something (its old weight files would stay beside the new)
+    single = ["export", "--run-name", "main", "--runs-dir", str(tmp_path), "--folds", "0"]
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    assert cli_main([*single, "--out", str(tmp_path / "used")]) == 2 and "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "used").iterdir()) == ["notes.txt"]
+    assert cli_main([*single, "--out", str(tmp_path / "m"), "--ensemble-stages", "foo"]) == 2
+    assert "--ensemble-stages 'foo'" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    (tmp_path / "empty").mkdir()
+    assert cli_main([*single, "--out", str(tmp_path / "empty")]) == 0
+    ModelBundle(tmp_path / "empty").verify()
+    assert not list(tmp_path.glob(".empty.partial-*"))
 
 
 def test_a_comparison_run_reuses_the_other_stages_of_the_main_run(phantom_dir, runtime, tmp_path):

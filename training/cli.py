@@ -8,15 +8,16 @@ Examples (from the repository root)::
     python -m training cv --run-name cv5 --folds 2 --resume
     # one stage of one fold
     python -m training assn --run-name cv5 --fold 0 --resume
-    # the ensemble of the CV folds as the engine's model folder
-    python -m training export --run-name cv5 --folds all --out MyoPSSegmentation/myops/models/default
+    # the ensemble of the CV folds as the engine's model folder (a new or empty folder; then ship it with
+    # myops --model, $MYOPS_MODEL_DIR, or by replacing MyoPSSegmentation/myops/models/default with it)
+    python -m training export --run-name cv5 --folds all --out runs/cv5_model
     # each fold's model (with a second run's PRSN) as a run folder for benchmarks/cv_decoding.py
     python -m training export --run-name cv5 --per-fold --add-member prsn:cv5_exp_prsn_seed2 --out runs/pair
     # the shipped model with one PRSN replaced by another run's all-cases PRSN, with the new procedure's CV
     python -m training swap --model MyoPSSegmentation/myops/models/default --member prsn:cv5_a=cv5_b \\
         --tta-study benchmarks/results/cv_new.json --out runs/swapped
     # the shipped model's weights with the inference / postprocessing options a CV study measured
-    python -m training retune --model MyoPSSegmentation/myops/models/default \
+    python -m training retune --model MyoPSSegmentation/myops/models/default \\
         --study benchmarks/results/cv_options.json --out runs/retuned
     # multi-process (DDP): torchrun --nproc_per_node 2 -m training cv ...
 
@@ -48,6 +49,7 @@ from .cv import (
     fold_dirname,
     open_run,
     parse_folds,
+    publish_model_folder,
     run_fold,
 )
 from .loop import StageExistsError
@@ -441,6 +443,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     split = read_json(run_dir / "split.json")
     folds = parse_folds(args.folds, len(split["folds"]))
     stages = tuple(s for s in args.ensemble_stages.split(",") if s)
+    unknown = [s for s in stages if s not in STAGE_ORDER]
+    if unknown:
+        print(f"error: --ensemble-stages {unknown[0]!r}: each stage must be one of {STAGE_ORDER}", file=sys.stderr)
+        return 2
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        print(f"error: {args.out} exists and is not empty (or not a folder); choose a new folder", file=sys.stderr)
+        return 2
     tta = None if args.tta_flips is None else args.tta_flips == "on"
     study = None if args.tta_study is None else read_json(args.tta_study)
     extra = []
@@ -461,7 +470,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     if args.per_fold:
         return _export_per_fold(run_dir, folds, args.out, runtime, options)
-    out = export_ensemble(run_dir, folds, args.out, runtime, **options)
+    out = publish_model_folder(args.out, lambda folder: export_ensemble(run_dir, folds, folder, runtime, **options))
     print(f"model folder: {out}")
     return 0
 
@@ -529,9 +538,6 @@ def _export_per_fold(run_dir: Path, folds: List[Fold], out: Path, runtime: Runti
     """
     if any(f == ALL for f in folds):
         print("error: --per-fold exports the CV folds; 'full' has no held-out cases", file=sys.stderr)
-        return 2
-    if out.exists() and any(out.iterdir()):
-        print(f"error: {out} exists and is not empty; choose a new folder", file=sys.stderr)
         return 2
     missing = [run_dir / fold_dirname(f) / "metrics.json" for f in folds]
     missing = [m for m in missing if not m.is_file()]
