@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -671,6 +672,37 @@ def test_cli_runs_one_stage_and_reports_errors(phantom_dir, tmp_path, capsys):
     capsys.readouterr()
     assert cli_main([*export, "--add-member", "prsn"]) == 2  # STAGE:RUN_NAME
     assert "--add-member" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_data_and_override_mistakes_get_one_line_and_exit_2(phantom_dir, tmp_path, capsys):
+    """Wrong-typed overrides fail before anything trains; an incomplete case or too few cases for the folds, and
+    a truncated image, get one line too (they were tracebacks)."""
+    base = ["cv", "--config", "tiny", "--runs-dir", str(tmp_path), "--no-progress"]
+    for bad, expected in (
+        ("assn.steps=abc", "assn.steps must be a number"),
+        ("data=5", "data must be an object"),
+        ("augment.rotation_deg=abc", "augment.rotation_deg must be a number"),
+        ("runtime.device=gpu", "runtime.device must be auto, cpu or cuda"),
+    ):
+        assert cli_main([*base, "--data", str(phantom_dir), "--run-name", "t", "--set", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(phantom_dir, incomplete)
+    next(incomplete.glob("*_T2.nii.gz")).unlink()
+    one = tmp_path / "one"
+    one.mkdir()
+    for path in sorted(phantom_dir.glob("*"))[:4]:  # the first case's four files
+        shutil.copy2(path, one / path.name)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(phantom_dir, truncated)
+    lge = next(truncated.glob("*_DE.nii.gz"))
+    lge.write_bytes(lge.read_bytes()[:400])
+    for folder, expected in ((incomplete, "lacks ['T2']"), (one, "folds from 1 cases"), (truncated, "cut short")):
+        assert cli_main([*base, "--data", str(folder), "--run-name", folder.name]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err and err[-1].startswith("error: ") and expected in err[-1], err
+        assert "Traceback" not in "\n".join(err)
 
 
 def test_export_per_fold_writes_a_run_folder_of_fold_models(phantom_dir, runtime, tmp_path, capsys):

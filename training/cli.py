@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from myops.errors import InputError
 from myops.model import ModelError
 
 from .config import STAGE_ORDER, ConfigError
@@ -52,6 +53,7 @@ from .cv import (
     publish_model_folder,
     run_fold,
 )
+from .data import DataError
 from .loop import StageExistsError
 from .pack import PackError
 from .runtime import Runtime, amp_dtype_for, setup_runtime, shutdown_runtime
@@ -95,7 +97,8 @@ def _common(p: argparse.ArgumentParser, data_required: bool = False) -> None:
         "--device",
         choices=("auto", "cpu", "cuda"),
         default=None,
-        help="training device (default: the config's runtime.device, auto = CUDA when present)",
+        help="training device (default: auto = CUDA when present; the config's runtime.device is recorded, "
+        "this flag decides)",
     )
     p.add_argument("--resume", action="store_true", help="continue from checkpoints; reuse completed stages")
     p.add_argument("--overwrite", action="store_true", help="discard what the run or stage folder holds")
@@ -587,6 +590,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         loop.SHOW_PROGRESS = False
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, RunError, StageExistsError, FileNotFoundError, PackError, ModelError) as exc:
+    except (ConfigError, RunError, StageExistsError, FileNotFoundError, PackError, ModelError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except InputError as exc:  # the engine's readers: a truncated file, a 4D image, ...
         print(f"error: {exc}", file=sys.stderr)
         return 2

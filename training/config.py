@@ -234,8 +234,40 @@ def with_defaults(config: Mapping[str, Any]) -> Dict[str, Any]:
     return _merge(DEFAULTS, config, "", strict=False)
 
 
+def _kind(value: Any) -> str:
+    """The type family a config value must keep: bool, number, text, list or object (None: anything)."""
+    if value is None:
+        return "any"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return "an object" if isinstance(value, Mapping) else "any"
+
+
+def _check_kinds(config: Mapping[str, Any], defaults: Mapping[str, Any], where: str = "") -> None:
+    """Every value keeps the type family of its default (a network's ``config`` object is checked by the
+    network itself), so ``--set assn.steps=abc`` fails here, not after minutes of training."""
+    for key, default in defaults.items():
+        if key not in config:
+            continue
+        path = f"{where}.{key}" if where else key
+        want, got = _kind(default), _kind(config[key])
+        if want != "any" and want != got:
+            raise ConfigError(f"{path} must be {want}, got {config[key]!r}")
+        if want == "an object" and key != "config":
+            _check_kinds(config[key], default, path)
+
+
 def validate_config(config: Mapping[str, Any]) -> None:
     """Check values that would otherwise fail late (after minutes of training)."""
+    _check_kinds(config, DEFAULTS)
+    if config["runtime"].get("device", "auto") not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"runtime.device must be auto, cpu or cuda, got {config['runtime']['device']!r}")
     data = config["data"]
     if int(data["folds"]) < 2:
         raise ConfigError(f"data.folds must be >= 2, got {data['folds']}")

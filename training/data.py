@@ -94,6 +94,10 @@ class CaseData:
     center_yx: np.ndarray
 
 
+class DataError(ValueError):
+    """A data folder that cannot be trained on as it is (a case missing a file, fewer cases than folds)."""
+
+
 def find_cases(folder: PathLike) -> List[CaseFiles]:
     """All complete cases of a MyoPS-layout folder, sorted by name.
 
@@ -121,7 +125,7 @@ def find_cases(folder: PathLike) -> List[CaseFiles]:
         roles = found[name]
         missing = [r for r in ROLES if r not in roles]
         if missing:
-            raise ValueError(f"case {name} in {folder} lacks {missing}")
+            raise DataError(f"case {name} in {folder} lacks {missing}")
         cases.append(CaseFiles(name, roles["C0"], roles["DE"], roles["T2"], roles["gd"]))
     return cases
 
@@ -150,7 +154,7 @@ def make_folds(names: Sequence[str], folds: int, seed: int) -> List[List[str]]:
     """
     ordered = sorted(names)
     if folds < 2 or folds > len(ordered):
-        raise ValueError(f"cannot make {folds} folds from {len(ordered)} cases")
+        raise DataError(f"cannot make {folds} folds from {len(ordered)} cases")
     perm = np.random.default_rng(seed).permutation(len(ordered))
     return [sorted(ordered[i] for i in perm[k::folds]) for k in range(folds)]
 
