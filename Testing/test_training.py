@@ -511,7 +511,7 @@ class _FailingBank:
 
 
 def test_resume_continues_from_the_checkpoint_exactly(phantom_cases, runtime, tmp_path):
-    cfg = tiny("localizer.steps=9", "runtime.checkpoint_every=4")
+    cfg = tiny("localizer.steps=9", "runtime.checkpoint_every=4", "runtime.log_every=1")
     bank = SliceBank(phantom_cases, cfg["data"])
     straight = train_localizer(cfg, bank, tmp_path / "straight", runtime, 0)
     with pytest.raises(_InterruptError):
@@ -525,10 +525,13 @@ def test_resume_continues_from_the_checkpoint_exactly(phantom_cases, runtime, tm
     resumed = train_localizer(cfg, bank, tmp_path / "resumed", runtime, 0, resume=True)
     assert len(resumed.losses) == 5
     assert resumed.losses == pytest.approx(straight.losses[4:], rel=1e-5)
+    # the log holds each step once: the records written after the checkpoint (steps 5 and 6) were dropped
+    logged = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 10))
     for k, v in straight.module.state_dict().items():
         torch.testing.assert_close(resumed.module.state_dict()[k], v)
     # A checkpoint made under another config is refused.
-    cfg2 = tiny("localizer.steps=9", "runtime.checkpoint_every=4", "localizer.lr=0.5")
+    cfg2 = tiny("localizer.steps=9", "runtime.checkpoint_every=4", "runtime.log_every=1", "localizer.lr=0.5")
     (tmp_path / "resumed" / "final.safetensors").unlink()
     with pytest.raises(StageExistsError, match="different"):
         train_localizer(cfg2, bank, tmp_path / "resumed", runtime, 0, resume=True)

@@ -128,6 +128,17 @@ def prepare_stage_folder(folder: Path, resume: bool, overwrite: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop the log records past ``step`` (written after the checkpoint a resumed run starts from), so each step
+    appears once in ``log.jsonl``."""
+    if not log_path.is_file():
+        return
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        log_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
 def fit(
     stage: str,
     model: nn.Module,
@@ -181,6 +192,8 @@ def fit(
         load_rng_state(folder, runtime.rank, generator)
         start, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
         logger.info("%s: resuming at step %d of %d", stage, start, steps)
+        if runtime.is_main:
+            _truncate_log(folder / "log.jsonl", start)
     train_model: nn.Module = model
     if runtime.distributed:
         ddp_kwargs = {"device_ids": [runtime.local_rank]} if runtime.device.type == "cuda" else {}
