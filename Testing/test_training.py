@@ -548,6 +548,23 @@ def test_reopening_a_run_takes_runtime_overrides_without_its_config(phantom_dir,
         open_run(run_dir, None, ["assn.steps=7"], None, runtime)
 
 
+def test_overwrite_under_another_config_never_mixes_the_old_results_in(phantom_dir, runtime, tmp_path):
+    """``--overwrite`` with another seed (a new split) or stage config discards the folds and CV files made under
+    the old one; with the same config they stay; without ``--config`` the overrides apply to the run's own."""
+    run_dir = tmp_path / "run"
+    open_run(run_dir, "tiny", [], phantom_dir, runtime)
+    for name in ("fold_0", "fold_1", "all"):
+        (run_dir / name / "prsn").mkdir(parents=True)
+    (run_dir / "cv_metrics.json").write_text("{}")
+    (run_dir / "notes.txt").write_text("mine")
+    same = open_run(run_dir, "tiny", [], phantom_dir, runtime, overwrite=True)
+    assert same["config"]["name"] == "tiny" and (run_dir / "fold_0" / "prsn").is_dir()
+    changed = open_run(run_dir, None, ["dae.steps=30"], phantom_dir, runtime, overwrite=True)
+    assert changed["config"]["name"] == "tiny" and changed["config"]["dae"]["steps"] == 30  # the run's own config
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "notes.txt", "split.json"]
+    assert json.loads((run_dir / "config.json").read_text())["dae"]["steps"] == 30
+
+
 def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path):
     from myops.model import ModelBundle
     from myops.pipeline import Segmenter

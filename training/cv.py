@@ -65,7 +65,10 @@ def open_run(
     """Create a run folder or reopen it; returns ``{"config", "split"}``.
 
     A new run writes ``config.json`` and ``split.json``. An existing run keeps its own config; a different
-    config (apart from the ``runtime`` section) is refused unless ``overwrite``. With ``packed`` (a packed bank,
+    config (apart from the ``runtime`` section) is refused unless ``overwrite``. With ``overwrite`` and no
+    ``config_arg`` the overrides apply to the run's own config; where the config or the split then differs from
+    the stored one, the run's folds and CV files (trained and scored under the old one) are removed first, so
+    the run never mixes results of two configs. With ``packed`` (a packed bank,
     :mod:`training.pack`) instead of ``data_dir`` the cases are the pack's, and ``split["data"]`` is the folder the
     pack was made from.
     """
@@ -86,9 +89,15 @@ def open_run(
         if packed is not None and sorted(packed.cases) != sorted(split["cases"]):
             raise RunError(f"the pack holds other cases than the split of {run_dir}")
         return {"config": config, "split": split}
+    existing = cfg_path.is_file() and split_path.is_file()
     if data_dir is None and packed is None:
+        if existing:
+            raise RunError(f"--overwrite rebuilds the split of {run_dir}: --data (or --packed) is needed")
         raise RunError(f"{run_dir} does not exist yet: --data (or --packed) is needed to create it")
-    config = load_config(config_arg, overrides)
+    if existing and config_arg is None:
+        config = _overridden(read_json(cfg_path), overrides)
+    else:
+        config = load_config(config_arg, overrides)
     if data_dir is not None:
         names = [f.name for f in find_cases(data_dir)]
         source = str(Path(data_dir).resolve())
@@ -98,11 +107,34 @@ def open_run(
     folds = make_folds(names, int(config["data"]["folds"]), int(config["seed"]))
     split = {"data": source, "cases": names, "folds": folds, "seed": int(config["seed"])}
     if runtime.is_main:
+        if existing:
+            old_split = read_json(split_path)
+            same = _comparable(read_json(cfg_path)) == _comparable(config) and all(
+                old_split.get(k) == split[k] for k in ("cases", "folds", "seed")
+            )
+            if not same:
+                _discard_results(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(cfg_path, config)
         write_json(split_path, split)
     runtime.barrier()
     return {"config": config, "split": split}
+
+
+def _discard_results(run_dir: Path) -> None:
+    """Remove a run's fold folders and CV files (before it is rebuilt under another config or split)."""
+    import shutil
+
+    removed = []
+    for path in sorted(run_dir.iterdir()):
+        if path.is_dir() and (path.name == fold_dirname(ALL) or re.fullmatch(r"fold_\d+", path.name)):
+            shutil.rmtree(path)
+            removed.append(path.name)
+        elif path.name in ("cv_metrics.json", "cv_cases.csv"):
+            path.unlink()
+            removed.append(path.name)
+    if removed:
+        logger.warning("%s: another config or split; removed %s", run_dir, ", ".join(removed))
 
 
 class CaseCache:
