@@ -725,6 +725,23 @@ def test_data_and_override_mistakes_get_one_line_and_exit_2(phantom_dir, tmp_pat
         assert "Traceback" not in "\n".join(err)
 
 
+def test_fold_lists_and_missing_runs_are_checked_before_anything_is_written(phantom_dir, tmp_path, capsys):
+    from training.config import ConfigError
+    from training.cv import ALL, parse_folds
+
+    assert parse_folds([], 3) == parse_folds(["all"], 3) == parse_folds([""], 3) == [0, 1, 2]
+    assert parse_folds(["2,0", "full"], 3) == [2, 0, ALL]
+    for bad, message in ((["all", "0"], "stands alone"), (["0", "0"], "twice"), (["3"], "does not exist")):
+        with pytest.raises(ConfigError, match=message):
+            parse_folds(bad, 3)
+    base = ["cv", "--config", "tiny", "--data", str(phantom_dir), "--runs-dir", str(tmp_path), "--no-progress"]
+    assert cli_main([*base, "--run-name", "f1", "--folds", "5"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "f1").exists()
+    for command in (["report"], ["summarize"], ["export", "--out", str(tmp_path / "m")]):
+        assert cli_main([*command, "--run-name", "nosuch", "--runs-dir", str(tmp_path)]) == 2
+        assert "is not a run folder" in capsys.readouterr().err
+
+
 def test_export_per_fold_writes_a_run_folder_of_fold_models(phantom_dir, runtime, tmp_path, capsys):
     from myops.model import ModelBundle
 

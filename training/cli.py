@@ -177,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write an engine model folder (manifest + safetensors + sha256 + provenance + "
         "CV metrics) from trained folds of a run.",
     )
-    p.add_argument("--run-name", required=True)
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--run-name", required=True, help="the run whose folds are exported")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live (default: runs)")
     p.add_argument("--folds", nargs="*", default=["all"], help="fold indices, 'all' or 'full'")
     p.add_argument(
         "--ensemble-stages",
@@ -283,9 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "report",
         help="markdown tables of a main run and its comparison runs (<run>_table1_*, <run>_table2_*)",
+        description="Print the paper's Tables 1 and 2 as markdown from the pooled CV of a main run and of its "
+        "comparison runs (<run>_table1_*, <run>_table2_*); a comparison run not trained yet shows as such.",
     )
     p.add_argument("--run-name", required=True, help="the main run")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live (default: runs)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -302,9 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_pack)
 
-    p = sub.add_parser("summarize", help="pool the validated folds of a run (cv_metrics.json, cv_cases.csv)")
-    p.add_argument("--run-name", required=True)
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p = sub.add_parser(
+        "summarize",
+        help="pool the validated folds of a run (cv_metrics.json, cv_cases.csv)",
+        description="Pool the per-case metrics of every validated fold of a run into cv_metrics.json and "
+        "cv_cases.csv beside it, and print the headline figures.",
+    )
+    p.add_argument("--run-name", required=True, help="the run")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live (default: runs)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_summarize)
     return parser
@@ -363,9 +370,16 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
             packed = load_pack(args.packed)
             if args.data is None:
                 validate = False
+        created = not (run_dir / "split.json").exists()
         run = open_run(
             run_dir, args.config, args.overrides, args.data, runtime, overwrite=args.overwrite, packed=packed
         )
+        try:
+            folds = parse_folds(folds_arg, len(run["split"]["folds"]))
+        except ConfigError:
+            if created and runtime.is_main:  # a mistyped --folds leaves no run folder behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         config = run["config"]
         runtime.amp_dtype = amp_dtype_for(runtime.device, config["runtime"])
         if int(config["runtime"].get("num_threads", 0)) > 0:
@@ -374,7 +388,6 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
             torch.set_num_threads(int(config["runtime"]["num_threads"]))
         if runtime.is_main:
             _setup_logging(args.verbose, run_dir / "train.log")
-        folds = parse_folds(folds_arg, len(run["split"]["folds"]))
         cache = CaseCache(config["data"]["percentiles"], packed=packed)
         if packed is not None and not validate and runtime.is_main:
             logger.info("training from %s: no validation without --data", args.packed)
@@ -442,7 +455,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .cv import read_json
 
     runtime = setup_runtime(DEFAULTS["runtime"], "cpu")
-    run_dir = args.runs_dir / args.run_name
+    run_dir = _existing_run(args)
     split = read_json(run_dir / "split.json")
     folds = parse_folds(args.folds, len(split["folds"]))
     stages = tuple(s for s in args.ensemble_stages.split(",") if s)
@@ -567,15 +580,23 @@ def _export_per_fold(run_dir: Path, folds: List[Fold], out: Path, runtime: Runti
     return 0
 
 
+def _existing_run(args: argparse.Namespace) -> Path:
+    run_dir = args.runs_dir / args.run_name
+    if not (run_dir / "split.json").is_file():
+        raise RunError(f"{run_dir} is not a run folder (no split.json); check --run-name and --runs-dir")
+    return run_dir
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
 
+    _existing_run(args)
     print(report(args.runs_dir, args.run_name))
     return 0
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    cv = aggregate(args.runs_dir / args.run_name)
+    cv = aggregate(_existing_run(args))
     print(f"CV ({cv['n_cases']} cases): {describe_summary(cv['summary'])}")
     return 0
 

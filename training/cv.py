@@ -732,22 +732,28 @@ def _ensemble_description(config: Mapping[str, Any], folds: Sequence[Fold], stag
 
 
 def parse_folds(values: Sequence[str], n_folds: int) -> List[Fold]:
-    """``["all"]`` -> every CV fold; ``["full"]`` -> the all-cases model; else fold indices."""
-    if not values or list(values) == ["all"]:
+    """``["all"]`` -> every CV fold; ``["full"]`` -> the all-cases model; else fold indices (each once).
+
+    ``all`` stands alone; an empty list of folds (``--folds=``) means every fold, as no ``--folds`` does."""
+    parts = [part for v in values for part in str(v).split(",") if part]
+    if not parts or parts == ["all"]:
         return list(range(n_folds))
     out: List[Fold] = []
-    for v in values:
-        for part in str(v).split(","):
-            if part == "full":
-                out.append(ALL)
-            elif part:
-                try:
-                    k = int(part)
-                except ValueError:
-                    raise ConfigError(f"fold {part!r} is not an index, 'all' or 'full'") from None
-                if not 0 <= k < n_folds:
-                    raise ConfigError(f"fold {k} does not exist (0..{n_folds - 1})")
-                out.append(k)
+    for part in parts:
+        if part == "full":
+            fold: Fold = ALL
+        elif part == "all":
+            raise ConfigError("'all' stands alone: give --folds all, or a list of indices and 'full'")
+        else:
+            try:
+                fold = int(part)
+            except ValueError:
+                raise ConfigError(f"fold {part!r} is not an index, 'all' or 'full'") from None
+            if not 0 <= fold < n_folds:
+                raise ConfigError(f"fold {fold} does not exist (0..{n_folds - 1})")
+        if fold in out:
+            raise ConfigError(f"fold {part!r} is given twice")
+        out.append(fold)
     return out
 
 
