@@ -974,6 +974,13 @@ def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtim
     with pytest.raises(RunError, match="CV study"):
         swap_member(old, "prsn", "seed2", seed3_dir, tmp_path / "other", runtime)
     assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other.partial-*"))
+    # a --tta-study that is not a study (a manifest, not JSON at all) is one line, exit 2
+    not_json = tmp_path / "notes.txt"
+    not_json.write_text("hello")
+    for wrong, message in ((old / "manifest.json", "is not a CV study"), (not_json, "is not JSON")):
+        swap = ["swap", "--model", str(old), "--runs-dir", str(tmp_path), "--tta-study", str(wrong)]
+        assert cli_main([*swap, "--member", "prsn:seed2=seed3", "--out", str(tmp_path / "other")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "other").exists()
 
 
 def test_retune_ships_the_measured_options_with_the_same_weights(tiny_model_dir, tmp_path, capsys):

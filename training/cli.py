@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from myops.errors import InputError
 from myops.model import ModelError
@@ -450,6 +450,22 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return _run_folds(args, [args.fold], stages=(args.stage,), validate=not args.no_validate)
 
 
+def _read_study(path: Path, blocks: Sequence[str] = ("tta",)) -> Dict[str, Any]:
+    """A CV study JSON holding one of ``blocks`` (``tta``: ``benchmarks/cv_decoding.py``; ``tta_flips``:
+    ``cv_inference_options.py``), or one clear RunError."""
+    import json
+
+    try:
+        study = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RunError(f"{path}: cannot be read ({exc.strerror})") from None
+    except ValueError:
+        raise RunError(f"{path}: is not JSON") from None
+    if not isinstance(study, dict) or not any(isinstance(study.get(b), dict) for b in blocks):
+        raise RunError(f"{path}: is not a CV study (no {' or '.join(map(repr, blocks))} block); see --help")
+    return study
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .config import DEFAULTS
     from .cv import read_json
@@ -467,7 +483,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"error: {args.out} exists and is not empty (or not a folder); choose a new folder", file=sys.stderr)
         return 2
     tta = None if args.tta_flips is None else args.tta_flips == "on"
-    study = None if args.tta_study is None else read_json(args.tta_study)
+    study = None if args.tta_study is None else _read_study(args.tta_study, ("tta", "tta_flips"))
     extra = []
     for item in args.add_member:
         stage, _, other = item.partition(":")
@@ -493,7 +509,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_swap(args: argparse.Namespace) -> int:
     from .config import DEFAULTS
-    from .cv import read_json, swap_member
+    from .cv import swap_member
 
     stage, _, rest = args.member.partition(":")
     old_run, _, new_run = rest.partition("=")
@@ -510,7 +526,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
         args.runs_dir / new_run,
         args.out,
         runtime,
-        tta_study=read_json(args.tta_study),
+        tta_study=_read_study(args.tta_study),
         name=args.name,
     )
     print(f"model folder: {out}")
@@ -518,7 +534,6 @@ def cmd_swap(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .cv import read_json
     from .merge import merge_members
 
     guard = _guard_of(args)
@@ -527,7 +542,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         args.donor,
         args.stage,
         args.out,
-        read_json(args.tta_study),
+        _read_study(args.tta_study),
         members=args.members,
         guard=guard,
         study_path=str(args.tta_study),
@@ -538,10 +553,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_retune(args: argparse.Namespace) -> int:
-    from .cv import read_json
     from .retune import retune_model
 
-    out = retune_model(args.model, read_json(args.study), args.out, str(args.study), args.name, args.note)
+    out = retune_model(args.model, _read_study(args.study), args.out, str(args.study), args.name, args.note)
     print(f"model folder: {out}")
     return 0
 
