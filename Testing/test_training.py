@@ -1035,6 +1035,14 @@ def test_retune_ships_the_measured_options_with_the_same_weights(tiny_model_dir,
         study_file.write_text(json.dumps(bad))
         assert cli_main([*args, "--out", str(tmp_path / "refused")]) == 2
         assert match in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    # a study that records fold models other than this model (two ASSNs where it has one) is refused
+    sizes = {stage: len(entry["weights"]) for stage, entry in manifest["networks"].items()}
+    other = {**study, "models": {"folds_agree": True, "inference": {}, "members": {**sizes, "assn": 2}}}
+    study_file.write_text(json.dumps(other))
+    assert cli_main([*args, "--out", str(tmp_path / "refused")]) == 2
+    assert "members" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    study_file.write_text(json.dumps({**other, "models": {**other["models"], "members": sizes}}))
+    assert cli_main([*args, "--out", str(tmp_path / "matching")]) == 0  # the same sizes: accepted
     study_file.write_text(json.dumps(study))
     assert cli_main([*args, "--out", str(new)]) == 2 and "not empty" in capsys.readouterr().err
     assert not list(tmp_path.glob(".refused.partial-*"))

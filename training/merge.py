@@ -23,7 +23,7 @@ from myops.pipeline import AssnGuard
 
 from .cv import RunError, publish_model_folder
 from .export import member_wall_s, stage_total_s
-from .retune import study_cv_block, study_options
+from .retune import check_study_fold_models, study_cv_block, study_options
 from .runtime import git_state
 
 #: inference options a merge keeps from the receiving model, and their defaults where a manifest omits them
@@ -111,22 +111,11 @@ def merge_members(
     procedure, weight, measured, post_changes, block = study_options(study)
     if post_changes:
         raise RunError("the study measured a postprocessing change; ship it with training retune, not merge")
-    folds = study.get("models")
-    if not folds:
+    if not study.get("models"):
         raise RunError("the study does not record its fold models (rerun benchmarks/cv_decoding.py)")
-    if not folds.get("folds_agree", False):
-        raise RunError("the study's fold models differ between folds")
     sizes = {s: len(e["weights"]) for s, e in manifest["networks"].items()}
     sizes[stage] = n_total
-    if dict(folds["members"]) != sizes:
-        raise RunError(f"the study's fold models have {folds['members']} members; the merged model has {sizes}")
-    if folds["inference"].get("assn_guard") != inference.get("assn_guard"):
-        raise RunError(
-            f"the study's fold models ran ASSN guard {folds['inference'].get('assn_guard')}; "
-            f"the merged model would run {inference.get('assn_guard')}"
-        )
-    if bool(folds["inference"].get("shape_prior", True)) != bool(inference.get("shape_prior", True)):
-        raise RunError("the study's fold models and the model differ in inference.shape_prior")
+    check_study_fold_models(study, sizes, inference, "the merged model")
     runs = {k: inference.get(k, d) for k, d in _DECODING_DEFAULTS.items()}
     wanted = {**runs, **measured, "lv_region_threshold": float(measured.get("lv_region_threshold", 0.5))}
     if wanted != runs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -22,6 +23,8 @@ from myops.postprocessing import PostprocessingConfig
 
 from .cv import RunError, publish_model_folder, study_fold_count
 from .runtime import git_state
+
+logger = logging.getLogger(__name__)
 
 #: cv_decoding's test-time procedures that a manifest can express -> ``inference.assn_tta_rot90``
 PROCEDURES = {"flips": False, "assn-dihedral": True}
@@ -86,6 +89,29 @@ def study_cv_block(
     }
 
 
+def check_study_fold_models(
+    study: Mapping[str, Any], sizes: Mapping[str, int], inference: Mapping[str, Any], what: str
+) -> None:
+    """The fold models a ``cv_decoding.py`` study scored (its ``models`` record) must be the model ``what``
+    describes: the same ensemble sizes per stage, ASSN guard and shape prior.
+
+    Raises:
+        RunError: naming the first difference.
+    """
+    folds = study["models"]
+    if not folds.get("folds_agree", False):
+        raise RunError("the study's fold models differ between folds")
+    if dict(folds["members"]) != dict(sizes):
+        raise RunError(f"the study's fold models have {folds['members']} members; {what} has {dict(sizes)}")
+    if folds["inference"].get("assn_guard") != inference.get("assn_guard"):
+        raise RunError(
+            f"the study's fold models ran ASSN guard {folds['inference'].get('assn_guard')}; "
+            f"{what} would run {inference.get('assn_guard')}"
+        )
+    if bool(folds["inference"].get("shape_prior", True)) != bool(inference.get("shape_prior", True)):
+        raise RunError(f"the study's fold models and {what} differ in inference.shape_prior")
+
+
 def retune_model(
     model_dir: Path,
     study: Mapping[str, Any],
@@ -119,6 +145,11 @@ def retune_model(
     if not manifest.get("inference", {}).get("tta_flips", False):
         raise RunError(f"{model_dir} runs without test-time flips; the CV studies measure the procedure with flips")
     procedure, weight, inference_changes, post_changes, block = study_options(study)
+    if study.get("models"):  # studies written before cv_decoding recorded its fold models cannot be checked
+        sizes = {s: len(e["weights"]) for s, e in manifest["networks"].items()}
+        check_study_fold_models(study, sizes, manifest.get("inference", {}), f"{model_dir}")
+    else:
+        logger.warning("the study does not record its fold models; cannot check that it scored this model")
     old_inference, old_post = dict(manifest["inference"]), dict(manifest["postprocessing"])
     if "lv_region_threshold" in old_inference and "lv_region_threshold" not in inference_changes:
         inference_changes["lv_region_threshold"] = 0.5  # a study without --region-threshold measured the default
