@@ -469,3 +469,24 @@ def test_cv_decoding_records_what_the_fold_models_run(tmp_path, tiny_model_dir, 
     assert not cvd.fold_models(tmp_path / "run")["folds_agree"]
     with pytest.raises(SystemExit, match="no fold"):
         cvd.fold_models(tmp_path / "empty")
+
+
+def test_intensity_by_label_hand_computed():
+    """Per case: the median z of each tissue and its share near 0; pooled: the median over the cases."""
+    ibl = _load_script("intensity_by_label")
+    labels = np.zeros((1, 2, 4), np.uint16)
+    labels[0, 0, :] = 200  # normal myocardium: 4 pixels
+    labels[0, 1, :2] = 2221  # scar: 2 pixels
+    volumes = np.zeros((3, 1, 2, 4), np.float32)
+    volumes[1, 0, 0, :] = [-0.05, 0.0, 0.5, 2.0]  # LGE wall: median 0.25, two of four within 0.1 of 0
+    volumes[1, 0, 1, :2] = [1.0, 3.0]  # LGE scar: median 2.0, none near 0
+    case = ibl.case_figures(volumes, labels)
+    assert case["DE"]["normal myocardium"] == {"median_z": pytest.approx(0.25), "near_zero": 0.5}
+    assert case["DE"]["scar"] == {"median_z": pytest.approx(2.0), "near_zero": 0.0}
+    assert "edema" not in case["DE"] and case["C0"]["scar"]["near_zero"] == 1.0  # all zeros there
+    other = ibl.case_figures(volumes * 3.0, labels)  # wall median 0.75, one of four near 0
+    third = ibl.case_figures(volumes * 0.0 + 1.0, labels)  # everything at 1: median 1, none near 0
+    pooled = ibl.pooled([case, other, third])
+    assert pooled["DE"]["normal myocardium"]["median_z"] == pytest.approx(0.75)
+    assert pooled["DE"]["normal myocardium"]["near_zero"] == pytest.approx(0.25)
+    assert pooled["DE"]["scar"]["n_cases"] == 3 and "edema" not in pooled["DE"]
