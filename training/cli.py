@@ -83,8 +83,7 @@ def _common(p: argparse.ArgumentParser, data_required: bool = False) -> None:
         help="train from a packed bank (python -m training pack) instead of reading --data; without --data the "
         "run trains and exports but does not validate (rerun with --data FOLDER --resume to validate)",
     )
-    p.add_argument("--run-name", required=True, help="name of the run folder under --runs-dir")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
+    _run_arguments(p, "name of the run folder under --runs-dir")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -177,8 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write an engine model folder (manifest + safetensors + sha256 + provenance + "
         "CV metrics) from trained folds of a run.",
     )
-    p.add_argument("--run-name", required=True, help="the run whose folds are exported")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live (default: runs)")
+    _run_arguments(p, "the run whose folds are exported")
     p.add_argument("--folds", nargs="*", default=["all"], help="fold indices, 'all' or 'full'")
     p.add_argument(
         "--ensemble-stages",
@@ -286,8 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the paper's Tables 1 and 2 as markdown from the pooled CV of a main run and of its "
         "comparison runs (<run>_table1_*, <run>_table2_*); a comparison run not trained yet shows as such.",
     )
-    p.add_argument("--run-name", required=True, help="the main run")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live (default: runs)")
+    _run_arguments(p, "the main run")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -310,11 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pool the per-case metrics of every validated fold of a run into cv_metrics.json and "
         "cv_cases.csv beside it, and print the headline figures.",
     )
-    p.add_argument("--run-name", required=True, help="the run")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live (default: runs)")
+    _run_arguments(p, "the run")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_summarize)
     return parser
+
+
+def _run_arguments(p: argparse.ArgumentParser, run_help: str) -> None:
+    """``--run-name`` (required) and ``--runs-dir``: which run folder a command works on."""
+    p.add_argument("--run-name", required=True, help=run_help)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live (default: runs)")
 
 
 def _guard_arguments(p: argparse.ArgumentParser, indices: str) -> None:
