@@ -749,7 +749,8 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
             recovered from the candidates) is an extra input channel of every branch and of B_Main. After the
             z-score, normal myocardium in the LGE sits at about 0 (median over train25: -0.03), which is also the
             value outside ``M``, so B_LGE alone cannot tell the wall from the background there; the channel says
-            where the region is. Not in the paper.
+            where the region is. Not in the paper, and it did not help: 4.5 points lower on the scar +
+            scar-edema sum in CV (docs/results.md, session 19).
 
     Shapes: ``(N, 3, H, W)`` -> :class:`PrsnOutput` of logits ``(N, k, H, W)``, in train and eval mode.
     """
