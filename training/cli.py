@@ -455,10 +455,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def _read_study(path: Path, blocks: Sequence[str] = ("tta",)) -> Dict[str, Any]:
     """A CV study JSON holding one of ``blocks`` (``tta``: ``benchmarks/cv_decoding.py``; ``tta_flips``:
     ``cv_inference_options.py``), or one clear RunError."""
-    import json
+    from .cv import read_json
 
     try:
-        study = json.loads(Path(path).read_text(encoding="utf-8"))
+        study = read_json(path)
     except OSError as exc:
         raise RunError(f"{path}: cannot be read ({exc.strerror})") from None
     except ValueError:

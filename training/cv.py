@@ -94,8 +94,9 @@ def open_run(
         if existing:
             raise RunError(f"--overwrite rebuilds the split of {run_dir}: --data (or --packed) is needed")
         raise RunError(f"{run_dir} does not exist yet: --data (or --packed) is needed to create it")
-    if existing and config_arg is None:
-        config = _overridden(read_json(cfg_path), overrides)
+    stored = read_json(cfg_path) if existing else None
+    if stored is not None and config_arg is None:
+        config = _overridden(stored, overrides)
     else:
         config = load_config(config_arg, overrides)
     if data_dir is not None:
@@ -107,9 +108,9 @@ def open_run(
     folds = make_folds(names, int(config["data"]["folds"]), int(config["seed"]))
     split = {"data": source, "cases": names, "folds": folds, "seed": int(config["seed"])}
     if runtime.is_main:
-        if existing:
+        if stored is not None:
             old_split = read_json(split_path)
-            same = _comparable(read_json(cfg_path)) == _comparable(config) and all(
+            same = _comparable(stored) == _comparable(config) and all(
                 old_split.get(k) == split[k] for k in ("cases", "folds", "seed")
             )
             if not same:
