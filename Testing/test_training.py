@@ -484,6 +484,7 @@ def test_every_stage_trains_and_its_loss_goes_down(phantom_cases, runtime, tmp_p
         "prsn.main_dice=nested_regions",
         "prsn.endo_border_weight=2.0",
         "prsn.config.region_channel=true",
+        "prsn.config.slice_context=1",
     ],
 )
 def test_prsn_trains_on_its_dice_options(phantom_cases, runtime, tmp_path, option):

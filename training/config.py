@@ -327,6 +327,11 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("assn.config.slice_context needs the 'assn' or 'assn_wo_dae' variant")
     if config["prsn"]["mask_source"] not in ("perturbed_gt", "gt"):
         raise ConfigError("prsn.mask_source must be 'perturbed_gt' or 'gt'")
+    prsn_context = config["prsn"]["config"].get("slice_context", 0)
+    if isinstance(prsn_context, bool) or not isinstance(prsn_context, int) or not 0 <= prsn_context <= 4:
+        raise ConfigError("prsn.config.slice_context must be an integer in [0, 4]")
+    if prsn_context and config["prsn"]["variant"] not in ("prsn", "mfb_prsn"):
+        raise ConfigError("prsn.config.slice_context needs the 'prsn' or 'mfb_prsn' variant")
     for stage in STAGE_ORDER:
         section = config[stage]
         if int(section["steps"]) < 1 or int(section["batch_size"]) < 1:

@@ -312,6 +312,7 @@ class SliceBank:
         indices: Optional[torch.Tensor] = None,
         weights: Optional[torch.Tensor] = None,
         slice_context: int = 0,
+        mask_neighbours: bool = False,
     ) -> Batch:
         """An augmented batch of fine (ASSN/PRSN/DAE) or coarse (localiser) windows.
 
@@ -336,6 +337,9 @@ class SliceBank:
                 before). The images are then slice-major, as :func:`myops.preprocessing.stack_slice_context`
                 lays them out; the neighbours get their slice's geometric and intensity transforms and
                 misregistration offsets, and the codes stay those of the centre slice.
+            mask_neighbours: with ``slice_context``, each neighbour slice's channels are multiplied by that
+                slice's own ground-truth LV epicardial region before the transforms (the 2.5D PRSN's candidates;
+                the centre slice is left whole for the caller to mask by its candidate region).
         """
         if view == "fine":
             images, codes, out, ctx = self.fine_images, self.fine_codes, self.crop_size, self.fine_context
@@ -383,7 +387,7 @@ class SliceBank:
                 grid_points=int(augment.get("elastic_grid", 5)),
             )
         img, lab = warp_batch(
-            self._with_context(images, indices, slice_context),
+            self._with_context(images, indices, slice_context, codes if mask_neighbours else None),
             codes[indices],
             theta,
             out,
@@ -418,12 +422,25 @@ class SliceBank:
                 start = i
         return spans
 
-    def _with_context(self, images: torch.Tensor, indices: torch.Tensor, slice_context: int) -> torch.Tensor:
-        """``images[indices]``, with the neighbour slices' channels (slice-major) when ``slice_context > 0``."""
+    def _with_context(
+        self,
+        images: torch.Tensor,
+        indices: torch.Tensor,
+        slice_context: int,
+        mask_codes: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``images[indices]``, with the neighbour slices' channels (slice-major) when ``slice_context > 0``.
+
+        ``mask_codes`` (the codes that go with ``images``): each neighbour slice is multiplied by its own LV
+        epicardial region (the centre slice stays whole)."""
         if not slice_context:
             return images[indices]
         rows = self.context_rows(indices, slice_context)  # (N, k)
         picked = images[rows]  # (N, k, C, S, S)
+        if mask_codes is not None:
+            region = epicardium_of(mask_codes[rows]).to(picked.dtype)  # (N, k, S, S)
+            region[:, slice_context] = 1.0
+            picked = picked * region[:, :, None]
         return picked.reshape(picked.shape[0], -1, *picked.shape[3:])
 
     @staticmethod

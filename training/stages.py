@@ -208,6 +208,18 @@ def candidate_masks(codes: torch.Tensor, gen: torch.Generator, section: Mapping[
     return corrupt_masks(epi, gen, section["mask_noise"])
 
 
+def candidates_of(images: torch.Tensor, mask: torch.Tensor, slice_context: int = 0) -> torch.Tensor:
+    """``C = I * M`` (Eq. 2-4) of a training batch: ``images`` ``(N, 3 * (2c + 1), H, W)`` slice-major,
+    ``mask`` ``(N, 1, H, W)`` the centre slice's candidate region. Only the centre slice's three channels are
+    masked by it; with ``slice_context = c > 0`` the neighbours come already masked by their own regions
+    (:meth:`training.data.SliceBank.draw` with ``mask_neighbours``), as the engine's candidates are."""
+    if not slice_context:
+        return images * mask
+    n = images.shape[1] // (2 * slice_context + 1)
+    lo, hi = slice_context * n, (slice_context + 1) * n
+    return torch.cat([images[:, :lo], images[:, lo:hi] * mask, images[:, hi:]], dim=1)
+
+
 def train_prsn(
     config: Mapping[str, Any],
     bank: SliceBank,
@@ -228,12 +240,15 @@ def train_prsn(
     per_image = section.get("dice", "batch") == "image"
     nested = section.get("main_dice", "classes") == "nested_regions"
     border_w, border_px = float(section.get("endo_border_weight", 0.0)), int(section.get("endo_border_px", 2))
+    context = int(net_cfg.get("slice_context", 0)) if variant in ("prsn", "mfb_prsn") else 0
     dev = runtime.device
 
     def loss_fn(m: nn.Module, gen: torch.Generator):
-        batch = bank.draw(int(section["batch_size"]), gen, aug, view="fine")
+        batch = bank.draw(
+            int(section["batch_size"]), gen, aug, view="fine", slice_context=context, mask_neighbours=bool(context)
+        )
         mask = candidate_masks(batch.codes, gen, section)
-        cand = (batch.images * mask).to(dev)
+        cand = candidates_of(batch.images, mask, context).to(dev)
         codes = batch.codes.to(dev)
         if variant in ("prsn", "mfb_prsn"):
             out = m(cand)

@@ -751,12 +751,18 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
             value outside ``M``, so B_LGE alone cannot tell the wall from the background there; the channel says
             where the region is. Not in the paper, and it did not help: 4.5 points lower on the scar +
             scar-edema sum in CV (docs/results.md, session 19).
+        slice_context: ``0`` (2D, the paper) or ``c`` in 1..4 (2.5D, not in the paper): the network also sees the
+            candidates of the ``c`` neighbour slices on either side, each masked by its own slice's region. The
+            input is then slice-major as for :class:`AnatomicalStructureNet`: ``c[:, j * 3 + s]`` is sequence
+            ``s`` at slice offset ``j - c`` (:func:`myops.preprocessing.stack_slice_context`), branch ``s`` reads
+            its sequence at every offset, B_Main reads all channels, and the outputs are the centre slice's.
 
-    Shapes: ``(N, 3, H, W)`` -> :class:`PrsnOutput` of logits ``(N, k, H, W)``, in train and eval mode.
+    Shapes: ``(N, 3 * (2 * slice_context + 1), H, W)`` -> :class:`PrsnOutput` of logits ``(N, k, H, W)``, in
+    train and eval mode.
     """
 
     #: Options left out of :meth:`config` at their default, so configs written before they existed stay equal.
-    OMITTED_AT_DEFAULT = ("input_norm", "region_channel")
+    OMITTED_AT_DEFAULT = ("input_norm", "region_channel", "slice_context")
 
     def __init__(
         self,
@@ -772,11 +778,14 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
         upsample: str = "deconv",
         input_norm: str = "none",
         region_channel: bool = False,
+        slice_context: int = 0,
     ):
         super().__init__()
         cfg = _common_kwargs(in_channels, out_channels, features, norm, dropout, downsample, upsample)
         if not isinstance(region_channel, bool):
             raise ValueError(f"region_channel must be true or false, got {region_channel!r}")
+        if isinstance(slice_context, bool) or not isinstance(slice_context, int) or not 0 <= slice_context <= 4:
+            raise ValueError(f"slice_context must be an integer in [0, 4], got {slice_context!r}")
         n_branches = len(PrsnOutput._fields) - 1
         if (
             isinstance(branch_out_channels, (str, bytes))
@@ -816,18 +825,25 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
             self._config["input_norm"] = input_norm
         if region_channel:
             self._config["region_channel"] = True
+        if slice_context:
+            self._config["slice_context"] = slice_context
         f = cfg["features"]
         self.in_channels, self.out_channels, self.features, self.norm = in_channels, out_channels, f, norm
         self.input_norm = input_norm
         self.region_channel = region_channel
+        #: Neighbour slices on each side that the network sees (0: 2D).
+        self.slice_context = slice_context
+        depth = 2 * slice_context + 1
+        #: Input channels of the network: ``in_channels`` sequences times ``2 * slice_context + 1`` slices.
+        self.input_channels = in_channels * depth
         extra = 1 if region_channel else 0
         self.branches = nn.ModuleList(
             [
-                PathologyBranchNet(1 + extra, k, f, norm, dropout, downsample, upsample)
+                PathologyBranchNet(depth + extra, k, f, norm, dropout, downsample, upsample)
                 for k in cfg["branch_out_channels"]
             ]
         )
-        self.main_encoder = Encoder(in_channels + extra, f, norm, dropout, downsample)
+        self.main_encoder = Encoder(self.input_channels + extra, f, norm, dropout, downsample)
         if fusion == "cafb":
             self.fusions = nn.ModuleList(
                 [ChannelAttentionFusion((n_branches + 1) * c, c, min(reduction, (n_branches + 1) * c)) for c in f]
@@ -838,13 +854,16 @@ class PathologyRegionNet(_ConfigMixin, nn.Module):
         self.main_head = nn.Conv2d(f[0], out_channels, 1)
 
     def forward(self, c: torch.Tensor) -> PrsnOutput:
-        _check_input(c, self.in_channels, len(self.features), self.norm, type(self).__name__)
-        region = candidate_region(c) if self.region_channel else None  # before any standardisation
+        _check_input(c, self.input_channels, len(self.features), self.norm, type(self).__name__)
+        n = self.in_channels
+        centre = slice(self.slice_context * n, (self.slice_context + 1) * n)
+        # the centre slice's region M, before any standardisation (neighbours have regions of their own)
+        region = candidate_region(c[:, centre]) if self.region_channel else None
         if self.input_norm == "region":
-            c = region_standardise(c)
+            c = torch.cat([region_standardise(c[:, j * n : (j + 1) * n]) for j in range(c.shape[1] // n)], dim=1)
         branch_feats, branch_logits = [], []
         for s, branch in enumerate(self.branches):
-            own = c[:, s : s + 1] if region is None else torch.cat([c[:, s : s + 1], region], dim=1)
+            own = c[:, s::n] if region is None else torch.cat([c[:, s::n], region], dim=1)  # sequence s, every slice
             feats, logits = branch.forward_features(own)
             branch_feats.append(feats)
             branch_logits.append(logits)

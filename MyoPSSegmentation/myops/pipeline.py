@@ -535,10 +535,25 @@ class Segmenter:
 
     def prsn_pass(self, candidates: np.ndarray) -> np.ndarray:
         """The PRSN(s) on the masked heart windows: ``(z, 3, S, S)`` -> ``(z, 4, S, S)`` class probabilities
-        (background, normal wall, edema, scar), with the branches mixed in at :attr:`branch_weight`."""
+        (background, normal wall, edema, scar), with the branches mixed in at :attr:`branch_weight`.
+
+        ``candidates`` must be the whole stack in slice order, each slice masked by its own region: a 2.5D member
+        (``slice_context`` > 0) also sees each slice's neighbours (:func:`myops.preprocessing.stack_slice_context`).
+        Members are averaged with equal weight whatever their context.
+        """
         if self.branch_weight:
-            return self._forward(self.prsns, candidates, self._prsn_probabilities, probabilities=True)
-        return self._forward(self.prsns, candidates, lambda out: out.main)
+            pick, probabilities = self._prsn_probabilities, True
+        else:
+            pick, probabilities = (lambda out: out.main), False
+        contexts = [int(getattr(member, "slice_context", 0)) for member in self.prsns]
+        if len(set(contexts)) == 1:
+            return self._forward(self.prsns, stack_slice_context(candidates, contexts[0]), pick, probabilities)
+        total = None
+        for context in sorted(set(contexts)):
+            group = [m for m, c in zip(self.prsns, contexts) if c == context]
+            prob = self._forward(group, stack_slice_context(candidates, context), pick, probabilities) * len(group)
+            total = prob if total is None else total + prob
+        return total / len(contexts)
 
     @property
     def tta_transforms(self) -> Sequence[tuple]:
