@@ -102,6 +102,26 @@ def test_stage_seeds_default_to_the_run_seed_and_old_configs_compare_equal():
             load_config("tiny", [bad])
 
 
+def test_a_network_config_that_does_not_fit_fails_when_the_config_is_read(phantom_dir, tmp_path, capsys):
+    """Each stage's network is built (without weights) when the config is read: an unknown key of assn.config
+    used to fail only when the ASSN stage started, after the localiser and the DAE had trained, and left a run
+    folder behind."""
+    cases = (
+        ("assn.config.bogus=1", r"assn\.config does not fit the 'assn' network.*bogus"),
+        ("dae.config.latent=4", r"dae\.config does not fit.*latent"),
+        ("prsn.config.features=[4]", r"prsn\.config: features"),
+        ("prsn.config.in_channels=2", r"prsn\.config: in_channels"),
+        ('localizer.arch="nope"', r"localizer\.arch must be one of"),
+    )
+    for override, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_config("tiny", [override])
+    base = ["cv", "--config", "tiny", "--data", str(phantom_dir), "--runs-dir", str(tmp_path), "--no-progress"]
+    assert cli_main([*base, "--run-name", "late", "--set", "assn.config.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: assn.config") and not (tmp_path / "late").exists()
+
+
 def test_every_shipped_config_is_valid():
     from training.config import CONFIG_DIR
 

@@ -345,6 +345,36 @@ def validate_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"{stage}.seed must be an integer or null, got {section['seed']!r}")
     if config["runtime"]["amp"] not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError("runtime.amp must be one of auto, bf16, fp16, off")
+    _check_networks(config)
+
+
+def _check_networks(config: Mapping[str, Any]) -> None:
+    """Build each stage's network without weights (on the meta device), so that an unknown, missing or
+    invalid key of a ``<stage>.config`` fails when the config is read, not when that stage starts."""
+    import torch
+
+    from myops.networks import ARCHITECTURES, create_model
+
+    from .baselines import assn_variant_network, prsn_variant_network
+
+    networks = {
+        "localizer": (config["localizer"]["arch"], config["localizer"]["config"]),
+        "dae": (config["dae"]["arch"], config["dae"]["config"]),
+        "assn": assn_variant_network(config["assn"]["variant"], config["assn"]),
+        "prsn": prsn_variant_network(config["prsn"]["variant"], config["prsn"]),
+    }
+    for stage, (arch, kwargs) in networks.items():
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"{stage}.arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(f"{stage}.config must be an object, got {kwargs!r}")
+        try:
+            with torch.device("meta"):
+                create_model(arch, **dict(kwargs))
+        except TypeError as exc:  # an unknown or missing keyword
+            raise ConfigError(f"{stage}.config does not fit the {arch!r} network: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{stage}.config: {exc}") from None
 
 
 def resolve_config_path(name_or_path: PathLike) -> Path:
