@@ -248,6 +248,24 @@ def test_segmenter_is_built_once_per_model_and_device():
         logic.getSegmenter("tpu")
 
 
+def test_a_device_error_names_the_panels_setting_not_the_cli_option():
+    """The engine words a refused device for the command line ("--device: CUDA requested but ..."); the panel,
+    in process or from the background worker, says "Device: ..." instead."""
+    from MyoPSSegmentationLib import worker
+
+    def factory(modelDir, device):
+        raise InputError("--device", "CUDA requested but no CUDA device is visible")
+
+    logic = MyoPSLogic(segmenterFactory=factory)
+    with pytest.raises(InputError) as caught:
+        logic.getSegmenter("cuda")
+    assert str(caught.value) == "Device: CUDA requested but no CUDA device is visible"
+    payload = worker.errorPayload(InputError("--device", "CUDA requested but no CUDA device is visible"))
+    assert payload["message"].startswith("Device: CUDA requested") and payload["source"] == "Device"
+    other = worker.errorPayload(InputError("T2", "does not overlap the LGE volume"))
+    assert other["message"] == "T2: does not overlap the LGE volume"
+
+
 def test_progress_is_reported_and_cancel_leaves_the_scene_unchanged(case):
     seen = []
     case.run(progress=lambda fraction, message: seen.append((fraction, message)))

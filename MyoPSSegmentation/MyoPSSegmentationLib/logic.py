@@ -175,7 +175,10 @@ class MyoPSLogic:
         key = (self.modelDir, device)
         if key not in self._segmenters:
             logger.info("loading the MyoPS model (%s) for device %s", self.modelDir or "shipped default", device)
-            self._segmenters[key] = self.segmenterFactory(self.modelDir, device)
+            try:
+                self._segmenters[key] = self.segmenterFactory(self.modelDir, device)
+            except InputError as error:  # e.g. "--device: CUDA requested but ..." -> "Device: ..."
+                raise worker.panelError(error) from error
         return self._segmenters[key]
 
     # -- checks ------------------------------------------------------------------------------------------------

@@ -77,8 +77,24 @@ def writeResultFile(workDir: Path, payload: Dict[str, Any]) -> None:
     os.replace(str(tmp), str(final))
 
 
+#: Sources of engine errors named after a command-line option, and what the panel calls the same setting.
+PANEL_SOURCES = {"--device": "Device"}
+
+
+def panelError(error: BaseException) -> BaseException:
+    """``error`` as the panel should word it: an engine :class:`~myops.errors.InputError` about a command-line
+    option (``--device: CUDA requested but ...``) names the panel's setting instead (``Device: ...``)."""
+    source = getattr(error, "source", None)
+    if source in PANEL_SOURCES and hasattr(error, "problem"):
+        renamed = type(error)(PANEL_SOURCES[source], error.problem)
+        renamed.__cause__ = error
+        return renamed
+    return error
+
+
 def errorPayload(error: BaseException) -> Dict[str, Any]:
     """How an exception travels back to the panel."""
+    error = panelError(error)
     payload: Dict[str, Any] = {"ok": False, "errorType": type(error).__name__, "message": str(error)}
     if hasattr(error, "source") and hasattr(error, "problem"):
         payload["source"] = error.source
