@@ -136,3 +136,26 @@ def test_merge_refuses_a_study_of_another_model(pair, tmp_path, capsys, study, e
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
     assert not list(tmp_path.glob(".refused.partial-*"))
+
+
+def test_members_of_a_fold_ensemble_donor_are_attributed_to_their_run_and_fold(tmp_path):
+    """A donor exported from two folds of two runs holds run a's folds, then run b's: member 1 is run a's second
+    fold and member 2 run b's first (it used to be attributed by position to run b and to nobody)."""
+    from training.merge import member_sources
+
+    model = _model(tmp_path / "v8", 0, 2, "v8")
+    donor = _model(tmp_path / "folds", 1, 4, "folds")
+    manifest = json.loads((donor / "manifest.json").read_text())
+    manifest["provenance"]["data"] = {"folds": ["0", "1"]}
+    manifest["provenance"]["ensemble_members"]["assn"] = 4
+    (donor / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "merged"
+    assert _merge(tmp_path, model, donor, _study(4, guard=None), "--members", "1", "2", "--out", str(out)) == 0
+    added = ModelBundle(out).manifest["provenance"]["extra_members"][1:]
+    assert [(e["run"], e["fold"], e["from_model"]) for e in added] == [
+        ("folds_a", "1", "folds"),
+        ("folds_b", "0", "folds"),
+    ]
+    prov = manifest["provenance"]
+    assert [e["run"] for e in member_sources(prov, "assn", 3)] == [None, None, None]  # fits neither layout
+    assert [e["run"] for e in member_sources(prov, "assn", 2)] == ["folds_a", "folds_b"]

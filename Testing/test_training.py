@@ -994,6 +994,12 @@ def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtim
         swap_member(old, "prsn", "seed2", seed3_dir, tmp_path / "other", runtime, tta_study=flips_only)
     with pytest.raises(RunError, match="CV study"):
         swap_member(old, "prsn", "seed2", seed3_dir, tmp_path / "other", runtime)
+    # a fold ensemble holds several members of one run: which of them a swap would replace is not defined
+    run_fold(main_dir, open_run(main_dir, "tiny", steps, phantom_dir, runtime), 0, runtime, cache)
+    folds = export_ensemble(main_dir, [0, ALL], tmp_path / "folds", runtime, tta_flips=True, tta_study=study)
+    assert len(ModelBundle(folds).weight_files("prsn")) == 2
+    with pytest.raises(RunError, match="do not map one to one"):
+        swap_member(folds, "prsn", "main", seed3_dir, tmp_path / "other", runtime, tta_study=new_study)
     assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other.partial-*"))
     # a --tta-study that is not a study (a manifest, not JSON at all) is one line, exit 2
     not_json = tmp_path / "notes.txt"

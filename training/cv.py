@@ -489,6 +489,12 @@ def swap_member(
     sources = [provenance["run"]] + [e["run"] for e in extra if e["stage"] == stage]
     if old_run not in sources:
         raise RunError(f"{model_dir}: no {stage} member from run {old_run!r}; its {stage} members came from {sources}")
+    n_members = len(bundle.weight_files(stage))
+    if n_members != len(sources):  # e.g. a fold ensemble: several members from one run
+        raise RunError(
+            f"{model_dir}: its {n_members} {stage} members do not map one to one onto the runs they came from "
+            f"{sources} (a fold ensemble?); swap replaces the single member of one run"
+        )
     index = sources.index(old_run)
     folder = completed_stage_folder(new_run_dir / fold_dirname(ALL), stage)
     if folder is None:

@@ -42,6 +42,22 @@ def _sources(provenance: Mapping[str, Any], stage: str) -> List[Dict[str, Any]]:
     return [main, *extra]
 
 
+def member_sources(provenance: Mapping[str, Any], stage: str, n_members: int) -> List[Dict[str, Any]]:
+    """``{"run", "config"}`` of each of the ``n_members`` members of ``stage``, in weight-file order.
+
+    One member per run (:func:`_sources`), or a fold ensemble of them (``training export`` of several folds: each
+    run's members are its folds in ``provenance.data.folds`` order, each entry then also names its ``fold``).
+    Where the count fits neither, every entry's run is None: unknown rather than attributed to the wrong run.
+    """
+    sources = _sources(provenance, stage)
+    if n_members == len(sources):
+        return sources
+    folds = list(provenance.get("data", {}).get("folds") or [])
+    if folds and n_members == len(folds) * len(sources):
+        return [{**source, "fold": fold} for source in sources for fold in folds]
+    return [{"run": None, "config": None} for _ in range(n_members)]
+
+
 def merge_members(
     model_dir: Path,
     donor_dir: Path,
@@ -148,23 +164,15 @@ def merge_members(
     # provenance: who each added member is, where it was trained and how long it took
     provenance = dict(manifest["provenance"])
     their_prov = theirs.get("provenance", {})
-    their_sources = _sources(their_prov, stage)
+    their_sources = member_sources(their_prov, stage, n_theirs)
     their_git = their_prov.get("stage_git", {}).get(stage, [None] * n_theirs)
     their_hardware = their_prov.get("stage_hardware", {}).get(stage, [None] * n_theirs)
     their_times = member_wall_s(their_prov, stage)
-    provenance["extra_members"] = [
-        *provenance.get("extra_members", []),
-        *[
-            {**their_sources[i], "stage": stage, "from_model": theirs["name"]} if i < len(their_sources) else
-            {"stage": stage, "run": None, "config": None, "from_model": theirs["name"]}
-            for i in picked
-        ],
-    ]  # fmt: skip
+    added = [{**their_sources[i], "stage": stage, "from_model": theirs["name"]} for i in picked]
+    provenance["extra_members"] = [*provenance.get("extra_members", []), *added]
     for key, values in (("stage_git", their_git), ("stage_hardware", their_hardware)):
-        provenance[key] = {
-            **provenance.get(key, {}),
-            stage: [*provenance.get(key, {}).get(stage, []), *[values[i] for i in picked]],
-        }
+        known = [values[i] if i < len(values) else None for i in picked]  # an older manifest may list fewer
+        provenance[key] = {**provenance.get(key, {}), stage: [*provenance.get(key, {}).get(stage, []), *known]}
     provenance["ensemble_members"] = {**provenance.get("ensemble_members", {}), stage: n_total}
     wall = {s: member_wall_s(model.manifest["provenance"], s) for s in manifest["networks"]}
     added_times = [their_times[i] for i in picked]
