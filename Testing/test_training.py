@@ -758,6 +758,16 @@ def test_fold_lists_and_missing_runs_are_checked_before_anything_is_written(phan
     base = ["cv", "--config", "tiny", "--data", str(phantom_dir), "--runs-dir", str(tmp_path), "--no-progress"]
     assert cli_main([*base, "--run-name", "f1", "--folds", "5"]) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "f1").exists()
+    # an ASSN with its DAE prior and no DAE anywhere, or a --reuse-from of another config: before any training
+    assert cli_main([*base, "--run-name", "nodae", "--stages", "assn"]) == 2
+    assert "needs a trained DAE" in capsys.readouterr().err and not (tmp_path / "nodae").exists()
+    assert cli_main([*base, "--run-name", "loc", "--stages", "localizer", "--folds", "0"]) == 0
+    capsys.readouterr()
+    reuse = ["--reuse-from", str(tmp_path / "loc"), "--folds", "0"]
+    assert cli_main([*base, "--run-name", "nodae2", "--stages", "assn", *reuse]) == 2
+    assert "nor" in capsys.readouterr().err and not (tmp_path / "nodae2").exists()
+    assert cli_main([*base, "--run-name", "other", "--stages", "prsn", *reuse, "--set", "localizer.steps=3"]) == 2
+    assert "differs in config section 'localizer'" in capsys.readouterr().err and not (tmp_path / "other").exists()
     for command in (["report"], ["summarize"], ["export", "--out", str(tmp_path / "m")]):
         assert cli_main([*command, "--run-name", "nosuch", "--runs-dir", str(tmp_path)]) == 2
         assert "is not a run folder" in capsys.readouterr().err

@@ -45,6 +45,7 @@ from .cv import (
     Fold,
     RunError,
     aggregate,
+    check_stage_inputs,
     describe_summary,
     export_ensemble,
     fold_dirname,
@@ -378,8 +379,9 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
         )
         try:
             folds = parse_folds(folds_arg, len(run["split"]["folds"]))
-        except ConfigError:
-            if created and runtime.is_main:  # a mistyped --folds leaves no run folder behind
+            check_stage_inputs(run_dir, run, folds, stages, args.reuse_from)
+        except (ConfigError, RunError):
+            if created and runtime.is_main:  # a mistyped --folds or a missing stage leaves no run folder behind
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
         config = run["config"]

@@ -260,6 +260,40 @@ def check_reusable(run: Mapping[str, Any], other_dir: Path, stages: Sequence[str
             raise RunError(f"{other_dir} differs in config section {key!r}; its stages cannot be reused")
 
 
+def check_stage_inputs(
+    run_dir: Path,
+    run: Mapping[str, Any],
+    folds: Sequence[Fold],
+    stages: Sequence[str],
+    reuse_from: Optional[Path] = None,
+) -> None:
+    """Before anything trains: ``reuse_from`` fits this run (:func:`check_reusable`), and an ASSN trained here
+    with its DAE prior finds that DAE in every fold (this run's, or the one ``reuse_from`` holds).
+
+    Raises:
+        RunError: what is missing or does not fit, naming the folder.
+    """
+    if reuse_from is not None:
+        check_reusable(run, Path(reuse_from), [s for s in STAGE_ORDER if s not in stages])
+    if "assn" not in stages or "dae" in stages or run["config"]["assn"]["variant"] != "assn":
+        return
+    for fold in folds:
+        here = Path(run_dir) / fold_dirname(fold)
+        there = Path(reuse_from) / fold_dirname(fold) if reuse_from is not None else None
+        if completed_stage_folder(here, "dae") is not None:
+            continue
+        if there is None:
+            raise RunError(
+                f"the ASSN needs a trained DAE and {here / 'dae'} holds none "
+                "(add dae to --stages, or --reuse-from a run that has it)"
+            )
+        if completed_stage_folder(there, "dae") is None:
+            raise RunError(
+                f"the ASSN needs a trained DAE and neither {here / 'dae'} nor {there / 'dae'} holds one "
+                "(add dae to --stages)"
+            )
+
+
 def export_fold(
     run_dir: Path, run: Mapping[str, Any], fold: Fold, stages: Mapping[str, List[StageResult]], runtime: Runtime
 ) -> Path:
