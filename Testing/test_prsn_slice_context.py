@@ -182,12 +182,13 @@ def test_config_checks_the_prsn_context():
         load_config("tiny", ["prsn.config.slice_context=1", 'prsn.variant="unet_scar"'])
 
 
-def test_a_context_prsn_fold_trains_exports_and_segments(tmp_path):
-    """A 2.5D PRSN fold trains on phantoms, is exported as the fold's model and segments a case end to end."""
+def test_a_context_prsn_trains_validates_and_joins_a_2d_ensemble(tmp_path):
+    """A 2.5D PRSN fold trains on phantoms beside a 2D run's other stages and is validated through the engine;
+    exported with the 2D run's PRSN it makes a mixed ensemble that segments a case end to end."""
     from myops.phantom import make_phantom_case, write_phantom_case
     from myops.pipeline import Segmenter
     from training.config import load_config
-    from training.cv import CaseCache, open_run, run_fold
+    from training.cv import CaseCache, export_ensemble, open_run, run_fold
     from training.data import find_cases
     from training.runtime import setup_runtime
 
@@ -195,12 +196,14 @@ def test_a_context_prsn_fold_trains_exports_and_segments(tmp_path):
     for seed in range(4):
         write_phantom_case(make_phantom_case(seed=seed, n_slices=3), data, name=f"ph{seed:02d}")
     runtime = setup_runtime(load_config("tiny")["runtime"], "cpu")
-    steps = ["localizer.steps=2", "dae.steps=2", "assn.steps=2", "prsn.steps=3", "prsn.config.slice_context=1"]
-    run = tmp_path / "run"
-    summary = run_fold(run, open_run(run, "tiny", steps, data, runtime), 0, runtime, CaseCache((0.5, 99.5)))
-    assert len(summary["cases"]) == 2
-    seg = Segmenter(run / "fold_0" / "model", device="cpu")
-    assert [m.slice_context for m in seg.prsns] == [1]
+    steps = ["localizer.steps=2", "dae.steps=2", "assn.steps=2", "prsn.steps=3"]
+    flat_dir, deep_dir = tmp_path / "flat", tmp_path / "deep"
+    run_fold(flat_dir, open_run(flat_dir, "tiny", steps, data, runtime), 0, runtime, CaseCache((0.5, 99.5)))
+    deep = open_run(deep_dir, "tiny", [*steps, "prsn.config.slice_context=1"], data, runtime)
+    summary = run_fold(deep_dir, deep, 0, runtime, CaseCache((0.5, 99.5)), stages=("prsn",), reuse_from=flat_dir)
+    assert len(summary["cases"]) == 2 and all(0.0 <= row["dice_myocardium"] <= 1.0 for row in summary["cases"])
+    out = export_ensemble(deep_dir, [0], tmp_path / "mixed", runtime, extra_members=[("prsn", flat_dir)])
+    seg = Segmenter(out, device="cpu")
+    assert [m.slice_context for m in seg.prsns] == [1, 0]
     case = find_cases(data)[0]
-    result = seg.segment_files(case.c0, case.de, case.t2)
-    assert result.labels_zyx.shape[0] == 3
+    assert seg.segment_files(case.c0, case.de, case.t2).labels_zyx.shape[0] == 3

@@ -354,11 +354,11 @@ def aggregate(run_dir: Path) -> Dict[str, Any]:
 
 def _may_join(stage: str, member: StageResult, first: StageResult) -> bool:
     """Whether ``member`` may join an ensemble whose first member is ``first``: the same network, or, for the
-    ASSN, the same network but for ``slice_context`` (a 2D and a 2.5D ASSN; the model folder then records each
-    member's config and the engine feeds each its own input)."""
+    ASSN and the PRSN, the same network but for ``slice_context`` (a 2D and a 2.5D member; the model folder then
+    records each member's config and the engine feeds each its own input)."""
     if (member.arch, member.config) == (first.arch, first.config):
         return True
-    if stage != "assn" or member.arch != first.arch:
+    if stage not in ("assn", "prsn") or member.arch != first.arch:
         return False
     strip = lambda c: {k: v for k, v in c.items() if k != "slice_context"}  # noqa: E731
     return strip(member.config) == strip(first.config)
@@ -420,7 +420,7 @@ def export_ensemble(
             if not _may_join(stage, member, first):
                 raise RunError(
                     f"{folder}: {member.arch} {member.config} differs from {first.arch} {first.config}; an "
-                    "ensemble stage needs one network (ASSNs may differ in slice_context only)"
+                    "ensemble stage needs one network (ASSNs and PRSNs may differ in slice_context only)"
                 )
             stages[stage].append(member)
     metrics: Dict[str, Any] = {}
