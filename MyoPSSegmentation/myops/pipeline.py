@@ -547,11 +547,14 @@ class Segmenter:
             pick, probabilities = (lambda out: out.main), False
         contexts = [int(getattr(member, "slice_context", 0)) for member in self.prsns]
         if len(set(contexts)) == 1:
-            return self._forward(self.prsns, stack_slice_context(candidates, contexts[0]), pick, probabilities)
+            return self._forward(
+                self.prsns, stack_slice_context(candidates, contexts[0]), pick, probabilities=probabilities
+            )
         total = None
         for context in sorted(set(contexts)):
             group = [m for m, c in zip(self.prsns, contexts) if c == context]
-            prob = self._forward(group, stack_slice_context(candidates, context), pick, probabilities) * len(group)
+            prob = self._forward(group, stack_slice_context(candidates, context), pick, probabilities=probabilities)
+            prob = prob * len(group)
             total = prob if total is None else total + prob
         return total / len(contexts)
 
