@@ -70,6 +70,27 @@ def tiny_segmenter(tiny_model_dir):
     return Segmenter(tiny_model_dir, device="cpu")
 
 
+def context_model_folder(path: Path, stage: str, contexts) -> tuple[Path, list]:
+    """A tiny untrained model folder (seed 0) whose ``stage`` ("assn" or "prsn") has one member per entry of
+    ``contexts`` (each member's ``slice_context``); the other stages have one tiny member. Returns the folder and
+    the ``stage``'s members as built."""
+    import torch
+
+    from myops.model import PRESETS, STAGES, save_model_folder
+    from myops.networks import create_model
+
+    torch.manual_seed(0)
+    networks = {}
+    for name in STAGES:
+        entry = PRESETS["tiny"][name]
+        if name == stage:
+            members = [create_model(entry["arch"], **entry["config"], slice_context=c) for c in contexts]
+        else:
+            members = [create_model(entry["arch"], **entry["config"])]
+        networks[name] = (entry["arch"], members[0].config(), members)
+    return save_model_folder(path, networks, trained=False), networks[stage][2]
+
+
 def make_volume(
     shape_zyx=(4, 60, 70),
     spacing_xyz=(0.75, 0.8, 12.0),

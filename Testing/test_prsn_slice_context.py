@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import context_model_folder
 
-from myops.model import PRESETS, STAGES, save_model_folder
-from myops.networks import PathologyRegionNet, create_model
+from myops.networks import PathologyRegionNet
 from myops.preprocessing import slice_context_indices, stack_slice_context
 
 TINY = (4, 8, 16)
@@ -68,26 +68,13 @@ def test_each_branch_sees_its_own_sequence_at_each_offset(source, input_norm):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def _folder(path, contexts):
-    torch.manual_seed(0)
-    networks = {}
-    for stage in STAGES:
-        e = PRESETS["tiny"][stage]
-        if stage == "prsn":
-            members = [create_model("prsn", **e["config"], slice_context=c) for c in contexts]
-        else:
-            members = [create_model(e["arch"], **e["config"])]
-        networks[stage] = (e["arch"], members[0].config(), members)
-    return save_model_folder(path, networks, trained=False)
-
-
 @pytest.mark.parametrize("branch_weight", [0.0, 0.5])
 def test_pipeline_feeds_each_prsn_its_own_context(tmp_path, branch_weight):
     """A mixed ensemble's pathology probabilities are the mean of its 2D and 2.5D members run alone, and only the
     2.5D member's answer on a slice depends on the slice's neighbours."""
     from myops.pipeline import Segmenter
 
-    folder = _folder(tmp_path / "mixed", (0, 1, 1))
+    folder, _ = context_model_folder(tmp_path / "mixed", "prsn", (0, 1, 1))
     cand = np.random.default_rng(2).normal(size=(4, 3, 32, 32)).astype(np.float32)
     seg = Segmenter(folder, device="cpu", tta_flips=True, branch_weight=branch_weight)
     assert [m.slice_context for m in seg.prsns] == [0, 1, 1]

@@ -12,9 +12,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import context_model_folder
 
 from myops.errors import ModelError
-from myops.model import PRESETS, STAGES, ModelBundle, save_model_folder
+from myops.model import ModelBundle
 from myops.networks import AnatomicalStructureNet, create_model
 from myops.preprocessing import slice_context_indices, stack_slice_context
 
@@ -89,21 +90,8 @@ def test_each_encoder_sees_its_own_sequence_at_each_offset(source):
 
 
 # -- model folder and pipeline: a mixed ensemble -----------------------------------------------------------------
-def _folder(path, contexts):
-    torch.manual_seed(0)
-    networks = {}
-    for stage in STAGES:
-        e = PRESETS["tiny"][stage]
-        if stage == "assn":
-            members = [create_model("assn", **e["config"], slice_context=c) for c in contexts]
-        else:
-            members = [create_model(e["arch"], **e["config"])]
-        networks[stage] = (e["arch"], members[0].config(), members)
-    return save_model_folder(path, networks, trained=False), networks["assn"][2]
-
-
 def test_mixed_ensemble_records_each_members_config(tmp_path):
-    folder, members = _folder(tmp_path / "mixed", (0, 1))
+    folder, members = context_model_folder(tmp_path / "mixed", "assn", (0, 1))
     bundle = ModelBundle(folder)
     entry = bundle.manifest["networks"]["assn"]
     assert [c.get("slice_context", 0) for c in entry["member_configs"]] == [0, 1]
@@ -112,7 +100,7 @@ def test_mixed_ensemble_records_each_members_config(tmp_path):
     for mine, loaded in zip(members, built):
         for a, b in zip(mine.state_dict().values(), loaded.state_dict().values()):
             assert torch.equal(a, b)
-    same, _ = _folder(tmp_path / "same", (1, 1))
+    same, _ = context_model_folder(tmp_path / "same", "assn", (1, 1))
     assert "member_configs" not in ModelBundle(same).manifest["networks"]["assn"]
 
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -126,7 +114,7 @@ def test_pipeline_feeds_each_member_its_own_input(tmp_path):
     """The mixed ensemble's LV probabilities are the mean of its 2D and 2.5D members run alone."""
     from myops.pipeline import Segmenter
 
-    mixed, _ = _folder(tmp_path / "mixed", (0, 1))
+    mixed, _ = context_model_folder(tmp_path / "mixed", "assn", (0, 1))
     crops = np.random.default_rng(2).normal(size=(4, 3, 32, 32)).astype(np.float32)
     seg = Segmenter(mixed, device="cpu", tta_flips=False)
     both = seg.assn_pass(crops)
@@ -274,10 +262,10 @@ def load_tiny():
 def test_info_names_what_each_mixed_member_changes(tmp_path, capsys):
     from myops.cli import main
 
-    folder, _ = _folder(tmp_path / "mixed", (0, 1))
+    folder, _ = context_model_folder(tmp_path / "mixed", "assn", (0, 1))
     assert main(["info", "--model", str(folder), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "member 0: as above" in out and "member 1: {'slice_context': 1}" in out
-    reverse, _ = _folder(tmp_path / "reverse", (1, 0))  # the first member's config is the entry's
+    reverse, _ = context_model_folder(tmp_path / "reverse", "assn", (1, 0))  # the first member's config is the entry's
     assert main(["info", "--model", str(reverse), "--device", "cpu"]) == 0
     assert "member 1: {'slice_context': 'default'}" in capsys.readouterr().out
