@@ -558,6 +558,64 @@ def test_resume_continues_from_the_checkpoint_exactly(phantom_cases, runtime, tm
         train_localizer(cfg2, bank, tmp_path / "resumed", runtime, 0, resume=True)
 
 
+def test_weight_average_hand_computed():
+    from training.loop import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    avg = WeightAverage(net, 0.5)
+    with torch.no_grad():
+        net[0].weight.fill_(3.0)
+        net[1].num_batches_tracked.fill_(7)
+    avg.update(net, 0)  # decay min(0.5, 1/10) = 0.1: 0.1 * 1 + 0.9 * 3
+    assert avg.state["0.weight"].item() == pytest.approx(2.8)
+    assert avg.state["1.num_batches_tracked"].item() == 7  # integers are copied, not averaged
+    with torch.no_grad():
+        net[0].weight.fill_(5.0)
+    avg.update(net, 1)  # decay 2/11: (2/11) * 2.8 + (9/11) * 5 = 4.6
+    assert avg.state["0.weight"].item() == pytest.approx(4.6)
+    avg.update(net, 10)  # decay min(0.5, 11/20) = 0.5: 0.5 * 4.6 + 0.5 * 5
+    assert avg.state["0.weight"].item() == pytest.approx(4.8)
+    assert net[0].weight.item() == 5.0  # the model itself is untouched until copy_to
+    avg.copy_to(net)
+    assert net[0].weight.item() == pytest.approx(4.8)
+    with pytest.raises(ValueError):
+        WeightAverage(net, 1.0)
+    with pytest.raises(ValueError, match="does not match"):
+        WeightAverage(net, 0.5, state={"0.weight": torch.ones(1, 1)})
+
+
+def test_ema_stage_exports_the_average_and_resumes_to_the_same_weights(phantom_cases, runtime, tmp_path):
+    from safetensors.torch import load_file
+
+    from training.checkpoint import model_state_from
+
+    cfg = tiny("localizer.steps=9", "runtime.checkpoint_every=4", "localizer.ema_decay=0.8")
+    bank = SliceBank(phantom_cases, cfg["data"])
+    straight = train_localizer(cfg, bank, tmp_path / "straight", runtime, 0)
+    stored = load_file(str(tmp_path / "straight" / "checkpoint.safetensors"))
+    last, average = model_state_from(stored), model_state_from(stored, "ema.")
+    final = load_file(str(tmp_path / "straight" / "final.safetensors"))
+    assert set(final) == set(average) == set(last)
+    for k, v in final.items():
+        torch.testing.assert_close(v, average[k])
+    assert any(not torch.equal(v, last[k]) for k, v in final.items() if v.is_floating_point())
+    with pytest.raises(_InterruptError):
+        train_localizer(cfg, _FailingBank(bank, 6), tmp_path / "resumed", runtime, 0)
+    resumed = train_localizer(cfg, bank, tmp_path / "resumed", runtime, 0, resume=True)
+    for k, v in straight.module.state_dict().items():
+        torch.testing.assert_close(resumed.module.state_dict()[k], v)
+    # without the average, the same run ends on its last step's weights, which the average differs from
+    plain = train_localizer(
+        tiny("localizer.steps=9", "runtime.checkpoint_every=4"), bank, tmp_path / "plain", runtime, 0
+    )
+    for k, v in plain.module.state_dict().items():
+        torch.testing.assert_close(v, last[k])
+    with pytest.raises(ConfigError, match="ema_decay"):
+        tiny("prsn.ema_decay=1.0")
+
+
 def test_reopening_a_run_takes_runtime_overrides_without_its_config(phantom_dir, runtime, tmp_path):
     from training.cv import RunError
 

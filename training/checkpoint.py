@@ -101,7 +101,11 @@ def load_rng_state(folder: Path, rank: int, data_generator: torch.Generator) -> 
 
 
 def save_checkpoint(
-    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: Mapping[str, Any]
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: Mapping[str, Any],
+    average: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> None:
     """Write ``checkpoint.safetensors`` then ``checkpoint.json`` into ``folder`` (main process only).
 
@@ -110,10 +114,12 @@ def save_checkpoint(
         model: the bare (not DDP-wrapped) module being trained.
         optimizer: its optimizer.
         meta: JSON-able fields (``step``, ``elapsed_s``, ``fingerprint``...).
+        average: the moving average of the model's state (``ema_decay``), stored as ``ema.*``; None = none.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in (average or {}).items()})
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
     tensors.update(opt_tensors)
     save_tensors(folder / CHECKPOINT_TENSORS, tensors)
@@ -133,6 +139,6 @@ def load_checkpoint(folder: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, An
     return tensors, meta
 
 
-def model_state_from(tensors: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The ``model.*`` entries of a checkpoint, without the prefix."""
-    return {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+def model_state_from(tensors: Mapping[str, torch.Tensor], prefix: str = "model.") -> Dict[str, torch.Tensor]:
+    """The ``model.*`` entries of a checkpoint (or another ``prefix``'s, e.g. ``"ema."``), without the prefix."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

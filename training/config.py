@@ -50,6 +50,10 @@ def _optim(steps: int, batch_size: int, lr: float) -> Dict[str, Any]:
         "lr_schedule": "cosine",
         "min_lr_fraction": 0.02,
         "grad_clip": 5.0,
+        # exponential moving average of the weights (Polyak averaging): 0 = off (the last step's weights are the
+        # stage's output); d in (0, 1) = the output is the average, updated after every step with decay
+        # min(d, (1 + t) / (10 + t)), so its memory is about 1 / (1 - d) steps.
+        "ema_decay": 0.0,
         # seed of this stage's initialisation and batch draws; null = the run's seed. A second seed of one stage
         # (an ensemble member) can then reuse the run's split and other stages, which need the same run seed.
         "seed": None,
@@ -340,6 +344,9 @@ def validate_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"{stage}.lr must be > 0")
         if section["lr_schedule"] not in ("cosine", "constant"):
             raise ConfigError(f"{stage}.lr_schedule must be 'cosine' or 'constant'")
+        ema = section["ema_decay"]
+        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
+            raise ConfigError(f"{stage}.ema_decay must be a number in [0, 1) (0 = off)")
         own_seed = section.get("seed")
         if own_seed is not None and (isinstance(own_seed, bool) or not isinstance(own_seed, int)):
             raise ConfigError(f"{stage}.seed must be an integer or null, got {section['seed']!r}")

@@ -7,7 +7,9 @@ A stage folder receives:
 - ``log.jsonl``: one JSON object per ``runtime.log_every`` steps (step, loss and its parts averaged over the
   interval, learning rate, elapsed seconds);
 - ``final.safetensors`` + ``final.json`` when the stage is complete: the weights of the module the model folder
-  needs (e.g. the ASSN without its frozen DAE), its architecture and constructor kwargs, and a summary.
+  needs (e.g. the ASSN without its frozen DAE), its architecture and constructor kwargs, and a summary. With a
+  stage's ``ema_decay`` > 0 those weights are the moving average of the training weights (:class:`WeightAverage`,
+  kept in the checkpoint as ``ema.*``), not the last step's.
 
 ``resume=True`` continues from the checkpoint (model, optimizer, random state, step), so an interrupted run
 ends with the same weights as an uninterrupted one (on the same hardware and thread count).
@@ -53,6 +55,41 @@ FINAL_META = "final.json"
 
 #: ``compute_loss(model, generator) -> (loss, parts)``: draws a batch, runs the (possibly DDP-wrapped) model.
 LossFn = Callable[[nn.Module, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
+
+
+class WeightAverage:
+    """Exponential moving average of a module's state (Polyak averaging), updated after each optimiser step.
+
+    Floating-point entries (parameters and buffers such as batch-norm running statistics) are averaged with decay
+    ``min(decay, (1 + t) / (10 + t))`` at step ``t`` (0-based), so the early average is not dominated by the
+    initial weights; integer entries (e.g. ``num_batches_tracked``) are copied. Every DDP process keeps its own,
+    identical, average (the replicas' weights are identical after each step).
+    """
+
+    def __init__(self, model: nn.Module, decay: float, state: Mapping[str, torch.Tensor] | None = None):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = float(decay)
+        current = model.state_dict()
+        source = current if state is None else state
+        if set(source) != set(current):
+            raise ValueError("the stored moving average does not match the model's state")
+        self.state = {k: source[k].detach().to(current[k].device, copy=True) for k in current}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """Fold the model's state after step ``step`` (0-based) into the average."""
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        for name, value in model.state_dict().items():
+            average = self.state[name]
+            if average.is_floating_point():
+                average.mul_(d).add_(value.detach(), alpha=1.0 - d)
+            else:
+                average.copy_(value)
+
+    def copy_to(self, model: nn.Module) -> None:
+        """Load the average into ``model`` (in place)."""
+        model.load_state_dict(self.state)
 
 
 class StageExistsError(RuntimeError):
@@ -181,6 +218,8 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=float(section["lr"]), weight_decay=float(section["weight_decay"]))
     start, elapsed_before = 0, 0.0
+    ema_decay = float(section.get("ema_decay", 0.0))
+    average = WeightAverage(model, ema_decay) if ema_decay > 0 else None
     if resume and has_checkpoint(folder):
         tensors, meta = load_checkpoint(folder)
         if meta.get("fingerprint") != fp:
@@ -188,6 +227,8 @@ def fit(
                 f"{folder}: the checkpoint was made with a different {stage} config; use --overwrite to restart"
             )
         model.load_state_dict(model_state_from(tensors))
+        if average is not None:
+            average = WeightAverage(model, ema_decay, model_state_from(tensors, "ema."))
         optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
         load_rng_state(folder, runtime.rank, generator)
         start, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
@@ -239,6 +280,8 @@ def fit(
             scaler.update()
         else:
             optimizer.step()
+        if average is not None:
+            average.update(model, step)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"{stage}: loss became {value} at step {step}")
@@ -275,11 +318,14 @@ def fit(
                         "fingerprint": fp,
                         "elapsed_s": elapsed_before + time.perf_counter() - t0,
                     },
+                    average=None if average is None else average.state,
                 )
             runtime.barrier()
     bar.close()
     wall = elapsed_before + time.perf_counter() - t0
     arch, config, pick = export
+    if average is not None:
+        average.copy_to(model)
     module = pick(model)
     git, hardware = git_state(), runtime.describe()
     if runtime.is_main:
@@ -294,6 +340,7 @@ def fit(
                 "steps": steps,
                 "wall_s": round(wall, 2),
                 "final_loss_mean_last20": (sum(tail) / len(tail)) if tail else None,
+                "weights": "moving average" if average is not None else "last step",
                 "runtime": hardware,
                 "git": git,
             },
