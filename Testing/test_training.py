@@ -558,6 +558,17 @@ def test_resume_continues_from_the_checkpoint_exactly(phantom_cases, runtime, tm
         train_localizer(cfg2, bank, tmp_path / "resumed", runtime, 0, resume=True)
 
 
+def test_checkpoints_from_before_ema_decay_keep_their_fingerprint():
+    from training.checkpoint import fingerprint
+    from training.loop import section_fingerprint
+
+    section = dict(tiny()["prsn"])
+    assert section["ema_decay"] == 0.0
+    older = {k: v for k, v in section.items() if k != "ema_decay"}
+    assert section_fingerprint(section) == fingerprint(older)
+    assert section_fingerprint({**section, "ema_decay": 0.9}) != fingerprint(older)
+
+
 def test_weight_average_hand_computed():
     from training.loop import WeightAverage
 

@@ -57,6 +57,12 @@ FINAL_META = "final.json"
 LossFn = Callable[[nn.Module, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
 
+def section_fingerprint(section: Mapping[str, Any]) -> str:
+    """The fingerprint a checkpoint is resumed under: the stage's config section, without ``ema_decay`` when it
+    is off, so checkpoints written before that option existed still resume."""
+    return fingerprint({k: v for k, v in section.items() if k != "ema_decay" or v})
+
+
 class WeightAverage:
     """Exponential moving average of a module's state (Polyak averaging), updated after each optimiser step.
 
@@ -214,7 +220,7 @@ def fit(
         prepare_stage_folder(folder, resume, overwrite)
     runtime.barrier()
     steps = int(section["steps"])
-    fp = fingerprint(section)
+    fp = section_fingerprint(section)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=float(section["lr"]), weight_decay=float(section["weight_decay"]))
     start, elapsed_before = 0, 0.0
