@@ -1196,3 +1196,35 @@ def test_member_wall_s_recovers_what_older_manifests_say():
     assert member_wall_s(old, "prsn") == [None, None, 700.0] and stage_total_s(member_wall_s(old, "prsn")) is None
     kept = {**old, "stage_wall_s": {"prsn": [1.0, 2.0, 3.5]}}
     assert member_wall_s(kept, "prsn") == [1.0, 2.0, 3.5] and stage_total_s([1.0, 2.0, 3.5]) == 6.5
+
+
+def test_last_step_twin_writes_the_same_runs_last_step_weights(phantom_cases, runtime, tmp_path):
+    """benchmarks/last_step_twin.py: the twin's stage holds the checkpoint's last-step weights, not the average,
+    and a run without the average is refused."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location(
+        "last_step_twin", Path(__file__).resolve().parents[1] / "benchmarks" / "last_step_twin.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    bank = SliceBank(phantom_cases, tiny()["data"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    cfg = tiny("localizer.steps=6", "runtime.checkpoint_every=4", "localizer.ema_decay=0.8")
+    train_localizer(cfg, bank, run / "fold_0" / "localizer", runtime, 0)
+    plain_cfg = tiny("localizer.steps=6", "runtime.checkpoint_every=4")
+    plain = train_localizer(plain_cfg, bank, tmp_path / "plain" / "fold_0" / "localizer", runtime, 0)
+    (written,) = module.write_twin(run, tmp_path / "twin", "localizer")
+    twin = load_file(str(written / "final.safetensors"))
+    for k, v in plain.module.state_dict().items():
+        torch.testing.assert_close(twin[k], v)  # the trajectory without the average, step for step
+    assert json.loads((written / "final.json").read_text())["weights"] == "last step"
+    assert (tmp_path / "twin" / "config.json").is_file()
+    with pytest.raises(SystemExit, match="exists"):
+        module.write_twin(run, tmp_path / "twin", "localizer")
+    with pytest.raises(SystemExit, match="ema_decay"):
+        module.write_twin(tmp_path / "plain", tmp_path / "twin2", "localizer")
