@@ -225,7 +225,7 @@ def fit(
     optimizer = torch.optim.Adam(params, lr=float(section["lr"]), weight_decay=float(section["weight_decay"]))
     start, elapsed_before = 0, 0.0
     ema_decay = float(section.get("ema_decay", 0.0))
-    average = WeightAverage(model, ema_decay) if ema_decay > 0 else None
+    stored_average = None
     if resume and has_checkpoint(folder):
         tensors, meta = load_checkpoint(folder)
         if meta.get("fingerprint") != fp:
@@ -233,14 +233,15 @@ def fit(
                 f"{folder}: the checkpoint was made with a different {stage} config; use --overwrite to restart"
             )
         model.load_state_dict(model_state_from(tensors))
-        if average is not None:
-            average = WeightAverage(model, ema_decay, model_state_from(tensors, "ema."))
+        if ema_decay > 0:
+            stored_average = model_state_from(tensors, "ema.")
         optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
         load_rng_state(folder, runtime.rank, generator)
         start, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
         logger.info("%s: resuming at step %d of %d", stage, start, steps)
         if runtime.is_main:
             _truncate_log(folder / "log.jsonl", start)
+    average = WeightAverage(model, ema_decay, stored_average) if ema_decay > 0 else None
     train_model: nn.Module = model
     if runtime.distributed:
         ddp_kwargs = {"device_ids": [runtime.local_rank]} if runtime.device.type == "cuda" else {}
