@@ -461,11 +461,111 @@ def test_an_empty_dicom_folder_gives_exactly_one_line(tmp_path):
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "MyoPSSegmentation"), os.environ.get("PYTHONPATH")])),
     )
-    (tmp_path / "empty").mkdir()
+    for name in ("empty", "empty_de", "empty_t2"):
+        (tmp_path / name).mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "myops", "segment", "--bssfp", "empty", "--lge", "empty", "--t2", "empty",
+        [sys.executable, "-m", "myops", "segment", "--bssfp", "empty", "--lge", "empty_de", "--t2", "empty_t2",
          "-o", "o.nii.gz"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["myops: error: empty: folder holds no DICOM series"], proc.stderr
+
+
+# -- outputs that must never land on inputs, and folders checked before any work (review of session 22) --------
+def test_evaluate_never_writes_over_a_scored_file_nor_an_existing_report(case_files, tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    truth = sitk.ReadImage(str(case_files["gd"]))
+    sitk.WriteImage(truth, str(gt / "p007_gd.nii.gz"))
+    sitk.WriteImage(truth, str(pred / "p007_seg.nii.gz"))
+    before = {p: p.read_bytes() for p in (pred / "p007_seg.nii.gz", gt / "p007_gd.nii.gz")}
+    for extra in (["--csv", pred / "p007_seg.nii.gz"], ["--json", gt / "p007_gd.nii.gz"]):
+        assert run_cli("evaluate", pred, gt, *extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "same as an input" in err[0], err
+    assert {p: p.read_bytes() for p in before} == before
+    report = tmp_path / "m.csv"
+    report.write_text("the user's own table")
+    assert run_cli("evaluate", pred, gt, "--csv", report) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert report.read_text() == "the user's own table"
+    assert run_cli("evaluate", pred, gt, "--csv", report, "--overwrite") == 0
+    assert report.read_text().startswith("case,")
+
+
+def test_segment_refuses_one_file_for_two_sequences(case_files, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "seg.nii.gz"
+    args = segment_args(case_files, out, tiny_model_dir)
+    args[args.index("--t2") + 1] = Path(
+        str(case_files["DE"]).replace("p007_DE", "./p007_DE")
+    )  # same file, other spelling
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "both --lge and --t2" in err[0], err
+    assert outputs_in(tmp_path) == []
+
+
+def test_a_side_file_that_appears_during_the_run_stops_the_label_map_too(
+    case_files, tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    from myops.pipeline import Segmenter
+
+    out, side = tmp_path / "seg.nii.gz", tmp_path / "q.csv"
+    segment = Segmenter.segment
+
+    def segment_while_someone_saves(self, *args, **kwargs):
+        result = segment(self, *args, **kwargs)
+        side.write_text("saved meanwhile")
+        return result
+
+    monkeypatch.setattr(Segmenter, "segment", segment_while_someone_saves)
+    assert run_cli(*segment_args(case_files, out, tiny_model_dir), "--csv", side) == 2
+    assert "q.csv" in capsys.readouterr().err
+    assert outputs_in(tmp_path) == ["q.csv"] and side.read_text() == "saved meanwhile"  # no label map either
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo", "--output-dir", "{file}"],
+        ["demo", "--output-dir", "/proc/myops-demo"],
+        ["demo", "--output-dir", "{tmp}/d1", "--size", "8"],
+        ["phantom", "{file}"],
+        ["phantom", "/proc/myops-phantoms"],
+        ["phantom", "{tmp}/p1", "-n", "0"],
+    ],
+)
+def test_demo_and_phantom_refuse_bad_folders_and_numbers_in_one_line(tmp_path, capsys, args):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    code = run_cli(*[a.format(file=afile, tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("myops: error: "), err
+    assert outputs_in(tmp_path) == ["afile"]  # no folder left behind
+
+
+def test_segment_batch_refuses_an_existing_unwritable_folder_before_loading_the_model(
+    case_files, tiny_model_dir, capsys
+):
+    code = run_cli("segment-batch", case_files["DE"].parent, "/proc", "--model", tiny_model_dir, "--device", "cpu")
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not writable" in err[0], err
+    assert "Device:" not in captured.out
+
+
+def test_find_cases_reports_ambiguous_cases_and_reads_any_case_and_dicom_folders(tmp_path):
+    for n in ("x_C0.nii.gz", "x_DE.nii.gz", "x_LGE.nii.gz", "x_T2.nii.gz", "y_c0.nii.gz", "y_de.nrrd", "y_t2.mha",
+              "z_C0.nii.gz", "z_C0.nrrd", "z_DE.nii.gz", "z_T2.nii.gz", "w_gd.nii.gz"):  # fmt: skip
+        (tmp_path / n).write_text("")
+    for n in ("v_C0", "v_DE", "v_T2"):
+        (tmp_path / n).mkdir()  # DICOM series folders
+    cases, problems = find_cases(tmp_path)
+    assert sorted(cases) == ["v", "y"]
+    assert cases["v"]["lge"] == tmp_path / "v_DE" and cases["y"]["t2"] == tmp_path / "y_t2.mha"
+    assert problems == [
+        "x: 2 candidates for lge (x_DE.nii.gz, x_LGE.nii.gz); keep one",
+        "z: 2 candidates for bssfp (z_C0.nii.gz, z_C0.nrrd); keep one",
+    ]

@@ -66,6 +66,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .io import check_output_path, check_side_output, read_image, write_output
 
     inputs = [args.bssfp, args.lge, args.t2]
+    _refuse_same_inputs(dict(zip(("--bssfp", "--lge", "--t2"), inputs)))
     out = check_output_path(args.output, inputs)
     _refuse_same_outputs([out, args.csv, args.json])
     for extra in (args.csv, args.json):
@@ -84,6 +85,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if str(error.source) not in files:
             raise
         raise InputError(files[str(error.source)], error.problem) from None
+    if not args.overwrite:  # a file that appeared during the run: refuse before anything is written
+        _refuse_existing([out, args.csv, args.json])
     t0 = time.perf_counter()
     write_output(out, result.labels, overwrite=args.overwrite)
     result.timings_s.update(read=t_read, write=time.perf_counter() - t0)
@@ -114,6 +117,16 @@ def _refuse_existing(paths: Sequence[Optional[object]]) -> None:
             raise InputError(path, f"{EXISTS_MESSAGE}; pass --overwrite to replace it")
 
 
+def _refuse_same_inputs(inputs: Dict[str, object]) -> None:
+    """One line and exit 2 when one file is given for two sequences (``option -> path``)."""
+    seen: Dict[Path, str] = {}
+    for option, path in inputs.items():
+        resolved = Path(str(path)).resolve()
+        if resolved in seen:
+            raise InputError(path, f"is given for both {seen[resolved]} and {option}; each sequence needs its own file")
+        seen[resolved] = option
+
+
 def _refuse_same_outputs(paths: Sequence[Optional[object]]) -> None:
     """One line and exit 2 when two outputs (label map, --csv, --json) are the same file."""
     seen: Dict[Path, object] = {}
@@ -128,30 +141,47 @@ def _refuse_same_outputs(paths: Sequence[Optional[object]]) -> None:
 
 # -- segment-batch ----------------------------------------------------------------------------------------------
 def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[str]]:
-    """Group ``<name>_C0.*``, ``<name>_DE.*``/``<name>_LGE.*`` and ``<name>_T2.*`` files by case name.
+    """Group ``<name>_C0.*``, ``<name>_DE.*``/``<name>_LGE.*`` and ``<name>_T2.*`` by case name.
+
+    An entry is an image file with one of :data:`myops.io.IMAGE_SUFFIXES`, or a DICOM series folder named
+    ``<name>_<TAG>`` (no suffix). Tags match in any case (``_c0`` is ``_C0``); other files (e.g. ``_gd`` ground
+    truths) are ignored. A case with two entries for one sequence (``_DE`` and ``_LGE``, or one scan in two
+    formats) is not guessed at: it is reported, like a case missing a sequence.
 
     Returns:
-        (complete cases name -> role -> path, problems found as messages for incomplete cases).
+        (complete cases name -> role -> path, one message per incomplete or ambiguous case).
     """
     from .io import IMAGE_SUFFIXES
 
-    cases: Dict[str, Dict[str, Path]] = {}
+    found: Dict[str, Dict[str, List[Path]]] = {}
     for path in sorted(folder.iterdir()):
         name = path.name
         lower = name.lower()
         suffix = next((s for s in IMAGE_SUFFIXES if lower.endswith(s)), None)
-        if suffix is None or not path.is_file():
+        if path.is_file() and suffix is not None:
+            stem = name[: -len(suffix)]
+        elif path.is_dir() and suffix is None:
+            stem = name  # a DICOM series folder
+        else:
             continue
-        stem = name[: -len(suffix)]
         for role, tags in BATCH_TAGS.items():
-            tag = next((t for t in tags if stem.endswith("_" + t)), None)
+            tag = next((t for t in tags if stem.lower().endswith("_" + t.lower())), None)
             if tag is not None:
                 case = stem[: -len(tag) - 1]
-                cases.setdefault(case, {})[role] = path
-    complete = {k: v for k, v in cases.items() if len(v) == 3}
-    problems = [
-        f"{k}: missing {', '.join(r for r in BATCH_TAGS if r not in v)}" for k, v in cases.items() if len(v) != 3
-    ]
+                found.setdefault(case, {}).setdefault(role, []).append(path)
+    complete: Dict[str, Dict[str, Path]] = {}
+    problems: List[str] = []
+    for case, roles in found.items():
+        doubled = {role: paths for role, paths in roles.items() if len(paths) > 1}
+        missing = [role for role in BATCH_TAGS if role not in roles]
+        if doubled:
+            role, paths = next(iter(doubled.items()))
+            names = ", ".join(p.name for p in paths)
+            problems.append(f"{case}: {len(paths)} candidates for {role} ({names}); keep one")
+        elif missing:
+            problems.append(f"{case}: missing {', '.join(missing)}")
+        else:
+            complete[case] = {role: paths[0] for role, paths in roles.items()}
     return complete, problems
 
 
@@ -187,6 +217,8 @@ def _write_csv_rows(path: Path, rows: List[dict]) -> None:
 def cmd_segment_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .io import check_side_output
+
     in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
     if not in_dir.is_dir():
         raise InputError(in_dir, "input folder not found")
@@ -199,6 +231,7 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(out_dir, f"output folder cannot be created ({exc.strerror})") from None
+    check_side_output(out_dir / "quantification.csv")  # an existing folder must be writable too
     outputs = {name: out_dir / f"{name}_seg.nii.gz" for name in cases}
     keep = set() if args.overwrite else {name for name, out in outputs.items() if out.exists()}
     segmenter = _make_segmenter(args.model, args.device) if len(keep) < len(cases) else None
@@ -294,9 +327,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not Path(d).is_dir():
             raise InputError(d, "folder not found")
     _refuse_same_outputs([args.csv, args.json])
+    scored = [p for d in (args.pred_dir, args.gt_dir) for p in Path(d).iterdir()]
     for extra in (args.csv, args.json):
         if extra is not None:
-            check_side_output(extra)  # before the (long) evaluation
+            check_side_output(extra, scored)  # before the (long) evaluation; never over a scored file
+    if not args.overwrite:
+        _refuse_existing([args.csv, args.json])
     report = evaluate_folders(args.pred_dir, args.gt_dir)
     _print(report.format_table())
     if args.csv:
@@ -309,6 +345,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # -- demo ----------------------------------------------------------------------------------------------------
+#: The demo phantom's in-plane size limits (pixels): the phantom needs 32; beyond 1024 only memory grows.
+MIN_DEMO_SIZE, MAX_DEMO_SIZE = 32, 1024
+
+
+def _make_output_folder(path: str) -> Path:
+    """Create an output folder (and its parents) or say in one line why not; it must be writable."""
+    from .io import check_side_output
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(folder, "exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(folder, f"output folder cannot be created ({exc.strerror})") from None
+    check_side_output(folder / "probe")  # writable, checked by creating a file
+    return folder
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk
@@ -319,8 +374,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .phantom import make_phantom_case, write_phantom_case
     from .preprocessing import spacing_zyx_of
 
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not MIN_DEMO_SIZE <= args.size <= MAX_DEMO_SIZE:
+        raise InputError("--size", f"must be {MIN_DEMO_SIZE}-{MAX_DEMO_SIZE} pixels, got {args.size}")
+    out_dir = _make_output_folder(args.output_dir)
     _print("MyoPS demo: the whole cascade on a SYNTHETIC PHANTOM (not patient data).")
     model = args.model
     tmp = None
@@ -393,8 +449,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_phantom(args: argparse.Namespace) -> int:
     from .phantom import make_phantom_case, write_phantom_case
 
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.n < 1:
+        raise InputError("-n", f"must be at least 1, got {args.n}")
+    out_dir = _make_output_folder(args.out_dir)
     for i in range(args.n):
         case = make_phantom_case(seed=args.seed + i)
         paths = write_phantom_case(case, out_dir, name=f"phantom_{args.seed + i:03d}")
@@ -502,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("gt_dir")
     p.add_argument("--csv", help="write per-case metrics as CSV")
     p.add_argument("--json", help="write per-case metrics and summary as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace a --csv/--json report that exists")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="run the cascade on a synthetic phantom (the embedded default)")
