@@ -12,14 +12,15 @@ import logging
 import os
 import struct
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .labels import SEGMENTS, terminology_string
+from .labels import SEGMENTS, TERMINOLOGY_CONTEXT, SegmentSpec, Terminology
 
 logger = logging.getLogger(__name__)
 
@@ -122,23 +123,124 @@ def read_image(path: PathLike) -> sitk.Image:
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
+    """Read the one DICOM series in ``folder`` as a 3D volume, refusing stacks ITK would misread.
+
+    Before reading, :func:`check_dicom_slice_geometry` checks the files' slice positions: a cine series (several
+    phases per position), mixed orientations and uneven slice gaps are refused instead of being stacked with an
+    averaged spacing. ITK's own warnings are kept off stderr so the caller's one line is the only message.
+
+    Raises:
+        InputError: no series, several series, a refused slice geometry, or a series ITK cannot read.
+    """
     reader = sitk.ImageSeriesReader()
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "No Series were found" would precede our one line
-    try:
+    with _itk_warnings_hidden():  # ITK's "No Series were found" would precede our one line
         series = reader.GetGDCMSeriesIDs(str(folder))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not series:
         raise InputError(folder, "folder holds no DICOM series")
     if len(series) > 1:
         raise InputError(folder, f"folder holds {len(series)} DICOM series; point to a folder with exactly one")
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    check_dicom_slice_geometry(folder, files)
     reader.SetFileNames(files)
     try:
-        return reader.Execute()
+        with _itk_warnings_hidden():  # e.g. "Non uniform sampling or missing slices detected"
+            return reader.Execute()
     except RuntimeError:
         raise InputError(folder, "DICOM series could not be read as one volume") from None
+
+
+@contextmanager
+def _itk_warnings_hidden() -> Iterator[None]:
+    """Switch ITK's global warning display off for the block, restoring the previous setting after it."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+#: Slice positions (mm along the slice normal) closer than this are the same position.
+_SAME_POSITION_MM = 0.01
+#: Orientation cosines that differ by more than this between files are different orientations.
+_ORIENTATION_TOL = 1e-3
+
+
+def _dicom_slice_header(path: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """ImagePositionPatient (3) and ImageOrientationPatient (6) of one DICOM file, or None if it lacks them."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        with _itk_warnings_hidden():
+            reader.ReadImageInformation()
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            return None
+        position = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")], dtype=float)
+        orientation = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")], dtype=float)
+    except (RuntimeError, ValueError):
+        return None
+    if position.shape != (3,) or orientation.shape != (6,) or not np.all(np.isfinite(orientation)):
+        return None
+    return position, orientation
+
+
+def check_dicom_slice_geometry(folder: PathLike, files: Sequence[str]) -> None:
+    """Refuse a DICOM series whose files do not form one evenly spaced stack of parallel slices.
+
+    ITK's series reader stacks whatever files it is given with the average slice spacing and only warns, so a
+    cine series (several temporal phases at each slice position) becomes one tall, wrong volume and a series
+    with a missing slice puts the slices after the gap millimetres from where they were acquired. This reads
+    each file's ImagePositionPatient (0020,0032) and ImageOrientationPatient (0020,0037), projects the positions
+    on the slice normal and checks them. A series in which any file lacks those tags is left to ITK (the
+    behaviour before this check); so is a single file.
+
+    Args:
+        folder: the series folder, named in the message.
+        files: the series' files.
+
+    Raises:
+        InputError: two or more files at one slice position (a cine series?), orientations that differ between
+            files, or gaps between slice positions that differ from their median by more than
+            max(1 %, 0.05 mm).
+    """
+    if len(files) < 2:
+        return
+    headers = []
+    for name in files:
+        header = _dicom_slice_header(name)
+        if header is None:
+            return
+        headers.append(header)
+    orientation = headers[0][1]
+    if any(np.max(np.abs(o - orientation)) > _ORIENTATION_TOL for _, o in headers[1:]):
+        raise InputError(
+            folder,
+            "DICOM slices differ in orientation (ImageOrientationPatient); give a folder with one stack of "
+            "parallel slices",
+        )
+    normal = np.cross(orientation[:3], orientation[3:])
+    length = float(np.linalg.norm(normal))
+    if not length > 0:
+        return  # degenerate orientation: left to ITK
+    along = np.sort(np.array([float(np.dot(p, normal / length)) for p, _ in headers]))
+    steps = np.diff(along)
+    positions = np.concatenate([along[:1], along[1:][steps > _SAME_POSITION_MM]])
+    if len(positions) < len(files):
+        raise InputError(
+            folder,
+            f"DICOM series holds {len(files)} images at {len(positions)} slice positions (a cine series?); give a "
+            "folder with one frame per slice, e.g. the end-diastolic phase",
+        )
+    gaps = np.diff(positions)
+    if len(gaps) < 2:
+        return
+    median = float(np.median(gaps))
+    if np.max(np.abs(gaps - median)) > max(0.01 * median, 0.05):
+        raise InputError(
+            folder,
+            f"DICOM slice positions are not evenly spaced (gaps {gaps.min():.3g}-{gaps.max():.3g} mm; a missing "
+            "slice?)",
+        )
 
 
 def validate_image(image: sitk.Image, source: str) -> None:
@@ -348,7 +450,7 @@ def write_segmentation(path: PathLike, labels: sitk.Image, overwrite: bool = Tru
                 "labelValue": int(spec.value),
                 "layer": 0,
                 "color": list(spec.color),
-                "terminology": _slicerio_terminology(spec),
+                "terminology": _slicerio_terminology(spec),  # slicerio writes it as the TerminologyEntry tag
                 "extent": [
                     0,
                     voxels_ijk.shape[0] - 1,
@@ -357,7 +459,6 @@ def write_segmentation(path: PathLike, labels: sitk.Image, overwrite: bool = Tru
                     0,
                     voxels_ijk.shape[2] - 1,
                 ],
-                "tags": {"TerminologyEntry": terminology_string(spec)},
             }
         )
     segmentation = {
@@ -373,16 +474,25 @@ def write_segmentation(path: PathLike, labels: sitk.Image, overwrite: bool = Tru
     return final
 
 
-def _slicerio_terminology(spec) -> dict:
-    def code(t) -> dict:
-        return {"CodingSchemeDesignator": t.scheme, "CodeValue": t.code, "CodeMeaning": t.meaning}
+def _slicerio_terminology(spec: SegmentSpec) -> Dict[str, Union[str, List[str]]]:
+    """A segment's terminology in the form ``slicerio.write_segmentation`` expects (slicerio 1.4).
+
+    slicerio joins each code with ``^`` (so codes must be ``[scheme, code, meaning]`` lists) and writes the
+    segment's one ``TerminologyEntry`` tag from this; the result equals
+    :func:`myops.labels.terminology_string` (the tag the Slicer module sets), with empty modifiers.
+    """
+
+    def code(t: Terminology) -> List[str]:
+        return [t.scheme, t.code, t.meaning]
 
     return {
-        "contextName": "MyoPS Segmentation",
+        "contextName": TERMINOLOGY_CONTEXT,
         "category": code(spec.category),
         "type": code(spec.type),
+        "typeModifier": ["", "", ""],
         "anatomicContextName": "Anatomic codes - DICOM master list",
         "anatomicRegion": code(spec.region),
+        "anatomicRegionModifier": ["", "", ""],
     }
 
 

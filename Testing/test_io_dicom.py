@@ -1,0 +1,176 @@
+"""DICOM series folders: clean stacks read with their geometry; cine and gappy stacks are refused; seg.nrrd tags.
+
+The series are synthetic, written slice by slice with SimpleITK's GDCM writer and the tags a scanner would set
+(ImagePositionPatient, ImageOrientationPatient, SeriesInstanceUID, InstanceNumber, Modality).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+
+from myops.errors import InputError
+from myops.io import read_image, write_segmentation
+from myops.labels import SEGMENTS, terminology_string
+
+SPACING = (1.25, 1.25, 8.0)
+ORIGIN = (-40.0, 25.0, 12.5)
+#: An oblique, short-axis-like orientation (columns of the direction matrix are the image axes).
+ANGLE = np.deg2rad(30.0)
+DIRECTION = (
+    1.0,
+    0.0,
+    0.0,
+    0.0,
+    float(np.cos(ANGLE)),
+    -float(np.sin(ANGLE)),
+    0.0,
+    float(np.sin(ANGLE)),
+    float(np.cos(ANGLE)),
+)
+SERIES_UID = "1.2.826.0.1.3680043.2.1125.1.4242"
+
+
+def source_volume(n_slices: int = 6) -> sitk.Image:
+    """A 3D MR-like volume (int16, 32 x 24 pixels, ``n_slices`` slices) with an oblique geometry."""
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 1000, size=(n_slices, 24, 32), dtype=np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(DIRECTION)
+    return image
+
+
+def write_series(volume: sitk.Image, folder: Path, slices: Sequence[int], phases: int = 1) -> List[Path]:
+    """Write ``volume``'s slices ``slices`` as one DICOM series in ``folder``, each ``phases`` times.
+
+    Every file carries the slice's own ImagePositionPatient and the volume's ImageOrientationPatient; all share
+    one SeriesInstanceUID, like the phases of a cine series do.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    direction = volume.GetDirection()
+    orientation = "\\".join(f"{v:.10g}" for v in (*direction[0::3], *direction[1::3]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    written = []
+    instance = 0
+    for phase in range(phases):
+        for k in slices:
+            instance += 1
+            image = volume[:, :, k]
+            position = volume.TransformIndexToPhysicalPoint((0, 0, int(k)))
+            tags = {
+                "0008|0060": "MR",
+                "0008|0008": "ORIGINAL\\PRIMARY",
+                "0008|0016": "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+                "0008|0018": f"{SERIES_UID}.{instance}",  # SOPInstanceUID
+                "0010|0010": "Synthetic^Case",
+                "0020|000d": "1.2.826.0.1.3680043.2.1125.1.4241",  # StudyInstanceUID
+                "0020|000e": SERIES_UID,
+                "0020|0052": "1.2.826.0.1.3680043.2.1125.1.4243",  # FrameOfReferenceUID
+                "0020|0011": "7",
+                "0020|0013": str(instance),
+                "0020|0032": "\\".join(f"{v:.10g}" for v in position),
+                "0020|0037": orientation,
+                "0018|0050": f"{SPACING[2]:g}",  # SliceThickness
+                "0018|1060": f"{phase * 40:d}",  # TriggerTime
+                "0028|0030": f"{SPACING[1]:g}\\{SPACING[0]:g}",  # PixelSpacing: row, column
+            }
+            for key, value in tags.items():
+                image.SetMetaData(key, value)
+            path = folder / f"IM{instance:04d}.dcm"
+            writer.SetFileName(str(path))
+            writer.Execute(image)
+            written.append(path)
+    return written
+
+
+def test_a_clean_series_reads_with_the_source_geometry_and_voxels(tmp_path: Path) -> None:
+    volume = source_volume()
+    write_series(volume, tmp_path / "series", range(volume.GetSize()[2]))
+    image = read_image(tmp_path / "series")
+    assert image.GetSize() == volume.GetSize()
+    assert np.allclose(image.GetSpacing(), SPACING, atol=1e-4)
+    assert np.allclose(image.GetOrigin(), ORIGIN, atol=1e-4)
+    assert np.allclose(image.GetDirection(), DIRECTION, atol=1e-5)
+    assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(volume))
+
+
+def test_a_cine_series_with_two_phases_per_slice_is_refused(tmp_path: Path) -> None:
+    volume = source_volume()
+    write_series(volume, tmp_path / "cine", range(volume.GetSize()[2]), phases=2)
+    with pytest.raises(InputError) as caught:
+        read_image(tmp_path / "cine")
+    problem = caught.value.problem
+    assert "cine" in problem
+    assert "12 images at 6 slice positions" in problem
+    assert "\n" not in problem
+
+
+def test_a_series_missing_a_middle_slice_is_refused(tmp_path: Path) -> None:
+    volume = source_volume()
+    files = write_series(volume, tmp_path / "gap", range(volume.GetSize()[2]))
+    files[2].unlink()
+    with pytest.raises(InputError) as caught:
+        read_image(tmp_path / "gap")
+    problem = caught.value.problem
+    assert "evenly spaced" in problem
+    assert "8-16 mm" in problem
+
+
+def test_differing_orientations_in_one_series_are_refused(tmp_path: Path) -> None:
+    volume = source_volume()
+    files = write_series(volume, tmp_path / "mixed", range(volume.GetSize()[2]))
+    tilted = source_volume()
+    tilted.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    files[-1].unlink()
+    other = write_series(tilted, tmp_path / "other", [volume.GetSize()[2] - 1])
+    other[0].rename(files[-1])
+    with pytest.raises(InputError, match="orientation"):
+        read_image(tmp_path / "mixed")
+
+
+def test_the_refusal_is_the_only_message_on_stderr(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    volume = source_volume()
+    write_series(volume, tmp_path / "cine", range(volume.GetSize()[2]), phases=2)
+    capfd.readouterr()
+    with pytest.raises(InputError):
+        read_image(tmp_path / "cine")
+    assert capfd.readouterr().err == ""
+
+
+def test_seg_nrrd_has_one_well_formed_terminology_entry_per_segment(tmp_path: Path) -> None:
+    labels = sitk.Image(20, 20, 3, sitk.sitkUInt16)
+    labels[5:10, 5:10, 1] = SEGMENTS[0].value
+    out = write_segmentation(tmp_path / "case.seg.nrrd", labels)
+    raw = out.read_bytes()
+    header = raw[: raw.index(b"\n\n")].decode("latin-1")
+    tag_lines = {
+        int(m.group(1)): m.group(2) for m in re.finditer(r"^Segment(\d+)_Tags:=(.*)$", header, flags=re.MULTILINE)
+    }
+    assert sorted(tag_lines) == list(range(len(SEGMENTS)))
+    entry_pattern = re.compile(
+        r"^[^~^|]+~[^~^|]+\^[^~^|]+\^[^~^|]+~[^~^|]+\^[^~^|]+\^[^~^|]+~\^\^~Anatomic codes - DICOM master list"
+        r"~[^~^|]+\^[^~^|]+\^[^~^|]+~\^\^$"
+    )
+    for index, spec in enumerate(SEGMENTS):
+        assert f"Segment{index}_Name:={spec.name}\n" in header
+        tags = [t for t in tag_lines[index].split("|") if t]
+        entries = [t.split(":", 1)[1] for t in tags if t.startswith("TerminologyEntry:")]
+        assert len(entries) == 1, tags
+        assert entry_pattern.match(entries[0]), entries[0]
+        assert entries[0] == terminology_string(spec)
+    segmentation = slicerio.read_segmentation(str(out))
+    for spec, segment in zip(SEGMENTS, segmentation["segments"]):
+        assert segment["name"] == spec.name
+        assert segment["terminology"]["type"] == [spec.type.scheme, spec.type.code, spec.type.meaning]
+        assert segment["terminology"]["category"] == [spec.category.scheme, spec.category.code, spec.category.meaning]
+        assert segment["terminology"]["anatomicRegion"] == [spec.region.scheme, spec.region.code, spec.region.meaning]
+        assert "TerminologyEntry" not in segment.get("tags", {})
