@@ -88,7 +88,7 @@ def test_geometry_helpers_are_inverse_and_flip_ras_to_lps():
 def test_shearing_matrix_is_refused():
     matrix = np.eye(4)
     matrix[0, 1] = 0.3
-    with pytest.raises(InputError, match="shears"):
+    with pytest.raises(InputError, match=r"not orthogonal \(sheared"):
         conversion.lpsGeometryFromIjkToRas(matrix, "T2")
 
 

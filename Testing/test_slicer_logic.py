@@ -332,8 +332,15 @@ def test_input_volumes_are_guessed_from_obvious_names(case):
         "LGE": "patient1_DE",
         "T2": "patient1_T2",
     }
-    ambiguous = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), "T2 map")
-    assert "T2" not in guessInputVolumes([case.t2, ambiguous, case.lge])
+    ambiguous = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), "T2 STIR")
+    assert "T2" not in guessInputVolumes([case.t2, ambiguous, case.lge])  # two T2-weighted candidates: no guess
+    t2map = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), "T2 map")
+    assert guessInputVolumes([case.t2, t2map, case.lge])["T2"] is case.t2  # a map is no candidate
+    for name in ("T2* map", "T2star", "T2 mapping", "t2s_sax"):  # not the T2-weighted series
+        other = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), name)
+        assert guessInputVolumes([other]) == {}, name
+    cine = case.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "SA cine")  # a whole cine series
+    assert guessInputVolumes([cine]) == {}
     mixed = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), "LGE T2 fusion")
     assert guessInputVolumes([mixed]) == {}
     assert set(

@@ -69,8 +69,8 @@ def lpsGeometryFromIjkToRas(
     if np.abs(direction_ras.T @ direction_ras - np.eye(3)).max() > ORTHONORMAL_TOLERANCE:
         raise InputError(
             source,
-            "is under a transform that shears its voxel grid; harden and resample it "
-            "(Transforms or Resample Scalar/Vector/DWI Volume module) first",
+            "has a voxel grid whose axes are not orthogonal (sheared, by its parent transform or in its file); "
+            "resample it onto an orthogonal grid first (Resample Scalar/Vector/DWI Volume module)",
         )
     origin_lps = RAS_TO_LPS @ matrix[:3, 3]
     direction_lps = RAS_TO_LPS @ direction_ras

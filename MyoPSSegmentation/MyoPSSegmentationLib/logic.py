@@ -369,16 +369,21 @@ _ROLE_TOKENS = {
     "LGE": ("de", "lge", "psir", "late"),
     "T2": ("t2", "t2w", "stir"),
 }
+#: Name tokens that rule out the T2-weighted series (T2* and quantitative maps share the "t2" token).
+_NOT_T2_WEIGHTED = {"t2s", "t2star", "map", "mapping", "t2map"}
 
 
 def _roleOfName(name: str) -> List[str]:
     import re
 
-    tokens = [t for t in re.split(r"[^a-z0-9]+", (name or "").lower()) if t]
+    lower = (name or "").lower()
+    tokens = [t for t in re.split(r"[^a-z0-9]+", lower) if t]
     roles = []
     for role, keys in _ROLE_TOKENS.items():
         if any(token in keys for token in tokens):
             roles.append(role)
+    if "T2" in roles and (re.search(r"t2\s*(\*|star\b)", lower) or _NOT_T2_WEIGHTED & set(tokens)):
+        roles.remove("T2")  # a T2* image or a parametric map is not the T2-weighted series
     return roles
 
 
@@ -390,8 +395,8 @@ def guessInputVolumes(volumeNodes: Sequence) -> Dict[str, object]:
     """
     claims: Dict[str, List[object]] = {role: [] for role in SEQUENCE_NAMES}
     for node in volumeNodes:
-        if node is None or node.IsA("vtkMRMLLabelMapVolumeNode"):
-            continue
+        if node is None or node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLVectorVolumeNode"):
+            continue  # neither is an input the module takes (a vector volume is e.g. a whole cine series)
         roles = _roleOfName(node.GetName())
         if len(roles) == 1:
             claims[roles[0]].append(node)
