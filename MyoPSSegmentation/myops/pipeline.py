@@ -2,7 +2,9 @@
 
 :class:`Segmenter` loads and verifies a model folder once, then segments any number of cases:
 
-1. bSSFP and T2 are resampled onto the LGE grid; each sequence is normalised (percentile clip + z-score).
+1. An LGE whose largest spacing is not along its third ITK axis is permuted (in memory, same physical space) so
+   that it is: the slice axis (:func:`myops.preprocessing.slice_axis_order`); the labels go back onto its own grid.
+   bSSFP and T2 are resampled onto the LGE grid; each sequence is normalised (percentile clip + z-score).
 2. Coarse stage: every slice's whole field of view is sampled into a ``coarse_size`` square; the localiser
    finds the LV; the heart centre is the centroid of the largest 3D component.
 3. Fine stage: a ``crop_size`` window at ``crop_spacing_mm`` around that centre; the ASSNs (and the DAE shape
@@ -32,12 +34,16 @@ from .metrics import hausdorff_distance
 from .model import ModelBundle, resolve_model_dir
 from .postprocessing import PATHOLOGY_DECODINGS, PostprocessingConfig, compose_labels, pathology_classes
 from .preprocessing import (
+    MIN_SLICE_COVERAGE,
     Window,
+    array_in_source_order,
     full_view_window,
     heart_center_from_mask,
+    inverse_axis_order,
     paste_windows,
     prepare_sequences,
     sample_windows,
+    slice_axis_order,
     spacing_zyx_of,
     stack_slice_context,
 )
@@ -92,13 +98,19 @@ def choose_device(request: str = "auto") -> DeviceChoice:
 class SegmentationResult:
     """What :meth:`Segmenter.segment` returns.
 
+    Slice indices ``k`` (``agreement["lv_members_worst_slice_k"]``, :attr:`uncovered_slices`) count along the
+    LGE's slice axis, its ITK axis :attr:`slice_axis` (2, the K axis, for an ordinary stack; numpy axis
+    ``2 - slice_axis`` of :attr:`labels_zyx`); the same number names that slice in the LGE file and in the
+    working frame ``sitk.PermuteAxes(lge, axis_order)``, where it is numpy axis 0.
+
     Attributes:
-        labels: uint16 label map with MyoPS values on the LGE image's grid.
-        labels_zyx: the same as a numpy (z, y, x) array.
+        labels: uint16 label map with MyoPS values on the LGE image's grid (the LGE as given, voxel for voxel).
+        labels_zyx: the same as a numpy (z, y, x) array (the LGE's own array order).
         quantification: volumes and percentages (:class:`myops.quantify.Quantification`).
         timings_s: seconds per stage, and ``"total"``.
         device: the device used.
-        heart_center_yx: the heart centre (row, col) in LGE index units used for the fine crop.
+        heart_center_yx: the heart centre (row, col) used for the fine crop, in index units of the working frame's
+            slice (the LGE's own rows and columns when ``axis_order`` is ``(0, 1, 2)``).
         localized: False when the localiser found no heart and the image centre was used.
         alignment: the bSSFP and T2 offsets against the LGE found on the heart window
             (:func:`myops.alignment.estimate_offsets`), and whether they were corrected (``aligned``).
@@ -108,6 +120,11 @@ class SegmentationResult:
             ``lv_members_worst_slice_k``: how far apart they draw the LV region, and where; with an ASSN guard
             ``lv_guarded_slices``: on how many slices it overruled the other members); a ranking aid for review,
             not a quality estimate.
+        uncovered_slices: per series (``"bSSFP"``, ``"T2"``; only those concerned), the LGE slices ``k`` it
+            covers less than :data:`myops.preprocessing.MIN_SLICE_COVERAGE` of: segmented from zero-filled data
+            of that series (:func:`coverage_warning` says so in one sentence); empty when all are covered.
+        axis_order: the ``sitk.PermuteAxes`` order that made the LGE's slice axis its third axis for the cascade
+            (:func:`myops.preprocessing.slice_axis_order`); ``(0, 1, 2)``: the LGE was used as it is.
     """
 
     labels: sitk.Image
@@ -120,26 +137,45 @@ class SegmentationResult:
     alignment: Dict[str, SeriesOffset] = field(default_factory=dict)
     aligned: bool = False
     agreement: Dict[str, float] = field(default_factory=dict)
+    uncovered_slices: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+    axis_order: Tuple[int, int, int] = (0, 1, 2)
+
+    @property
+    def slice_axis(self) -> int:
+        """The LGE's ITK axis (0, 1 or 2) that is its slice axis: the one along which slice indices ``k`` count."""
+        return int(self.axis_order[2])
 
 
 @dataclass
 class CaseProbabilities:
     """What :meth:`Segmenter.predict` returns: the cascade's probabilities on the LGE grid, before any decision.
 
+    Everything here is in the *working frame*: the LGE permuted by :attr:`axis_order` so that its slice axis (its
+    largest spacing) is its third ITK axis, numpy axis 0 (:func:`myops.preprocessing.slice_axis_order`). For an
+    ordinary stack that is the LGE itself (``axis_order == (0, 1, 2)``, ``reference is lge``). Per-slice values
+    (``guarded_slices``, ``assn_member_distance_mm``, ``uncovered_slices``) count along that axis; a slice index
+    ``k`` names the same slice in the LGE as given (along its ITK axis ``axis_order[2]``).
+    :meth:`Segmenter.decode` returns its labels on the LGE as given; :meth:`in_lge_order` maps any array of the
+    working frame there too.
+
     Attributes:
         epicardium: float32 (z, y, x), P(inside the LV epicardial region) from the ASSN (or its shape prior).
         pathology: float32 (4, z, y, x), the PRSN main branch: P(background, normal myocardium, edema, scar);
             outside the fine window it is background.
-        reference: the LGE image whose grid these arrays are on.
-        spacing_zyx: voxel size in mm, (z, y, x).
+        reference: the image whose grid these arrays are on: the LGE, or the LGE permuted by ``axis_order``.
+        spacing_zyx: voxel size in mm, (z, y, x), of ``reference``.
         timings_s: seconds per stage so far.
-        heart_center_yx: the heart centre (row, col) in LGE index units used for the fine crop.
+        heart_center_yx: the heart centre (row, col) in ``reference``'s index units used for the fine crop.
         localized: False when the localiser found no heart and the image centre was used.
         alignment: the bSSFP and T2 offsets against the LGE on the heart window; ``aligned``: corrected.
         guarded_slices: z indices where the ASSN guard (``inference.assn_guard``) used its reference members
             alone; empty without a guard (``guarded`` says whether one ran).
         assn_member_distance_mm: per z slice, how far apart the ASSN members draw the LV region
             (:func:`myops.quality.member_distances_mm`, mm; NaN where none draws it); empty with one ASSN.
+        uncovered_slices: per series (``"bSSFP"``, ``"T2"``; only those concerned), the z slices it covers less
+            than :data:`myops.preprocessing.MIN_SLICE_COVERAGE` of (see :class:`SegmentationResult`).
+        axis_order: the ``sitk.PermuteAxes`` order that turned the LGE as given into ``reference``.
+        lge: the LGE as given, the grid :meth:`Segmenter.decode` returns labels on; ``None``: ``reference``.
     """
 
     epicardium: np.ndarray
@@ -154,6 +190,19 @@ class CaseProbabilities:
     guarded_slices: Tuple[int, ...] = ()
     guarded: bool = False
     assn_member_distance_mm: Tuple[float, ...] = ()
+    uncovered_slices: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+    axis_order: Tuple[int, int, int] = (0, 1, 2)
+    lge: Optional[sitk.Image] = None
+
+    @property
+    def permuted(self) -> bool:
+        """Whether the working frame is a permutation of the LGE as given (not the LGE itself)."""
+        return tuple(self.axis_order) != (0, 1, 2)
+
+    def in_lge_order(self, array: np.ndarray) -> np.ndarray:
+        """An array of the working frame, ``(..., z, y, x)`` (e.g. :attr:`epicardium`, :attr:`pathology`), on the
+        LGE as given, voxel for voxel, in its own numpy order; unchanged when :attr:`permuted` is False."""
+        return array_in_source_order(array, self.axis_order)
 
 
 @dataclass
@@ -269,6 +318,26 @@ def offset_needs_check(offset: SeriesOffset) -> bool:
     return offset.at_limit or offset.distance_mm >= ALIGNMENT_WARN_MM
 
 
+def coverage_warning(uncovered_slices: Dict[str, Sequence[int]]) -> Optional[str]:
+    """One sentence naming the LGE slices that the bSSFP or the T2 hardly covers, or None.
+
+    Args:
+        uncovered_slices: :attr:`SegmentationResult.uncovered_slices` (series name -> LGE slice indices ``k``,
+            along the LGE's slice axis).
+    """
+    parts = [
+        f"{name} slice{'s' if len(ks) > 1 else ''} k = {', '.join(str(int(k)) for k in ks)}"
+        for name, ks in uncovered_slices.items()
+        if len(ks)
+    ]
+    if not parts:
+        return None
+    return (
+        f"the LGE has slices that another series covers less than {100 * MIN_SLICE_COVERAGE:.0f}% of "
+        f"({'; '.join(parts)}); they were segmented without that series' data; check the coverage"
+    )
+
+
 def alignment_warning(alignment: Dict[str, SeriesOffset], aligned: bool = False) -> Optional[str]:
     """One sentence naming the series that sit grossly off the LGE (:func:`offset_needs_check`), or None.
 
@@ -307,6 +376,24 @@ def _tta_forward(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
 def _tta_inverse(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     y = torch.rot90(y, -k, dims=(-2, -1)) if k else y
     return torch.flip(y, (-1,)) if flip else y
+
+
+def _slice_axis_last(image: sitk.Image, name: str) -> sitk.Image:
+    """``image`` permuted so that its slice axis (largest spacing) is its third ITK axis
+    (:func:`myops.preprocessing.slice_axis_order`), keeping its physical geometry; as it is when it already is,
+    or when it is not a scalar 3D image (left for :func:`myops.io.validate_image` to refuse)."""
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        return image
+    order = slice_axis_order(image)
+    if order == (0, 1, 2):
+        return image
+    message = "the %s's slice axis (largest spacing, %s mm) is its ITK axis %d, not 2: using it permuted by %s"
+    spacing = f"{image.GetSpacing()[order[2]]:g}"
+    if name == "LGE":
+        logger.info(message + "; the labels go back onto its own grid", name, spacing, order[2], list(order))
+    else:
+        logger.debug(message, name, spacing, order[2], list(order))
+    return sitk.PermuteAxes(image, list(order))
 
 
 class Segmenter:
@@ -581,6 +668,11 @@ class Segmenter:
 
         This is :meth:`segment` without the final decision; :meth:`decode` turns its result into labels.
 
+        The cascade runs on short-axis slices along the LGE's slice axis, its largest spacing: when that is not
+        its third ITK axis, the LGE is permuted first, keeping its physical geometry, and everything returned is in
+        that working frame (see :class:`CaseProbabilities`). The bSSFP and T2 are resampled onto it in physical
+        space, so their own axis order does not matter (each is validated in its own slice-last order).
+
         Args:
             bssfp, lge, t2: the three 3D sequences (any grids that overlap; the output grid is the LGE grid).
             progress: called with (fraction in [0, 1], message) between stages.
@@ -606,10 +698,17 @@ class Segmenter:
             return now
 
         step(0.0, "Preparing images")
+        given_lge = lge
+        # Each series in its own slice-last frame (the same physical image): the LGE's is the working frame; the
+        # bSSFP and T2 are resampled onto it, so theirs only matters for validation and for an exact copy when one
+        # shares the LGE's grid.
+        bssfp, lge, t2 = (_slice_axis_last(image, name) for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)))
         for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)):
             validate_image(image, name)
         t0 = time.perf_counter()
-        volumes = prepare_sequences(bssfp, lge, t2, self.percentiles)  # (3, z, y, x)
+        axis_order = slice_axis_order(given_lge)
+        uncovered: Dict[str, Tuple[int, ...]] = {}
+        volumes = prepare_sequences(bssfp, lge, t2, self.percentiles, uncovered=uncovered)  # (3, z, y, x)
         spacing_zyx = spacing_zyx_of(lge)
         spacing_yx = (spacing_zyx[1], spacing_zyx[2])
         shape_zyx = volumes.shape[1:]
@@ -663,11 +762,19 @@ class Segmenter:
             guarded_slices=tuple(assn_report.guarded_slices),
             guarded=self.assn_guard is not None,
             assn_member_distance_mm=tuple(assn_report.member_distance_mm),
+            uncovered_slices=uncovered,
+            axis_order=axis_order,
+            lge=given_lge,
         )
 
     def decode(self, probabilities: CaseProbabilities) -> SegmentationResult:
         """Labels from :meth:`predict`'s probabilities: the pathology decision rule of the manifest
-        (``inference.pathology_decoding``), then the anatomical constraints (:mod:`myops.postprocessing`)."""
+        (``inference.pathology_decoding``), then the anatomical constraints (:mod:`myops.postprocessing`).
+
+        The constraints, the volumes and the self-agreement work slice by slice in the working frame (slice axis
+        first, :class:`CaseProbabilities`); the label map is then permuted back onto the LGE as given
+        (``probabilities.lge``), voxel for voxel.
+        """
         from .quantify import quantify
 
         t0 = time.perf_counter()
@@ -679,6 +786,11 @@ class Segmenter:
         labels = sitk.GetImageFromArray(labels_zyx)
         labels.CopyInformation(probabilities.reference)
         quant = quantify(labels_zyx, spacing_zyx)
+        if probabilities.permuted:
+            labels = sitk.PermuteAxes(labels, list(inverse_axis_order(probabilities.axis_order)))
+            if probabilities.lge is not None:
+                labels.CopyInformation(probabilities.lge)
+            labels_zyx = sitk.GetArrayFromImage(labels)
         agreement = case_agreement(
             probabilities.epicardium,
             probabilities.pathology,
@@ -699,6 +811,8 @@ class Segmenter:
             alignment=probabilities.alignment,
             aligned=probabilities.aligned,
             agreement=agreement,
+            uncovered_slices=dict(probabilities.uncovered_slices),
+            axis_order=tuple(probabilities.axis_order),
         )
 
     def segment(

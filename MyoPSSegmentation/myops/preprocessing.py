@@ -8,12 +8,14 @@ affine map in opposite directions, so paste-back is exact for any direction cosi
 anisotropic spacing, and any off-centre heart.
 
 Arrays are ``(z, y, x)`` = (slice, row, column). ``spacing_zyx`` are the LGE voxel sizes in mm in that order.
+The slice axis must be the grid's third ITK axis (numpy axis 0); :func:`slice_axis_order` says how to permute an
+LGE whose largest spacing lies along another axis so that it is (the pipeline does so and maps the labels back).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,13 +48,88 @@ def spacing_zyx_of(image: sitk.Image) -> Tuple[float, float, float]:
     return (float(sz), float(sy), float(sx))
 
 
-def overlap_fraction(moving: sitk.Image, reference: sitk.Image) -> float:
-    """Fraction of ``reference`` voxels whose physical centre falls inside ``moving``'s voxel grid."""
+#: An axis whose spacing exceeds the third axis's by more than this fraction is taken as the slice axis instead.
+SLICE_AXIS_TOLERANCE = 0.01
+
+
+def slice_axis_order(image: sitk.Image, tolerance: float = SLICE_AXIS_TOLERANCE) -> Tuple[int, int, int]:
+    """The ``sitk.PermuteAxes`` order that puts ``image``'s slice axis (its largest spacing) last.
+
+    The third ITK axis stays the slice axis unless another axis's spacing exceeds its spacing by more than
+    ``tolerance`` (relative); then that axis (the largest spacing; the first on a tie) goes last by a cyclic shift
+    of the axes, so the permuted grid keeps the image's handedness (undoing e.g. ``sitk.PermuteAxes(image,
+    [2, 0, 1])`` exactly). ``(0, 1, 2)`` means: leave the image as it is.
+    """
+    spacing = [float(s) for s in image.GetSpacing()]
+    axis = int(np.argmax(spacing))
+    if spacing[axis] <= spacing[2] * (1.0 + tolerance):
+        return (0, 1, 2)
+    return ((axis + 1) % 3, (axis + 2) % 3, axis)
+
+
+def inverse_axis_order(order: Sequence[int]) -> Tuple[int, int, int]:
+    """The ``sitk.PermuteAxes`` order that undoes ``order``."""
+    inverse = np.argsort(np.asarray(order, dtype=np.int64))
+    return (int(inverse[0]), int(inverse[1]), int(inverse[2]))
+
+
+def array_in_source_order(array: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """Map an array of ``sitk.PermuteAxes(source, order)``'s grid back onto ``source``'s grid, voxel for voxel.
+
+    Args:
+        array: ``(..., z, y, x)`` on the permuted grid (leading axes, e.g. channels, are kept).
+        order: the permutation that was applied to ``source`` (ITK axes, as for ``sitk.PermuteAxes``).
+
+    Returns:
+        ``(..., z', y', x')`` in ``source``'s numpy order (a view when no copy is needed).
+    """
+    order = tuple(int(i) for i in order)
+    if order == (0, 1, 2):
+        return array
+    # numpy axis j of the permuted array is ITK axis 2 - j, which is source ITK axis order[2 - j], numpy 2 - that
+    source_axis_of = [2 - order[2 - j] for j in range(3)]
+    lead = array.ndim - 3
+    axes = [int(i) for i in np.argsort(source_axis_of)]
+    return np.transpose(array, [*range(lead), *(lead + a for a in axes)])
+
+
+def _inside_mask(moving: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """uint8 ``(z, y, x)`` on ``reference``'s grid: 1 where the voxel's physical centre falls inside ``moving``'s
+    voxel grid (the region linear resampling fills), else 0."""
     ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
     ones.CopyInformation(moving)
     ones = ones + 1
     inside = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return float(sitk.GetArrayViewFromImage(inside).mean())
+    return sitk.GetArrayFromImage(inside)
+
+
+def overlap_fraction(moving: sitk.Image, reference: sitk.Image) -> float:
+    """Fraction of ``reference`` voxels whose physical centre falls inside ``moving``'s voxel grid."""
+    return float(_inside_mask(moving, reference).mean())
+
+
+#: An LGE slice whose pixels a bSSFP or T2 covers less than this fraction of is reported (:func:`uncovered_slices`).
+MIN_SLICE_COVERAGE = 0.5
+
+
+def slice_coverage(moving: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """Per ``reference`` slice (numpy axis 0), the fraction of its pixels that ``moving`` covers: float64 ``(z,)``
+    (all ones when the two share a grid)."""
+    if same_grid(moving, reference):
+        return np.ones(reference.GetSize()[2], dtype=np.float64)
+    return _inside_mask(moving, reference).mean(axis=(1, 2), dtype=np.float64)
+
+
+def uncovered_slices(
+    moving: sitk.Image, reference: sitk.Image, min_fraction: float = MIN_SLICE_COVERAGE
+) -> Tuple[int, ...]:
+    """Indices of the ``reference`` slices (numpy axis 0) that ``moving`` covers less than ``min_fraction`` of.
+
+    Resampled onto the reference grid, such a slice is mostly zero (:func:`resample_onto`), so the networks see
+    no data of that sequence there.
+    """
+    coverage = slice_coverage(moving, reference)
+    return tuple(int(k) for k in np.flatnonzero(coverage < min_fraction))
 
 
 def resample_onto(moving: sitk.Image, reference: sitk.Image, name: str) -> sitk.Image:
@@ -107,8 +184,19 @@ def prepare_sequences(
     lge: sitk.Image,
     t2: sitk.Image,
     percentiles: Sequence[float] = (0.5, 99.5),
+    uncovered: Optional[Dict[str, Tuple[int, ...]]] = None,
 ) -> np.ndarray:
     """Resample bSSFP and T2 onto the LGE grid and normalise all three.
+
+    LGE slices that the bSSFP or the T2 covers less than :data:`MIN_SLICE_COVERAGE` of (:func:`uncovered_slices`)
+    are logged with a warning: they are segmented from zero-filled data of that sequence. The result is the same
+    either way.
+
+    Args:
+        bssfp, lge, t2: the three 3D sequences; the LGE's slice axis must be its third ITK axis.
+        percentiles: lower and upper clipping percentiles of the normalisation.
+        uncovered: when given, ``"bSSFP"`` and ``"T2"`` are set in it to the indices (numpy axis 0 of the LGE) of
+            those slices, for the series that have any.
 
     Returns:
         float32 array (3, z, y, x) in the order bSSFP, LGE, T2, on the LGE grid.
@@ -116,6 +204,18 @@ def prepare_sequences(
     arrays = []
     for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)):
         on_grid = resample_onto(image, lge, name)
+        if name != "LGE":
+            missing = uncovered_slices(image, lge)
+            if missing:
+                logger.warning(
+                    "%s covers less than %.0f%% of LGE slice(s) %s: they are segmented without %s data",
+                    name,
+                    100 * MIN_SLICE_COVERAGE,
+                    list(missing),
+                    name,
+                )
+                if uncovered is not None:
+                    uncovered[name] = missing
         try:
             arrays.append(normalize_intensity(sitk.GetArrayViewFromImage(on_grid), percentiles))
         except ValueError:
