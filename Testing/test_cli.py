@@ -569,3 +569,15 @@ def test_find_cases_reports_ambiguous_cases_and_reads_any_case_and_dicom_folders
         "x: 2 candidates for lge (x_DE.nii.gz, x_LGE.nii.gz); keep one",
         "z: 2 candidates for bssfp (z_C0.nii.gz, z_C0.nrrd); keep one",
     ]
+
+
+def test_segment_warns_about_lge_slices_the_t2_does_not_cover(case_files, tiny_model_dir, tmp_path, capsys):
+    t2 = sitk.ReadImage(str(case_files["T2"]))
+    short = tmp_path / "t2_short.nii.gz"
+    sitk.WriteImage(t2[:, :, : t2.GetSize()[2] - 1], str(short))  # the last LGE slice has no T2
+    args = segment_args(case_files, tmp_path / "seg.nii.gz", tiny_model_dir)
+    args[args.index("--t2") + 1] = short
+    assert run_cli(*args) == 0
+    last = sitk.ReadImage(str(case_files["DE"])).GetSize()[2] - 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING: the LGE has slices")]
+    assert len(lines) == 1 and f"T2 slice k = {last})" in lines[0], lines

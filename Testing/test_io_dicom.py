@@ -6,6 +6,7 @@ The series are synthetic, written slice by slice with SimpleITK's GDCM writer an
 
 from __future__ import annotations
 
+import locale
 import re
 from pathlib import Path
 from typing import List, Sequence
@@ -46,6 +47,15 @@ def source_volume(n_slices: int = 6) -> sitk.Image:
     image.SetOrigin(ORIGIN)
     image.SetDirection(DIRECTION)
     return image
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_locale():
+    """GDCM's DICOM writer switches the process locale to "C" (ASCII); later tests read UTF-8 files with the default
+    encoding, so the locale is restored after each test (the engine only reads DICOM, which leaves it alone)."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 def write_series(volume: sitk.Image, folder: Path, slices: Sequence[int], phases: int = 1) -> List[Path]:

@@ -131,3 +131,11 @@ def test_run_warnings_name_only_gross_offsets():
         "T2 8.2 mm or more from the LGE on the heart window; check the registration"
     ]
     assert worker.runWarnings(SimpleNamespace()) == []  # a stand-in engine without the alignment
+
+
+def test_run_warnings_name_the_slices_a_series_does_not_cover():
+    from types import SimpleNamespace
+
+    assert worker.runWarnings(SimpleNamespace(alignment={}, uncovered_slices={})) == []
+    (text,) = worker.runWarnings(SimpleNamespace(alignment={}, uncovered_slices={"T2": (2, 3), "bSSFP": (3,)}))
+    assert "T2 slices k = 2, 3; bSSFP slice k = 3" in text and "without that series' data" in text

@@ -60,7 +60,7 @@ def stringProperty(widget, name):
 
 def parameterFields():
     """{field: annotation source} of the @parameterNodeWrapper class in MyoPSSegmentation.py."""
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and any(
             (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") for d in node.decorator_list
@@ -82,7 +82,7 @@ def test_ui_parses_with_a_qmrmlwidget_root(ui):
 
 
 def test_every_widget_the_panel_uses_exists_in_the_ui(ui):
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
     assert used, "the panel uses no widget?"
     missing = used - set(widgets(ui))
     assert not missing, f"MyoPSSegmentation.py uses widgets absent from the .ui: {sorted(missing)}"
@@ -131,7 +131,7 @@ def test_output_selector_creates_a_new_segmentation_by_default(ui):
 
 def imports(path: Path):
     """(module name, is_top_level) for every import in a file."""
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     topLevel = {id(n) for n in tree.body}
     found = []
     for node in ast.walk(tree):
@@ -165,7 +165,7 @@ def test_nothing_heavy_happens_when_the_module_file_is_imported():
 
 @pytest.mark.parametrize("path", OUR_PYTHON + ENGINE_PYTHON, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_python_39_compatible(path):
-    source = path.read_text()
+    source = path.read_text(encoding="utf-8")
     tree = ast.parse(source, feature_version=(3, 9))
     postponed = "from __future__ import annotations" in source
     for node in ast.walk(tree):
@@ -191,7 +191,7 @@ def cmakeList(text: str, variable: str):
 
 
 def test_module_cmake_lists_every_python_file_and_resource():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
     assert re.search(
         r"if\(BUILD_TESTING\)\s+(#[^\n]*\n\s*)*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text
@@ -218,7 +218,7 @@ def test_module_cmake_lists_every_python_file_and_resource():
     assert set(globs) == {"myops/models/default/*.json", "myops/models/default/*.safetensors"}
     modelDir = MODULE_DIR / "myops" / "models" / "default"
     if (modelDir / "manifest.json").is_file():
-        manifest = json.loads((modelDir / "manifest.json").read_text())
+        manifest = json.loads((modelDir / "manifest.json").read_text(encoding="utf-8"))
         needed = {"manifest.json"} | set(re.findall(r'"([^"]+\.safetensors)"', json.dumps(manifest)))
         for name in needed:
             assert any(fnmatch.fnmatch(f"myops/models/default/{name}", g) for g in globs), name
@@ -226,7 +226,7 @@ def test_module_cmake_lists_every_python_file_and_resource():
 
 
 def test_extension_cmake_carries_metadata_and_depends_on_pytorch():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for variable in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert re.search(rf"set\(EXTENSION_{variable} ", text), variable
     assert re.search(r'set\(EXTENSION_DEPENDS "PyTorch"\)', text)
@@ -242,7 +242,7 @@ def test_extension_cmake_carries_metadata_and_depends_on_pytorch():
 
 def test_s4ext_has_the_standard_fields():
     fields = {}
-    for line in (ROOT / "MyoPSExtension.s4ext").read_text().splitlines():
+    for line in (ROOT / "MyoPSExtension.s4ext").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition(" ")
             fields[key] = value.strip()
@@ -269,7 +269,7 @@ def test_s4ext_has_the_standard_fields():
 def test_terminology_file_covers_every_segment():
     from myops.labels import SEGMENTS, TERMINOLOGY_CONTEXT
 
-    document = json.loads(TERM_FILE.read_text())
+    document = json.loads(TERM_FILE.read_text(encoding="utf-8"))
     assert document["SegmentationCategoryTypeContextName"] == TERMINOLOGY_CONTEXT
     entries = {}
     for category in document["SegmentationCodes"]["Category"]:
@@ -307,7 +307,7 @@ def test_icon_is_a_valid_128_pixel_png():
 
 def test_module_loads_from_the_source_checkout_layout():
     """Slicer's 'additional module paths' loads <dir>/<Name>.py defining class <Name>; resources sit beside it."""
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     assert {
         "MyoPSSegmentation",

@@ -105,11 +105,15 @@ def errorPayload(error: BaseException) -> Dict[str, Any]:
 
 
 def runWarnings(result) -> List[str]:
-    """What a finished run warns about (series grossly off the LGE), for the panel's status line."""
-    from myops.pipeline import alignment_warning
+    """What a finished run warns about, for the panel's status line: series grossly off the LGE, and LGE slices
+    that the bSSFP or the T2 hardly covers (segmented without that series' data)."""
+    from myops.pipeline import alignment_warning, coverage_warning
 
-    text = alignment_warning(getattr(result, "alignment", {}) or {}, bool(getattr(result, "aligned", False)))
-    return [text] if text else []
+    texts = (
+        alignment_warning(getattr(result, "alignment", {}) or {}, bool(getattr(result, "aligned", False))),
+        coverage_warning(getattr(result, "uncovered_slices", {}) or {}),
+    )
+    return [text for text in texts if text]
 
 
 def run(workDir: Path, device: str = "auto", modelDir: Optional[str] = None, segmenterFactory=None) -> int:

@@ -41,12 +41,13 @@ def _format_timings(timings: Dict[str, float]) -> str:
     return ", ".join(parts)
 
 
-def _alignment_warning(result) -> Optional[str]:
-    """The engine's warning about series grossly off the LGE, as a line for people, or None."""
-    from .pipeline import alignment_warning
+def _run_warnings(result) -> List[str]:
+    """The engine's warnings about a finished case, as lines for people: series grossly off the LGE, and LGE
+    slices that the bSSFP or the T2 hardly covers."""
+    from .pipeline import alignment_warning, coverage_warning
 
-    text = alignment_warning(result.alignment, result.aligned)
-    return f"WARNING: {text}" if text else None
+    texts = (alignment_warning(result.alignment, result.aligned), coverage_warning(result.uncovered_slices))
+    return [f"WARNING: {text}" for text in texts if text]
 
 
 def _make_segmenter(model: Optional[str], device: str, quiet: bool = False):
@@ -91,8 +92,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     write_output(out, result.labels, overwrite=args.overwrite)
     result.timings_s.update(read=t_read, write=time.perf_counter() - t0)
     _print(f"Wrote {out}")
-    warning = _alignment_warning(result)
-    if warning:
+    for warning in _run_warnings(result):
         _print(warning)
     _print(result.quantification.format_table())
     _print_agreement(result)
@@ -259,8 +259,7 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
             tqdm.write(f"FAILED {name}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         times.append(result.timings_s["total"])
-        warning = _alignment_warning(result)
-        if warning:
+        for warning in _run_warnings(result):
             tqdm.write(f"{name}: {warning}", file=sys.stderr)
         rows.append(
             {

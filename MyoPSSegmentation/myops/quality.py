@@ -28,9 +28,10 @@ from .metrics import hausdorff_distance
 LOW, HIGH = 0.3, 0.7
 #: (key of :func:`case_agreement`, label for people, unit), in report order. A ``Dice`` figure is in [0, 1], lower
 #: meaning less agreement; an ``mm`` figure is a distance, higher meaning less agreement; the ``slice`` figure says
-#: where the worst distance is (the LGE volume's slice index k, from 0: numpy's z, Slicer's K); the ``slices`` figure
-#: counts the slices where the ASSN guard (``inference.assn_guard``) overruled the other members, more meaning less
-#: agreement (only for a model with a guard).
+#: where the worst distance is (the LGE volume's slice index k, from 0, along its slice axis, the axis of largest
+#: spacing: numpy's z and Slicer's K for an ordinary stack; see :class:`myops.pipeline.SegmentationResult`); the
+#: ``slices`` figure counts the slices where the ASSN guard (``inference.assn_guard``) overruled the other members,
+#: more meaning less agreement (only for a model with a guard).
 FIGURES: Tuple[Tuple[str, str, str], ...] = (
     ("lv", "Self-agreement: LV region", "Dice"),
     ("lv_worst_slice", "Self-agreement: LV region (worst slice)", "Dice"),
@@ -38,7 +39,11 @@ FIGURES: Tuple[Tuple[str, str, str], ...] = (
     ("scar", "Self-agreement: scar", "Dice"),
     ("lv_members_mm", "Self-agreement: LV region, ASSN members apart (mean over slices)", "mm"),
     ("lv_members_worst_slice_mm", "Self-agreement: LV region, ASSN members apart (worst slice)", "mm"),
-    ("lv_members_worst_slice_k", "Self-agreement: LV region, ASSN members apart (worst slice's K index)", "slice"),
+    (
+        "lv_members_worst_slice_k",
+        "Self-agreement: LV region, ASSN members apart (worst slice's index k along the slice axis)",
+        "slice",
+    ),
     ("lv_guarded_slices", "Self-agreement: LV region, slices the ASSN guard drew from its reference members", "slices"),
 )
 
