@@ -127,13 +127,19 @@ def test_find_cases_groups_by_name(tmp_path):
     assert problems == ["y: missing lge, t2"]
 
 
-def test_evaluate_prints_challenge_metrics(case_files, tmp_path, capsys):
+def scored_folders(case_files, tmp_path: Path):
+    """``pred/p007_seg.nii.gz`` and ``gt/p007_gd.nii.gz`` under ``tmp_path``, both the phantom's truth."""
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir()
     gt.mkdir()
     truth = sitk.ReadImage(str(case_files["gd"]))
     sitk.WriteImage(truth, str(gt / "p007_gd.nii.gz"))
     sitk.WriteImage(truth, str(pred / "p007_seg.nii.gz"))
+    return pred, gt
+
+
+def test_evaluate_prints_challenge_metrics(case_files, tmp_path, capsys):
+    pred, gt = scored_folders(case_files, tmp_path)
     assert run_cli("evaluate", pred, gt, "--json", tmp_path / "m.json") == 0
     text = capsys.readouterr().out
     assert "dice_scar" in text and "p007" in text
@@ -474,12 +480,7 @@ def test_an_empty_dicom_folder_gives_exactly_one_line(tmp_path):
 
 # -- outputs that must never land on inputs, and folders checked before any work (review of session 22) --------
 def test_evaluate_never_writes_over_a_scored_file_nor_an_existing_report(case_files, tmp_path, capsys):
-    pred, gt = tmp_path / "pred", tmp_path / "gt"
-    pred.mkdir()
-    gt.mkdir()
-    truth = sitk.ReadImage(str(case_files["gd"]))
-    sitk.WriteImage(truth, str(gt / "p007_gd.nii.gz"))
-    sitk.WriteImage(truth, str(pred / "p007_seg.nii.gz"))
+    pred, gt = scored_folders(case_files, tmp_path)
     before = {p: p.read_bytes() for p in (pred / "p007_seg.nii.gz", gt / "p007_gd.nii.gz")}
     for extra in (["--csv", pred / "p007_seg.nii.gz"], ["--json", gt / "p007_gd.nii.gz"]):
         assert run_cli("evaluate", pred, gt, *extra) == 2
