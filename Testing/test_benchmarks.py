@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -469,6 +470,29 @@ def test_cv_decoding_records_what_the_fold_models_run(tmp_path, tiny_model_dir, 
     assert not cvd.fold_models(tmp_path / "run")["folds_agree"]
     with pytest.raises(SystemExit, match="no fold"):
         cvd.fold_models(tmp_path / "empty")
+
+
+def test_cv_decoding_scores_a_permuted_case_against_its_own_truth(tmp_path, tiny_model_dir):
+    """The probabilities are in the working frame (the LGE's slice axis last); the truth is put there too, so a
+    case stored with its slices along x scores exactly as the same case stored as usual (before: a shape error)."""
+    from myops.phantom import make_phantom_case
+
+    cvd = _load_cv_decoding()
+    case = make_phantom_case(seed=3, size_xy=(96, 88), n_slices=3, spacing_xyz=(0.8, 0.85, 11.0), oblique=True)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "fold_0" / "model")
+    (run / "fold_0" / "metrics.json").write_text(json.dumps({"held_out": ["p"]}))
+    rows = {}
+    for label, order in (("plain", [0, 1, 2]), ("moved", [2, 0, 1])):
+        data = tmp_path / label
+        data.mkdir()
+        for role, image in (("C0", case.bssfp), ("DE", case.lge), ("T2", case.t2), ("gd", case.labels)):
+            sitk.WriteImage(sitk.PermuteAxes(image, order), str(data / f"p_{role}.nii.gz"))
+        cases, _ = cvd.predict_all(run, data, *cvd.TTA["flips"])
+        assert cases[0][3].shape == cases[0][2].epicardium.shape
+        rows[label] = cvd.score(cases, lambda p: cvd.pathology_classes(p, "argmax"))[0]
+    assert rows["moved"]["dice_lv"] == pytest.approx(rows["plain"]["dice_lv"], abs=1e-3)
+    assert rows["moved"]["hd_lv_2d_mm"] == pytest.approx(rows["plain"]["hd_lv_2d_mm"], abs=1e-3, nan_ok=True)
 
 
 def test_intensity_by_label_hand_computed():

@@ -36,7 +36,7 @@ def back_to_unpermuted(labels: sitk.Image, order: Sequence[int]) -> np.ndarray:
 
 
 def pipeline_info(records: List[logging.LogRecord]) -> List[str]:
-    return [r.getMessage() for r in records if r.name == "myops.pipeline" and r.levelno == logging.INFO]
+    return [r.getMessage() for r in records if r.name.startswith("myops.") and r.levelno == logging.INFO]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def _check_same_labels(seg: Segmenter, case, order: Sequence[int], which: str, c
     names = ("bSSFP", "LGE", "T2") if which == "all" else ("LGE",) if which == "lge" else ("bSSFP", "T2")
     moved = {k: permute(v, order) if k in names else v for k, v in images.items()}
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="myops.pipeline"):
+    with caplog.at_level(logging.INFO, logger="myops"):
         probs = seg.predict(moved["bSSFP"], moved["LGE"], moved["T2"])
     result = seg.decode(probs)
     lge = moved["LGE"]
@@ -183,7 +183,7 @@ def test_shipped_model_segments_a_permuted_lge_in_the_short_axis_plane():
 
 
 def test_an_ordinary_stack_is_not_permuted(tiny_segmenter, oblique_case, caplog):
-    with caplog.at_level(logging.INFO, logger="myops.pipeline"):
+    with caplog.at_level(logging.INFO, logger="myops"):
         probs = tiny_segmenter.predict(oblique_case.bssfp, oblique_case.lge, oblique_case.t2)
     assert probs.axis_order == (0, 1, 2) and not probs.permuted
     assert probs.reference is oblique_case.lge and probs.lge is oblique_case.lge
@@ -254,3 +254,94 @@ def test_no_uncovered_slices_when_covered(tiny_segmenter, four_slice_case, caplo
     # 40 %: every slice is listed
     result, _ = _uncovered(tiny_segmenter, case.bssfp, case.lge, case.t2[: int(0.4 * nx)], caplog)
     assert result.uncovered_slices == {"T2": (0, 1, 2, 3)}
+
+
+# -- training reads cases in the same working frame ------------------------------------------------------------
+
+
+def _write_case(case, folder, order=(0, 1, 2)):
+    """The phantom in MyoPS layout, every image permuted by ``order``; the training reader's files."""
+    from training.data import CaseFiles
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for role, image in (("C0", case.bssfp), ("DE", case.lge), ("T2", case.t2), ("gd", case.labels)):
+        paths[role] = folder / f"p_{role}.nii.gz"
+        sitk.WriteImage(permute(image, order), str(paths[role]))
+    return CaseFiles("p", paths["C0"], paths["DE"], paths["T2"], paths["gd"])
+
+
+@pytest.mark.parametrize("order", [*CYCLIC, *ODD])
+def test_training_reads_a_permuted_case_in_the_engines_working_frame(oblique_case, tmp_path, order):
+    """Training and inference share one frame: a permuted copy of a case gives training the same slices and labels
+    (exactly for cyclic orders; transposed in-plane for odd ones), not slices cut along another axis."""
+    from training.data import load_case
+
+    plain = load_case(_write_case(oblique_case, tmp_path / "plain"))
+    moved = load_case(_write_case(oblique_case, tmp_path / "moved", order))
+    transpose = list(order) in ODD
+    expected_volumes = np.swapaxes(plain.volumes, -1, -2) if transpose else plain.volumes
+    expected_labels = np.swapaxes(plain.labels, -1, -2) if transpose else plain.labels
+    assert moved.labels.shape == expected_labels.shape  # 3 slices, not 118 or 132
+    np.testing.assert_array_equal(moved.labels, expected_labels)
+    np.testing.assert_allclose(moved.volumes, expected_volumes, atol=1e-5)
+    s = plain.spacing_zyx
+    expected_spacing = (s[0], s[2], s[1]) if transpose else s
+    np.testing.assert_allclose(moved.spacing_zyx, expected_spacing)
+
+
+def test_training_resamples_labels_that_are_off_the_lge_grid(oblique_case, tmp_path, caplog):
+    """Labels of the right size but shifted by one column are put on the LGE's grid (with a warning), not read as
+    if they were on it."""
+    from training.data import load_case
+
+    files = _write_case(oblique_case, tmp_path)
+    gd = sitk.ReadImage(str(files.gd))
+    direction = np.asarray(gd.GetDirection()).reshape(3, 3)
+    gd.SetOrigin(tuple(np.asarray(gd.GetOrigin()) + direction[:, 0] * gd.GetSpacing()[0]))
+    sitk.WriteImage(gd, str(files.gd))
+    truth = sitk.GetArrayFromImage(oblique_case.labels)
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        case = load_case(files)
+    assert any("not on the LGE's grid" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(case.labels[..., 1:], truth[..., :-1])
+    assert not case.labels[..., 0].any()
+
+
+@pytest.mark.parametrize(
+    "size, spacing, ok",
+    [
+        ((132, 118, 3), (0.7, 0.78, 13.0), True),  # an ordinary stack of 3 slices
+        ((3, 132, 118), (13.0, 0.7, 0.78), True),  # the same stack with its slices along x
+        ((132, 3, 118), (0.7, 13.0, 0.78), True),  # ... along y
+        ((3, 132, 118), (0.7, 0.78, 13.0), False),  # 3 pixels wide in-plane
+        ((132, 118, 3), (13.0, 0.7, 0.78), False),  # slices along x: in-plane 118 x 3
+    ],
+)
+def test_in_plane_size_is_checked_beside_the_slice_axis(size, spacing, ok):
+    """Files are validated before the pipeline permutes them, so the in-plane check must find the slice axis itself
+    (before: a stack stored with its slices along x was refused as 'too small in-plane')."""
+    from myops.errors import InputError
+    from myops.io import validate_image
+
+    image = sitk.Image(list(size), sitk.sitkInt16)
+    image.SetSpacing(spacing)
+    sitk.GetArrayViewFromImage(image)  # allocated
+    image[0, 0, 0] = 7  # not constant
+    if ok:
+        validate_image(image, "LGE")
+    else:
+        with pytest.raises(InputError, match="too small in-plane"):
+            validate_image(image, "LGE")
+
+
+def test_files_of_a_permuted_case_segment_like_the_images(tiny_segmenter, oblique_case, tmp_path):
+    """The CLI's path (files on disk, read and validated first) gives the labels the in-memory path gives."""
+    files = _write_case(oblique_case, tmp_path, [2, 0, 1])
+    from_files = tiny_segmenter.segment_files(files.c0, files.de, files.t2)
+    in_memory = tiny_segmenter.segment(
+        *(permute(i, [2, 0, 1]) for i in (oblique_case.bssfp, oblique_case.lge, oblique_case.t2))
+    )
+    # NIfTI stores the direction in single precision: a tie of the untrained model may fall either way
+    assert (from_files.labels_zyx != in_memory.labels_zyx).mean() < 1e-4
+    assert from_files.labels.GetSize() == (3, 132, 118)

@@ -86,8 +86,9 @@ def predict_all(
     branch_weight: float = 0.0,
     region_threshold: Optional[float] = None,
 ) -> Tuple[list, list]:
-    """[(fold, case, CaseProbabilities, truth_zyx, segmenter)] for every held-out case, and the per-case network
-    seconds. With ``others``, the PRSN probabilities are the mean of all runs' fold models (same ASSN required)."""
+    """[(fold, case, CaseProbabilities, truth_zyx, segmenter)] for every held-out case (the truth in the working
+    frame, like the probabilities), and the per-case network seconds. With ``others``, the PRSN probabilities are
+    the mean of all runs' fold models (same ASSN required)."""
     cases, times = [], []
     options = {
         "device": "cpu",
@@ -119,7 +120,10 @@ def predict_all(
                 probs.pathology = probs.pathology + second.pathology
             probs.pathology = probs.pathology / (1 + len(partners))
             times.append(time.perf_counter() - t0)
-            truth = sitk.GetArrayFromImage(sitk.ReadImage(str(f["gd"])))
+            truth_image = sitk.ReadImage(str(f["gd"]))
+            if probs.permuted:  # the probabilities are in the working frame (the LGE's slice axis last)
+                truth_image = sitk.PermuteAxes(truth_image, list(probs.axis_order))
+            truth = sitk.GetArrayFromImage(truth_image)
             cases.append((fold_dir.name, case, probs, truth, segmenter))
     return cases, times
 

@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from myops.io import IMAGE_SUFFIXES, read_file, read_image
+from myops.io import IMAGE_SUFFIXES, read_file, read_image, same_grid
 from myops.labels import EDEMA, LV_EPICARDIUM_LABELS, MYOCARDIUM, SCAR
 from myops.preprocessing import (
     Window,
@@ -39,6 +39,8 @@ from myops.preprocessing import (
     heart_center_from_mask,
     prepare_sequences,
     sample_windows,
+    slice_axis_last,
+    slice_axis_order,
     slice_context_indices,
     spacing_zyx_of,
 )
@@ -131,12 +133,23 @@ def find_cases(folder: PathLike) -> List[CaseFiles]:
 
 
 def load_case(files: CaseFiles, percentiles: Sequence[float] = (0.5, 99.5)) -> CaseData:
-    """Read and prepare one case (engine readers, :func:`prepare_sequences`) with its labels on the LGE grid."""
-    bssfp, lge, t2 = (read_image(p) for p in (files.c0, files.de, files.t2))
+    """Read and prepare one case the way the engine's pipeline does, with its labels on the LGE grid.
+
+    Every series is read by the engine's reader and put in its slice-last frame
+    (:func:`myops.preprocessing.slice_axis_last`: an LGE stored with its slices along another axis is permuted,
+    as at inference), then :func:`prepare_sequences` resamples the bSSFP and T2 onto the LGE. The labels are
+    resampled onto the LGE's grid (nearest neighbour, with a warning) when they are not on it, and permuted with it.
+    """
+    bssfp, given_lge, t2 = (read_image(p) for p in (files.c0, files.de, files.t2))
+    order = slice_axis_order(given_lge)
+    bssfp, lge, t2 = (slice_axis_last(i, n) for n, i in (("bSSFP", bssfp), ("LGE", given_lge), ("T2", t2)))
     volumes = prepare_sequences(bssfp, lge, t2, percentiles)
     gd = read_file(files.gd)
-    if gd.GetSize() != lge.GetSize():
-        gd = sitk.Resample(gd, lge, sitk.Transform(), sitk.sitkNearestNeighbor, 0, gd.GetPixelID())
+    if not same_grid(gd, given_lge):
+        logger.warning("case %s: its labels are not on the LGE's grid; resampled onto it (nearest)", files.name)
+        gd = sitk.Resample(gd, given_lge, sitk.Transform(), sitk.sitkNearestNeighbor, 0, gd.GetPixelID())
+    if order != (0, 1, 2):
+        gd = sitk.PermuteAxes(gd, list(order))
     labels = sitk.GetArrayFromImage(gd).astype(np.int32)
     spacing = spacing_zyx_of(lge)
     center = heart_center_from_mask(np.isin(labels, LV_EPICARDIUM_LABELS), spacing, min_area_mm2=0.0)

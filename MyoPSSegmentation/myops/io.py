@@ -271,11 +271,15 @@ def validate_image(image: sitk.Image, source: str) -> None:
             source,
             f"has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour?); a scalar MR volume is needed",
         )
-    if min(image.GetSize()) < 1 or image.GetSize()[0] < 16 or image.GetSize()[1] < 16:
-        raise InputError(source, f"is too small in-plane (size {image.GetSize()}); at least 16 x 16 pixels are needed")
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InputError(source, f"has invalid voxel spacing {tuple(spacing)}")
+    from .preprocessing import slice_axis_order  # here: preprocessing imports this module
+
+    # in-plane: the two axes beside the slice axis (the largest spacing), whatever the array order
+    in_plane = [image.GetSize()[a] for a in slice_axis_order(image)[:2]]
+    if min(image.GetSize()) < 1 or min(in_plane) < 16:
+        raise InputError(source, f"is too small in-plane (size {image.GetSize()}); at least 16 x 16 pixels are needed")
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise InputError(source, "contains NaN or infinite values")

@@ -43,6 +43,7 @@ from .preprocessing import (
     paste_windows,
     prepare_sequences,
     sample_windows,
+    slice_axis_last,
     slice_axis_order,
     spacing_zyx_of,
     stack_slice_context,
@@ -378,24 +379,6 @@ def _tta_inverse(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.flip(y, (-1,)) if flip else y
 
 
-def _slice_axis_last(image: sitk.Image, name: str) -> sitk.Image:
-    """``image`` permuted so that its slice axis (largest spacing) is its third ITK axis
-    (:func:`myops.preprocessing.slice_axis_order`), keeping its physical geometry; as it is when it already is,
-    or when it is not a scalar 3D image (left for :func:`myops.io.validate_image` to refuse)."""
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        return image
-    order = slice_axis_order(image)
-    if order == (0, 1, 2):
-        return image
-    message = "the %s's slice axis (largest spacing, %s mm) is its ITK axis %d, not 2: using it permuted by %s"
-    spacing = f"{image.GetSpacing()[order[2]]:g}"
-    if name == "LGE":
-        logger.info(message + "; the labels go back onto its own grid", name, spacing, order[2], list(order))
-    else:
-        logger.debug(message, name, spacing, order[2], list(order))
-    return sitk.PermuteAxes(image, list(order))
-
-
 class Segmenter:
     """Load a model folder once and segment cases with it.
 
@@ -702,7 +685,7 @@ class Segmenter:
         # Each series in its own slice-last frame (the same physical image): the LGE's is the working frame; the
         # bSSFP and T2 are resampled onto it, so theirs only matters for validation and for an exact copy when one
         # shares the LGE's grid.
-        bssfp, lge, t2 = (_slice_axis_last(image, name) for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)))
+        bssfp, lge, t2 = (slice_axis_last(image, name) for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)))
         for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)):
             validate_image(image, name)
         t0 = time.perf_counter()

@@ -67,6 +67,27 @@ def slice_axis_order(image: sitk.Image, tolerance: float = SLICE_AXIS_TOLERANCE)
     return ((axis + 1) % 3, (axis + 2) % 3, axis)
 
 
+def slice_axis_last(image: sitk.Image, name: str = "image") -> sitk.Image:
+    """``image`` permuted so that its slice axis (largest spacing) is its third ITK axis (:func:`slice_axis_order`),
+    keeping its physical geometry: the engine's working frame, used by the pipeline and by training alike.
+
+    Returned as it is when it already is, or when it is not a scalar 3D image (left for
+    :func:`myops.io.validate_image` to refuse). ``name`` (e.g. "LGE") is only used in the log line.
+    """
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        return image
+    order = slice_axis_order(image)
+    if order == (0, 1, 2):
+        return image
+    message = "the %s's slice axis (largest spacing, %s mm) is its ITK axis %d, not 2: using it permuted by %s"
+    spacing = f"{image.GetSpacing()[order[2]]:g}"
+    if name == "LGE":
+        logger.info(message + " (results go back onto its own grid)", name, spacing, order[2], list(order))
+    else:
+        logger.debug(message, name, spacing, order[2], list(order))
+    return sitk.PermuteAxes(image, list(order))
+
+
 def inverse_axis_order(order: Sequence[int]) -> Tuple[int, int, int]:
     """The ``sitk.PermuteAxes`` order that undoes ``order``."""
     inverse = np.argsort(np.asarray(order, dtype=np.int64))
