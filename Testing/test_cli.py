@@ -149,6 +149,16 @@ def test_evaluate_prints_challenge_metrics(case_files, tmp_path, capsys):
     assert "p007" in json.dumps(summary)
 
 
+def test_evaluate_exits_non_zero_when_no_prediction_matches(case_files, tmp_path, capsys):
+    """A misnamed prediction folder scored every case as an empty prediction and exited 0."""
+    pred, gt = scored_folders(case_files, tmp_path)
+    (pred / "p007_seg.nii.gz").rename(pred / "p007-seg.nii.gz")
+    assert run_cli("evaluate", pred, gt, "--csv", tmp_path / "m.csv") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no prediction for any ground-truth case" in err[0] and "p007-seg.nii.gz" in err[0]
+    assert not (tmp_path / "m.csv").exists()
+
+
 def test_demo_runs_and_writes_everything(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     assert run_cli("demo", "--output-dir", out, "--model", tiny_model_dir, "--device", "cpu", "--size", "192") == 0

@@ -23,6 +23,9 @@ from myops.metrics import (
     evaluate_folders,
     hausdorff_distance,
     mean_slice_hausdorff,
+    one_sided_slices,
+    slice_axis_zyx,
+    slice_hausdorff_values,
 )
 
 
@@ -287,14 +290,67 @@ def test_evaluation_report_outputs(folders, tmp_path):
     report.to_csv(tmp_path / "r.csv")
     with open(tmp_path / "r.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["case", "prediction_missing", *METRIC_NAMES]
+    assert rows[0] == [
+        "case",
+        "prediction_missing",
+        *METRIC_NAMES,
+        "one_sided_slices_lv",
+        "one_sided_slices_myocardium",
+    ]
     assert [r[0] for r in rows[1:]] == ["case_a", "case_b", "mean", "sd", "median", "n", "n_nan"]
     assert float(rows[1][2 + METRIC_NAMES.index("dice_myocardium")]) == pytest.approx(0.75)
     assert rows[2][1] == "1" and math.isnan(float(rows[2][2 + METRIC_NAMES.index("hd_lv_mm")]))
+    # case_a: pred's extra voxel on slice 1 (truth empty there); case_b: the missing prediction misses slice 0
+    assert [r[-2:] for r in rows[1:3]] == [["1", "1"], ["1", "1"]]
+    assert rows[6][-2:] == ["2", "2"] and rows[3][-2:] == ["", ""]  # totals in the "n" row only
+    assert data["cases"][0]["one_sided_slices"] == {"lv": 1, "myocardium": 1}
+    assert data["one_sided_slices"] == {"lv": 2, "myocardium": 2}
 
     table = report.format_table()
     assert "case_b (missing)" in table and "case_c" in table and "mean ± sd" in table
     assert "0.750" in table  # case_a's myocardium Dice
+    assert "only one of prediction and truth" in table and "case_a (lv 1, myocardium 1)" in table
+
+
+def test_one_sided_slices_hand_computed():
+    shape = (4, 5, 5)
+    pred = _mask(shape, (1, 0, 0), (2, 0, 0), (3, 2, 2))
+    truth = _mask(shape, (1, 0, 2), (2, 3, 0), (0, 4, 4))
+    # slice 0: truth only (missed); slices 1, 2: both; slice 3: pred only (extra)
+    assert one_sided_slices(pred, truth, (20.0, 0.7, 0.5)) == 2
+    assert one_sided_slices(pred, pred, (20.0, 0.7, 0.5)) == 0
+    assert slice_hausdorff_values(pred, truth, (20.0, 0.7, 0.5))[1:3] == pytest.approx([1.0, 2.1], rel=1e-5)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_per_slice_hausdorff_follows_the_slice_axis(axis):
+    """The slices are those of the largest spacing, wherever the file keeps them: a short-axis stack stored with
+    its slices along y or x scores as the same stack stored with them along z (before, axis 0 was always used)."""
+    rng = np.random.default_rng(7)
+    a = rng.random((3, 9, 11)) < 0.1
+    b = rng.random((3, 9, 11)) < 0.1
+    a[:, 4, 5] = b[:, 1, 2] = True
+    spacing = (12.0, 0.7, 0.9)
+    expected = mean_slice_hausdorff(a, b, spacing)
+    moved = list(spacing[1:])
+    moved.insert(axis, spacing[0])  # the slice axis (12 mm) now at ``axis``
+    a_moved, b_moved = np.moveaxis(a, 0, axis), np.moveaxis(b, 0, axis)
+    assert slice_axis_zyx(moved) == axis
+    assert mean_slice_hausdorff(a_moved, b_moved, moved) == pytest.approx(expected, rel=1e-6)
+    assert mean_slice_hausdorff(a_moved, b_moved, moved, slice_axis=axis) == pytest.approx(expected, rel=1e-6)
+    b_moved = b_moved.copy()
+    b_moved[tuple(slice(None) if i != axis else 0 for i in range(3))] = False  # truth misses the first slice
+    assert one_sided_slices(a_moved, b_moved, moved) == 1
+
+
+def test_slice_axis_rule_is_the_engines():
+    assert slice_axis_zyx((10.0, 1.0, 1.0)) == 0
+    assert slice_axis_zyx((1.0, 1.0, 1.0)) == 0  # isotropic: z, as the engine keeps the third ITK axis
+    assert slice_axis_zyx((1.0, 1.005, 1.0)) == 0  # within the engine's 1 % tolerance
+    assert slice_axis_zyx((0.7, 12.0, 0.7)) == 1
+    assert slice_axis_zyx((0.7, 0.7, 12.0)) == 2
+    with pytest.raises(ValueError):
+        slice_axis_zyx((1.0, 1.0))
 
 
 def test_evaluate_folders_grid_mismatch(tmp_path):
@@ -320,6 +376,60 @@ def test_evaluate_folders_bare_names_and_duplicates(tmp_path):
     _write(tmp_path / "pred" / "p1.nii", pred, spacing)
     with pytest.raises(InputError, match="several files"):
         evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+
+
+def _scored_pair(tmp_path, pred: np.ndarray, truth: np.ndarray):
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    gt_dir.mkdir()
+    _write(gt_dir / "p1_gd.nii.gz", truth)
+    _write(pred_dir / "p1_seg.nii.gz", pred)
+    return pred_dir, gt_dir
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda p: (p != 0).astype(np.uint8) * np.uint8(3), r"not MyoPS label codes.*: 3$"),  # index codes
+        (lambda p: (p != 0).astype(np.float32) * np.float32(0.75), r"non-integer values \(e\.g\. 0\.75\)"),
+        (lambda p: np.where(p == 0, np.nan, p).astype(np.float32), "NaN or infinite"),
+    ],
+    ids=["index-codes", "probabilities", "nan"],
+)
+@pytest.mark.parametrize("side", ["pred", "truth"])
+def test_evaluate_folders_refuses_files_that_are_not_myops_label_maps(tmp_path, bad, match, side):
+    """Index-coded, probability or NaN maps were scored before: unknown codes as empty structures (Dice 1 when
+    both sides miss them), floats rounded half-to-even. Now the file is named with what is wrong. (MHA, because
+    the NIfTI reader turns NaN into 0.)"""
+    pred, truth, spacing = _tiny_case()
+    if side == "pred":
+        pred = bad(pred)
+    else:
+        truth = bad(truth)
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    _write(tmp_path / "gt" / "p1_gd.mha", truth, spacing)
+    _write(tmp_path / "pred" / "p1_seg.mha", pred, spacing)
+    with pytest.raises(InputError, match=match) as info:
+        evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    assert ("p1_seg.mha" if side == "pred" else "p1_gd.mha") in str(info.value)
+
+
+def test_evaluate_folders_refuses_when_no_prediction_matches(tmp_path):
+    """A naming mistake scored every case as an empty prediction and exited 0; now it is one clear error."""
+    pred, truth, _ = _tiny_case()
+    pred_dir, gt_dir = _scored_pair(tmp_path, pred, truth)
+    (pred_dir / "p1_seg.nii.gz").rename(pred_dir / "P1-seg.nii.gz")
+    with pytest.raises(InputError, match=r"no prediction for any ground-truth case \(found P1-seg\.nii\.gz; .*p1"):
+        evaluate_folders(pred_dir, gt_dir)
+
+
+def test_evaluate_folders_warns_on_a_truth_without_lv_wall(tmp_path, caplog):
+    pred, truth, _ = _tiny_case()
+    pred_dir, gt_dir = _scored_pair(tmp_path, pred, np.where(np.isin(truth, (LV_BLOOD_POOL, RV_BLOOD_POOL)), truth, 0))
+    with caplog.at_level("WARNING", logger="myops.metrics"):
+        evaluate_folders(pred_dir, gt_dir)
+    assert "p1_gd.nii.gz has no LV wall label" in caplog.text
 
 
 def test_evaluate_folders_no_truth(tmp_path):

@@ -690,6 +690,11 @@ def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path)
     ]
     cv = aggregate(run_dir)
     assert cv["n_cases"] == 2 and (run_dir / "cv_cases.csv").is_file()
+    # the slices the per-slice Hausdorff means leave out are counted per case and in total
+    counts = [(r["one_sided_slices_lv"], r["one_sided_slices_myocardium"]) for r in summary["cases"]]
+    assert all(isinstance(v, int) and v >= 0 for pair in counts for v in pair)
+    assert cv["one_sided_slices"] == {"lv": sum(c[0] for c in counts), "myocardium": sum(c[1] for c in counts)}
+    assert "one_sided_slices_lv" in (run_dir / "cv_cases.csv").read_text().splitlines()[0]
     from training.report import report
 
     text = report(tmp_path, "run")

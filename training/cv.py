@@ -340,10 +340,17 @@ def aggregate(run_dir: Path) -> Dict[str, Any]:
         "n_cases": len(rows),
         "folds": folds,
         "summary": summarise(rows),
+        # slices the per-slice Hausdorff means leave out (drawn on one side only); None for folds scored before
+        # the count was kept
+        "one_sided_slices": {
+            name: (None if any(r.get(key) is None for r in rows) else sum(int(r[key]) for r in rows))
+            for name, key in (("lv", "one_sided_slices_lv"), ("myocardium", "one_sided_slices_myocardium"))
+        },
         "total_fold_wall_s": round(sum((f.get("fold_wall_s") or 0.0) for f in folds.values()), 1),
     }
     write_json(run_dir / "cv_metrics.json", result)
-    columns = ["case", "fold", *METRIC_NAMES, "localized", "slices", "inference_s"]
+    columns = ["case", "fold", *METRIC_NAMES, "one_sided_slices_lv", "one_sided_slices_myocardium", "localized",
+               "slices", "inference_s"]  # fmt: skip
     with open(run_dir / "cv_cases.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

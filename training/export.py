@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from torch import nn
 
 from myops.io import read_file
-from myops.metrics import METRIC_NAMES, MetricSummary, case_metrics
+from myops.metrics import METRIC_NAMES, MetricSummary, case_metrics, slice_counts
 from myops.model import save_model_folder
 from myops.networks import IdentityShapePrior, SingleSequenceASSN
 from myops.preprocessing import spacing_zyx_of
@@ -177,7 +177,9 @@ def validate_cases(
         device: inference device.
 
     Returns:
-        One row per case: ``case``, the :data:`myops.metrics.METRIC_NAMES` values, ``localized``, timings.
+        One row per case: ``case``, the :data:`myops.metrics.METRIC_NAMES` values, ``one_sided_slices_lv`` and
+        ``one_sided_slices_myocardium`` (slices drawn in only one of prediction and truth, which the per-slice
+        Hausdorff means leave out), ``localized``, timings.
     """
     from myops.pipeline import Segmenter
 
@@ -192,11 +194,14 @@ def validate_cases(
         result = segmenter.segment_files(case.c0, case.de, case.t2, output=out, overwrite=True)
         truth_image = read_file(case.gd)
         truth = sitk.GetArrayFromImage(truth_image)
-        metrics = case_metrics(result.labels_zyx, truth, spacing_zyx_of(truth_image))
+        spacing_zyx = spacing_zyx_of(truth_image)
+        metrics = case_metrics(result.labels_zyx, truth, spacing_zyx)
+        one_sided = slice_counts(result.labels_zyx, truth, spacing_zyx)  # slices the *_2d_mm means leave out
         rows.append(
             {
                 "case": case.name,
                 **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()},
+                **{f"one_sided_slices_{k}": v for k, v in one_sided.items()},
                 "localized": bool(result.localized),
                 "slices": int(truth.shape[0]),
                 "inference_s": round(result.timings_s.get("total", float("nan")), 3),

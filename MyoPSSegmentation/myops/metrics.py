@@ -12,10 +12,17 @@ Empty-mask policy (the same everywhere in this module):
   each mask (voxel sets, not extracted surfaces: a mask inside the other has a directed distance of 0). Both
   empty -> ``0.0``; exactly one empty -> ``NaN`` (undefined). ``NaN`` values are excluded from means and
   counted separately (see :class:`MetricSummary`).
-* **Mean per-slice Hausdorff** (mm): the 2D Hausdorff distance of every z slice with the in-plane spacing,
-  averaged over the slices where pred or truth is non-empty. A slice where exactly one is empty is ``NaN`` and
-  is left out of the mean; the result is ``NaN`` when every such slice is ``NaN`` and ``0.0`` when both
-  volumes are empty (no slice to score, nothing missed).
+* **Mean per-slice Hausdorff** (mm): the 2D Hausdorff distance of every slice with the in-plane spacing,
+  averaged over the slices where pred or truth is non-empty. The slices are those of the grid's slice axis,
+  its largest spacing (:func:`slice_axis_zyx`: numpy axis 0, ``z``, for short-axis stacks such as MyoPS'),
+  the rule the engine uses to find the slice axis. A slice where exactly one is empty ("one-sided") is
+  ``NaN`` and is left out of the mean, which therefore does not see a missed or an extra slice:
+  :func:`one_sided_slices` counts them and :func:`evaluate_folders` reports the count per case. The result
+  is ``NaN`` when every such slice is ``NaN`` and ``0.0`` when both volumes are empty (no slice to score,
+  nothing missed).
+
+Label maps read from files must hold MyoPS codes only (:data:`MYOPS_LABEL_VALUES`); anything else (index codes
+such as 1..5, probabilities, an image given by mistake) is refused rather than scored as empty structures.
 
 :func:`evaluate_folders` scores a folder of predicted label maps against a folder of ground-truth label maps;
 its file-matching rule is documented there.
@@ -35,7 +42,18 @@ import numpy as np
 import SimpleITK as sitk
 
 from myops.errors import InputError
-from myops.labels import LV_EPICARDIUM_LABELS, LV_WALL_LABELS, PATHOLOGY_LABELS, SCAR
+from myops.labels import (
+    BACKGROUND,
+    EDEMA,
+    LV_BLOOD_POOL,
+    LV_EPICARDIUM_LABELS,
+    LV_WALL_LABELS,
+    MYOCARDIUM,
+    PATHOLOGY_LABELS,
+    RV_BLOOD_POOL,
+    SCAR,
+)
+from myops.preprocessing import slice_axis_of_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +78,12 @@ GRID_TOLERANCE = 1e-4
 IMAGE_EXTENSIONS: Tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 PREDICTION_SUFFIX = "_seg"
 TRUTH_SUFFIX = "_gd"
+
+#: The values a MyoPS label map may hold; :func:`evaluate_folders` refuses files with any other value.
+MYOPS_LABEL_VALUES: Tuple[int, ...] = (BACKGROUND, MYOCARDIUM, LV_BLOOD_POOL, RV_BLOOD_POOL, EDEMA, SCAR)
+
+#: Structures whose per-slice Hausdorff distance is reported, and the labels that form them.
+SLICE_HD_STRUCTURES: Dict[str, Tuple[int, ...]] = {"lv": LV_EPICARDIUM_LABELS, "myocardium": LV_WALL_LABELS}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -150,36 +174,103 @@ def hausdorff_distance(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequenc
     return _hausdorff_nonempty(a, b, spacing)
 
 
-def mean_slice_hausdorff(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float]) -> float:
-    """Mean over z slices of the 2D Hausdorff distance (mm), with the in-plane spacing.
+def slice_axis_zyx(spacing_zyx: Sequence[float]) -> int:
+    """The numpy axis of a ``(z, y, x)`` grid's slices: its largest spacing, axis 0 unless another is larger.
 
-    Slices where both masks are empty are skipped; a slice where exactly one is empty is NaN and excluded.
+    The engine's rule (:func:`myops.preprocessing.slice_axis_of_spacing`), in numpy order. A short-axis stack
+    (e.g. 0.7 x 0.7 x 15 mm) gives 0; the same stack stored with its slices along x gives 2.
+    """
+    spacing = _check_spacing(spacing_zyx, 3)
+    return 2 - slice_axis_of_spacing(tuple(reversed(spacing)))
+
+
+def _slices(
+    pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float], slice_axis: Optional[int]
+) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float]]:
+    """Both masks with their slice axis first, and the in-plane spacing (mm) of the remaining two axes."""
+    a, b = _as_mask_pair(pred, truth)
+    if a.ndim != 3:
+        raise ValueError(f"per-slice distances need (z, y, x) masks, got shape {a.shape}")
+    spacing = _check_spacing(spacing_zyx, 3)
+    axis = slice_axis_zyx(spacing) if slice_axis is None else int(slice_axis)
+    if axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+    in_plane = tuple(s for i, s in enumerate(spacing) if i != axis)
+    return np.moveaxis(a, axis, 0), np.moveaxis(b, axis, 0), (in_plane[0], in_plane[1])
+
+
+def slice_hausdorff_values(
+    pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float], slice_axis: Optional[int] = None
+) -> List[float]:
+    """The 2D Hausdorff distance (mm) of every slice where pred or truth is non-empty, in slice order.
 
     Args:
         pred: predicted mask ``(z, y, x)``.
         truth: reference mask, same shape.
-        spacing_zyx: voxel size ``(z, y, x)`` in mm (only ``y`` and ``x`` are used).
+        spacing_zyx: voxel size ``(z, y, x)`` in mm; the two in-plane values are used.
+        slice_axis: numpy axis of the slices; ``None`` (default) takes :func:`slice_axis_zyx`.
+
+    Returns:
+        One value per slice drawn on either side; ``NaN`` where exactly one side is empty (one-sided).
+    """
+    a, b, in_plane = _slices(pred, truth, spacing_zyx, slice_axis)
+    values: List[float] = []
+    for k in range(a.shape[0]):
+        has_a, has_b = bool(a[k].any()), bool(b[k].any())
+        if not has_a and not has_b:
+            continue
+        values.append(_hausdorff_nonempty(a[k], b[k], in_plane) if has_a and has_b else math.nan)
+    return values
+
+
+def one_sided_slices(
+    pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float], slice_axis: Optional[int] = None
+) -> int:
+    """Number of slices where exactly one of pred and truth is non-empty (missed or extra slices).
+
+    These are the slices :func:`mean_slice_hausdorff` leaves out; arguments as there.
+    """
+    a, b, _ = _slices(pred, truth, spacing_zyx, slice_axis)
+    has_a = a.reshape(a.shape[0], -1).any(axis=1)
+    has_b = b.reshape(b.shape[0], -1).any(axis=1)
+    return int(np.count_nonzero(has_a != has_b))
+
+
+def mean_slice_hausdorff(
+    pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float], slice_axis: Optional[int] = None
+) -> float:
+    """Mean over slices of the 2D Hausdorff distance (mm), with the in-plane spacing.
+
+    Slices where both masks are empty are skipped; a slice where exactly one is empty is NaN and excluded
+    (:func:`one_sided_slices` counts those).
+
+    Args:
+        pred: predicted mask ``(z, y, x)``.
+        truth: reference mask, same shape.
+        spacing_zyx: voxel size ``(z, y, x)`` in mm (only the two in-plane values are used).
+        slice_axis: numpy axis of the slices; ``None`` (default) takes the largest spacing
+            (:func:`slice_axis_zyx`), which is ``z`` (0) for short-axis stacks.
 
     Returns:
         The mean in mm; NaN if every scored slice is NaN; 0.0 if both volumes are empty.
     """
-    a, b = _as_mask_pair(pred, truth)
-    if a.ndim != 3:
-        raise ValueError(f"mean_slice_hausdorff expects (z, y, x) masks, got shape {a.shape}")
-    spacing = _check_spacing(spacing_zyx, 3)
-    in_plane = spacing[1:]
-    values: List[float] = []
-    for z in range(a.shape[0]):
-        has_a, has_b = bool(a[z].any()), bool(b[z].any())
-        if not has_a and not has_b:
-            continue
-        values.append(_hausdorff_nonempty(a[z], b[z], in_plane) if has_a and has_b else math.nan)
+    values = slice_hausdorff_values(pred, truth, spacing_zyx, slice_axis)
     if not values:
         return 0.0
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return math.nan
     return float(np.mean(finite))
+
+
+def slice_counts(pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx: Sequence[float]) -> Dict[str, int]:
+    """One-sided slice counts of two MyoPS label maps: ``{"lv": n, "myocardium": n}`` (see
+    :data:`SLICE_HD_STRUCTURES`), the slices ``hd_lv_2d_mm`` and ``hd_myocardium_2d_mm`` leave out."""
+    pred, truth = np.asarray(pred_labels), np.asarray(truth_labels)
+    return {
+        name: one_sided_slices(np.isin(pred, values), np.isin(truth, values), spacing_zyx)
+        for name, values in SLICE_HD_STRUCTURES.items()
+    }
 
 
 def case_metrics(pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx: Sequence[float]) -> Dict[str, float]:
@@ -272,6 +363,8 @@ class CaseResult:
         prediction_missing: True when no prediction was found and the case was scored as an empty prediction.
         prediction_path: the prediction file, ``None`` when missing.
         truth_path: the ground-truth file.
+        one_sided_slices: per structure of :data:`SLICE_HD_STRUCTURES` (``lv``, ``myocardium``), the number of
+            slices drawn in only one of prediction and truth, which the per-slice Hausdorff means leave out.
     """
 
     case: str
@@ -279,6 +372,7 @@ class CaseResult:
     prediction_missing: bool = False
     prediction_path: Optional[str] = None
     truth_path: Optional[str] = None
+    one_sided_slices: Dict[str, int] = field(default_factory=dict)
 
 
 def _json_number(value: float) -> Optional[float]:
@@ -319,13 +413,19 @@ class EvaluationReport:
                     "prediction_path": c.prediction_path,
                     "truth_path": c.truth_path,
                     **{name: _json_number(c.metrics.get(name, math.nan)) for name in METRIC_NAMES},
+                    "one_sided_slices": dict(c.one_sided_slices),
                 }
                 for c in self.cases
             ],
             "summary": {name: {k: _json_number(v) for k, v in s.to_dict().items()} for name, s in self.summary.items()},
+            "one_sided_slices": self.one_sided_totals(),
             "missing_predictions": list(self.missing_predictions),
             "missing_truths": list(self.missing_truths),
         }
+
+    def one_sided_totals(self) -> Dict[str, int]:
+        """Slices left out of the per-slice Hausdorff means, summed over cases, per structure."""
+        return {name: sum(c.one_sided_slices.get(name, 0) for c in self.cases) for name in SLICE_HD_STRUCTURES}
 
     def to_json(self, path: PathLike) -> None:
         """Write :meth:`to_dict` as JSON (NaN written as ``null``), atomically."""
@@ -335,24 +435,31 @@ class EvaluationReport:
         write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def to_csv(self, path: PathLike, include_summary: bool = True) -> None:
-        """Write one row per case (``case, prediction_missing, <metrics>``; NaN as ``nan``).
+        """Write one row per case (``case, prediction_missing, <metrics>, one_sided_slices_<structure>...``; NaN
+        as ``nan``).
 
         With ``include_summary``, rows named ``mean``, ``sd``, ``median``, ``n`` and ``n_nan`` follow, with an
-        empty ``prediction_missing`` cell.
+        empty ``prediction_missing`` cell and the one-sided slice totals in the ``n`` row.
         """
         from .io import write_atomically
 
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
-                writer.writerow(["case", "prediction_missing", *METRIC_NAMES])
+                sided = list(SLICE_HD_STRUCTURES)
+                writer.writerow(
+                    ["case", "prediction_missing", *METRIC_NAMES, *(f"one_sided_slices_{n}" for n in sided)]
+                )
                 for c in self.cases:
                     metrics = (repr(float(c.metrics[n])) for n in METRIC_NAMES)
-                    writer.writerow([c.case, int(c.prediction_missing), *metrics])
+                    counts = (c.one_sided_slices.get(n, "") for n in sided)
+                    writer.writerow([c.case, int(c.prediction_missing), *metrics, *counts])
                 if include_summary:
                     summary = self.summary
+                    totals = self.one_sided_totals()
                     for stat in ("mean", "sd", "median", "n", "n_nan"):
-                        writer.writerow([stat, "", *(getattr(summary[n], stat) for n in METRIC_NAMES)])
+                        extra = [totals[n] for n in sided] if stat == "n" else [""] * len(sided)
+                        writer.writerow([stat, "", *(getattr(summary[n], stat) for n in METRIC_NAMES), *extra])
 
         write_atomically(path, write)
 
@@ -384,6 +491,15 @@ class EvaluationReport:
         rule = "-" * len(line(headers))
         out = [line(headers), rule, *(line(r) for r in rows), rule, *(line(r) for r in footer)]
         out.append("Dice in [0, 1]; hd_* in mm; nan = undefined (one mask empty), excluded from the statistics.")
+        one_sided = [c for c in self.cases if any(c.one_sided_slices.values())]
+        if one_sided:
+            listed = ", ".join(
+                f"{c.case} ({', '.join(f'{k} {v}' for k, v in c.one_sided_slices.items() if v)})" for c in one_sided
+            )
+            out.append(
+                "hd_*_2d_mm leave out the slices drawn in only one of prediction and truth (missed or extra "
+                f"slices): {listed}"
+            )
         if self.missing_predictions:
             out.append(f"Missing predictions (scored as empty): {', '.join(self.missing_predictions)}")
         if self.missing_truths:
@@ -466,10 +582,23 @@ def _check_same_grid(pred: sitk.Image, truth: sitk.Image, pred_path: Path, truth
         raise InputError(pred_path, f"grid differs from the ground truth {truth_path.name}: {'; '.join(problems)}")
 
 
-def _label_array(image: sitk.Image) -> np.ndarray:
+def _label_array(image: sitk.Image, path: Path) -> np.ndarray:
+    """The label map ``(z, y, x)`` of ``image`` as integers, refused unless every value is a MyoPS code."""
     array = sitk.GetArrayFromImage(image)
     if np.issubdtype(array.dtype, np.floating):
-        array = np.rint(array).astype(np.int32)
+        if not np.all(np.isfinite(array)):
+            raise InputError(path, "holds NaN or infinite values: it is not a label map")
+        rounded = np.rint(array)
+        if np.any(rounded != array):
+            example = float(array[rounded != array].flat[0])
+            raise InputError(path, f"holds non-integer values (e.g. {example:g}): it is not a label map")
+        array = rounded.astype(np.int64)
+    values = np.unique(array)
+    unknown = np.setdiff1d(values, np.asarray(MYOPS_LABEL_VALUES))
+    if unknown.size:
+        shown = ", ".join(str(int(v)) for v in unknown[:6]) + (", ..." if unknown.size > 6 else "")
+        known = ", ".join(str(v) for v in MYOPS_LABEL_VALUES)
+        raise InputError(path, f"holds values that are not MyoPS label codes ({known}): {shown}")
     return array
 
 
@@ -490,7 +619,10 @@ def evaluate_folders(
     Each pair must share its grid (size, spacing, origin, direction within :data:`GRID_TOLERANCE`), otherwise
     :class:`~myops.errors.InputError` names the prediction. A truth without a prediction is scored as an
     all-empty prediction (as the challenge does) and listed in ``missing_predictions``; a prediction without a
-    truth is listed in ``missing_truths`` and not scored. Metrics use the truth's spacing.
+    truth is listed in ``missing_truths`` and not scored; when no prediction matches any truth (a naming
+    mistake, or the wrong folder) :class:`~myops.errors.InputError` says so instead. Metrics use the truth's
+    spacing. Both files must hold MyoPS label codes only (:data:`MYOPS_LABEL_VALUES`); a truth without any LV
+    wall label is scored with a warning.
 
     Args:
         pred_dir: folder of predicted MyoPS label maps.
@@ -504,6 +636,14 @@ def evaluate_folders(
     truths = _index_folder(gt_dir, TRUTH_SUFFIX)
     if not truths:
         raise InputError(gt_dir, "contains no ground-truth label maps")
+    if not set(predictions) & set(truths):
+        found = ", ".join(sorted(p.name for p in predictions.values())[:3]) or "no image files"
+        expected = ", ".join(sorted(truths)[:3])
+        raise InputError(
+            pred_dir,
+            f"has no prediction for any ground-truth case (found {found}; cases are e.g. {expected}, read from "
+            f"<case>{PREDICTION_SUFFIX}.nii.gz and <case>{TRUTH_SUFFIX}.nii.gz)",
+        )
     report = EvaluationReport(
         missing_predictions=sorted(set(truths) - set(predictions)),
         missing_truths=sorted(set(predictions) - set(truths)),
@@ -524,7 +664,11 @@ def evaluate_folders(
     for done, case in enumerate(names, start=1):
         truth_path = truths[case]
         truth_image = _read_labels(truth_path)
-        truth = _label_array(truth_image)
+        truth = _label_array(truth_image, truth_path)
+        if not np.isin(truth, LV_WALL_LABELS).any():
+            logger.warning(
+                "%s: the ground truth %s has no LV wall label: its scores are empty-mask values", case, truth_path.name
+            )
         spacing_zyx = tuple(reversed(truth_image.GetSpacing()))
         pred_path = predictions.get(case)
         if pred_path is None:
@@ -532,8 +676,9 @@ def evaluate_folders(
         else:
             pred_image = _read_labels(pred_path)
             _check_same_grid(pred_image, truth_image, pred_path, truth_path)
-            pred = _label_array(pred_image)
+            pred = _label_array(pred_image, pred_path)
         metrics = case_metrics(pred, truth, spacing_zyx)
+        one_sided = slice_counts(pred, truth, spacing_zyx)
         logger.debug("%s: %s", case, metrics)
         report.cases.append(
             CaseResult(
@@ -542,6 +687,7 @@ def evaluate_folders(
                 prediction_missing=pred_path is None,
                 prediction_path=None if pred_path is None else str(pred_path),
                 truth_path=str(truth_path),
+                one_sided_slices=one_sided,
             )
         )
         if progress is not None:

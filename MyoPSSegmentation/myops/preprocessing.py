@@ -60,11 +60,26 @@ def slice_axis_order(image: sitk.Image, tolerance: float = SLICE_AXIS_TOLERANCE)
     of the axes, so the permuted grid keeps the image's handedness (undoing e.g. ``sitk.PermuteAxes(image,
     [2, 0, 1])`` exactly). ``(0, 1, 2)`` means: leave the image as it is.
     """
-    spacing = [float(s) for s in image.GetSpacing()]
-    axis = int(np.argmax(spacing))
-    if spacing[axis] <= spacing[2] * (1.0 + tolerance):
+    axis = slice_axis_of_spacing(image.GetSpacing(), tolerance)
+    if axis == 2:
         return (0, 1, 2)
     return ((axis + 1) % 3, (axis + 2) % 3, axis)
+
+
+def slice_axis_of_spacing(spacing_xyz: Sequence[float], tolerance: float = SLICE_AXIS_TOLERANCE) -> int:
+    """The ITK axis (0 = x, 1 = y, 2 = z) that is the slice axis of a 3D grid with ``spacing_xyz`` (mm).
+
+    The third axis unless another axis's spacing exceeds it by more than ``tolerance`` (relative); then the axis
+    of the largest spacing (the first on a tie). The rule of :func:`slice_axis_order`; :mod:`myops.metrics`
+    uses it (``2 - axis`` in numpy's ``(z, y, x)`` order) to choose the slices of its per-slice distances.
+    """
+    spacing = [float(s) for s in spacing_xyz]
+    if len(spacing) != 3:
+        raise ValueError(f"expected three spacings (x, y, z), got {tuple(spacing_xyz)}")
+    axis = int(np.argmax(spacing))
+    if spacing[axis] <= spacing[2] * (1.0 + tolerance):
+        return 2
+    return axis
 
 
 def slice_axis_last(image: sitk.Image, name: str = "image") -> sitk.Image:
