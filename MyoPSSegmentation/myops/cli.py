@@ -563,7 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the cascade on a synthetic phantom (the embedded default)")
     p.add_argument(
-        "--output-dir", default="demo-output", help="where to write the phantom, results and figure (replaced each run)"
+        "--output-dir",
+        default="demo-output",
+        help="where to write the phantom, results and figure (default demo-output; the demo's own files are "
+        "rewritten each run, other files are left alone)",
     )
     p.add_argument("--seed", type=int, default=2020, help="phantom seed")
     p.add_argument("--size", type=int, default=400, help="phantom in-plane size in pixels (default 400)")
