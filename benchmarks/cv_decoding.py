@@ -139,7 +139,7 @@ def end_slice_hausdorff(labels: np.ndarray, truth: np.ndarray, spacing_zyx) -> T
     annotated = np.flatnonzero(ref.reshape(ref.shape[0], -1).any(axis=1))
     ends, middle = [], []
     for z in annotated:
-        hd = mean_slice_hausdorff(pred[z : z + 1], ref[z : z + 1], spacing_zyx)
+        hd = mean_slice_hausdorff(pred[z : z + 1], ref[z : z + 1], spacing_zyx, slice_axis=0)  # working frame
         (ends if z in (annotated[0], annotated[-1]) else middle).append(hd)
     return ends, middle
 
