@@ -100,6 +100,13 @@ def test_stage_seeds_default_to_the_run_seed_and_old_configs_compare_equal():
                 "prsn.endo_border_px=1.5"):  # fmt: skip
         with pytest.raises(ConfigError, match=r"prsn\.endo_border"):
             load_config("tiny", [bad])
+    assert load_config("tiny", ["prsn.ce_class_weights=[1, 1, 2, 2]"])["prsn"]["ce_class_weights"] == [1, 1, 2, 2]
+    for bad in ("prsn.ce_class_weights=[1, 2]", "prsn.ce_class_weights=[1, 1, 0, 2]", "prsn.ce_class_weights=2",
+                "prsn.ce_class_weights=[1, 1, true, 2]"):  # fmt: skip
+        with pytest.raises(ConfigError, match=r"prsn\.ce_class_weights must be null or 4 positive"):
+            load_config("tiny", [bad])
+    with pytest.raises(ConfigError, match=r"prsn\.ce_class_weights"):  # the baselines' heads have other classes
+        load_config("tiny", ["prsn.variant=unet_scar", "prsn.ce_class_weights=[1, 1, 2, 2]"])
 
 
 def test_a_network_config_that_does_not_fit_fails_when_the_config_is_read(phantom_dir, tmp_path, capsys):
@@ -441,6 +448,12 @@ def test_pixel_weighted_cross_entropy_hand_computed():
     assert float(cross_entropy(logits, target, pixel_weights=torch.full((1, 1, 2), 5.0))) == pytest.approx(
         math.log(2) / 2, abs=1e-6
     )
+    # class weights 1 and 3 weigh pixel 1 (class 1) by 3: (1 * 0 + 3 * ln 2) / 4, as PyTorch's weighted mean
+    classes = torch.tensor([1.0, 3.0])
+    assert float(cross_entropy(logits, target, weight=classes)) == pytest.approx(3 * math.log(2) / 4, abs=1e-6)
+    # with pixel weights too, the two multiply: pixel 1 weighs 3 x 3 = 9, so (1 * 0 + 9 * ln 2) / 10
+    both = float(cross_entropy(logits, target, weight=classes, pixel_weights=weights))
+    assert both == pytest.approx(9 * math.log(2) / 10, abs=1e-6)
 
 
 def test_learning_rate_warmup_and_cosine():
@@ -503,6 +516,7 @@ def test_every_stage_trains_and_its_loss_goes_down(phantom_cases, runtime, tmp_p
         "prsn.dice=image",
         "prsn.main_dice=nested_regions",
         "prsn.endo_border_weight=2.0",
+        "prsn.ce_class_weights=[1, 1, 2, 2]",
         "prsn.config.region_channel=true",
         "prsn.config.slice_context=1",
     ],
@@ -512,6 +526,15 @@ def test_prsn_trains_on_its_dice_options(phantom_cases, runtime, tmp_path, optio
     prsn = train_prsn(cfg, SliceBank(phantom_cases, cfg["data"]), tmp_path / "prsn", runtime, 0)
     assert len(prsn.losses) == 30 and all(math.isfinite(v) for v in prsn.losses)
     assert _decreases(prsn.losses), prsn.losses
+
+
+def test_prsn_class_weights_reach_its_loss(phantom_cases, runtime, tmp_path):
+    """Same seed, same first batch: only B_Main's cross-entropy weights differ, so the first loss must too."""
+    first = []
+    for i, extra in enumerate(([], ["prsn.ce_class_weights=[1, 1, 5, 5]"])):
+        cfg = tiny("prsn.steps=1", *extra)
+        first.append(train_prsn(cfg, SliceBank(phantom_cases, cfg["data"]), tmp_path / f"p{i}", runtime, 0).losses[0])
+    assert first[0] != pytest.approx(first[1], rel=1e-4), first
 
 
 class _InterruptError(RuntimeError):

@@ -152,6 +152,9 @@ DEFAULTS: Dict[str, Any] = {
         # (0 = off, the paper)
         "endo_border_weight": 0.0,
         "endo_border_px": 2,
+        # class weights of B_Main's cross-entropy, one per class (background, myocardium, edema, scar), or None
+        # for the plain mean (the default)
+        "ce_class_weights": None,
         **_optim(800, 8, 2e-3),
     },
     "export": {
@@ -295,6 +298,21 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("prsn.endo_border_weight must be a number >= 0")
     if isinstance(border_px, bool) or not isinstance(border_px, int) or border_px < 1:
         raise ConfigError("prsn.endo_border_px must be an integer >= 1")
+    class_w = config["prsn"].get("ce_class_weights")
+    if class_w is not None:
+        n_classes = config["prsn"]["config"].get("out_channels")
+        if (
+            config["prsn"]["variant"] not in ("prsn", "mfb_prsn")
+            or not isinstance(class_w, list)
+            or len(class_w) != n_classes
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf") for v in class_w
+            )
+        ):
+            raise ConfigError(
+                f"prsn.ce_class_weights must be null or {n_classes} positive numbers, one per B_Main class "
+                f"(variants prsn and mfb_prsn), got {class_w!r}"
+            )
     shift = config["augment"]["misregistration_mm"]
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift < 20:
         raise ConfigError("augment.misregistration_mm must be a number in [0, 20)")

@@ -96,13 +96,16 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Mean pixel-wise cross-entropy, ``logits`` ``(N, K, H, W)``, ``target`` ``(N, H, W)``.
 
-    With ``pixel_weights`` ``(N, H, W)`` (positive), the weighted mean ``sum w * ce / sum w``: the loss keeps its
-    scale and the heavier pixels take a larger share of it.
+    With class weights ``weight`` ``(K,)`` and/or ``pixel_weights`` ``(N, H, W)`` (positive), the weighted mean
+    ``sum w * ce / sum w`` with ``w = pixel_weight * weight[target]``: the loss keeps its scale and the heavier
+    pixels take a larger share of it (class weights alone: PyTorch's weighted mean).
     """
     if pixel_weights is None:
         return F.cross_entropy(logits.float(), target.long(), weight=weight)
-    ce = F.cross_entropy(logits.float(), target.long(), weight=weight, reduction="none")
+    ce = F.cross_entropy(logits.float(), target.long(), reduction="none")
     w = pixel_weights.to(ce.dtype)
+    if weight is not None:
+        w = w * weight.to(ce.dtype)[target.long()]
     return (ce * w).sum() / w.sum()
 
 
@@ -132,15 +135,16 @@ def dice_ce_loss(
     per_image: bool = False,
     nested_regions: bool = False,
     pixel_weights: Optional[torch.Tensor] = None,
+    class_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``soft_dice_loss + ce_weight * cross_entropy`` (the paper's Dice, plus cross-entropy when
     ``ce_weight > 0``; cross-entropy steadies early training on small, imbalanced structures). With
     ``nested_regions`` the Dice term is :func:`nested_region_dice_loss` instead; ``pixel_weights`` ``(N, H, W)``
-    weigh the cross-entropy term only."""
+    and ``class_weights`` ``(K,)`` weigh the cross-entropy term only."""
     dice = nested_region_dice_loss if nested_regions else soft_dice_loss
     loss = dice(logits, target, per_image=per_image)
     if ce_weight > 0:
-        loss = loss + ce_weight * cross_entropy(logits, target, pixel_weights=pixel_weights)
+        loss = loss + ce_weight * cross_entropy(logits, target, weight=class_weights, pixel_weights=pixel_weights)
     return loss
 
 

@@ -240,6 +240,8 @@ def train_prsn(
     per_image = section.get("dice", "batch") == "image"
     nested = section.get("main_dice", "classes") == "nested_regions"
     border_w, border_px = float(section.get("endo_border_weight", 0.0)), int(section.get("endo_border_px", 2))
+    class_w = section.get("ce_class_weights")
+    class_weights = None if class_w is None else torch.tensor([float(v) for v in class_w], device=runtime.device)
     context = int(net_cfg.get("slice_context", 0)) if variant in ("prsn", "mfb_prsn") else 0
     dev = runtime.device
 
@@ -256,7 +258,13 @@ def train_prsn(
             if border_w > 0:
                 weights = 1.0 + border_w * border_band(lv_blood_of(codes), wall_of(codes) > 0, border_px).float()
             main = dice_ce_loss(
-                out.main, main_target_of(codes), ce_w, per_image, nested_regions=nested, pixel_weights=weights
+                out.main,
+                main_target_of(codes),
+                ce_w,
+                per_image,
+                nested_regions=nested,
+                pixel_weights=weights,
+                class_weights=class_weights,
             )
             b_ssfp = soft_dice_loss(out.bssfp, wall_of(codes), per_image=per_image)
             b_lge = soft_dice_loss(out.lge, lge_target_of(codes), per_image=per_image)
