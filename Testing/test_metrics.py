@@ -19,12 +19,14 @@ from myops.metrics import (
     METRIC_NAMES,
     MetricSummary,
     case_metrics,
+    case_scores,
     dice,
     evaluate_folders,
     hausdorff_distance,
     mean_slice_hausdorff,
     one_sided_slices,
     slice_axis_zyx,
+    slice_counts,
     slice_hausdorff_values,
 )
 
@@ -212,6 +214,29 @@ def test_case_metrics_keys_and_values():
     assert tuple(metrics) == METRIC_NAMES
     for name, expected in TINY_EXPECTED.items():
         assert metrics[name] == pytest.approx(expected, rel=1e-5, abs=1e-9), name
+
+
+def test_case_scores_one_pass_agrees_with_the_separate_functions():
+    pred, truth, spacing = _tiny_case()
+    metrics, one_sided = case_scores(pred, truth, spacing)
+    assert metrics == case_metrics(pred, truth, spacing)
+    # the tiny case: slice 1 holds pred's extra LV voxel and nothing of the truth, for LV and wall alike
+    assert one_sided == slice_counts(pred, truth, spacing) == {"lv": 1, "myocardium": 1}
+    empty_metrics, empty_sided = case_scores(np.zeros_like(truth), truth, spacing)
+    assert math.isnan(empty_metrics["hd_lv_2d_mm"])
+    assert empty_sided == {"lv": 1, "myocardium": 1}  # the truth is drawn on slice 0 only
+
+
+def test_format_table_gives_no_sd_for_one_case(tmp_path):
+    pred, truth, spacing = _tiny_case()
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    _write(tmp_path / "gt" / "only_gd.nii.gz", truth, spacing)
+    _write(tmp_path / "pred" / "only_seg.nii.gz", pred, spacing)
+    table = evaluate_folders(tmp_path / "pred", tmp_path / "gt").format_table()
+    assert "± nan" not in table
+    mean_row = next(line for line in table.splitlines() if line.startswith("mean ± sd"))
+    assert "0.750" in mean_row  # dice_myocardium's mean, alone
 
 
 def test_case_metrics_empty_prediction():

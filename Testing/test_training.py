@@ -689,6 +689,7 @@ def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path)
     assert len(summary["cases"]) == 2
     for row in summary["cases"]:
         assert 0.0 <= row["dice_lv"] <= 1.0
+        assert row["slices"] == 3  # the phantom's short-axis slices
         assert (run_dir / "fold_0" / "predictions" / f"{row['case']}_seg.nii.gz").is_file()
     model_dir = run_dir / "fold_0" / "model"
     bundle = ModelBundle(model_dir)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from myops.metrics import METRIC_NAMES
+from myops.metrics import METRIC_NAMES, SLICE_HD_STRUCTURES
 
 from .checkpoint import write_json
 from .config import STAGE_ORDER, ConfigError, apply_overrides, load_config, validate_config, with_defaults
@@ -335,6 +335,7 @@ def aggregate(run_dir: Path) -> Dict[str, Any]:
     if not rows:
         raise RunError(f"{run_dir} has no validated fold yet")
     rows.sort(key=lambda r: r["case"])
+    sided = {name: f"one_sided_slices_{name}" for name in SLICE_HD_STRUCTURES}  # validate_cases' row keys
     result = {
         "run": run_dir.name,
         "n_cases": len(rows),
@@ -344,13 +345,12 @@ def aggregate(run_dir: Path) -> Dict[str, Any]:
         # the count was kept
         "one_sided_slices": {
             name: (None if any(r.get(key) is None for r in rows) else sum(int(r[key]) for r in rows))
-            for name, key in (("lv", "one_sided_slices_lv"), ("myocardium", "one_sided_slices_myocardium"))
+            for name, key in sided.items()
         },
         "total_fold_wall_s": round(sum((f.get("fold_wall_s") or 0.0) for f in folds.values()), 1),
     }
     write_json(run_dir / "cv_metrics.json", result)
-    columns = ["case", "fold", *METRIC_NAMES, "one_sided_slices_lv", "one_sided_slices_myocardium", "localized",
-               "slices", "inference_s"]  # fmt: skip
+    columns = ["case", "fold", *METRIC_NAMES, *sided.values(), "localized", "slices", "inference_s"]
     with open(run_dir / "cv_cases.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -7,7 +7,7 @@ config, data set, date, hardware, wall time) and, when known, cross-validation m
 
 :func:`validate_cases` runs :class:`myops.pipeline.Segmenter` on held-out cases' files - the whole cascade,
 localisation included, the one inference pipeline - writes the predictions and scores them with
-:func:`myops.metrics.case_metrics`.
+:func:`myops.metrics.case_scores`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from torch import nn
 
 from myops.io import read_file
-from myops.metrics import METRIC_NAMES, MetricSummary, case_metrics, slice_counts
+from myops.metrics import METRIC_NAMES, MetricSummary, case_scores, slice_axis_zyx
 from myops.model import save_model_folder
 from myops.networks import IdentityShapePrior, SingleSequenceASSN
 from myops.preprocessing import spacing_zyx_of
@@ -195,15 +195,15 @@ def validate_cases(
         truth_image = read_file(case.gd)
         truth = sitk.GetArrayFromImage(truth_image)
         spacing_zyx = spacing_zyx_of(truth_image)
-        metrics = case_metrics(result.labels_zyx, truth, spacing_zyx)
-        one_sided = slice_counts(result.labels_zyx, truth, spacing_zyx)  # slices the *_2d_mm means leave out
+        # one_sided: the slices the *_2d_mm means leave out
+        metrics, one_sided = case_scores(result.labels_zyx, truth, spacing_zyx)
         rows.append(
             {
                 "case": case.name,
                 **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()},
                 **{f"one_sided_slices_{k}": v for k, v in one_sided.items()},
                 "localized": bool(result.localized),
-                "slices": int(truth.shape[0]),
+                "slices": int(truth.shape[slice_axis_zyx(spacing_zyx)]),  # along the grid's slice axis
                 "inference_s": round(result.timings_s.get("total", float("nan")), 3),
                 "wall_s": round(time.perf_counter() - t0, 3),
             }

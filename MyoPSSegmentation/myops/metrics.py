@@ -254,7 +254,11 @@ def mean_slice_hausdorff(
     Returns:
         The mean in mm; NaN if every scored slice is NaN; 0.0 if both volumes are empty.
     """
-    values = slice_hausdorff_values(pred, truth, spacing_zyx, slice_axis)
+    return _mean_of_slice_values(slice_hausdorff_values(pred, truth, spacing_zyx, slice_axis))
+
+
+def _mean_of_slice_values(values: Sequence[float]) -> float:
+    """:func:`mean_slice_hausdorff`'s policy on :func:`slice_hausdorff_values`' output (mm)."""
     if not values:
         return 0.0
     finite = [v for v in values if not math.isnan(v)]
@@ -274,7 +278,17 @@ def slice_counts(pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx:
 
 
 def case_metrics(pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx: Sequence[float]) -> Dict[str, float]:
-    """The challenge metrics of one case from two MyoPS label maps.
+    """The challenge metrics of one case from two MyoPS label maps (:func:`case_scores` without the counts).
+
+    Args and returns as :func:`case_scores`' first element.
+    """
+    return case_scores(pred_labels, truth_labels, spacing_zyx)[0]
+
+
+def case_scores(
+    pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx: Sequence[float]
+) -> Tuple[Dict[str, float], Dict[str, int]]:
+    """The challenge metrics of one case and its one-sided slice counts, each mask built and sliced once.
 
     Structures: scar = {2221}; scar + edema = {1220, 2221}; myocardium = LV wall {200, 1220, 2221};
     LV = epicardial region {200, 500, 1220, 2221}.
@@ -285,8 +299,10 @@ def case_metrics(pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx:
         spacing_zyx: voxel size in mm.
 
     Returns:
-        A dict with exactly the keys of :data:`METRIC_NAMES`: ``dice_*`` in [0, 1], ``hd_*_mm`` in mm (3D) and
-        ``hd_*_2d_mm`` (mean per-slice 2D), following the module's empty-mask policy.
+        ``(metrics, one_sided)``. ``metrics`` has exactly the keys of :data:`METRIC_NAMES`: ``dice_*`` in
+        [0, 1], ``hd_*_mm`` in mm (3D) and ``hd_*_2d_mm`` (mean per-slice 2D), following the module's
+        empty-mask policy. ``one_sided`` is :func:`slice_counts`' dict: per structure of
+        :data:`SLICE_HD_STRUCTURES`, the slices drawn on one side only, which the ``hd_*_2d_mm`` means leave out.
     """
     pred = np.asarray(pred_labels)
     truth = np.asarray(truth_labels)
@@ -300,16 +316,21 @@ def case_metrics(pred_labels: np.ndarray, truth_labels: np.ndarray, spacing_zyx:
     pathology = masks(PATHOLOGY_LABELS)
     wall = masks(LV_WALL_LABELS)
     lv = masks(LV_EPICARDIUM_LABELS)
-    return {
+    # one pass per structure: a one-sided slice is a NaN of its per-slice values
+    structures = {"lv": lv, "myocardium": wall}  # the masks of SLICE_HD_STRUCTURES, built above
+    per_slice = {name: slice_hausdorff_values(*structures[name], spacing_zyx) for name in SLICE_HD_STRUCTURES}
+    metrics = {
         "dice_scar": dice(*scar),
         "dice_scar_edema": dice(*pathology),
         "dice_myocardium": dice(*wall),
         "dice_lv": dice(*lv),
         "hd_lv_mm": hausdorff_distance(*lv, spacing_zyx),
-        "hd_lv_2d_mm": mean_slice_hausdorff(*lv, spacing_zyx),
+        "hd_lv_2d_mm": _mean_of_slice_values(per_slice["lv"]),
         "hd_myocardium_mm": hausdorff_distance(*wall, spacing_zyx),
-        "hd_myocardium_2d_mm": mean_slice_hausdorff(*wall, spacing_zyx),
+        "hd_myocardium_2d_mm": _mean_of_slice_values(per_slice["myocardium"]),
     }
+    one_sided = {name: sum(1 for v in per_slice[name] if math.isnan(v)) for name in SLICE_HD_STRUCTURES}
+    return metrics, one_sided
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -439,7 +460,8 @@ class EvaluationReport:
         as ``nan``).
 
         With ``include_summary``, rows named ``mean``, ``sd``, ``median``, ``n`` and ``n_nan`` follow, with an
-        empty ``prediction_missing`` cell and the one-sided slice totals in the ``n`` row.
+        empty ``prediction_missing`` cell (a case row always has 0 or 1 there, so a case that happens to be named
+        ``mean`` stays distinguishable) and the one-sided slice totals in the ``n`` row.
         """
         from .io import write_atomically
 
@@ -472,13 +494,19 @@ class EvaluationReport:
                 return "nan"
             return f"{value:.3f}" if name.startswith("dice") else f"{value:.2f}"
 
+        def mean_sd(name: str, stat: MetricSummary) -> str:
+            # one finite value has no sd: the mean alone, not "x ± nan" (the n row says why)
+            if math.isnan(stat.sd):
+                return cell(name, stat.mean)
+            return f"{cell(name, stat.mean)} ± {cell(name, stat.sd)}"
+
         rows = []
         for c in self.cases:
             label = c.case + (" (missing)" if c.prediction_missing else "")
             rows.append([label, *(cell(n, c.metrics[n]) for n in METRIC_NAMES)])
         summary = self.summary
         footer = [
-            ["mean ± sd", *(f"{cell(n, summary[n].mean)} ± {cell(n, summary[n].sd)}" for n in METRIC_NAMES)],
+            ["mean ± sd", *(mean_sd(n, summary[n]) for n in METRIC_NAMES)],
             ["median", *(cell(n, summary[n].median) for n in METRIC_NAMES)],
             ["n", *(str(summary[n].n) for n in METRIC_NAMES)],
             ["n_nan", *(str(summary[n].n_nan) for n in METRIC_NAMES)],
@@ -677,8 +705,7 @@ def evaluate_folders(
             pred_image = _read_labels(pred_path)
             _check_same_grid(pred_image, truth_image, pred_path, truth_path)
             pred = _label_array(pred_image, pred_path)
-        metrics = case_metrics(pred, truth, spacing_zyx)
-        one_sided = slice_counts(pred, truth, spacing_zyx)
+        metrics, one_sided = case_scores(pred, truth, spacing_zyx)
         logger.debug("%s: %s", case, metrics)
         report.cases.append(
             CaseResult(
