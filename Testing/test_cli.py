@@ -124,7 +124,7 @@ def test_find_cases_groups_by_name(tmp_path):
         (tmp_path / n).write_text("")
     cases, problems = find_cases(tmp_path)
     assert set(cases) == {"x"} and set(cases["x"]) == {"bssfp", "lge", "t2"}
-    assert problems == ["y: missing lge, t2"]
+    assert problems == [("y", "missing lge, t2")]
 
 
 def scored_folders(case_files, tmp_path: Path):
@@ -506,6 +506,49 @@ def test_evaluate_never_writes_over_a_scored_file_nor_an_existing_report(case_fi
     assert report.read_text().startswith("case,")
 
 
+def test_evaluate_keeps_a_report_that_appears_while_it_runs(case_files, tmp_path, capsys, monkeypatch):
+    import myops.metrics
+
+    pred, gt = scored_folders(case_files, tmp_path)
+    report = tmp_path / "m.csv"
+    evaluate = myops.metrics.evaluate_folders
+
+    def evaluate_while_someone_saves(*args, **kwargs):
+        result = evaluate(*args, **kwargs)
+        report.write_text("saved meanwhile")
+        return result
+
+    monkeypatch.setattr(myops.metrics, "evaluate_folders", evaluate_while_someone_saves)
+    assert run_cli("evaluate", pred, gt, "--csv", report) == 2
+    assert report.read_text() == "saved meanwhile"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".myops-")]  # no temporary file left
+
+
+def test_an_output_never_lands_on_an_inputs_own_files(tmp_path):
+    from myops.errors import InputError
+    from myops.io import check_side_output, detached_data_files
+
+    image = sitk.GetImageFromArray(np.arange(16 * 16 * 2, dtype=np.float32).reshape(2, 16, 16))
+    header = tmp_path / "lge.mhd"
+    sitk.WriteImage(image, str(header))  # lge.mhd + lge.raw (or .zraw)
+    data = detached_data_files(header)
+    assert len(data) == 1 and data[0].is_file() and data[0].parent == tmp_path
+    with pytest.raises(InputError, match="same as an input"):
+        check_side_output(data[0], [header])
+    nhdr = tmp_path / "t2.nhdr"
+    nhdr.write_text("NRRD0004\ntype: float\nsizes: 16 16 2\nencoding: raw\ndata file: LIST\na.raw\nb.raw\n")
+    assert detached_data_files(nhdr) == [tmp_path / "a.raw", tmp_path / "b.raw"]
+    with pytest.raises(InputError, match="same as an input"):
+        check_side_output(tmp_path / "b.raw", [nhdr])
+    dicom = tmp_path / "series"
+    dicom.mkdir()
+    for inside in (dicom / "IM0001", dicom / "q.csv", dicom / "sub" / "x.json"):
+        with pytest.raises(InputError, match="inside the input folder"):
+            check_side_output(inside, [dicom])
+    assert check_side_output(tmp_path / "q.csv", [header, nhdr, dicom]) == tmp_path / "q.csv"
+    assert detached_data_files(tmp_path / "q.nii.gz") == []
+
+
 def test_segment_refuses_one_file_for_two_sequences(case_files, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "seg.nii.gz"
     args = segment_args(case_files, out, tiny_model_dir)
@@ -546,6 +589,9 @@ def test_a_side_file_that_appears_during_the_run_stops_the_label_map_too(
         ["phantom", "{file}"],
         ["phantom", "/proc/myops-phantoms"],
         ["phantom", "{tmp}/p1", "-n", "0"],
+        ["phantom", "{tmp}/p2", "--seed", "-1"],
+        ["demo", "--output-dir", "{tmp}/d2", "--seed", "-1", "--size", "32"],
+        ["demo", "--output-dir", "{tmp}/d3", "--size", "32", "--model", "{tmp}/no-such-model"],
     ],
 )
 def test_demo_and_phantom_refuse_bad_folders_and_numbers_in_one_line(tmp_path, capsys, args):
@@ -555,6 +601,21 @@ def test_demo_and_phantom_refuse_bad_folders_and_numbers_in_one_line(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("myops: error: "), err
     assert outputs_in(tmp_path) == ["afile"]  # no folder left behind
+
+
+def test_phantom_never_replaces_existing_files_unless_asked(tmp_path, capsys):
+    folder = tmp_path / "ph"
+    folder.mkdir()
+    edited = folder / "phantom_001_gd.nii.gz"
+    edited.write_text("a user's edited truth")
+    code = run_cli("phantom", folder, "-n", "2")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "phantom_001_gd.nii.gz" in err[0] and "--overwrite" in err[0], err
+    assert outputs_in(folder) == ["phantom_001_gd.nii.gz"]  # nothing written, not even case 000
+    assert edited.read_text() == "a user's edited truth"
+    assert run_cli("phantom", folder, "-n", "2", "--overwrite") == 0
+    assert sitk.ReadImage(str(edited)).GetDimension() == 3
+    assert len(outputs_in(folder)) == 8  # two cases of four files, no temporary file left
 
 
 def test_segment_batch_refuses_an_existing_unwritable_folder_before_loading_the_model(
@@ -577,9 +638,15 @@ def test_find_cases_reports_ambiguous_cases_and_reads_any_case_and_dicom_folders
     assert sorted(cases) == ["v", "y"]
     assert cases["v"]["lge"] == tmp_path / "v_DE" and cases["y"]["t2"] == tmp_path / "y_t2.mha"
     assert problems == [
-        "x: 2 candidates for lge (x_DE.nii.gz, x_LGE.nii.gz); keep one",
-        "z: 2 candidates for bssfp (z_C0.nii.gz, z_C0.nrrd); keep one",
+        ("x", "2 candidates for lge (x_DE.nii.gz, x_LGE.nii.gz); keep one"),
+        ("z", "2 candidates for bssfp (z_C0.nii.gz, z_C0.nrrd); keep one"),
     ]
+
+
+def test_a_case_name_with_a_colon_is_reported_whole(tmp_path):
+    (tmp_path / "p:1_C0.nii.gz").write_text("")
+    (tmp_path / "p:1_DE.nii.gz").write_text("")
+    assert find_cases(tmp_path)[1] == [("p:1", "missing t2")]
 
 
 def test_segment_warns_about_lge_slices_the_t2_does_not_cover(case_files, tiny_model_dir, tmp_path, capsys):

@@ -140,7 +140,7 @@ def _refuse_same_outputs(paths: Sequence[Optional[object]]) -> None:
 
 
 # -- segment-batch ----------------------------------------------------------------------------------------------
-def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[str]]:
+def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[Tuple[str, str]]]:
     """Group ``<name>_C0.*``, ``<name>_DE.*``/``<name>_LGE.*`` and ``<name>_T2.*`` by case name.
 
     An entry is an image file with one of :data:`myops.io.IMAGE_SUFFIXES`, or a DICOM series folder named
@@ -149,7 +149,7 @@ def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[str]]:
     formats) is not guessed at: it is reported, like a case missing a sequence.
 
     Returns:
-        (complete cases name -> role -> path, one message per incomplete or ambiguous case).
+        (complete cases name -> role -> path, one ``(case, message)`` per incomplete or ambiguous case).
     """
     from .io import IMAGE_SUFFIXES
 
@@ -170,16 +170,16 @@ def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[str]]:
                 case = stem[: -len(tag) - 1]
                 found.setdefault(case, {}).setdefault(role, []).append(path)
     complete: Dict[str, Dict[str, Path]] = {}
-    problems: List[str] = []
+    problems: List[Tuple[str, str]] = []
     for case, roles in found.items():
         doubled = {role: paths for role, paths in roles.items() if len(paths) > 1}
         missing = [role for role in BATCH_TAGS if role not in roles]
         if doubled:
             role, paths = next(iter(doubled.items()))
             names = ", ".join(p.name for p in paths)
-            problems.append(f"{case}: {len(paths)} candidates for {role} ({names}); keep one")
+            problems.append((case, f"{len(paths)} candidates for {role} ({names}); keep one"))
         elif missing:
-            problems.append(f"{case}: missing {', '.join(missing)}")
+            problems.append((case, f"missing {', '.join(missing)}"))
         else:
             complete[case] = {role: paths[0] for role, paths in roles.items()}
     return complete, problems
@@ -235,7 +235,7 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
     outputs = {name: out_dir / f"{name}_seg.nii.gz" for name in cases}
     keep = set() if args.overwrite else {name for name, out in outputs.items() if out.exists()}
     segmenter = _make_segmenter(args.model, args.device) if len(keep) < len(cases) else None
-    failures: List[Tuple[str, str]] = [(p.split(":")[0], p.split(": ", 1)[1]) for p in problems]
+    failures: List[Tuple[str, str]] = list(problems)
     rows = []
     times = []
     bar = tqdm(sorted(cases.items()), desc="Segmenting", unit="case", file=sys.stderr, disable=args.quiet)
@@ -335,10 +335,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_folders(args.pred_dir, args.gt_dir)
     _print(report.format_table())
     if args.csv:
-        report.to_csv(args.csv)
+        report.to_csv(args.csv, overwrite=args.overwrite)  # a file that appeared meanwhile is kept too
         _print(f"Wrote {args.csv}")
     if args.json:
-        report.to_json(args.json)
+        report.to_json(args.json, overwrite=args.overwrite)
         _print(f"Wrote {args.json}")
     return EXIT_OK
 
@@ -375,6 +375,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not MIN_DEMO_SIZE <= args.size <= MAX_DEMO_SIZE:
         raise InputError("--size", f"must be {MIN_DEMO_SIZE}-{MAX_DEMO_SIZE} pixels, got {args.size}")
+    _check_seed(args.seed)
+    if args.model is not None:  # a bad --model fails here, before any file is written
+        from .model import ModelBundle, resolve_model_dir
+
+        ModelBundle(resolve_model_dir(args.model))
     out_dir = _make_output_folder(args.output_dir)
     _print("MyoPS demo: the whole cascade on a SYNTHETIC PHANTOM (not patient data).")
     model = args.model
@@ -445,15 +450,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- phantom / info ------------------------------------------------------------------------------------------
+def _check_seed(seed: int) -> None:
+    if seed < 0:
+        raise InputError("--seed", f"must be a non-negative integer, got {seed}")
+
+
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from .phantom import make_phantom_case, write_phantom_case
+    from .phantom import PHANTOM_KEYS, make_phantom_case, write_phantom_case
 
     if args.n < 1:
         raise InputError("-n", f"must be at least 1, got {args.n}")
+    _check_seed(args.seed)
     out_dir = _make_output_folder(args.out_dir)
-    for i in range(args.n):
+    names = [f"phantom_{args.seed + i:03d}" for i in range(args.n)]
+    if not args.overwrite:  # before any is written: a folder may hold a user's edited truths
+        _refuse_existing([out_dir / f"{name}_{key}.nii.gz" for name in names for key in PHANTOM_KEYS])
+    for i, name in enumerate(names):
         case = make_phantom_case(seed=args.seed + i)
-        paths = write_phantom_case(case, out_dir, name=f"phantom_{args.seed + i:03d}")
+        paths = write_phantom_case(case, out_dir, name=name, overwrite=args.overwrite)
         _print(f"Wrote {paths['DE'].name} (+ C0, T2, gd)")
     return EXIT_OK
 
@@ -576,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("phantom", help="write synthetic three-sequence cases with ground truth (MyoPS layout)")
     p.add_argument("out_dir")
     p.add_argument("-n", type=int, default=1, help="number of cases")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i has seed + i (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace phantom files that exist (default: refuse)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("info", help="show the model folder (checksums verified) and the device")

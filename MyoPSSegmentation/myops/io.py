@@ -326,14 +326,24 @@ def check_output_path(
 def check_side_output(output: PathLike, inputs: Iterable[PathLike] = (), *, overwrite: bool = True) -> Path:
     """Check where a file of any kind (a CSV, a JSON report, a label map) will be written, before any work.
 
+    An input that is a folder (a DICOM series) owns every path inside it; a detached header (``.mhd``,
+    ``.nhdr``) owns its data files too (:func:`detached_data_files`).
+
     Raises:
-        InputError: the same path as an input, an existing file without ``overwrite``, a folder in its place, or
-            a folder that is missing or not writable.
+        InputError: the same path as an input or one of its files, a path inside an input folder, an existing
+            file without ``overwrite``, a folder in its place, or a folder that is missing or not writable.
     """
     out = Path(output)
     out_resolved = out.resolve()
     for item in inputs:
-        if Path(item).resolve() == out_resolved:
+        source = Path(item).resolve()
+        if source.is_dir():  # a DICOM series: every file in it (or below it) is the input's
+            if source == out_resolved or source in out_resolved.parents:
+                raise InputError(
+                    out, f"output path lies inside the input folder {source}; refusing to write among an input's files"
+                )
+            continue
+        if out_resolved in (source, *detached_data_files(source)):
             raise InputError(out, "output path is the same as an input; refusing to overwrite an input")
     folder = out_resolved.parent
     if not folder.is_dir():
@@ -345,6 +355,42 @@ def check_side_output(output: PathLike, inputs: Iterable[PathLike] = (), *, over
     if not overwrite and out.exists():
         raise InputError(out, EXISTS_MESSAGE)
     return out
+
+
+#: Header keys that name a detached header's data file(s): MetaImage (``.mhd``) and NRRD (``.nhdr``).
+_DATA_FILE_KEYS = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}
+_HEADER_READ_BYTES = 1 << 16
+
+
+def detached_data_files(header: PathLike) -> List[Path]:
+    """The data files a detached header (``.mhd`` or ``.nhdr``) points to, resolved beside it.
+
+    A ``LIST`` names the files on the following lines; a printf-style pattern (``%d``) or a header that cannot
+    be read gives what could be named (possibly nothing). Any other file gives ``[]``.
+    """
+    path = Path(header)
+    keys = _DATA_FILE_KEYS.get(path.suffix.lower())
+    if keys is None or not path.is_file():
+        return []
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(_HEADER_READ_BYTES).decode("latin-1")
+    except OSError:
+        return []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        key, sep, value = line.partition("=" if path.suffix.lower() == ".mhd" else ":")
+        if not sep or key.strip().lower() not in keys:
+            continue
+        value = value.strip()
+        if value.upper().startswith("LIST"):
+            names = [v.strip() for v in lines[i + 1 :] if v.strip()]
+        elif "%" in value or value.upper() == "LOCAL":
+            names = []  # a numbered pattern, or the data in the header file itself
+        else:
+            names = [value]
+        return [(path.parent / name).resolve() for name in names]
+    return []
 
 
 def _can_create_file_in(folder: Path) -> bool:

@@ -448,20 +448,22 @@ class EvaluationReport:
         """Slices left out of the per-slice Hausdorff means, summed over cases, per structure."""
         return {name: sum(c.one_sided_slices.get(name, 0) for c in self.cases) for name in SLICE_HD_STRUCTURES}
 
-    def to_json(self, path: PathLike) -> None:
-        """Write :meth:`to_dict` as JSON (NaN written as ``null``), atomically."""
+    def to_json(self, path: PathLike, overwrite: bool = True) -> None:
+        """Write :meth:`to_dict` as JSON (NaN written as ``null``), atomically; without ``overwrite`` an existing
+        file (one that appeared while the evaluation ran included) is kept and :class:`InputError` raised."""
         from .io import write_atomically
 
         text = json.dumps(self.to_dict(), indent=2) + "\n"
-        write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
 
-    def to_csv(self, path: PathLike, include_summary: bool = True) -> None:
+    def to_csv(self, path: PathLike, include_summary: bool = True, overwrite: bool = True) -> None:
         """Write one row per case (``case, prediction_missing, <metrics>, one_sided_slices_<structure>...``; NaN
         as ``nan``).
 
         With ``include_summary``, rows named ``mean``, ``sd``, ``median``, ``n`` and ``n_nan`` follow, with an
         empty ``prediction_missing`` cell (a case row always has 0 or 1 there, so a case that happens to be named
-        ``mean`` stays distinguishable) and the one-sided slice totals in the ``n`` row.
+        ``mean`` stays distinguishable) and the one-sided slice totals in the ``n`` row. Written atomically;
+        ``overwrite`` as in :meth:`to_json`.
         """
         from .io import write_atomically
 
@@ -483,7 +485,7 @@ class EvaluationReport:
                         extra = [totals[n] for n in sided] if stat == "n" else [""] * len(sided)
                         writer.writerow([stat, "", *(getattr(summary[n], stat) for n in METRIC_NAMES), *extra])
 
-        write_atomically(path, write)
+        write_atomically(path, write, overwrite=overwrite)
 
     def format_table(self) -> str:
         """A plain-text table for people: one line per case, then mean ± sd, median, n and NaN counts."""

@@ -44,6 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import labels
+from .io import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -257,13 +258,24 @@ def make_phantom_case(
     return PhantomCase(sitk_images[0], sitk_images[1], sitk_images[2], sitk_images[3], name)
 
 
-def write_phantom_case(case: PhantomCase, folder: Union[str, Path], name: Optional[str] = None) -> Dict[str, Path]:
-    """Write a phantom in the MyoPS layout: ``<name>_C0/_DE/_T2/_gd.nii.gz``.
+#: The file keys of a written phantom, in MyoPS' naming: bSSFP, LGE, T2 and the ground truth.
+PHANTOM_KEYS: Tuple[str, ...] = ("C0", "DE", "T2", "gd")
+
+
+def write_phantom_case(
+    case: PhantomCase, folder: Union[str, Path], name: Optional[str] = None, overwrite: bool = True
+) -> Dict[str, Path]:
+    """Write a phantom in the MyoPS layout: ``<name>_C0/_DE/_T2/_gd.nii.gz`` (keys :data:`PHANTOM_KEYS`).
+
+    Each file is written atomically (a temporary file moved into place), so an interrupted write leaves nothing
+    half-written.
 
     Args:
         case: the case to write.
         folder: output folder, created if missing.
         name: file name stem; defaults to ``case.name``.
+        overwrite: whether existing files may be replaced; without it an existing one raises
+            :class:`~myops.errors.InputError` (files written before it stay).
 
     Returns:
         The written paths by key ``"C0"``, ``"DE"``, ``"T2"``, ``"gd"``.
@@ -274,9 +286,10 @@ def write_phantom_case(case: PhantomCase, folder: Union[str, Path], name: Option
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths: Dict[str, Path] = {}
-    for key, image in (("C0", case.bssfp), ("DE", case.lge), ("T2", case.t2), ("gd", case.labels)):
+    images = dict(zip(PHANTOM_KEYS, (case.bssfp, case.lge, case.t2, case.labels)))
+    for key, image in images.items():
         path = folder / f"{stem}_{key}.nii.gz"
-        sitk.WriteImage(image, str(path), True)
+        write_atomically(path, lambda tmp, image=image: sitk.WriteImage(image, tmp, True), overwrite=overwrite)
         paths[key] = path
     logger.info("wrote synthetic phantom %s to %s", stem, folder)
     return paths
