@@ -131,6 +131,24 @@ def test_rerun_into_an_edited_segmentation_is_refused_and_a_new_node_leaves_it_u
     assert not case.logic.isEditedSinceLastRun(second)
 
 
+@pytest.mark.parametrize("edit", ["colour", "terminology"])
+def test_a_recoloured_or_recoded_segment_counts_as_an_edit(case, edit):
+    first = case.run()
+    scar = first.GetSegmentation().GetSegment("Scar")
+    if edit == "colour":
+        scar.SetColor(0.0, 0.0, 1.0)
+    else:
+        scar.SetTag(scar.GetTerminologyEntryTagName(), "user~edited~terminology")
+    assert case.logic.isEditedSinceLastRun(first)
+    with pytest.raises(SegmentationEditedError):
+        case.run(outputSegmentationNode=first)
+    scar = first.GetSegmentation().GetSegment("Scar")  # the user's change is still there
+    if edit == "colour":
+        assert scar.GetColor() == (0.0, 0.0, 1.0)
+    else:
+        assert segments.segmentTerminologyString(scar) == "user~edited~terminology"
+
+
 def test_refusal_happens_before_the_engine_runs(case):
     first = case.run()
     first.GetSegmentation().GetSegment("Edema").SetName("Edema (checked)")
@@ -378,8 +396,16 @@ def test_a_background_result_lands_safely_when_the_scene_changed_meanwhile(case)
     case.scene.RemoveNode(gone)
     node, note = case.logic.landFinishedResult(labels, rows, case.lge, gone)
     assert node.GetScene() is case.scene and "deleted during the run" in note
-    # the LGE volume was removed: nothing is written
+    # the LGE volume's grid changed (here: resampled to another spacing): nothing is written, and the message
+    # says what happened rather than blaming the engine
     count = case.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    spacing = case.lge.GetSpacing()
+    case.lge.SetSpacing(spacing[0] * 2, spacing[1], spacing[2])
+    with pytest.raises(RuntimeError, match="LGE volume was moved, resampled"):
+        case.logic.landFinishedResult(labels, rows, case.lge, None)
+    assert case.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count
+    case.lge.SetSpacing(*spacing)
+    # the LGE volume was removed: nothing is written
     case.scene.RemoveNode(case.lge)
     with pytest.raises(RuntimeError, match="LGE volume was removed"):
         case.logic.landFinishedResult(labels, rows, case.lge, None)

@@ -323,7 +323,8 @@ class MyoPSLogic:
     ) -> Tuple[object, str]:
         """Write the result of a run that finished in the background, where the scene may have changed meanwhile.
 
-        - The LGE volume was removed: nothing is written (``RuntimeError``).
+        - The LGE volume was removed, or its grid changed (a hardened transform, a resampling): nothing is
+          written (``RuntimeError``).
         - The chosen output was deleted: a new segmentation is made.
         - The chosen output was edited during the run: it is left as it is and a new segmentation is made. With
           ``fingerprintAtStart`` (:meth:`outputFingerprint` when the run started) that means any change since the
@@ -335,6 +336,11 @@ class MyoPSLogic:
         """
         if lgeNode.GetScene() is None:
             raise RuntimeError("the LGE volume was removed from the scene during the run")
+        if not conversion.sameGrid(labels, lgeNode):  # the labels fit the LGE as it was when the run started
+            raise RuntimeError(
+                "the LGE volume was moved, resampled or cropped (or its transform hardened) during the run; "
+                "nothing was written: press Apply again"
+            )
         output, note = outputSegmentationNode, ""
         if output is not None and output.GetScene() is None:
             output, note = None, " The chosen output segmentation was deleted during the run; a new one was made."

@@ -157,13 +157,18 @@ def _segmentVoxelDigest(segmentationNode, segmentID: str) -> str:
 
 
 def segmentationFingerprint(segmentationNode) -> str:
-    """A digest of a segmentation's segments: IDs, names and voxels (in physical space), in order."""
+    """A digest of a segmentation's segments: IDs, names, colours, terminology and voxels (in physical space), in
+    order. A recoloured segment or one given another terminology code counts as an edit, like a painted one.
+
+    Colours enter rounded to 1/1000, so a file's decimal round trip does not read as an edit.
+    """
     segmentation = segmentationNode.GetSegmentation()
     digest = hashlib.sha256()
     for index in range(segmentation.GetNumberOfSegments()):
         segmentID = segmentation.GetNthSegmentID(index)
         segment = segmentation.GetSegment(segmentID)
-        digest.update(f"{segmentID}\0{segment.GetName()}\0".encode())
+        colour = ",".join(f"{c:.3f}" for c in segment.GetColor())
+        digest.update(f"{segmentID}\0{segment.GetName()}\0{colour}\0{segmentTerminologyString(segment)}\0".encode())
         digest.update(_segmentVoxelDigest(segmentationNode, segmentID).encode())
         digest.update(b"\1")
     return digest.hexdigest()
