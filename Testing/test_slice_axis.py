@@ -335,6 +335,23 @@ def test_in_plane_size_is_checked_beside_the_slice_axis(size, spacing, ok):
             validate_image(image, "LGE")
 
 
+@pytest.mark.parametrize("spacing, ok", [((0.7, 0.7, 8.0), True), ((1.0, 1.0, 0.5), False)])
+def test_a_single_slice_with_a_thin_slice_spacing_is_refused_for_what_it_is(spacing, ok):
+    """One slice whose slice spacing is below its pixel spacing would put the slice axis in-plane (the largest
+    spacing): the message says so rather than calling a 16 x 16 slice 'too small in-plane'."""
+    from myops.errors import InputError
+    from myops.io import validate_image
+
+    image = sitk.Image([16, 16, 1], sitk.sitkInt16)
+    image.SetSpacing(spacing)
+    image[0, 0, 0] = 7
+    if ok:
+        validate_image(image, "LGE")
+    else:
+        with pytest.raises(InputError, match=r"single slice .* slice spacing .* smaller than its pixels"):
+            validate_image(image, "LGE")
+
+
 def test_files_of_a_permuted_case_segment_like_the_images(tiny_segmenter, oblique_case, tmp_path):
     """The CLI's path (files on disk, read and validated first) gives the labels the in-memory path gives."""
     files = _write_case(oblique_case, tmp_path, [2, 0, 1])

@@ -277,7 +277,16 @@ def validate_image(image: sitk.Image, source: str) -> None:
     from .preprocessing import slice_axis_order  # here: preprocessing imports this module
 
     # in-plane: the two axes beside the slice axis (the largest spacing), whatever the array order
-    in_plane = [image.GetSize()[a] for a in slice_axis_order(image)[:2]]
+    order = slice_axis_order(image)
+    in_plane = [image.GetSize()[a] for a in order[:2]]
+    flat = [a for a in range(3) if image.GetSize()[a] == 1]
+    if len(flat) == 1 and flat[0] != order[2]:
+        raise InputError(
+            source,
+            f"is a single slice (size {image.GetSize()}) with a slice spacing ({spacing[flat[0]]:g} mm) smaller than "
+            f"its pixels ({tuple(float(v) for v in spacing)} mm); the slice axis is taken from the largest spacing, "
+            "so give the stack's slice spacing (e.g. its slice thickness)",
+        )
     if min(image.GetSize()) < 1 or min(in_plane) < 16:
         raise InputError(source, f"is too small in-plane (size {image.GetSize()}); at least 16 x 16 pixels are needed")
     array = sitk.GetArrayViewFromImage(image)
