@@ -376,11 +376,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not MIN_DEMO_SIZE <= args.size <= MAX_DEMO_SIZE:
         raise InputError("--size", f"must be {MIN_DEMO_SIZE}-{MAX_DEMO_SIZE} pixels, got {args.size}")
     _check_seed(args.seed)
-    if args.model is not None:  # a bad --model fails here, before any file is written
-        from .model import ModelBundle, resolve_model_dir
-
-        ModelBundle(resolve_model_dir(args.model))
-    out_dir = _make_output_folder(args.output_dir)
     _print("MyoPS demo: the whole cascade on a SYNTHETIC PHANTOM (not patient data).")
     model = args.model
     tmp = None
@@ -389,10 +384,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model = str(build_random_model_folder(Path(tmp.name) / "untrained", preset="tiny"))
         _print("NO TRAINED WEIGHTS ARE SHIPPED YET: running an untrained tiny network to show the mechanics only.")
     try:
+        segmenter = _make_segmenter(model, args.device)  # a bad --model fails here, before any file is written
+        out_dir = _make_output_folder(args.output_dir)
         # a MyoPS-like field of view (~300 mm at ~0.75 mm), so the coarse stage sees what it was trained on
         case = make_phantom_case(seed=args.seed, size_xy=(args.size, args.size))
         paths = write_phantom_case(case, out_dir, name="phantom")
-        segmenter = _make_segmenter(model, args.device)
         seg_path = out_dir / "phantom_seg.nii.gz"
         # the demo's own folder of synthetic files: each run replaces the last one's
         result = segmenter.segment_files(paths["C0"], paths["DE"], paths["T2"], output=seg_path, overwrite=True)
