@@ -58,11 +58,18 @@ def _keep_the_locale():
     locale.setlocale(locale.LC_ALL, saved)
 
 
-def write_series(volume: sitk.Image, folder: Path, slices: Sequence[int], phases: int = 1) -> List[Path]:
+def write_series(
+    volume: sitk.Image,
+    folder: Path,
+    slices: Sequence[int],
+    phases: int = 1,
+    drift_mm: Sequence[float] = (0.0, 0.0, 0.0),
+) -> List[Path]:
     """Write ``volume``'s slices ``slices`` as one DICOM series in ``folder``, each ``phases`` times.
 
-    Every file carries the slice's own ImagePositionPatient and the volume's ImageOrientationPatient; all share
-    one SeriesInstanceUID, like the phases of a cine series do.
+    Every file carries the slice's own ImagePositionPatient (moved by ``k * drift_mm``, LPS mm, for slice ``k``:
+    a sheared stack) and the volume's ImageOrientationPatient; all share one SeriesInstanceUID, like the phases
+    of a cine series do.
     """
     folder.mkdir(parents=True, exist_ok=True)
     direction = volume.GetDirection()
@@ -75,7 +82,7 @@ def write_series(volume: sitk.Image, folder: Path, slices: Sequence[int], phases
         for k in slices:
             instance += 1
             image = volume[:, :, k]
-            position = volume.TransformIndexToPhysicalPoint((0, 0, int(k)))
+            position = np.add(volume.TransformIndexToPhysicalPoint((0, 0, int(k))), np.multiply(k, drift_mm))
             tags = {
                 "0008|0060": "MR",
                 "0008|0008": "ORIGINAL\\PRIMARY",
@@ -145,6 +152,35 @@ def test_differing_orientations_in_one_series_are_refused(tmp_path: Path) -> Non
     other[0].rename(files[-1])
     with pytest.raises(InputError, match="orientation"):
         read_image(tmp_path / "mixed")
+
+
+def test_a_sheared_stack_is_refused_rather_than_stacked_straight(tmp_path: Path) -> None:
+    # 2 mm sideways per slice along the first image axis: ITK would place slice 5 10 mm from where it was acquired
+    volume = source_volume()
+    drift = 2.0 * np.asarray(DIRECTION[0::3])
+    write_series(volume, tmp_path / "sheared", range(volume.GetSize()[2]), drift_mm=drift)
+    with pytest.raises(InputError) as caught:
+        read_image(tmp_path / "sheared")
+    assert "drift sideways (10 mm" in caught.value.problem
+    assert "\n" not in caught.value.problem
+
+
+def test_a_drift_below_the_tolerance_is_read(tmp_path: Path) -> None:
+    # rounding-sized drift (0.005 mm per 8 mm slice, 0.06 %) is not a shear
+    volume = source_volume()
+    drift = 0.005 * np.asarray(DIRECTION[0::3])
+    write_series(volume, tmp_path / "rounded", range(volume.GetSize()[2]), drift_mm=drift)
+    assert read_image(tmp_path / "rounded").GetSize() == volume.GetSize()
+
+
+def test_a_single_slice_series_takes_its_slice_thickness_as_spacing(tmp_path: Path) -> None:
+    # ITK's series reader gives one file 1 mm; with 1.25 mm pixels that slice axis would be refused as in-plane
+    volume = source_volume()
+    write_series(volume, tmp_path / "one", [2])
+    image = read_image(tmp_path / "one")
+    assert image.GetSize() == (32, 24, 1)
+    assert np.allclose(image.GetSpacing(), SPACING, atol=1e-4)  # SliceThickness 8 mm
+    assert np.allclose(image.GetOrigin(), volume.TransformIndexToPhysicalPoint((0, 0, 2)), atol=1e-4)
 
 
 def test_the_refusal_is_the_only_message_on_stderr(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

@@ -41,29 +41,60 @@ def has_suffix(path: PathLike, suffixes: Iterable[str]) -> bool:
     return any(name.endswith(s) for s in suffixes)
 
 
+def _is_gzip(path: Path) -> bool:
+    """Whether ``path`` starts with gzip's magic bytes (a ``.gz`` name is not proof: ITK reads either)."""
+    with open(str(path), "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _byte_count(path: Path, keep: int = 0) -> Tuple[bytes, int]:
+    """The first ``keep`` bytes of ``path`` and its length, decompressed when it is gzip (read to its end, which
+    also catches a damaged stream). Raises OSError or EOFError for a file that cannot be read through."""
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(str(path), "rb") as handle:
+        head = handle.read(keep)
+        total = len(head)
+        while True:
+            chunk = handle.read(1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+    return head, total
+
+
+def _nifti_data_file(path: Path) -> Optional[Path]:
+    """The ``.img`` (or ``.img.gz``) beside a NIfTI/Analyze ``.hdr`` header, or None if there is none."""
+    lower = path.name.lower()
+    if not (lower.endswith(".hdr") or lower.endswith(".hdr.gz")):
+        return None
+    stem = path.name[: -len(".hdr.gz")] if lower.endswith(".hdr.gz") else path.name[: -len(".hdr")]
+    for suffix in (".img", ".img.gz", ".IMG", ".IMG.GZ"):
+        candidate = path.with_name(stem + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def nifti_is_complete(path: PathLike, n_values: int) -> bool:
-    """Whether a NIfTI file (``.nii`` or ``.nii.gz``) holds all ``n_values`` voxel values its header promises.
+    """Whether a NIfTI file holds all ``n_values`` voxel values its header promises.
 
     ITK's NIfTI reader fills what a truncated file lacks with zeros and reports nothing, so a file cut short by a
-    copy or a download would be segmented as if its lower slices were empty. This reads the header's ``bitpix``
-    and ``vox_offset`` (NIfTI-1 or NIfTI-2, either byte order) and counts the bytes that follow; a ``.gz`` stream
-    is read to its end, which also catches a damaged one. A file that is not NIfTI is left to its reader (True).
+    copy, a download or a full disk would be segmented as if its lower slices were empty. This reads the header's
+    ``bitpix`` and ``vox_offset`` (NIfTI-1 or NIfTI-2, either byte order) and counts the bytes that follow; a gzip
+    stream (told by its magic bytes, not its name) is read to its end, which also catches a damaged one. For a
+    ``.hdr`` header the voxels are counted in the ``.img`` beside it. A file that is not NIfTI is left to its
+    reader (True).
 
     Args:
-        path: the file.
+        path: the file (``.nii``, ``.nii.gz`` or ``.hdr``).
         n_values: voxels times components of the image as read.
     """
     p = Path(path)
-    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    data_file = _nifti_data_file(p)
     try:
-        with opener(str(p), "rb") as handle:
-            header = handle.read(540)
-            total = len(header)
-            while True:
-                chunk = handle.read(1 << 20)
-                if not chunk:
-                    break
-                total += len(chunk)
+        header, total = _byte_count(p, 540)
+        if data_file is not None:
+            _, total = _byte_count(data_file)
     except (OSError, EOFError):
         return False
     for order in ("<", ">"):
@@ -77,7 +108,12 @@ def nifti_is_complete(path: PathLike, n_values: int) -> bool:
             break
     else:
         return True
+    # for a pair, vox_offset counts bytes into the .img (usually 0)
     return total >= offset + n_values * max(int(bitpix), 0) // 8
+
+
+#: Suffixes of NIfTI files whose voxel count :func:`nifti_is_complete` checks (a ``.hdr`` through its ``.img``).
+_NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".hdr.gz")
 
 
 def read_file(path: PathLike) -> sitk.Image:
@@ -88,7 +124,7 @@ def read_file(path: PathLike) -> sitk.Image:
         InputError: a truncated or damaged NIfTI file.
     """
     image = sitk.ReadImage(str(path))
-    if has_suffix(path, (".nii", ".nii.gz")):
+    if has_suffix(path, _NIFTI_SUFFIXES):
         n_values = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel()
         if not nifti_is_complete(path, n_values):
             raise InputError(path, "is cut short or damaged (it holds fewer voxels than its header says)")
@@ -144,9 +180,33 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     reader.SetFileNames(files)
     try:
         with _itk_warnings_hidden():  # e.g. "Non uniform sampling or missing slices detected"
-            return reader.Execute()
+            image = reader.Execute()
     except RuntimeError:
         raise InputError(folder, "DICOM series could not be read as one volume") from None
+    if len(files) == 1:
+        thickness = _dicom_slice_thickness(files[0])
+        if thickness is not None and image.GetDimension() == 3:
+            # the series reader gives one file a slice spacing of 1 mm whatever its tags say
+            image.SetSpacing((*image.GetSpacing()[:2], thickness))
+    return image
+
+
+def _dicom_slice_thickness(path: str) -> Optional[float]:
+    """SliceThickness (0018,0050), else SpacingBetweenSlices (0018,0088), of one DICOM file in mm (a lone slice's
+    extent is its thickness); None if it has neither as a positive number."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        with _itk_warnings_hidden():
+            reader.ReadImageInformation()
+        for key in ("0018|0050", "0018|0088"):
+            if reader.HasMetaDataKey(key):
+                value = float(reader.GetMetaData(key).strip())
+                if np.isfinite(value) and value > 0:
+                    return value
+    except (RuntimeError, ValueError):
+        return None
+    return None
 
 
 @contextmanager
@@ -164,6 +224,12 @@ def _itk_warnings_hidden() -> Iterator[None]:
 _SAME_POSITION_MM = 0.01
 #: Orientation cosines that differ by more than this between files are different orientations.
 _ORIENTATION_TOL = 1e-3
+#: A direction matrix whose columns' dot products depart from the identity by more than this is sheared.
+_ORTHO_TOL = 1e-4
+#: DICOM slice positions may drift within the image plane by at most this many mm, plus :data:`_DRIFT_FRACTION`
+#: of their distance along the normal from the first slice (a stack tilted by more than about 0.6 degrees).
+_DRIFT_MM = 0.05
+_DRIFT_FRACTION = 0.01
 
 
 def _dicom_slice_header(path: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -200,7 +266,8 @@ def check_dicom_slice_geometry(folder: PathLike, files: Sequence[str]) -> None:
 
     Raises:
         InputError: two or more files at one slice position (a cine series?), orientations that differ between
-            files, or gaps between slice positions that differ from their median by more than
+            files, positions that drift within the image plane (a sheared stack, which ITK would stack
+            straight), or gaps between slice positions that differ from their median by more than
             max(1 %, 0.05 mm).
     """
     if len(files) < 2:
@@ -222,7 +289,17 @@ def check_dicom_slice_geometry(folder: PathLike, files: Sequence[str]) -> None:
     length = float(np.linalg.norm(normal))
     if not length > 0:
         return  # degenerate orientation: left to ITK
-    along = np.sort(np.array([float(np.dot(p, normal / length)) for p, _ in headers]))
+    unit = normal / length
+    offsets = np.array([p - headers[0][0] for p, _ in headers])
+    distance = offsets @ unit
+    drift = np.linalg.norm(offsets - distance[:, None] * unit[None, :], axis=1)
+    if np.any(drift > _DRIFT_MM + _DRIFT_FRACTION * np.abs(distance)):
+        raise InputError(
+            folder,
+            f"DICOM slice positions drift sideways ({float(drift.max()):.3g} mm within the image plane, a sheared or "
+            "tilted stack); ITK would stack them straight. Resample the series onto an orthogonal grid first",
+        )
+    along = np.sort(np.array([float(np.dot(p, unit)) for p, _ in headers]))
     steps = np.diff(along)
     positions = np.concatenate([along[:1], along[1:][steps > _SAME_POSITION_MM]])
     if len(positions) < len(files):
@@ -274,6 +351,15 @@ def validate_image(image: sitk.Image, source: str) -> None:
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InputError(source, f"has invalid voxel spacing {tuple(spacing)}")
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction, np.eye(3), atol=_ORTHO_TOL):
+        # a sheared grid: NIfTI cannot store it (ITK would write the label map rotated off the input) and the
+        # in-plane windows assume perpendicular axes
+        raise InputError(
+            source,
+            "has a sheared voxel grid (its axis directions are not perpendicular); resample it onto an orthogonal "
+            "grid first",
+        )
     from .preprocessing import slice_axis_order  # here: preprocessing imports this module
 
     # in-plane: the two axes beside the slice axis (the largest spacing), whatever the array order
@@ -295,6 +381,9 @@ def validate_image(image: sitk.Image, source: str) -> None:
     lo, hi = array.min(), array.max()
     if lo == hi:
         raise InputError(source, f"is constant (every voxel is {lo}); it carries no image")
+    largest = max(abs(float(lo)), abs(float(hi)))
+    if array.dtype.kind == "f" and largest > float(np.finfo(np.float32).max):
+        raise InputError(source, f"has values beyond single precision (up to {largest:.3g}); is it corrupt?")
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
@@ -465,22 +554,61 @@ def write_atomically(path: PathLike, write: Callable[[str], None], overwrite: bo
     except InputError:
         tmp.unlink(missing_ok=True)
         raise
-    except (OSError, RuntimeError) as exc:
+    except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise InputError(final, f"cannot be written ({exc})") from None
+        raise InputError(final, f"cannot be written ({exc.strerror or exc})") from None
+    except RuntimeError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(final, f"cannot be written ({itk_reason(exc)})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return final
 
 
+def itk_reason(exc: BaseException) -> str:
+    """One line from an ITK exception, whose text spans many lines (C++ source paths, object addresses, a
+    chain of library calls): the innermost cause, e.g. ``failed to flush pending data``."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and line != ")" and not line.startswith("Exception thrown in")]
+    if not lines:
+        return "the image writer failed"
+    last = lines[-1]
+    if last.startswith("["):  # "[nrrd] _nrrdGzClose: failed to ..." -> "failed to ..."
+        last = last.split("]", 1)[-1].strip()
+        last = last.split(": ", 1)[-1] if ": " in last else last
+    if last.startswith("ITK ERROR:"):
+        last = last.split("): ", 1)[-1]
+    return last.rstrip(":").strip() or "the image writer failed"
+
+
+def write_image(path: PathLike, image: sitk.Image, overwrite: bool = True, compress: bool = True) -> Path:
+    """Write ``image`` atomically (:func:`write_atomically`) and check the file holds all of it before it is
+    published.
+
+    ITK's NIfTI writer reports nothing when the disk fills (a ``.nii.gz`` simply ends early), so without this a
+    cut-short file would be renamed onto ``path`` and reported as written. NRRD and MetaImage writers raise.
+
+    Raises:
+        InputError: the file could not be written whole (nothing is left at ``path``, or the file there before
+            is kept).
+    """
+
+    def write(tmp: str) -> None:
+        sitk.WriteImage(image, tmp, compress)
+        if has_suffix(tmp, _NIFTI_SUFFIXES):
+            n_values = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel()
+            if not nifti_is_complete(tmp, n_values):
+                raise RuntimeError("the written file is incomplete; is the disk full?")
+
+    return write_atomically(path, write, overwrite)
+
+
 def write_labelmap(path: PathLike, labels: sitk.Image, overwrite: bool = True) -> Path:
     """Write a label map (MyoPS values, unsigned 16-bit) atomically, compressed where the format allows.
 
     Without ``overwrite`` an existing file is kept and :class:`InputError` raised."""
-    final = write_atomically(
-        path, lambda tmp: sitk.WriteImage(sitk.Cast(labels, sitk.sitkUInt16), tmp, True), overwrite
-    )
+    final = write_image(path, sitk.Cast(labels, sitk.sitkUInt16), overwrite)
     logger.info("wrote label map %s", final)
     return final
 

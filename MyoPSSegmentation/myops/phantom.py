@@ -44,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import labels
-from .io import write_atomically
+from .io import write_image
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def write_phantom_case(
     images = dict(zip(PHANTOM_KEYS, (case.bssfp, case.lge, case.t2, case.labels)))
     for key, image in images.items():
         path = folder / f"{stem}_{key}.nii.gz"
-        write_atomically(path, lambda tmp, image=image: sitk.WriteImage(image, tmp, True), overwrite=overwrite)
+        write_image(path, image, overwrite=overwrite)
         paths[key] = path
     logger.info("wrote synthetic phantom %s to %s", stem, folder)
     return paths

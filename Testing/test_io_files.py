@@ -1,0 +1,128 @@
+"""Files the engine reads and writes: incomplete writes are never published, damaged inputs are refused in one line.
+
+Synthetic volumes only; each test builds the file it needs in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from myops import io
+from myops.errors import InputError
+from myops.io import itk_reason, nifti_is_complete, read_image, validate_image, write_image, write_labelmap
+
+
+def volume(shape_zyx=(4, 20, 24), dtype=np.int16) -> sitk.Image:
+    """A non-constant MR-like volume, 8 mm slices of 1.25 mm pixels."""
+    array = (np.arange(np.prod(shape_zyx)) % 997 + 1).reshape(shape_zyx).astype(dtype)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.25, 1.25, 8.0))
+    return image
+
+
+def test_a_plain_nifti_named_gz_is_read(tmp_path: Path) -> None:
+    # ITK reads it; the completeness check must look at the bytes, not the name
+    plain = tmp_path / "plain.nii"
+    sitk.WriteImage(volume(), str(plain), False)
+    misnamed = tmp_path / "misnamed.nii.gz"
+    plain.rename(misnamed)
+    assert read_image(misnamed).GetSize() == (24, 20, 4)
+
+
+def test_a_cut_short_gz_nifti_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cut.nii.gz"
+    sitk.WriteImage(volume(), str(path), True)
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    with pytest.raises(InputError, match="cut short"):
+        read_image(path)
+
+
+def test_a_hdr_img_pair_with_a_cut_short_img_is_refused(tmp_path: Path) -> None:
+    header = tmp_path / "pair.hdr"
+    sitk.WriteImage(volume(), str(header))
+    data = tmp_path / "pair.img"
+    assert nifti_is_complete(header, 24 * 20 * 4)
+    os.truncate(data, data.stat().st_size // 2)
+    assert not nifti_is_complete(header, 24 * 20 * 4)
+    with pytest.raises(InputError, match="cut short"):
+        read_image(header)
+
+
+@pytest.mark.parametrize("name", ["labels.nii.gz", "labels.nii"])
+def test_a_nifti_write_that_ends_early_is_not_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # ITK's NIfTI writer reports nothing when the disk fills: a file that ends early must not become the output
+    real_write = sitk.WriteImage
+
+    def full_disk(image, path, compress=False):
+        real_write(image, path, compress)
+        with open(path, "r+b") as handle:
+            handle.truncate(600)
+
+    target = tmp_path / name
+    target.write_bytes(b"an earlier, complete result")
+    monkeypatch.setattr(io.sitk, "WriteImage", full_disk)
+    with pytest.raises(InputError) as caught:
+        write_labelmap(target, sitk.Cast(volume(), sitk.sitkUInt16), overwrite=True)
+    assert "incomplete; is the disk full?" in caught.value.problem
+    assert target.read_bytes() == b"an earlier, complete result"  # the file there before is kept
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left
+
+
+def test_a_complete_write_is_published(tmp_path: Path) -> None:
+    target = write_image(tmp_path / "v.nii.gz", volume())
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(target))), sitk.GetArrayFromImage(volume()))
+
+
+def test_an_itk_error_becomes_its_innermost_cause() -> None:
+    text = (
+        "Exception thrown in SimpleITK ImageFileWriter_Execute: /build/ITK/Modules/IO/NRRD/src/itkNrrdImageIO.cxx:1349:\n"
+        "ITK ERROR: NrrdImageIO(0x562cf5ba2aa0): Write: Error writing /tmp/.myops-x.nrrd:\n"
+        "[nrrd] nrrdSave:\n[nrrd] _nrrdEncodingGzip_write: error closing gzFile\n"
+        "[nrrd] _nrrdGzClose: failed to flush pending data\n)"
+    )
+    assert itk_reason(RuntimeError(text)) == "failed to flush pending data"
+    assert itk_reason(RuntimeError("ITK ERROR: ImageIO(0x1): Write: unsupported pixel type")) == (
+        "Write: unsupported pixel type"
+    )
+    assert itk_reason(RuntimeError("")) == "the image writer failed"
+
+
+def test_an_itk_write_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(image, path, compress=False):
+        raise RuntimeError("Exception thrown in X: /a/b.cxx:1:\nITK ERROR: W(0x1): Write:\n[nrrd] f: cannot write\n)")
+
+    monkeypatch.setattr(io.sitk, "WriteImage", failing)
+    with pytest.raises(InputError) as caught:
+        write_labelmap(tmp_path / "l.nrrd", sitk.Cast(volume(), sitk.sitkUInt16))
+    assert caught.value.problem == "cannot be written (cannot write)"
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_sheared_grid_is_refused() -> None:
+    image = volume()
+    image.SetDirection((1.0, 0.2, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))  # axes 0 and 1 are not perpendicular
+    with pytest.raises(InputError, match="sheared voxel grid"):
+        validate_image(image, "LGE")
+
+
+def test_an_oblique_left_handed_grid_is_accepted() -> None:
+    image = volume()
+    c, s = np.cos(0.4), np.sin(0.4)
+    image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, -1.0))
+    validate_image(image, "LGE")
+
+
+def test_values_beyond_single_precision_are_refused() -> None:
+    array = np.ones((4, 20, 20), dtype=np.float64)
+    array[1, 5, 5] = 1e39  # finite in float64, infinite once cast to float32
+    with pytest.raises(InputError, match="beyond single precision"):
+        validate_image(sitk.GetImageFromArray(array), "LGE")
