@@ -130,6 +130,30 @@ def test_normalize_intensity_clips_and_standardises():
     assert n.max() < 2.0
 
 
+def test_normalize_intensity_measures_only_the_masked_voxels():
+    # hand-computed: covered values 1, 2, 3, 4 (mean 2.5, sd sqrt(1.25)) and no clipping at percentiles 0/100
+    a = np.array([[[1.0, 2.0, 3.0, 4.0, 0.0, 0.0]]], dtype=np.float32)
+    mask = np.array([[[True, True, True, True, False, False]]])
+    n = normalize_intensity(a, (0.0, 100.0), mask=mask)
+    sd = np.sqrt(1.25)
+    np.testing.assert_allclose(n[mask], (np.array([1, 2, 3, 4]) - 2.5) / sd, rtol=1e-6)
+    np.testing.assert_allclose(n[~mask], (1.0 - 2.5) / sd, rtol=1e-6)  # clipped to the covered range, then scaled
+    np.testing.assert_array_equal(normalize_intensity(a, mask=np.ones_like(mask)), normalize_intensity(a))
+    with pytest.raises(ValueError, match="no voxel"):
+        normalize_intensity(a, mask=np.zeros_like(mask))
+
+
+def test_a_shorter_bssfp_stack_is_normalised_over_what_it_covers():
+    # the bSSFP covers the LGE's first 3 of 6 slices: its covered voxels must get the values the same 3 slices give
+    # on their own, not values shifted by the zeros that resampling puts in the other 3
+    lge = make_volume(shape_zyx=(6, 32, 36), seed=1)
+    bssfp = make_volume(shape_zyx=(6, 32, 36), seed=2)
+    short = bssfp[:, :, :3]
+    volumes = prepare_sequences(short, lge, lge)
+    alone = normalize_intensity(sitk.GetArrayFromImage(short))
+    np.testing.assert_allclose(volumes[0, :3], alone, atol=1e-5)
+
+
 def test_segmenter_output_is_on_the_lge_grid(tiny_segmenter):
     direction = oblique_direction((0.4, 0.2, -1.1))
     lge = make_volume(

@@ -191,28 +191,44 @@ def resample_onto(moving: sitk.Image, reference: sitk.Image, name: str) -> sitk.
     return sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
-def normalize_intensity(array: np.ndarray, percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+def normalize_intensity(
+    array: np.ndarray, percentiles: Sequence[float] = (0.5, 99.5), mask: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Clip to the given percentiles and z-score, per volume.
 
     Args:
         array: (z, y, x) intensities.
         percentiles: lower and upper clipping percentiles.
+        mask: optional bool (z, y, x): the voxels that hold data (where a resampled sequence covers the LGE). The
+            percentiles, mean and standard deviation are taken over these only, so the zeros that resampling
+            puts outside a sequence's field of view do not shift the values inside it; every voxel is then
+            transformed the same way. None (or an all-True mask) uses every voxel.
 
     Returns:
-        float32 array of the same shape, mean 0 and standard deviation 1 after clipping.
+        float32 array of the same shape, mean 0 and standard deviation 1 after clipping (over ``mask``).
 
     Raises:
-        ValueError: the array is constant after clipping.
+        ValueError: the array is constant after clipping (over ``mask``), or ``mask`` selects no voxel.
     """
     a = np.asarray(array, dtype=np.float32)
-    lo, hi = np.percentile(a, percentiles)
+    values = a
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != a.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from the array's {a.shape}")
+        if not mask.any():
+            raise ValueError("the mask selects no voxel")
+        if not mask.all():
+            values = a[mask]
+    lo, hi = np.percentile(values, percentiles)
     if hi <= lo:
-        lo, hi = float(a.min()), float(a.max())
+        lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         raise ValueError("cannot normalise a constant image")
     a = np.clip(a, lo, hi)
-    std = float(a.std())
-    return ((a - float(a.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
+    clipped = a if values is a or mask is None else a[mask]
+    std = float(clipped.std())
+    return ((a - float(clipped.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
 def prepare_sequences(
@@ -225,8 +241,10 @@ def prepare_sequences(
     """Resample bSSFP and T2 onto the LGE grid and normalise all three.
 
     LGE slices that the bSSFP or the T2 covers less than :data:`MIN_SLICE_COVERAGE` of (:func:`uncovered_slices`)
-    are logged with a warning: they are segmented from zero-filled data of that sequence. The result is the same
-    either way.
+    are logged with a warning: they are segmented from zero-filled data of that sequence. A sequence's
+    normalisation is measured where it covers the LGE (:func:`normalize_intensity`'s ``mask``), so a shorter
+    stack or a smaller field of view leaves the values of the covered voxels as a full one would give them.
+    Whether ``uncovered`` is given does not change the result.
 
     Args:
         bssfp, lge, t2: the three 3D sequences; the LGE's slice axis must be its third ITK axis.
@@ -240,8 +258,11 @@ def prepare_sequences(
     arrays = []
     for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)):
         on_grid = resample_onto(image, lge, name)
-        if name != "LGE":
-            missing = uncovered_slices(image, lge)
+        inside: Optional[np.ndarray] = None
+        if name != "LGE" and not same_grid(image, lge):
+            inside = _inside_mask(image, lge).astype(bool)  # (z, y, x) on the LGE grid
+            coverage = inside.mean(axis=(1, 2), dtype=np.float64)
+            missing = tuple(int(k) for k in np.flatnonzero(coverage < MIN_SLICE_COVERAGE))
             if missing:
                 logger.warning(
                     "%s covers less than %.0f%% of LGE slice(s) %s: they are segmented without %s data",
@@ -253,7 +274,7 @@ def prepare_sequences(
                 if uncovered is not None:
                     uncovered[name] = missing
         try:
-            arrays.append(normalize_intensity(sitk.GetArrayViewFromImage(on_grid), percentiles))
+            arrays.append(normalize_intensity(sitk.GetArrayViewFromImage(on_grid), percentiles, mask=inside))
         except ValueError:
             raise InputError(name, "is constant where it overlaps the LGE volume") from None
     return np.stack(arrays)
