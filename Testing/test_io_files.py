@@ -84,7 +84,7 @@ def test_a_complete_write_is_published(tmp_path: Path) -> None:
 
 def test_an_itk_error_becomes_its_innermost_cause() -> None:
     text = (
-        "Exception thrown in SimpleITK ImageFileWriter_Execute: /build/ITK/Modules/IO/NRRD/src/itkNrrdImageIO.cxx:1349:\n"
+        "Exception thrown in SimpleITK ImageFileWriter_Execute: /build/ITK/IO/NRRD/src/itkNrrdImageIO.cxx:1349:\n"
         "ITK ERROR: NrrdImageIO(0x562cf5ba2aa0): Write: Error writing /tmp/.myops-x.nrrd:\n"
         "[nrrd] nrrdSave:\n[nrrd] _nrrdEncodingGzip_write: error closing gzFile\n"
         "[nrrd] _nrrdGzClose: failed to flush pending data\n)"
