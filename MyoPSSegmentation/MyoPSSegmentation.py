@@ -228,7 +228,8 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         except InputError as error:
             slicer.util.errorDisplay(str(error), windowTitle="MyoPS Segmentation: input problem")
             return
-        output, overwrite = p.outputSegmentation, False
+        output, outputNote = self.logic.outputForRun(p.outputSegmentation, p.lgeVolume)
+        overwrite = False
         if output is not None and self.logic.isEditedSinceLastRun(output):
             choice = self._askAboutEditedOutput(output)
             if choice is None:
@@ -244,24 +245,32 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         python = pythonSlicerExecutable()
         self._runContext = {
             "lge": p.lgeVolume,
+            "inputs": (p.bssfpVolume, p.lgeVolume, p.t2Volume),
+            "inputState": self.logic.inputState(p.bssfpVolume, p.lgeVolume, p.t2Volume),
             "output": output,
+            "outputNote": outputNote,
             "overwrite": overwrite,
             "fingerprint": self.logic.outputFingerprint(output),
             "showSurface": p.showSurface,
             "started": time.monotonic(),
         }
         if python is None:  # unusual installs: run in this process, keeping the GUI alive between stages
-            self._runInProcess(p, output, overwrite)
+            self._runInProcess(p, output, overwrite, outputNote)
             return
         self._run = BackgroundSegmentation(
             python, device=p.device.value, modelDir=self.logic.modelDir, env=slicer.util.startupEnvironment()
         )
         try:
             self._run.start(*images)
-        except Exception:
+        except Exception as error:  # e.g. no space for the inputs in the temporary folder: say so, not just log it
             self._run.cleanup()
             self._run = None
-            raise
+            self._runContext = None
+            logging.error("MyoPS segmentation could not start: %s", error)
+            p.statusText = f"Failed to start: {error}"
+            slicer.util.errorDisplay(f"The segmentation could not start: {error}", windowTitle="MyoPS Segmentation")
+            self._updateGui()
+            return
         self._showProgress(0.0, "Starting")
         self._timer.start()
         self._updateGui()
@@ -338,6 +347,8 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             fingerprintAtStart=context["fingerprint"],
         )
         self._parameterNode.outputSegmentation = node
+        note = context.get("outputNote", "") + note
+        note += self.logic.changedInputsNote(self.logic.changedInputs(context["inputState"], *context["inputs"]))
         elapsed = time.monotonic() - context["started"]
         self._parameterNode.statusText = warningsPrefix(info) + (
             f"Done in {elapsed:.1f} s on {info.get('device') or '?'} ({info.get('deviceReason', '')}). "
@@ -345,7 +356,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         )
         slicer.util.setSliceViewerLayers(background=lge, fit=False)
 
-    def _runInProcess(self, p, output, overwrite):
+    def _runInProcess(self, p, output, overwrite, outputNote=""):
         from myops.errors import CancelledError
 
         self._cancelRequested = False
@@ -373,7 +384,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             p.outputSegmentation = node
             p.statusText = warningsPrefix(info) + (
                 f"Done in {info['wall_s']:.1f} s on {info['device']} ({info['deviceReason']}). "
-                f"Result: '{node.GetName()}'.{info.get('note', '')}"
+                f"Result: '{node.GetName()}'.{outputNote}{info.get('note', '')}"
             )
         except CancelledError:
             p.statusText = "Cancelled."
@@ -405,16 +416,22 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         elif self._run is not None:
             self._run.cleanup()
         self._run = None
+        self._runContext = None
+        if getattr(self, "ui", None) is not None:
+            self.ui.progressBar.visible = False  # the run it showed is gone (e.g. the scene was closed)
 
     def onEditSegmentsButton(self):
         p = self._parameterNode
         if not p or p.outputSegmentation is None:
             return
+        seg = p.outputSegmentation
+        # correct a result over the image it was computed on, not whichever LGE is selected now
+        source = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) or p.lgeVolume
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        editor.setSegmentationNode(p.outputSegmentation)
-        if p.lgeVolume is not None:
-            editor.setSourceVolumeNode(p.lgeVolume)
+        editor.setSegmentationNode(seg)
+        if source is not None:
+            editor.setSourceVolumeNode(source)
 
     # -- dependencies --------------------------------------------------------------------------------------------
     def ensureDependencies(self):

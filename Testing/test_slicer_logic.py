@@ -113,6 +113,30 @@ def test_quantification_table_is_written_and_reused_on_rerun(case):
     assert case.scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
 
 
+def test_a_run_into_a_clone_gets_its_own_table(case):
+    # the Data module's Clone copies the node with its references: the clone's numbers must not replace the original's
+    original = case.run()
+    table = case.logic.quantificationTableNode(original)
+    rows = segments.quantificationRows(table)
+    clone = case.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "clone")
+    clone.Copy(original)
+    assert case.logic.quantificationTableNode(clone).GetID() == table.GetID()
+    case.logic.writeResult(case.lgeImage * 0, [("Scar", 99.0, "mL")], case.lge, clone, overwrite=True)
+    assert segments.quantificationRows(case.logic.quantificationTableNode(original)) == rows
+    assert segments.quantificationRows(case.logic.quantificationTableNode(clone)) == [("Scar", 99.0, "mL")]
+    assert case.logic.quantificationTableNode(clone).GetID() != table.GetID()
+
+
+def test_the_output_of_another_volume_is_not_the_runs_output(case):
+    result = case.run()
+    assert case.logic.outputForRun(result, case.lge) == (result, "")
+    other = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(seed=7), "patient2_DE")
+    output, note = case.logic.outputForRun(result, other)
+    assert output is None and "holds the result for 'patient1_DE'" in note
+    mine = case.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn by hand")
+    assert case.logic.outputForRun(mine, other) == (mine, "")  # not this module's result: the edit check decides
+
+
 def test_rerun_into_an_edited_segmentation_is_refused_and_a_new_node_leaves_it_untouched(case):
     first = case.run()
     painted = segments.segmentLabelArray(first, case.lge) == SCAR
@@ -303,6 +327,14 @@ def test_missing_volume(case):
 def test_same_volume_twice(case):
     with pytest.raises(InputError, match=r"^T2: 'patient1_DE' is also selected as LGE"):
         case.logic.segment(case.bssfp, case.lge, case.lge)
+
+
+def test_one_series_loaded_twice(case):
+    copy = conversion.addVolumeNodeFromSitkImage(case.scene, case.lgeImage, "patient1_DE_1")
+    with pytest.raises(InputError, match=r"^T2: 'patient1_DE_1' holds the same voxels, in the same place, as the LGE"):
+        case.logic.segment(case.bssfp, case.lge, copy)
+    unusedCopy = conversion.addVolumeNodeFromSitkImage(case.scene, case.t2Image, "patient1_T2 copy")
+    case.logic.validateInputs(case.bssfp, case.lge, unusedCopy)  # a copy whose original is not picked: fine
 
 
 def test_volumes_that_do_not_overlap(case):

@@ -279,3 +279,94 @@ def test_self_test_class_runs_the_shared_scenario(panel, monkeypatch):
     test.runTest()
     assert test.displayed[-1] == "MyoPS Segmentation self-test passed"
     assert panel.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
+
+
+def _otherStudy(panel, seed=20):
+    """Three volumes of another study (a follow-up), selected as the inputs; the last output stays selected."""
+    other = {
+        name: conversion.addVolumeNodeFromSitkImage(panel.scene, obliqueImage(seed=seed + i), name)
+        for i, name in enumerate(("B_C0", "B_DE", "B_T2"))
+    }
+    panel.p.bssfpVolume, panel.p.lgeVolume, panel.p.t2Volume = other["B_C0"], other["B_DE"], other["B_T2"]
+    return other
+
+
+def test_another_study_never_replaces_the_first_studys_result(panel, monkeypatch):
+    useFakeWorker(monkeypatch, "ok")
+    panel.widget.onApplyButton()
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
+    first = panel.p.outputSegmentation
+    lge = panel.volumes["case7_DE"]
+    before = segments.segmentLabelArray(first, lge)
+    table = segments.quantificationRows(panel.widget.logic.quantificationTableNode(first))
+    other = _otherStudy(panel)
+    panel.widget.onApplyButton()  # the first result is unedited and still selected as the output
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
+    second = panel.p.outputSegmentation
+    assert second.GetID() != first.GetID() and second.GetName().startswith("B_DE MyoPS")
+    assert second.GetNodeReference(second.GetReferenceImageGeometryReferenceRole()) is other["B_DE"]
+    assert "holds the result for 'case7_DE' and was left as it is" in panel.p.statusText
+    np.testing.assert_array_equal(segments.segmentLabelArray(first, lge), before)
+    assert segments.quantificationRows(panel.widget.logic.quantificationTableNode(first)) == table
+    # the same study again still reruns into its own result
+    panel.widget.onApplyButton()
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
+    assert panel.p.outputSegmentation.GetID() == second.GetID() and "left as it is" not in panel.p.statusText
+
+
+def test_correcting_a_result_opens_it_over_the_volume_it_was_computed_on(panel, monkeypatch):
+    useFakeWorker(monkeypatch, "ok")
+    panel.widget.onApplyButton()
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
+    result = panel.p.outputSegmentation
+    _otherStudy(panel)  # the user has already picked the next study's volumes
+    panel.widget.onEditSegmentsButton()
+    assert panel.recorder.editor.segmentation is result
+    assert panel.recorder.editor.source is panel.volumes["case7_DE"]
+
+
+def test_inputs_changed_during_the_run_are_named_in_the_status(panel, monkeypatch):
+    import vtk
+
+    useFakeWorker(monkeypatch, "ok")
+    panel.widget.onApplyButton()
+    shift = panel.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "T2 registration fix")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 8.0)
+    shift.SetMatrixTransformToParent(matrix)
+    panel.volumes["case7_T2"].SetAndObserveTransformNodeID(shift.GetID())
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
+    assert panel.p.statusText.startswith("Done in")
+    assert "The T2 volume changed during the run" in panel.p.statusText
+    panel.widget.onApplyButton()  # nothing changes during this one
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
+    assert "changed during the run" not in panel.p.statusText
+    panel.widget.onApplyButton()
+    scalars = panel.volumes["case7_C0"].GetImageData().GetPointData().GetScalars()  # a filter edits it in place
+    scalars.SetValue(0, scalars.GetValue(0) + 1)
+    scalars.Modified()
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
+    assert "The bSSFP volume changed during the run" in panel.p.statusText
+
+
+def test_a_run_that_cannot_start_says_so_and_the_panel_recovers(panel, monkeypatch):
+    def noSpace(self, *images):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(background.BackgroundSegmentation, "start", noSpace)
+    panel.widget.onApplyButton()
+    assert panel.widget._run is None
+    assert panel.recorder.errors == ["The segmentation could not start: [Errno 28] No space left on device"]
+    assert panel.p.statusText.startswith("Failed to start")
+    assert panel.ui.applyButton.enabled and not panel.ui.cancelButton.enabled
+
+
+def test_closing_the_scene_during_a_run_hides_its_progress(panel, monkeypatch):
+    useFakeWorker(monkeypatch, "sleep")
+    panel.widget.onApplyButton()
+    slicer_qt_stubs.pollUntilIdle(panel.widget, until=lambda: panel.ui.progressBar.format.startswith("sleeping"))
+    process = panel.widget._run.process
+    panel.widget.onSceneStartClose(None, None)
+    assert process.poll() is not None or process.wait(timeout=10) is not None
+    assert panel.widget._run is None and panel.widget._runContext is None
+    assert not panel.ui.progressBar.visible

@@ -80,8 +80,8 @@ def validateInputNodes(bssfpNode, lgeNode, t2Node) -> None:
     """Refuse inputs the engine cannot use, with one message naming the sequence at fault.
 
     Checks: each volume is given, is a scalar (not a multi-component or 4D) volume with voxels, is not a frame
-    of a 4D sequence, no volume is picked twice, all are in the same scene, and the bSSFP and T2 volumes overlap
-    the LGE volume in space. The engine repeats its own checks (2D, constant, NaN, overlap).
+    of a 4D sequence, no volume is picked (or one series loaded) twice, all are in the same scene, and the bSSFP
+    and T2 volumes overlap the LGE volume in space. The engine repeats its own checks (2D, constant, NaN, overlap).
 
     Raises:
         InputError: ``str(error)`` is the message to show.
@@ -119,6 +119,15 @@ def validateInputNodes(bssfpNode, lgeNode, t2Node) -> None:
         seen[node.GetID()] = name
     if len({id(node.GetScene()) for node in nodes.values()}) != 1 or lgeNode.GetScene() is None:
         raise InputError(None, "the three volumes must be in the same scene")
+    names = list(nodes)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            if _sameVoxelsAndPlace(nodes[first], nodes[second], first, second):
+                raise InputError(
+                    second,
+                    f"'{nodes[second].GetName()}' holds the same voxels, in the same place, as the {first} volume "
+                    f"'{nodes[first].GetName()}' (one series loaded twice?); pick three different sequences",
+                )
     lgeBounds = _worldBounds(lgeNode, "LGE")
     for name in ("bSSFP", "T2"):
         bounds = _worldBounds(nodes[name], name)
@@ -128,6 +137,27 @@ def validateInputNodes(bssfpNode, lgeNode, t2Node) -> None:
                 f"'{nodes[name].GetName()}' does not overlap the LGE volume in space; the three sequences must be "
                 "aligned (same patient coordinates). Register or reload them with their original geometry",
             )
+
+
+def _sameVoxelsAndPlace(a, b, nameA: str, nameB: str) -> bool:
+    """Whether two volume nodes hold identical voxels on the same world grid (a series loaded twice). Only
+    volumes of equal dimensions and matrices have their voxels compared."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    imageA, imageB = a.GetImageData(), b.GetImageData()
+    if imageA.GetDimensions() != imageB.GetDimensions():
+        return False
+    try:
+        same = np.allclose(conversion.volumeIjkToRas(a, None, nameA), conversion.volumeIjkToRas(b, None, nameB))
+    except InputError:
+        return False  # e.g. a non-linear transform: the overlap check below reports it
+    if not same:
+        return False
+    return bool(
+        np.array_equal(
+            vtk_to_numpy(imageA.GetPointData().GetScalars()), vtk_to_numpy(imageB.GetPointData().GetScalars())
+        )
+    )
 
 
 def _worldBounds(node, name: str) -> np.ndarray:
@@ -200,6 +230,72 @@ class MyoPSLogic:
             raise SegmentationEditedError(outputSegmentationNode)
 
     @staticmethod
+    def resultVolumeName(segmentationNode) -> Optional[str]:
+        """The name of the volume ``segmentationNode`` holds this module's result for (its reference geometry), or
+        None when it is not such a result (new, empty, made by the user) or that volume is gone."""
+        if segmentationNode is None or segmentationNode.GetAttribute(segments.FINGERPRINT_ATTRIBUTE) is None:
+            return None
+        reference = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+        return None if reference is None else reference.GetName()
+
+    def outputForRun(self, outputSegmentationNode, lgeNode) -> Tuple[object, str]:
+        """The output a run on ``lgeNode`` may write into, and a note for the user when that is not the one chosen.
+
+        A result this module wrote for another volume (another study: the panel keeps the last output selected)
+        is never replaced by a run on a different LGE, edited or not: the run gets a new segmentation.
+        """
+        if outputSegmentationNode is None:
+            return None, ""
+        reference = outputSegmentationNode.GetNodeReference(
+            outputSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        )
+        if self.resultVolumeName(outputSegmentationNode) is None or reference.GetID() == lgeNode.GetID():
+            return outputSegmentationNode, ""
+        return None, (
+            f" '{outputSegmentationNode.GetName()}' holds the result for '{reference.GetName()}' and was left as it "
+            f"is; the result for '{lgeNode.GetName()}' went to a new segmentation."
+        )
+
+    @staticmethod
+    def inputState(bssfpNode, lgeNode, t2Node) -> Dict[str, Tuple]:
+        """What each input is when a run starts, to tell later whether it changed: ``{name: (voxel data, its
+        modification time, world IJK-to-RAS matrix)}``."""
+        state = {}
+        for name, node in zip(SEQUENCE_NAMES, (bssfpNode, lgeNode, t2Node)):
+            imageData = node.GetImageData() if node is not None else None
+            scalars = imageData.GetPointData().GetScalars() if imageData is not None else None
+            stamp = max(imageData.GetMTime(), scalars.GetMTime() if scalars is not None else 0) if imageData else 0
+            try:
+                matrix = tuple(np.round(conversion.volumeIjkToRas(node, None, name), 6).ravel())
+            except InputError:  # a non-linear transform etc.: recorded as "no matrix"
+                matrix = None
+            state[name] = (imageData, stamp, matrix)
+        return state
+
+    def changedInputs(self, stateAtStart: Dict[str, Tuple], bssfpNode, lgeNode, t2Node) -> List[str]:
+        """The inputs whose voxels or position changed since ``stateAtStart`` (:meth:`inputState`), in order."""
+        now = self.inputState(bssfpNode, lgeNode, t2Node)
+        changed = []
+        for name in SEQUENCE_NAMES:
+            before, after = stateAtStart.get(name), now[name]
+            if before is None:
+                continue
+            if before[0] is not after[0] or before[1] != after[1] or before[2] != after[2]:
+                changed.append(name)
+        return changed
+
+    @staticmethod
+    def changedInputsNote(changed: Sequence[str]) -> str:
+        """The status-line note for inputs that changed during a run (empty when none did)."""
+        if not changed:
+            return ""
+        names = " and ".join(changed) if len(changed) < 3 else ", ".join(changed[:-1]) + " and " + changed[-1]
+        return (
+            f" The {names} volume{'s' if len(changed) > 1 else ''} changed during the run (voxels or position): "
+            "this result is from them as they were at Apply; press Apply again to use the change."
+        )
+
+    @staticmethod
     def outputFingerprint(outputSegmentationNode) -> Optional[str]:
         """What the output holds when a run starts (None for a new output): the run may replace exactly this."""
         if outputSegmentationNode is None:
@@ -253,6 +349,7 @@ class MyoPSLogic:
         self.validateInputs(bssfpNode, lgeNode, t2Node)
         self.checkOutputWritable(outputSegmentationNode, overwrite)
         fingerprintAtStart = self.outputFingerprint(outputSegmentationNode)
+        inputsAtStart = self.inputState(bssfpNode, lgeNode, t2Node)
         images = self.imagesFromNodes(bssfpNode, lgeNode, t2Node)
         segmenter = self.getSegmenter(device)
         result = segmenter.segment(*images, progress=progress, should_cancel=shouldCancel)
@@ -274,6 +371,7 @@ class MyoPSLogic:
             createClosedSurface=createClosedSurface,
             fingerprintAtStart=fingerprintAtStart,
         )
+        info["note"] += self.changedInputsNote(self.changedInputs(inputsAtStart, bssfpNode, lgeNode, t2Node))
         info["wall_s"] = time.perf_counter() - started
         self.lastRunInfo = info
         return outputNode

@@ -193,7 +193,9 @@ def writeQuantificationTable(rows: Iterable[Tuple[str, float, str]], segmentatio
     Args:
         rows: what the engine's ``Quantification.as_rows()`` returns.
         segmentationNode: the segmentation the numbers describe.
-        tableNode: table to overwrite; default: the one the segmentation references, else a new one.
+        tableNode: table to overwrite; default: the one the segmentation references, unless another
+            segmentation references it too (a clone made in the Data module copies the reference: its numbers
+            must not replace the original's), else a new one.
 
     Returns:
         the vtkMRMLTableNode.
@@ -201,6 +203,8 @@ def writeQuantificationTable(rows: Iterable[Tuple[str, float, str]], segmentatio
     scene = segmentationNode.GetScene()
     if tableNode is None:
         tableNode = segmentationNode.GetNodeReference(QUANTIFICATION_REFERENCE_ROLE)
+        if tableNode is not None and _referencedByAnotherSegmentation(tableNode, segmentationNode):
+            tableNode = None
     if tableNode is None:
         tableNode = scene.AddNewNodeByClass(
             "vtkMRMLTableNode", scene.GenerateUniqueName(f"{segmentationNode.GetName()} quantification")
@@ -229,6 +233,18 @@ def writeQuantificationTable(rows: Iterable[Tuple[str, float, str]], segmentatio
     tableNode.EndModify(wasModifying)
     segmentationNode.SetNodeReferenceID(QUANTIFICATION_REFERENCE_ROLE, tableNode.GetID())
     return tableNode
+
+
+def _referencedByAnotherSegmentation(tableNode, segmentationNode) -> bool:
+    """Whether a segmentation node other than ``segmentationNode`` references ``tableNode`` as its quantification."""
+    scene = segmentationNode.GetScene()
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        other = scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
+        if other.GetID() == segmentationNode.GetID():
+            continue
+        if other.GetNodeReferenceID(QUANTIFICATION_REFERENCE_ROLE) == tableNode.GetID():
+            return True
+    return False
 
 
 def quantificationRows(tableNode) -> List[Tuple[str, float, str]]:
