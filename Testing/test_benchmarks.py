@@ -135,7 +135,27 @@ def test_end_slice_hausdorff_splits_the_annotated_stack_by_hand():
     ends, middle = cvd.end_slice_hausdorff(labels, truth, (10.0, 1.5, 1.5))
     assert ends == [1.5, 0.0] and middle == [0.0, 3.0]
     pooled = cvd.pooled_slices([{"hd_lv_2d_end_slices_mm": ends, "hd_lv_2d_middle_slices_mm": middle}])
-    assert pooled["hd_lv_2d_end_slices_mm"] == {"mean": 0.75, "median": 0.75, "n": 2}
+    assert pooled["hd_lv_2d_end_slices_mm"] == {"mean": 0.75, "median": 0.75, "n": 2, "n_missed": 0}
+    # the prediction misses end slice 4: it has no distance, is left out of the mean and counted as missed
+    labels[4] = 0
+    ends, middle = cvd.end_slice_hausdorff(labels, truth, (10.0, 1.5, 1.5))
+    assert ends[0] == 1.5 and np.isnan(ends[1])
+    pooled = cvd.pooled_slices([{"hd_lv_2d_end_slices_mm": ends, "hd_lv_2d_middle_slices_mm": middle}])
+    assert pooled["hd_lv_2d_end_slices_mm"] == {"mean": 1.5, "median": 1.5, "n": 1, "n_missed": 1}
+
+
+def test_cv_decoding_rows_count_one_sided_slices_and_summaries_keep_the_3d_hd():
+    """An extra apical slice (drawn where the truth has none): the in-plane mean leaves it out (0 mm on the
+    others), the 3D HD sees it (one 8 mm slice away), and the row counts it."""
+    cvd = _load_cv_decoding()
+    fold, case, probs, truth, segmenter = _threshold_case("a", 0.9, 0.1)
+    truth = np.concatenate([truth, np.zeros_like(truth[:1])])  # a third slice, empty in the truth
+    probs.epicardium = np.concatenate([probs.epicardium, probs.epicardium[-1:]])
+    probs.pathology = np.concatenate([probs.pathology, probs.pathology[:, -1:]], axis=1)
+    row = cvd.score([(fold, case, probs, truth, segmenter)], lambda p: cvd.pathology_classes(p, "argmax"))[0]
+    assert row["hd_lv_2d_mm"] == 0.0 and row["hd_lv_mm"] == pytest.approx(8.0)
+    assert row["one_sided_slices_lv"] == 1 and row["one_sided_slices_myocardium"] == 1
+    assert cvd.summarise([row])["hd_lv_mm"]["mean"] == pytest.approx(8.0)
 
 
 def _load_script(name: str):
@@ -413,6 +433,27 @@ def test_qc_calibration_rank_statistics_by_hand():
     assert 0.5 < low <= high <= 1.0
 
 
+def test_qc_calibration_worst_slice_counts_a_missed_slice_as_worst_wherever_it_lies():
+    qc = _load_script("qc_calibration")
+    nan = float("nan")
+    assert qc.worst_slice([1.0, 2.5, 0.5]) == 2.5
+    assert qc.worst_slice([nan, 0.0, 1.0]) == float("inf")  # a missed base slice
+    assert qc.worst_slice([0.0, nan, 1.0]) == float("inf")  # a missed middle slice (max() would give 1.0)
+    assert np.isnan(qc.worst_slice([]))
+    assert qc.ranks([1.0, float("inf"), 0.5]).tolist() == [2.0, 3.0, 1.0]  # the worst rank
+
+
+def test_compare_cv_does_not_let_a_lost_structure_look_better(capsys):
+    cmp = _load_script("compare_cv")
+    base = [{"case": c, "hd_lv_2d_mm": 5.0} for c in "abcd"]
+    cand = [{"case": "a", "hd_lv_2d_mm": float("nan")}, *({"case": c, "hd_lv_2d_mm": 4.0} for c in "bcd")]
+    stats = cmp.paired(cmp.study_cases(_study(base)), cmp.study_cases(_study(cand)))
+    hd = stats["hd_lv_2d_mm"]
+    assert hd["n"] == 3 and hd["lost"] == 1 and (hd["better"], hd["worse"]) == (3, 1)
+    report = cmp.format_report(stats, [])
+    assert "1 lost, 0 gained" in report
+
+
 def _study(rows):
     return {"tta": {"assn-dihedral": {"branch_weights": {"weights": {"0.5": {"cases": rows}}}}}}
 
@@ -436,10 +477,11 @@ def test_compare_cv_paired_statistics_by_hand(tmp_path, capsys):
     assert lv["n"] == 3 and lv["diff_mean"] == pytest.approx(0.0, abs=1e-12)
     assert lv["diff_se"] == pytest.approx(0.1 / np.sqrt(3))
     assert (lv["better"], lv["worse"]) == (1, 1)
-    # HD: case c is NaN on one side and left out; a 3 -> 4 (worse), b 5 -> 2 (better): mean -1, sd 2.828, se 2
+    # HD: case c is NaN in the baseline only, left out of the means; a 3 -> 4 (worse), b 5 -> 2 (better): mean -1,
+    # sd 2.828, se 2; c gained a distance, so it counts as better too
     hd = stats["hd_lv_2d_mm"]
     assert hd["n"] == 2 and hd["diff_mean"] == pytest.approx(-1.0) and hd["diff_se"] == pytest.approx(2.0)
-    assert (hd["better"], hd["worse"]) == (1, 1)
+    assert (hd["better"], hd["worse"], hd["gained"], hd["lost"]) == (2, 1, 1, 0)
     assert hd["baseline_median"] == pytest.approx(4.0) and hd["candidate_median"] == pytest.approx(3.0)
     moved = cmp.movers(cmp.study_cases(_study(base)), cmp.study_cases(_study(cand)), k=5)
     assert [m["case"] for m in moved] == ["b", "a"]  # |2 - 5| = 3 before |4 - 3| = 1; c (NaN) left out

@@ -179,14 +179,27 @@ def test_info_shows_the_inference_options_and_the_cv_summary(tiny_model_dir, tmp
     shutil.copytree(tiny_model_dir, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["inference"] = {"tta_flips": True, "pathology_branch_weight": 0.5}
-    summary = {"dice_scar": {"mean": 0.6419, "sd": 0.1449}, "hd_lv_2d_mm": {"mean": 3.7026, "sd": 2.04}}
-    manifest["metrics"] = {"cross_validation": {"folds": 5, "n_cases": 25, "summary": summary}}
+    summary = {
+        "dice_scar": {"mean": 0.6419, "sd": 0.1449},
+        "hd_lv_2d_mm": {"mean": 3.7026, "sd": 2.04},
+        "hd_lv_mm": {"mean": 5.1, "sd": 1.5, "n": 24, "n_nan": 1},
+    }
+    manifest["metrics"] = {
+        "cross_validation": {
+            "folds": 5,
+            "n_cases": 25,
+            "summary": summary,
+            "one_sided_slices": {"lv": 3, "myocardium": 4},
+        }
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert run_cli("info", "--model", folder, "--device", "cpu") == 0
     out = capsys.readouterr().out
     assert "inference: tta_flips=True, pathology_branch_weight=0.5" in out
     assert "cross-validation (5 folds, 25 cases)" in out
     assert "dice_scar" in out and "64.19 +- 14.49 %" in out and "3.70 +- 2.04 mm" in out
+    assert "5.10 +- 1.50 mm (1 case undefined, left out)" in out
+    assert "left out of the in-plane HD: lv 3, myocardium 4" in out
 
 
 # -- bad input: one line, exit code 2, nothing written --------------------------------------------------------

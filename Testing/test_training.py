@@ -724,7 +724,13 @@ def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path)
     text = report(tmp_path, "run")
     assert "dice_scar" in text and "not yet run" in text and "64.09" in text
     ens = export_ensemble(run_dir, [0], tmp_path / "ensemble", runtime)
-    assert ModelBundle(ens).manifest["metrics"]["cross_validation"]["n_cases"] == 2
+    shipped_cv = ModelBundle(ens).manifest["metrics"]["cross_validation"]
+    assert shipped_cv["n_cases"] == 2
+    assert shipped_cv["one_sided_slices"] == cv["one_sided_slices"]  # what the shipped in-plane HD leaves out
+    from training.cv import describe_summary
+
+    line = describe_summary({"hd_lv_mm": {"mean": 4.0, "sd": 0.0, "n": 3, "n_nan": 1}})
+    assert "hd_lv_mm 4.000 +- 0.000 (1 undefined)" in line
 
 
 def test_a_run_refuses_another_config(phantom_dir, runtime, tmp_path):

@@ -56,8 +56,12 @@ def paired(
     """Paired statistics per metric over the cases both studies hold.
 
     Returns ``{metric: {n, baseline_mean, candidate_mean, baseline_median, candidate_median, diff_mean, diff_se,
-    better, worse}}``; Dice figures stay fractions in [0, 1], distances stay in mm. Cases where either side is NaN
-    are left out of that metric. Raises ``ValueError`` if the studies share no case or hold different cases.
+    better, worse, lost, gained}}``; Dice figures stay fractions in [0, 1], distances stay in mm. A case where
+    either side is NaN (an undefined distance: a structure missed or empty on one side) has no difference and is
+    left out of the means, but it is not hidden: ``lost`` counts the cases defined in the baseline and undefined
+    in the candidate (they also count as ``worse``), ``gained`` the reverse (also ``better``), so a candidate
+    that loses a structure cannot look better by it. Raises ``ValueError`` if the studies share no case or hold
+    different cases.
     """
     if set(baseline) != set(candidate):
         only = sorted(set(baseline) ^ set(candidate))
@@ -71,6 +75,8 @@ def paired(
             for c in sorted(baseline)
             if key in baseline[c] and key in candidate[c]
         ]
+        lost = sum(1 for a, b in pairs if math.isnan(b) and not math.isnan(a))
+        gained = sum(1 for a, b in pairs if math.isnan(a) and not math.isnan(b))
         pairs = [(a, b) for a, b in pairs if not (math.isnan(a) or math.isnan(b))]
         if not pairs:
             continue
@@ -86,8 +92,10 @@ def paired(
             "candidate_median": float(np.median(b)),
             "diff_mean": float(d.mean()),
             "diff_se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan"),
-            "better": int((gain > 0).sum()),
-            "worse": int((gain < 0).sum()),
+            "better": int((gain > 0).sum()) + gained,
+            "worse": int((gain < 0).sum()) + lost,
+            "lost": lost,
+            "gained": gained,
         }
     return out
 
@@ -113,7 +121,7 @@ def movers(
 def format_report(stats: Mapping[str, Mapping[str, float]], moved: Sequence[Mapping[str, float]]) -> str:
     """Human-readable table: Dice in percent, distances in mm."""
     header = f"{'metric':<22}{'baseline':>10}{'candidate':>11}{'diff':>9}{'+-se':>8}{'med b':>8}{'med c':>8}"
-    lines = [header + "  better/worse"]
+    lines = [header + "  better/worse  n"]
     labels = {key: (label, higher) for key, label, higher in METRICS}
     for key, s in stats.items():
         label, _ = labels[key]
@@ -122,6 +130,12 @@ def format_report(stats: Mapping[str, Mapping[str, float]], moved: Sequence[Mapp
             f"{label:<22}{s['baseline_mean'] * scale:>10.2f}{s['candidate_mean'] * scale:>11.2f}"
             f"{s['diff_mean'] * scale:>+9.3f}{s['diff_se'] * scale:>8.3f}"
             f"{s['baseline_median'] * scale:>8.2f}{s['candidate_median'] * scale:>8.2f}  {s['better']}/{s['worse']}"
+            f"  {s['n']}"
+            + (
+                f"  (undefined: {s.get('lost', 0)} lost, {s.get('gained', 0)} gained; left out of the means)"
+                if s.get("lost") or s.get("gained")
+                else ""
+            )
         )
     if "dice_scar" in stats and "dice_scar_edema" in stats:
         total_b = 100 * (stats["dice_scar"]["baseline_mean"] + stats["dice_scar_edema"]["baseline_mean"])

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "MyoPSSegmentation"))
 import SimpleITK as sitk  # noqa: E402
 
 from myops.labels import LV_EPICARDIUM_LABELS  # noqa: E402
-from myops.metrics import MetricSummary, case_metrics, mean_slice_hausdorff  # noqa: E402
+from myops.metrics import SLICE_HD_STRUCTURES, MetricSummary, case_scores, mean_slice_hausdorff  # noqa: E402
 from myops.pipeline import Segmenter  # noqa: E402
 from myops.postprocessing import (  # noqa: E402
     PATHOLOGY_DECODINGS,
@@ -52,7 +52,9 @@ from myops.postprocessing import (  # noqa: E402
     pathology_classes,
 )
 
-KEYS = ("dice_scar", "dice_scar_edema", "dice_myocardium", "dice_lv", "hd_lv_2d_mm")
+KEYS = ("dice_scar", "dice_scar_edema", "dice_myocardium", "dice_lv", "hd_lv_2d_mm", "hd_lv_mm")
+#: per-case row keys of the slices drawn on one side only, which ``hd_*_2d_mm`` leaves out
+ONE_SIDED_KEYS = {name: f"one_sided_slices_{name}" for name in SLICE_HD_STRUCTURES}
 #: test-time transforms: name -> (tta_flips, tta_rot90, assn_tta_rot90) of the Segmenter
 TTA = {"flips": (True, False, False), "dihedral": (True, True, False), "assn-dihedral": (True, False, True)}
 PATHOLOGY_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
@@ -60,7 +62,8 @@ SCAR_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
 
 def summarise(rows: List[dict]) -> Dict[str, dict]:
-    """Mean, sd, median and n of each metric over cases (the engine's :class:`MetricSummary`; NaN excluded)."""
+    """Mean, sd, median and n of each metric over cases (the engine's :class:`MetricSummary`; NaN excluded and
+    counted as ``n_nan``)."""
     return {key: MetricSummary.of([r[key] for r in rows]).to_dict() for key in KEYS}
 
 
@@ -145,11 +148,18 @@ def end_slice_hausdorff(labels: np.ndarray, truth: np.ndarray, spacing_zyx) -> T
 
 
 def pooled_slices(rows: List[dict]) -> dict:
-    """Mean and median of the end-slice and middle-slice HD over every slice of every case (NaN excluded)."""
+    """Mean and median of the end-slice and middle-slice HD over every slice of every case; an annotated slice
+    the prediction misses has no distance (NaN), is left out of both and counted as ``n_missed``."""
     out = {}
     for key in ("hd_lv_2d_end_slices_mm", "hd_lv_2d_middle_slices_mm"):
-        values = [v for r in rows for v in r[key] if not math.isnan(v)]
-        out[key] = {"mean": statistics.mean(values), "median": statistics.median(values), "n": len(values)}
+        every = [v for r in rows for v in r[key]]
+        values = [v for v in every if not math.isnan(v)]
+        out[key] = {
+            "mean": statistics.mean(values) if values else float("nan"),
+            "median": statistics.median(values) if values else float("nan"),
+            "n": len(values),
+            "n_missed": len(every) - len(values),
+        }
     return out
 
 
@@ -172,11 +182,13 @@ def score(cases: list, decide, changes: Optional[Mapping[str, object]] = None) -
         region = probs.epicardium > segmenter.region_threshold
         labels = compose_labels(region, classes, probs.spacing_zyx, config)
         ends, middle = end_slice_hausdorff(labels, truth, probs.spacing_zyx)
+        metrics, one_sided = case_scores(labels, truth, probs.spacing_zyx)
         rows.append(
             {
                 "fold": fold,
                 "case": case,
-                **case_metrics(labels, truth, probs.spacing_zyx),
+                **metrics,
+                **{ONE_SIDED_KEYS[name]: count for name, count in one_sided.items()},
                 "hd_lv_2d_end_slices_mm": ends,
                 "hd_lv_2d_middle_slices_mm": middle,
                 **({"assn_guarded_slices": list(probs.guarded_slices)} if _guarded(segmenter) else {}),
@@ -261,6 +273,7 @@ def line(name: str, s: dict) -> str:
         f"{name:>26}: scar {s['dice_scar']['mean']:.4f}  scar+edema {s['dice_scar_edema']['mean']:.4f}  "
         f"myo {s['dice_myocardium']['mean']:.4f}  LV {s['dice_lv']['mean']:.4f}  "
         f"HD2D {s['hd_lv_2d_mm']['mean']:.2f} mm"
+        + (f" ({s['hd_lv_2d_mm']['n_nan']} undefined)" if s["hd_lv_2d_mm"].get("n_nan") else "")
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -59,6 +60,16 @@ def ranks(values: Sequence[float]) -> np.ndarray:
         tied = v == value
         r[tied] = r[tied].mean()
     return r
+
+
+def worst_slice(values: Sequence[float]) -> float:
+    """The worst of a case's per-slice distances (mm). An annotated slice the prediction misses has no distance
+    (NaN) and is the worst of all (inf), wherever it lies in the list; a case with no annotated slice is NaN."""
+    if not values:
+        return float("nan")
+    if any(math.isnan(v) for v in values):
+        return float("inf")
+    return max(values)
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -113,10 +124,10 @@ def main() -> int:
             member_distance_mm=probs.assn_member_distance_mm,
             guarded_slices=probs.guarded_slices if probs.guarded else None,
         )
-        row["hd_lv_2d_worst_slice_mm"] = max(row["hd_lv_2d_end_slices_mm"] + row["hd_lv_2d_middle_slices_mm"])
+        row["hd_lv_2d_worst_slice_mm"] = worst_slice(row["hd_lv_2d_end_slices_mm"] + row["hd_lv_2d_middle_slices_mm"])
     results: Dict[str, Dict[str, float]] = {}
     for figure, metric in PAIRS:
-        scored = [r for r in rows if figure in r["agreement"] and np.isfinite(r[metric])]
+        scored = [r for r in rows if figure in r["agreement"] and not np.isnan(r[metric])]  # inf: a missed slice
         pairs = [(r["agreement"][figure], r[metric]) for r in scored]
         if len(pairs) < 3:
             continue  # e.g. the member figures of a model with one ASSN

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "MyoPSSegmentation"))
 
 import SimpleITK as sitk  # noqa: E402
 
-from myops.labels import EDEMA, LV_BLOOD_POOL, MYOCARDIUM, SCAR  # noqa: E402
+from myops.labels import EDEMA, LV_BLOOD_POOL, LV_EPICARDIUM_LABELS, MYOCARDIUM, SCAR  # noqa: E402
 from myops.metrics import MetricSummary, case_metrics  # noqa: E402
 from myops.preprocessing import Window, heart_center_from_mask, paste_windows, sample_windows, spacing_zyx_of  # noqa: E402
 
@@ -35,7 +35,8 @@ KEYS = ("dice_scar", "dice_scar_edema", "dice_myocardium", "dice_lv")
 def round_trip(labels_zyx: np.ndarray, spacing_zyx, crop_spacing_mm: float, field_mm: float) -> np.ndarray:
     """The label map after one-hot -> fine window -> paste back -> argmax; ``(z, y, x)`` MyoPS values."""
     onehot = np.stack([(labels_zyx == v).astype(np.float32) for v in VALUES])  # (5, z, y, x)
-    center = heart_center_from_mask(labels_zyx > 0, spacing_zyx)
+    # centred on the labelled LV, as training centres its crops (the RV, label 600, would pull it aside)
+    center = heart_center_from_mask(np.isin(labels_zyx, LV_EPICARDIUM_LABELS), spacing_zyx, min_area_mm2=0.0)
     size = math.ceil(field_mm / crop_spacing_mm)
     window = Window(center, crop_spacing_mm, size)
     spacing_yx = (spacing_zyx[1], spacing_zyx[2])

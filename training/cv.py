@@ -443,6 +443,8 @@ def export_ensemble(
                 "summary": cv["summary"],
             }
         }
+        if tta_study is None and cv.get("one_sided_slices") is not None:  # counts of this very summary
+            metrics["cross_validation"]["one_sided_slices"] = cv["one_sided_slices"]
         if tta_study is not None and "tta" in tta_study:  # benchmarks/cv_decoding.py
             config, studied = decoding_study_metrics(config, cv["summary"], tta_study, run["config"])
             metrics["cross_validation"].update(studied)
@@ -739,6 +741,10 @@ def decoding_study_metrics(
         out["folds"] = folds
     if rows:
         out["n_cases"] = len(rows)
+    sided = {name: f"one_sided_slices_{name}" for name in SLICE_HD_STRUCTURES}  # cv_decoding's row keys
+    if rows and all(key in r for r in rows for key in sided.values()):
+        # the slices the in-plane HD means leave out; studies made before the count was kept have none
+        out["one_sided_slices"] = {name: sum(int(r[key]) for r in rows) for name, key in sided.items()}
     own = dict(single_run_summary or {})
     out["summary"] = {k: {**own.get(k, {}), **v} for k, v in studied.items()}
     if single_run_summary is not None:
@@ -806,14 +812,16 @@ def parse_folds(values: Sequence[str], n_folds: int) -> List[Fold]:
 
 
 def describe_summary(summary: Mapping[str, Any]) -> str:
-    """One line of the headline metrics (mean +- sd)."""
+    """One line of the headline metrics (mean +- sd; cases left out as undefined, e.g. an HD with one side
+    empty, are counted after the figure)."""
 
     def fmt(key: str, scale: float = 1.0) -> str:
         s = summary.get(key, {})
         if s.get("mean") is None:
             return f"{key} n/a"
         sd = s.get("sd")
-        return f"{key} {s['mean'] * scale:.3f}" + (f" +- {sd * scale:.3f}" if sd is not None else "")
+        text = f"{key} {s['mean'] * scale:.3f}" + (f" +- {sd * scale:.3f}" if sd is not None else "")
+        return text + (f" ({s['n_nan']} undefined)" if s.get("n_nan") else "")
 
     return ", ".join(fmt(k) for k in ("dice_scar", "dice_scar_edema", "dice_lv", "hd_lv_mm", "hd_lv_2d_mm"))
 

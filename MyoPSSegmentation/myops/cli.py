@@ -495,8 +495,17 @@ def cmd_info(args: argparse.Namespace) -> int:
         _print(f"  cross-validation ({cv.get('folds', '?')} folds, {cv.get('n_cases', '?')} cases), mean +- sd:")
         for key, value in summary.items():
             scale, unit = (100.0, " %") if key.startswith("dice") else (1.0, " mm")
-            sd = value.get("sd", float("nan"))
-            _print(f"    {key:<22} {scale * value['mean']:.2f} +- {scale * sd:.2f}{unit}")
+            sd = value.get("sd")
+            text = f"{scale * value['mean']:.2f}" + (f" +- {scale * sd:.2f}" if sd is not None else "")
+            n_nan = int(value.get("n_nan") or 0)
+            undefined = f" ({n_nan} case{'s' if n_nan != 1 else ''} undefined, left out)" if n_nan else ""
+            _print(f"    {key:<22} {text}{unit}{undefined}")
+        sided = cv.get("one_sided_slices")
+        if isinstance(sided, dict) and all(isinstance(v, int) for v in sided.values()):
+            _print(
+                "    slices drawn on one side only, left out of the in-plane HD: "
+                + ", ".join(f"{k} {v}" for k, v in sided.items())
+            )
     elif m.get("metrics"):
         _print("  metrics: " + json.dumps(m["metrics"].get("summary", m["metrics"]))[:800])
     return EXIT_OK
