@@ -300,6 +300,8 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._timer.stop()
             return
         fraction, message = self._run.poll()
+        if getattr(self._run, "cancelled", False):
+            message = "Cancelling..."  # not the worker's last stage, which it will not finish
         self._showProgress(fraction, message)
         if not self._run.running:
             self._timer.stop()
@@ -406,7 +408,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._cancelRequested = True
         elif self._run is not None:
             self._run.cancel()
-            self.ui.progressBar.format = "Cancelling..."
+            self.ui.progressBar.format = "Cancelling... (%p%)"
 
     def _stopRun(self):
         if self._timer is not None:
