@@ -132,6 +132,18 @@ def find_cases(folder: PathLike) -> List[CaseFiles]:
     return cases
 
 
+def labels_on_lge_grid(gd_path: Path, lge: sitk.Image, name: str) -> sitk.Image:
+    """A case's reference labels on its LGE's grid, as the LGE was given (before any slice-axis permutation):
+    resampled (nearest neighbour, with a warning) when the label file is on another grid. Training and the
+    validation of held-out cases both read labels through here, so a prediction is never scored against labels
+    that sit elsewhere in space."""
+    gd = read_file(gd_path)
+    if not same_grid(gd, lge):
+        logger.warning("case %s: its labels are not on the LGE's grid; resampled onto it (nearest)", name)
+        gd = sitk.Resample(gd, lge, sitk.Transform(), sitk.sitkNearestNeighbor, 0, gd.GetPixelID())
+    return gd
+
+
 def load_case(files: CaseFiles, percentiles: Sequence[float] = (0.5, 99.5)) -> CaseData:
     """Read and prepare one case the way the engine's pipeline does, with its labels on the LGE grid.
 
@@ -144,10 +156,7 @@ def load_case(files: CaseFiles, percentiles: Sequence[float] = (0.5, 99.5)) -> C
     order = slice_axis_order(given_lge)
     bssfp, lge, t2 = (slice_axis_last(i, n) for n, i in (("bSSFP", bssfp), ("LGE", given_lge), ("T2", t2)))
     volumes = prepare_sequences(bssfp, lge, t2, percentiles)
-    gd = read_file(files.gd)
-    if not same_grid(gd, given_lge):
-        logger.warning("case %s: its labels are not on the LGE's grid; resampled onto it (nearest)", files.name)
-        gd = sitk.Resample(gd, given_lge, sitk.Transform(), sitk.sitkNearestNeighbor, 0, gd.GetPixelID())
+    gd = labels_on_lge_grid(files.gd, given_lge, files.name)
     if order != (0, 1, 2):
         gd = sitk.PermuteAxes(gd, list(order))
     labels = sitk.GetArrayFromImage(gd).astype(np.int32)
