@@ -69,6 +69,74 @@ def test_missing_weight_file_and_bad_manifest_are_refused(tiny_model_dir, tmp_pa
         ModelBundle(tmp_path / "nowhere")
 
 
+def _damaged(tiny_model_dir, tmp_path, damage):
+    copy = tmp_path / "model"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(tiny_model_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest = damage(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def _set(path, value):
+    def damage(manifest):
+        *keys, last = path
+        node = manifest
+        for key in keys:
+            node = node[key]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+        return manifest
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda m: [m], "not a JSON object"),
+        (_set(("networks",), []), "must be JSON objects"),
+        (_set(("networks", "prsn", "arch"), KeyError), "networks.prsn must be an object with an 'arch'"),
+        (_set(("networks", "prsn", "weights"), []), "networks.prsn.weights must name"),
+        (_set(("networks", "prsn", "weights"), 3), "networks.prsn.weights must name"),
+        (_set(("networks", "prsn", "config"), [1]), "networks.prsn.config must be an object"),
+        (_set(("files", "dae.safetensors"), "abc"), "files.dae.safetensors must be an object"),
+    ],
+)
+def test_a_damaged_manifest_is_one_model_error(tiny_model_dir, tmp_path, damage, message):
+    with pytest.raises(ModelError, match=message):
+        ModelBundle(_damaged(tiny_model_dir, tmp_path, damage))
+
+
+def test_an_unknown_architecture_or_a_non_safetensors_file_is_a_model_error(tiny_model_dir, tmp_path):
+    copy = _damaged(tiny_model_dir, tmp_path, _set(("networks", "prsn", "arch"), "no_such_net"))
+    with pytest.raises(ModelError, match="unknown architecture 'no_such_net'"):
+        ModelBundle(copy).build("prsn")
+    copy = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, copy)
+    weight = copy / "dae.safetensors"
+    torch.save({"w": torch.zeros(2)}, str(weight))  # a pickle, listed with its own (matching) checksum
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["dae.safetensors"]["sha256"] = sha256_of(weight)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="is not a safetensors weight file"):
+        ModelBundle(copy).build("dae")
+
+
+def test_a_weight_file_replaced_after_verification_is_not_loaded(tiny_model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    bundle = ModelBundle(copy)  # verified now
+    data = bytearray((copy / "assn.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "assn.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        bundle.build("assn")
+
+
 def test_unlisted_schema_version_is_refused(tiny_model_dir, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(tiny_model_dir, copy)

@@ -125,6 +125,31 @@ def labels_manifest() -> List[Dict[str, Any]]:
     return out
 
 
+def _check_structure(manifest: Dict[str, Any], manifest_path: Path) -> None:
+    """Refuse a manifest whose networks or files entries have the wrong shape, with one line naming the entry
+    (a damaged manifest would otherwise fail later as a KeyError or TypeError, or only when segmenting)."""
+    networks, files = manifest["networks"], manifest["files"]
+    if not isinstance(networks, dict) or not isinstance(files, dict):
+        raise ModelError(f"{manifest_path}: 'networks' and 'files' must be JSON objects")
+    missing = [s for s in STAGES if s not in networks]
+    if missing:
+        raise ModelError(f"{manifest_path}: networks {missing} are missing")
+    for stage in STAGES:
+        entry = networks[stage]
+        where = f"{manifest_path}: networks.{stage}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("arch"), str):
+            raise ModelError(f"{where} must be an object with an 'arch' name")
+        weights = entry.get("weights")
+        names = [weights] if isinstance(weights, str) else weights
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise ModelError(f"{where}.weights must name one weight file or a non-empty list of them")
+        if not isinstance(entry.get("config", {}), dict):
+            raise ModelError(f"{where}.config must be an object")
+    for name, info in files.items():
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise ModelError(f"{manifest_path}: files.{name} must be an object with a 'sha256'")
+
+
 class ModelBundle:
     """A verified model folder: its manifest and a way to build each stage's networks.
 
@@ -144,6 +169,8 @@ class ModelBundle:
             self.manifest: Dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelError(f"{manifest_path}: cannot be read as JSON ({exc})") from None
+        if not isinstance(self.manifest, dict):
+            raise ModelError(f"{manifest_path}: is not a JSON object")
         version = self.manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ModelError(
@@ -152,9 +179,7 @@ class ModelBundle:
         for key in ("networks", "input", "files"):
             if key not in self.manifest:
                 raise ModelError(f"{manifest_path}: missing key {key!r}")
-        missing = [s for s in STAGES if s not in self.manifest["networks"]]
-        if missing:
-            raise ModelError(f"{manifest_path}: networks {missing} are missing")
+        _check_structure(self.manifest, manifest_path)
         self.verify()
 
     @property
@@ -208,10 +233,17 @@ class ModelBundle:
     def build(self, stage: str, device: Union[str, torch.device] = "cpu") -> List[nn.Module]:
         """Build the network(s) of one stage with their weights, in eval mode on ``device``.
 
+        Each weight file is read once: its bytes are hashed against the manifest and deserialised from those same
+        bytes (safetensors, never a pickle), so a file replaced after :meth:`verify` is not loaded unchecked.
+
         Returns:
             One module per weight file (more than one for an ensemble).
+
+        Raises:
+            ModelError: an unknown architecture, a config it does not take, a checksum mismatch, a file that is
+                not safetensors, or weights that do not fit.
         """
-        from safetensors.torch import load_file
+        from safetensors.torch import load as load_bytes
 
         from .networks import create_model
 
@@ -220,9 +252,22 @@ class ModelBundle:
         for name, config in zip(self.weight_files(stage), self.member_configs(stage)):
             try:
                 model = create_model(entry["arch"], **config)
+            except KeyError as exc:
+                raise ModelError(f"{self.folder}: {stage}: {exc.args[0] if exc.args else exc}") from None
             except (TypeError, ValueError) as exc:
                 raise ModelError(f"{self.folder}: {stage} cannot be built as {entry['arch']} {config}: {exc}") from None
-            state = load_file(str(self.folder / name), device="cpu")
+            path = self.folder / name
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ModelError(f"{path}: cannot be read ({exc.strerror})") from None
+            expected = self.manifest["files"].get(name, {}).get("sha256")
+            if hashlib.sha256(data).hexdigest() != expected:
+                raise ModelError(f"{path}: sha256 mismatch (it changed after it was verified); refusing to load it")
+            try:
+                state = load_bytes(data)
+            except Exception as exc:  # safetensors raises its own error type for a file that is not safetensors
+                raise ModelError(f"{path}: is not a safetensors weight file ({type(exc).__name__})") from None
             state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
             try:
                 model.load_state_dict(state, strict=True)
