@@ -119,6 +119,71 @@ def test_segment_batch_reports_failures_and_goes_on(tiny_model_dir, tmp_path, ca
     assert (out_dir / "quantification.csv").is_file()
 
 
+def test_segment_batch_refuses_a_kept_map_it_would_misread(tiny_model_dir, tmp_path, capsys):
+    # a map saved with segment indices 1-4 would count as empty (0 mL); one on another grid belongs elsewhere
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    out_dir.mkdir()
+    for seed, name in ((1, "a"), (2, "b")):
+        write_phantom_case(make_phantom_case(seed=seed), in_dir, name=name)
+    lge = sitk.ReadImage(str(in_dir / "a_DE.nii.gz"))
+    indices = np.zeros(sitk.GetArrayViewFromImage(lge).shape, dtype=np.uint16)
+    indices[0, :10, :10] = 1
+    image = sitk.GetImageFromArray(indices)
+    image.CopyInformation(lge)
+    sitk.WriteImage(image, str(out_dir / "a_seg.nii.gz"))
+    sitk.WriteImage(sitk.ReadImage(str(in_dir / "a_gd.nii.gz")), str(out_dir / "b_seg.nii.gz"))  # a's labels
+    code = run_cli("segment-batch", in_dir, out_dir, "--model", tiny_model_dir, "--device", "cpu", "--quiet")
+    text = capsys.readouterr().out
+    assert code == 1 and "Segmented 0 of 2" in text
+    assert "a_seg.nii.gz: holds values that are not MyoPS label codes" in text and ": 1" in text
+    assert "b_seg.nii.gz: is not on the grid of its LGE b_DE.nii.gz" in text
+    assert not (out_dir / "quantification.csv").exists()
+
+
+def test_segment_batch_reads_hdr_pairs_and_says_why_no_case_is_complete(tiny_model_dir, tmp_path, capsys):
+    in_dir = tmp_path / "in"
+    paths = write_phantom_case(make_phantom_case(seed=1), in_dir, name="a")
+    sitk.WriteImage(sitk.ReadImage(str(paths["DE"])), str(in_dir / "a_DE.hdr"))  # a NIfTI pair: .hdr + .img
+    paths["DE"].unlink()
+    code = run_cli("segment-batch", in_dir, tmp_path / "out", "--model", tiny_model_dir, "--device", "cpu", "--quiet")
+    assert code == 0 and (tmp_path / "out" / "a_seg.nii.gz").is_file()
+    paths["T2"].unlink()
+    assert run_cli("segment-batch", in_dir, tmp_path / "out2", "--model", tiny_model_dir, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "no complete case" in err and "(a: missing t2)" in err
+
+
+def test_segment_batch_refuses_an_output_folder_inside_a_dicom_input(tiny_model_dir, tmp_path, capsys):
+    in_dir = tmp_path / "in"
+    paths = write_phantom_case(make_phantom_case(seed=1), in_dir, name="a")
+    paths["DE"].unlink()
+    (in_dir / "a_DE").mkdir()  # a DICOM series folder (its content is read only when the case runs)
+    out_dir = in_dir / "a_DE" / "results"
+    assert run_cli("segment-batch", in_dir, out_dir, "--model", tiny_model_dir, "--quiet") == 2
+    assert "output folder lies inside the input folder" in capsys.readouterr().err
+    assert not out_dir.exists()
+
+
+def test_sigterm_ends_a_command_like_an_interrupt(monkeypatch, capsys):
+    import os
+    import signal
+    import time
+
+    from myops import cli
+
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_info", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_cli("info") == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "myops: error: terminated"
+    assert signal.getsignal(signal.SIGTERM) == before  # restored
+
+
 def test_find_cases_groups_by_name(tmp_path):
     for n in ("x_C0.nii.gz", "x_DE.nrrd", "x_T2.mha", "y_C0.nii", "notes.txt"):
         (tmp_path / n).write_text("")
@@ -379,13 +444,14 @@ def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are
     out_dir.mkdir()
     for seed, name in ((1, "a"), (2, "b")):
         write_phantom_case(make_phantom_case(seed=seed), in_dir, name=name)
-    # case a was segmented before and then corrected by hand: 10 scar voxels in a 100-voxel wall, 2 x 1 x 1 mm
+    # case a was segmented before and then corrected by hand: 10 scar voxels in a 100-voxel wall, on the LGE grid
     lge = sitk.ReadImage(str(in_dir / "a_DE.nii.gz"))
     edited = np.zeros(sitk.GetArrayViewFromImage(lge).shape, dtype=np.uint16)
     edited[0, :10, :10] = MYOCARDIUM
     edited[0, 0, :10] = SCAR
     image = sitk.GetImageFromArray(edited)
-    image.SetSpacing((1.0, 1.0, 2.0))
+    image.CopyInformation(lge)
+    voxel_ml = float(np.prod(lge.GetSpacing())) * 1e-3
     sitk.WriteImage(image, str(out_dir / "a_seg.nii.gz"))
     before = (out_dir / "a_seg.nii.gz").read_bytes()
     base = ["segment-batch", in_dir, out_dir, "--model", two_assn_model_dir, "--device", "cpu", "--quiet"]
@@ -398,8 +464,8 @@ def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are
     with open(out_dir / "quantification.csv", newline="") as f:
         rows = {r["case"]: r for r in csv.DictReader(f)}
     assert rows["a"]["source"] == "existing" and rows["b"]["source"] == "segmented"
-    assert float(rows["a"]["scar_ml"]) == pytest.approx(10 * 2e-3)
-    assert float(rows["a"]["lv_myocardium_ml"]) == pytest.approx(100 * 2e-3)
+    assert float(rows["a"]["scar_ml"]) == pytest.approx(10 * voxel_ml)
+    assert float(rows["a"]["lv_myocardium_ml"]) == pytest.approx(100 * voxel_ml)
     # a label map read back has no probabilities: its self-agreement cells are empty, a segmented case's are not
     assert rows["a"]["self_agreement_scar_edema"] == "" and 0 <= float(rows["b"]["self_agreement_scar_edema"]) <= 1
     assert rows["a"]["self_agreement_lv_members_mm"] == "" and float(rows["b"]["self_agreement_lv_members_mm"]) >= 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -185,18 +186,25 @@ def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[Tuple[str
     return complete, problems
 
 
-def _quantify_existing(path: Path):
-    """The quantification of a label map already in the output folder (as it is now, edits included)."""
-    import SimpleITK as sitk
+def _quantify_existing(path: Path, lge_path: Path):
+    """The quantification of a label map already in the output folder (as it is now, edits included).
 
-    from .io import read_labelmap
+    Raises:
+        InputError: it is not a 3D map of MyoPS codes (a map saved with other values, e.g. segment indices 1-4,
+            would count as empty: 0 mL), or it is not on its case's LGE grid (another case's map, or resampled).
+    """
+    from .io import read_image, read_labelmap, same_grid
+    from .metrics import label_array
     from .preprocessing import spacing_zyx_of
     from .quantify import quantify
 
     image = read_labelmap(path)
     if image.GetDimension() != 3:
         raise InputError(path, f"is not a 3D label map (dimension {image.GetDimension()})")
-    return quantify(sitk.GetArrayViewFromImage(image), spacing_zyx_of(image))
+    labels = label_array(image, path)
+    if not same_grid(image, read_image(lge_path)):
+        raise InputError(path, f"is not on the grid of its LGE {Path(lge_path).name}; --overwrite segments it again")
+    return quantify(labels, spacing_zyx_of(image))
 
 
 def _write_csv_rows(path: Path, rows: List[dict]) -> None:
@@ -224,14 +232,23 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         raise InputError(in_dir, "input folder not found")
     cases, problems = find_cases(in_dir)
     if not cases:
-        raise InputError(in_dir, "no complete case (<name>_C0.*, <name>_DE.* or <name>_LGE.*, <name>_T2.*) found")
+        why = "; ".join(f"{case}: {message}" for case, message in problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise InputError(
+            in_dir,
+            "no complete case (<name>_C0.*, <name>_DE.* or <name>_LGE.*, <name>_T2.*) found"
+            + (f" ({why})" if why else ""),
+        )
     if out_dir.resolve() == in_dir.resolve():
         raise InputError(out_dir, "output folder must differ from the input folder")
+    inputs = [path for roles in cases.values() for path in roles.values()]
+    for folder in (p.resolve() for p in inputs if p.is_dir()):  # a DICOM series owns everything inside it
+        if folder == out_dir.resolve() or folder in out_dir.resolve().parents:
+            raise InputError(out_dir, f"output folder lies inside the input folder {folder}; choose another")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(out_dir, f"output folder cannot be created ({exc.strerror})") from None
-    check_side_output(out_dir / "quantification.csv")  # an existing folder must be writable too
+    check_side_output(out_dir / "quantification.csv", inputs)  # an existing folder must be writable too
     outputs = {name: out_dir / f"{name}_seg.nii.gz" for name in cases}
     keep = set() if args.overwrite else {name for name, out in outputs.items() if out.exists()}
     segmenter = _make_segmenter(args.model, args.device) if len(keep) < len(cases) else None
@@ -244,7 +261,7 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         out = outputs[name]
         try:
             if name in keep:  # an earlier run's (maybe corrected) label map: quantified, never replaced
-                quant = _quantify_existing(out)  # no probabilities: its self-agreement cells stay empty
+                quant = _quantify_existing(out, paths["lge"])  # no probabilities: no self-agreement cells
                 rows.append({"case": name, "source": "existing", **quant.to_dict(), **agreement_columns({})})
                 continue
             result = segmenter.segment_files(
@@ -605,6 +622,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM (``kill``, ``timeout``, a cluster's time limit) as an exception, so the writers' clean-up runs and
+    no temporary file is left behind, as for Ctrl-C."""
+
+
+def _raise_on_sigterm():
+    """Make SIGTERM raise :class:`_Terminated` in the main thread; returns the previous handler (None when this
+    is not the main thread, where handlers cannot be set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``myops`` command; returns the exit code."""
     parser = build_parser()
@@ -614,8 +650,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     t0 = time.perf_counter()
+    previous = _raise_on_sigterm()
     try:
         code = args.func(args)
+    except _Terminated:
+        _error("terminated")
+        return 128 + signal.SIGTERM
     except (InputError, ModelError) as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
@@ -625,6 +665,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     logging.getLogger(__name__).info("finished in %.2f s", time.perf_counter() - t0)
     return code
 

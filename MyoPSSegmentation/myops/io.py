@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 #: Suffixes accepted for image inputs (a DICOM series folder is accepted too).
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr")
 #: Suffixes accepted for label-map outputs.
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 SEGMENTATION_SUFFIX = ".seg.nrrd"

@@ -612,7 +612,7 @@ def _check_same_grid(pred: sitk.Image, truth: sitk.Image, pred_path: Path, truth
         raise InputError(pred_path, f"grid differs from the ground truth {truth_path.name}: {'; '.join(problems)}")
 
 
-def _label_array(image: sitk.Image, path: Path) -> np.ndarray:
+def label_array(image: sitk.Image, path: Path) -> np.ndarray:
     """The label map ``(z, y, x)`` of ``image`` as integers, refused unless every value is a MyoPS code."""
     array = sitk.GetArrayFromImage(image)
     if np.issubdtype(array.dtype, np.floating):
@@ -694,7 +694,7 @@ def evaluate_folders(
     for done, case in enumerate(names, start=1):
         truth_path = truths[case]
         truth_image = _read_labels(truth_path)
-        truth = _label_array(truth_image, truth_path)
+        truth = label_array(truth_image, truth_path)
         if not np.isin(truth, LV_WALL_LABELS).any():
             logger.warning(
                 "%s: the ground truth %s has no LV wall label: its scores are empty-mask values", case, truth_path.name
@@ -706,7 +706,7 @@ def evaluate_folders(
         else:
             pred_image = _read_labels(pred_path)
             _check_same_grid(pred_image, truth_image, pred_path, truth_path)
-            pred = _label_array(pred_image, pred_path)
+            pred = label_array(pred_image, pred_path)
         metrics, one_sided = case_scores(pred, truth, spacing_zyx)
         logger.debug("%s: %s", case, metrics)
         report.cases.append(
