@@ -581,6 +581,45 @@ def test_resume_continues_from_the_checkpoint_exactly(phantom_cases, runtime, tm
         train_localizer(cfg2, bank, tmp_path / "resumed", runtime, 0, resume=True)
 
 
+def test_resume_refuses_a_checkpoint_it_cannot_continue_exactly(phantom_cases, runtime, tmp_path):
+    from training.checkpoint import save_rng_state
+    from training.loop import StageExistsError
+
+    cfg = tiny("localizer.steps=9", "runtime.checkpoint_every=4", "runtime.log_every=3")
+    bank = SliceBank(phantom_cases, cfg["data"])
+    folder = tmp_path / "stage"
+    with pytest.raises(_InterruptError):
+        train_localizer(cfg, _FailingBank(bank, 6), folder, runtime, 0)
+    # another process count: the batch is per process, so it would be another run
+    meta_path = folder / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["world_size"] == 1
+    meta_path.write_text(json.dumps({**meta, "world_size": 2}))
+    with pytest.raises(StageExistsError, match=r"made by 2 process\(es\), this run has 1"):
+        train_localizer(cfg, bank, folder, runtime, 0, resume=True)
+    meta_path.write_text(json.dumps(meta))
+    # the random state of another step beside the checkpoint (a crash between the two writes)
+    save_rng_state(folder, 0, torch.Generator().manual_seed(1), step=8)
+    with pytest.raises(StageExistsError, match="different steps"):
+        train_localizer(cfg, bank, folder, runtime, 0, resume=True)
+    save_rng_state(folder, 0, torch.Generator().manual_seed(1), step=4)  # the right step, though not the state
+    resumed = train_localizer(cfg, bank, folder, runtime, 0, resume=True)
+    assert len(resumed.losses) == 5
+    # the log says how many steps each mean covers: 3 per record, but step 6 follows the resume at 4 (steps 5-6)
+    records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["steps_averaged"]) for r in records] == [(3, 3), (6, 2), (9, 3)]
+
+
+def test_a_resume_without_a_checkpoint_starts_the_log_again(phantom_cases, runtime, tmp_path):
+    cfg = tiny("localizer.steps=6", "runtime.checkpoint_every=5", "runtime.log_every=2")
+    bank = SliceBank(phantom_cases, cfg["data"])
+    with pytest.raises(_InterruptError):
+        train_localizer(cfg, _FailingBank(bank, 4), tmp_path / "stage", runtime, 0)  # crashes before step 5
+    train_localizer(cfg, bank, tmp_path / "stage", runtime, 0, resume=True)
+    logged = [json.loads(line)["step"] for line in (tmp_path / "stage" / "log.jsonl").read_text().splitlines()]
+    assert logged == [2, 4, 6]
+
+
 def test_checkpoints_from_before_ema_decay_keep_their_fingerprint():
     from training.checkpoint import fingerprint
     from training.loop import section_fingerprint

@@ -82,13 +82,36 @@ def rng_file(folder: Path, rank: int) -> Path:
     return Path(folder) / f"rng_rank{rank}.safetensors"
 
 
-def save_rng_state(folder: Path, rank: int, data_generator: torch.Generator) -> None:
-    """Write this process's random state (batch generator, torch CPU and CUDA generators)."""
+def save_rng_state(folder: Path, rank: int, data_generator: torch.Generator, step: Optional[int] = None) -> None:
+    """Write this process's random state (batch generator, torch CPU and CUDA generators), tagged with the
+    ``step`` it belongs to, so a resume can tell it from the state of another checkpoint."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     tensors = {"data": data_generator.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["cuda"] = torch.cuda.get_rng_state()
-    save_tensors(rng_file(folder, rank), tensors)
+    save_tensors(rng_file(folder, rank), tensors, metadata=None if step is None else {"step": str(int(step))})
+
+
+def rng_state_step(folder: Path, rank: int) -> Optional[int]:
+    """The step :func:`save_rng_state` tagged rank ``rank``'s state with; None when the file is missing or has no
+    tag (written before the tag was kept)."""
+    from safetensors import safe_open
+
+    path = rng_file(folder, rank)
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        step = (handle.metadata() or {}).get("step")
+    return None if step is None else int(step)
+
+
+def checkpoint_tensors_step(folder: Path) -> Optional[int]:
+    """The step stored inside ``checkpoint.safetensors`` by :func:`save_checkpoint` (None for older ones)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / CHECKPOINT_TENSORS), framework="pt") as handle:
+        step = (handle.metadata() or {}).get("step")
+    return None if step is None else int(step)
 
 
 def load_rng_state(folder: Path, rank: int, data_generator: torch.Generator) -> None:
@@ -122,7 +145,9 @@ def save_checkpoint(
     tensors.update({f"ema.{k}": v for k, v in (average or {}).items()})
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
     tensors.update(opt_tensors)
-    save_tensors(folder / CHECKPOINT_TENSORS, tensors)
+    step = meta.get("step")
+    # the step inside the tensor file too: a crash between the two writes leaves them telling different steps
+    save_tensors(folder / CHECKPOINT_TENSORS, tensors, metadata=None if step is None else {"step": str(int(step))})
     write_json(folder / CHECKPOINT_META, {**dict(meta), "optimizer": opt_meta})
 
 

@@ -32,12 +32,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    checkpoint_tensors_step,
     fingerprint,
     has_checkpoint,
     load_checkpoint,
     load_rng_state,
     model_state_from,
     optimizer_from_flat,
+    rng_state_step,
     save_checkpoint,
     save_rng_state,
     save_tensors,
@@ -232,6 +234,18 @@ def fit(
             raise StageExistsError(
                 f"{folder}: the checkpoint was made with a different {stage} config; use --overwrite to restart"
             )
+        saved_world = int(meta.get("world_size", 1))
+        if saved_world != runtime.world_size:  # the batch is per process: another count is another run
+            raise StageExistsError(
+                f"{folder}: the checkpoint was made by {saved_world} process(es), this run has "
+                f"{runtime.world_size}; resume with {saved_world} or use --overwrite to restart"
+            )
+        steps_stored = {checkpoint_tensors_step(folder), rng_state_step(folder, runtime.rank)} - {None}
+        if steps_stored - {int(meta["step"])}:
+            raise StageExistsError(
+                f"{folder}: the checkpoint's files belong to different steps ({sorted(steps_stored)} against "
+                f"{meta['step']}; interrupted while it was written?); use --overwrite to restart"
+            )
         model.load_state_dict(model_state_from(tensors))
         if ema_decay > 0:
             stored_average = model_state_from(tensors, "ema.")
@@ -241,6 +255,8 @@ def fit(
         logger.info("%s: resuming at step %d of %d", stage, start, steps)
         if runtime.is_main:
             _truncate_log(folder / "log.jsonl", start)
+    elif resume and runtime.is_main:  # no checkpoint yet: the run starts again from step 0
+        _truncate_log(folder / "log.jsonl", 0)
     average = WeightAverage(model, ema_decay, stored_average) if ema_decay > 0 else None
     train_model: nn.Module = model
     if runtime.distributed:
@@ -305,13 +321,15 @@ def fit(
                     "step": done,
                     "lr": lr,
                     "elapsed_s": round(elapsed_before + time.perf_counter() - t0, 2),
+                    # the steps the means cover: fewer than log_every right after a resume between two records
+                    "steps_averaged": len(interval.get("loss", [])),
                     **{k: sum(v) / len(v) for k, v in interval.items()},
                 }
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
             interval = {}
         if done % ckpt_every == 0 or done == steps:
-            save_rng_state(folder, runtime.rank, generator)
+            save_rng_state(folder, runtime.rank, generator, done)
             runtime.barrier()
             if runtime.is_main:
                 save_checkpoint(
@@ -323,6 +341,7 @@ def fit(
                         "step": done,
                         "steps": steps,
                         "fingerprint": fp,
+                        "world_size": runtime.world_size,
                         "elapsed_s": elapsed_before + time.perf_counter() - t0,
                     },
                     average=None if average is None else average.state,
