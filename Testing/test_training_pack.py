@@ -110,3 +110,23 @@ def test_packed_run_trains_then_validates_from_the_images(phantom_dir, packed_fi
     after = load_file(str(fold / "prsn" / "final.safetensors"))
     assert all(torch.equal(weights[k], after[k]) for k in weights)
     assert "CV (" in capsys.readouterr().out
+
+
+def test_a_pack_and_data_from_different_images_are_refused(phantom_dir, packed_file, tmp_path, capsys):
+    """Same case names, other images: training would read the pack and validation the folder."""
+    import shutil
+
+    from myops.phantom import make_phantom_case, write_phantom_case
+    from training.pack import check_pack_matches
+
+    packed = load_pack(packed_file)
+    check_pack_matches(packed, phantom_dir)  # the folder it was made from
+    other = tmp_path / "other"
+    shutil.copytree(phantom_dir, other)
+    write_phantom_case(make_phantom_case(seed=99, n_slices=2), other, name="pk00", overwrite=True)
+    with pytest.raises(PackError, match=r"pk00_C0\.nii\.gz differs from the file packed from"):
+        check_pack_matches(packed, other)
+    common = ["--config", "tiny", "--run-name", "run", "--runs-dir", str(tmp_path), "--no-progress", "--folds", "0"]
+    assert cli_main(["cv", "--packed", str(packed_file), "--data", str(other), *common]) == 2
+    assert "--packed and --data disagree" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made

@@ -24,7 +24,7 @@ from .config import STAGE_ORDER, ConfigError, apply_overrides, load_config, vali
 from .data import CaseData, CaseFiles, SliceBank, find_cases, load_case, make_folds
 from .export import export_model, member_wall_s, read_json, stage_total_s, summarise, validate_cases
 from .loop import StageResult
-from .pack import PackedCases
+from .pack import PackedCases, PackError, check_pack_matches
 from .runtime import Runtime
 from .stages import completed_stage_folder, load_stage, run_stages
 
@@ -73,6 +73,11 @@ def open_run(
     pack was made from.
     """
     run_dir = Path(run_dir)
+    if packed is not None and data_dir is not None:
+        try:
+            check_pack_matches(packed, data_dir)
+        except PackError as exc:
+            raise RunError(f"--packed and --data disagree: {exc}") from None
     cfg_path, split_path = run_dir / "config.json", run_dir / "split.json"
     if cfg_path.is_file() and split_path.is_file() and not overwrite:
         config = read_json(cfg_path)

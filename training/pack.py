@@ -137,6 +137,29 @@ def pack_folder(data_dir: PathLike, data: Mapping[str, Any], out_path: PathLike)
     return packed
 
 
+def check_pack_matches(packed: PackedCases, data_dir: PathLike) -> None:
+    """Refuse a pack that was not made from ``data_dir``'s files as they are now.
+
+    Training reads its slices from the pack and validation reads the held-out cases from ``data_dir``: if they
+    differ (another folder whose case names match, or files changed since packing), a fold would be scored on
+    other images than it was trained on. Every source file the pack lists is compared by sha256.
+
+    Raises:
+        PackError: a file differs, is missing, or the pack carries no checksums to compare.
+    """
+    if not packed.files_sha256:
+        raise PackError("the pack holds no checksums of its source files; repack it to use it with --data")
+    files = {p.name: p for f in find_cases(data_dir) for p in (f.c0, f.de, f.t2, f.gd)}
+    for name, digest in sorted(packed.files_sha256.items()):
+        if name not in files:
+            raise PackError(f"{name}, packed from {packed.source}, is not in {data_dir}")
+        if sha256_of(files[name]) != digest:
+            raise PackError(
+                f"{files[name]} differs from the file packed from {packed.source}: the pack was made from other "
+                "data; repack or give the folder it was made from"
+            )
+
+
 def _metadata_of(raw: bytes) -> Dict[str, str]:
     if len(raw) < 8:
         raise PackError("too short for safetensors")
