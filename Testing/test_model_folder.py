@@ -214,3 +214,29 @@ def test_shape_prior_switch_selects_the_assn_output(tiny_model_dir, tmp_path):
     # calls per run: localiser, ASSN, PRSN; the ASSN region differs between the two runs (random DAE)
     assert not np.allclose(seen[1], seen[4])
     np.testing.assert_allclose(seen[0], seen[3])
+
+
+def test_without_the_shape_prior_the_dae_does_not_run_and_the_region_is_the_assns(tiny_model_dir, tmp_path):
+    """The DAE's output is unused without the prior: it must not run (a fifth of each ASSN pass), and the ASSN
+    probabilities must be exactly those of the full module's segmentation logits."""
+    from myops.phantom import make_phantom_case
+    from myops.pipeline import Segmenter
+    from myops.preprocessing import Window, prepare_sequences, sample_windows, spacing_zyx_of
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["inference"]["shape_prior"] = False
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    seg = Segmenter(copy, device="cpu")
+    case = make_phantom_case(seed=3, n_slices=2)
+    volumes = prepare_sequences(case.bssfp, case.lge, case.t2)
+    spacing = spacing_zyx_of(case.lge)
+    window = Window(np.array([volumes.shape[2] / 2, volumes.shape[3] / 2]), seg.crop_spacing_mm, seg.crop_size)
+    crops = sample_windows(volumes, (spacing[1], spacing[2]), window)
+    member = seg.assns[0]
+    full = seg._forward([member], crops, lambda out: out.seg_logits, transforms=seg.assn_tta_transforms)
+    calls = []
+    member.dae.register_forward_hook(lambda *args: calls.append(1))
+    np.testing.assert_array_equal(seg._assn_member(member, crops), full)
+    assert calls == []

@@ -598,10 +598,15 @@ class Segmenter:
         return prob
 
     def _assn_member(self, member: nn.Module, crops: np.ndarray) -> np.ndarray:
-        """One ASSN's ``(z, 2, S, S)`` probabilities over :attr:`assn_tta_transforms`, with its own slice context."""
-        pick = (lambda out: out.shape_logits) if self.shape_prior else (lambda out: out.seg_logits)
+        """One ASSN's ``(z, 2, S, S)`` probabilities over :attr:`assn_tta_transforms`, with its own slice context.
+
+        Without the shape prior only the segmentation network runs: the DAE's output would be thrown away (it is
+        a fifth of each pass), and the segmentation logits are the same either way."""
         context = int(getattr(member.assn, "slice_context", 0))
-        return self._forward([member], stack_slice_context(crops, context), pick, transforms=self.assn_tta_transforms)
+        stacked = stack_slice_context(crops, context)
+        if self.shape_prior:
+            return self._forward([member], stacked, lambda out: out.shape_logits, transforms=self.assn_tta_transforms)
+        return self._forward([member.assn], stacked, lambda logits: logits, transforms=self.assn_tta_transforms)
 
     def prsn_pass(self, candidates: np.ndarray) -> np.ndarray:
         """The PRSN(s) on the masked heart windows: ``(z, 3, S, S)`` -> ``(z, 4, S, S)`` class probabilities

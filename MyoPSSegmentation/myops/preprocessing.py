@@ -168,13 +168,16 @@ def uncovered_slices(
     return tuple(int(k) for k in np.flatnonzero(coverage < min_fraction))
 
 
-def resample_onto(moving: sitk.Image, reference: sitk.Image, name: str) -> sitk.Image:
+def resample_onto(
+    moving: sitk.Image, reference: sitk.Image, name: str, inside: Optional[np.ndarray] = None
+) -> sitk.Image:
     """Resample ``moving`` onto ``reference``'s grid in physical space (linear), as float32.
 
     Args:
         moving: image to resample.
         reference: grid to resample onto (the LGE volume).
         name: sequence name or file, used in messages.
+        inside: ``_inside_mask(moving, reference)`` when the caller has it already (it is not computed again).
 
     Raises:
         InputError: the two volumes do not overlap at all.
@@ -182,7 +185,7 @@ def resample_onto(moving: sitk.Image, reference: sitk.Image, name: str) -> sitk.
     moving = sitk.Cast(moving, sitk.sitkFloat32)
     if same_grid(moving, reference):
         return moving
-    fraction = overlap_fraction(moving, reference)
+    fraction = float(inside.mean()) if inside is not None else overlap_fraction(moving, reference)
     if fraction == 0.0:
         raise InputError(name, "does not overlap the LGE volume in space (check that the sequences are aligned)")
     if fraction < 0.5:
@@ -257,10 +260,11 @@ def prepare_sequences(
     """
     arrays = []
     for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)):
-        on_grid = resample_onto(image, lge, name)
         inside: Optional[np.ndarray] = None
         if name != "LGE" and not same_grid(image, lge):
             inside = _inside_mask(image, lge).astype(bool)  # (z, y, x) on the LGE grid
+        on_grid = resample_onto(image, lge, name, inside)
+        if inside is not None:
             coverage = inside.mean(axis=(1, 2), dtype=np.float64)
             missing = tuple(int(k) for k in np.flatnonzero(coverage < MIN_SLICE_COVERAGE))
             if missing:
