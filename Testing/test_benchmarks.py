@@ -452,6 +452,11 @@ def test_compare_cv_does_not_let_a_lost_structure_look_better(capsys):
     assert hd["n"] == 3 and hd["lost"] == 1 and (hd["better"], hd["worse"]) == (3, 1)
     report = cmp.format_report(stats, [])
     assert "1 lost, 0 gained" in report
+    # lost in every case: the metric stays in the report, with nothing to average
+    everywhere = [{"case": c, "hd_lv_2d_mm": float("nan")} for c in "abcd"]
+    hd = cmp.paired(cmp.study_cases(_study(base)), cmp.study_cases(_study(everywhere)))["hd_lv_2d_mm"]
+    assert hd["n"] == 0 and (hd["lost"], hd["worse"], hd["better"]) == (4, 4, 0)
+    assert "4 lost, 0 gained" in cmp.format_report({"hd_lv_2d_mm": hd}, [])
 
 
 def _study(rows):

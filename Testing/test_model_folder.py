@@ -103,6 +103,7 @@ def _set(path, value):
         (_set(("networks", "prsn", "weights"), []), "networks.prsn.weights must name"),
         (_set(("networks", "prsn", "weights"), 3), "networks.prsn.weights must name"),
         (_set(("networks", "prsn", "config"), [1]), "networks.prsn.config must be an object"),
+        (_set(("networks", "dae", "config"), KeyError), "networks.dae.config must be an object"),
         (_set(("files", "dae.safetensors"), "abc"), "files.dae.safetensors must be an object"),
     ],
 )

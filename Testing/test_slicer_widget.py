@@ -185,9 +185,13 @@ def test_cancel_stops_the_worker_and_writes_nothing(panel, monkeypatch):
     panel.widget.onApplyButton()
     slicer_qt_stubs.pollUntilIdle(panel.widget, until=lambda: panel.ui.progressBar.format.startswith("sleeping"))
     process = panel.widget._run.process
+    run = panel.widget._run
+    realCancel = run.cancel
+    run.cancel = lambda: setattr(run, "cancelled", True)  # the worker is still running at the next poll
     panel.widget.onCancelButton()
     panel.widget.onPollRun()  # the next poll keeps saying so, not the stage the worker will not finish
-    assert panel.widget._run is None or panel.ui.progressBar.format.startswith("Cancelling...")
+    assert panel.widget._run is run and panel.ui.progressBar.format.startswith("Cancelling...")
+    realCancel()
     slicer_qt_stubs.pollUntilIdle(panel.widget, timeout=15)
     assert process.poll() is not None
     assert panel.p.statusText == "Cancelled."

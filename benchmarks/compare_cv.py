@@ -79,6 +79,11 @@ def paired(
         gained = sum(1 for a, b in pairs if math.isnan(a) and not math.isnan(b))
         pairs = [(a, b) for a, b in pairs if not (math.isnan(a) or math.isnan(b))]
         if not pairs:
+            if lost or gained:  # defined on one side only, in every case: no difference, but not hidden
+                nan = float("nan")
+                out[key] = {"n": 0, **dict.fromkeys(("baseline_mean", "candidate_mean", "baseline_median",
+                            "candidate_median", "diff_mean", "diff_se"), nan),
+                            "better": gained, "worse": lost, "lost": lost, "gained": gained}  # fmt: skip
             continue
         a = np.array([p[0] for p in pairs])
         b = np.array([p[1] for p in pairs])

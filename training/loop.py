@@ -234,17 +234,29 @@ def fit(
             raise StageExistsError(
                 f"{folder}: the checkpoint was made with a different {stage} config; use --overwrite to restart"
             )
-        saved_world = int(meta.get("world_size", 1))
+        saved_world = int(meta.get("world_size", runtime.world_size))  # older checkpoints did not record it
         if saved_world != runtime.world_size:  # the batch is per process: another count is another run
             raise StageExistsError(
                 f"{folder}: the checkpoint was made by {saved_world} process(es), this run has "
                 f"{runtime.world_size}; resume with {saved_world} or use --overwrite to restart"
             )
-        steps_stored = {checkpoint_tensors_step(folder), rng_state_step(folder, runtime.rank)} - {None}
-        if steps_stored - {int(meta["step"])}:
+        tensors_step = checkpoint_tensors_step(folder)
+        if tensors_step is not None and tensors_step != int(meta["step"]):
             raise StageExistsError(
-                f"{folder}: the checkpoint's files belong to different steps ({sorted(steps_stored)} against "
-                f"{meta['step']}; interrupted while it was written?); use --overwrite to restart"
+                f"{folder}: the checkpoint's weights are of step {tensors_step}, its record of step {meta['step']} "
+                "(interrupted while it was written?); use --overwrite to restart"
+            )
+        rng_step = rng_state_step(folder, runtime.rank)
+        if rng_step is not None and rng_step != int(meta["step"]):
+            # the random state was saved for a checkpoint that was never completed: the weights are sound, but
+            # the batches drawn from here on are not those of an uninterrupted run
+            logger.warning(
+                "%s: the random state is of step %d, the checkpoint of step %d (interrupted while writing); "
+                "resuming from step %d, but not exactly as an uninterrupted run would continue",
+                folder,
+                rng_step,
+                int(meta["step"]),
+                int(meta["step"]),
             )
         model.load_state_dict(model_state_from(tensors))
         if ema_decay > 0:

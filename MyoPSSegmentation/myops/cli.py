@@ -202,7 +202,7 @@ def _quantify_existing(path: Path, lge_path: Path):
     if image.GetDimension() != 3:
         raise InputError(path, f"is not a 3D label map (dimension {image.GetDimension()})")
     labels = label_array(image, path)
-    if not same_grid(image, read_image(lge_path)):
+    if not same_grid(image, read_image(lge_path), tol=1e-3):  # NIfTI stores directions in single precision
         raise InputError(path, f"is not on the grid of its LGE {Path(lge_path).name}; --overwrite segments it again")
     return quantify(labels, spacing_zyx_of(image))
 
@@ -628,8 +628,9 @@ class _Terminated(BaseException):
 
 
 def _raise_on_sigterm():
-    """Make SIGTERM raise :class:`_Terminated` in the main thread; returns the previous handler (None when this
-    is not the main thread, where handlers cannot be set)."""
+    """Make SIGTERM raise :class:`_Terminated` in the main thread; returns the previous handler to restore (None
+    when this is not the main thread, where handlers cannot be set; the default action when the previous one was
+    not set from Python)."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -638,7 +639,8 @@ def _raise_on_sigterm():
     def handler(signum, frame):
         raise _Terminated()
 
-    return signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, handler)
+    return signal.SIG_DFL if previous is None else previous
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -225,7 +225,9 @@ _SAME_POSITION_MM = 0.01
 #: Orientation cosines that differ by more than this between files are different orientations.
 _ORIENTATION_TOL = 1e-3
 #: A direction matrix whose columns' dot products depart from the identity by more than this is sheared.
-_ORTHO_TOL = 1e-3  # 0.06 degrees: scanners round ImageOrientationPatient to 5-6 decimals
+# 0.06 degrees: scanners round ImageOrientationPatient to 4-6 decimals. A smaller shear is accepted; NIfTI then
+# straightens it on writing, which moves a voxel by at most 1e-3 of its distance from the origin (sub-pixel).
+_ORTHO_TOL = 1e-3
 #: DICOM slice positions may drift within the image plane by at most this many mm, plus :data:`_DRIFT_FRACTION`
 #: of their distance along the normal from the first slice (a stack tilted by more than about 0.6 degrees).
 _DRIFT_MM = 0.05

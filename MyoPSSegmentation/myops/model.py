@@ -143,7 +143,7 @@ def _check_structure(manifest: Dict[str, Any], manifest_path: Path) -> None:
         names = [weights] if isinstance(weights, str) else weights
         if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
             raise ModelError(f"{where}.weights must name one weight file or a non-empty list of them")
-        if not isinstance(entry.get("config", {}), dict):
+        if not isinstance(entry.get("config"), dict) and "member_configs" not in entry:
             raise ModelError(f"{where}.config must be an object")
     for name, info in files.items():
         if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
