@@ -1341,7 +1341,11 @@ def test_validation_scores_against_labels_on_the_lge_grid(tmp_path, monkeypatch)
             pass
 
         def segment_files(self, *args, **kwargs):
-            return types.SimpleNamespace(labels_zyx=labels.copy(), localized=True, timings_s={"total": 0.0})
+            image = sitk.GetImageFromArray(labels.astype(np.uint16))
+            image.CopyInformation(case.lge)  # the engine's result: labels on the LGE's grid
+            return types.SimpleNamespace(
+                labels=image, labels_zyx=labels.copy(), localized=True, timings_s={"total": 0.0}
+            )
 
     monkeypatch.setattr(pipeline, "Segmenter", Perfect)
     row = validate_cases(tmp_path / "model", [files], tmp_path / "pred")[0]

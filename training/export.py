@@ -23,7 +23,6 @@ import numpy as np
 import SimpleITK as sitk
 from torch import nn
 
-from myops.io import read_image
 from myops.metrics import METRIC_NAMES, MetricSummary, case_scores, slice_axis_zyx
 from myops.model import save_model_folder
 from myops.networks import IdentityShapePrior, SingleSequenceASSN
@@ -192,8 +191,9 @@ def validate_cases(
         out = prediction_dir / f"{case.name}_seg.nii.gz"
         # the run's own prediction folder: a rerun replaces what an earlier one wrote
         result = segmenter.segment_files(case.c0, case.de, case.t2, output=out, overwrite=True)
-        # the labels on the LGE's grid, where the prediction is (training reads them the same way)
-        truth_image = labels_on_lge_grid(case.gd, read_image(case.de), case.name)
+        # the labels on the LGE's grid, where the prediction is (training reads them the same way); the result's
+        # label image carries that grid, so the LGE is not read again
+        truth_image = labels_on_lge_grid(case.gd, result.labels, case.name)
         truth = sitk.GetArrayFromImage(truth_image)
         spacing_zyx = spacing_zyx_of(truth_image)
         # one_sided: the slices the *_2d_mm means leave out

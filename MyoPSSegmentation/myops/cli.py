@@ -193,7 +193,7 @@ def _quantify_existing(path: Path, lge_path: Path):
         InputError: it is not a 3D map of MyoPS codes (a map saved with other values, e.g. segment indices 1-4,
             would count as empty: 0 mL), or it is not on its case's LGE grid (another case's map, or resampled).
     """
-    from .io import read_image, read_labelmap, same_grid
+    from .io import on_grid_of, read_labelmap
     from .metrics import label_array
     from .preprocessing import spacing_zyx_of
     from .quantify import quantify
@@ -202,7 +202,7 @@ def _quantify_existing(path: Path, lge_path: Path):
     if image.GetDimension() != 3:
         raise InputError(path, f"is not a 3D label map (dimension {image.GetDimension()})")
     labels = label_array(image, path)
-    if not same_grid(image, read_image(lge_path), tol=1e-3):  # NIfTI stores directions in single precision
+    if not on_grid_of(image, lge_path, tol=1e-3):  # NIfTI stores directions in single precision
         raise InputError(path, f"is not on the grid of its LGE {Path(lge_path).name}; --overwrite segments it again")
     return quantify(labels, spacing_zyx_of(image))
 

@@ -398,6 +398,27 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
     )
 
 
+def on_grid_of(image: sitk.Image, path: PathLike, tol: float = 1e-4) -> bool:
+    """Whether ``image`` shares the grid of the image at ``path`` (:func:`same_grid`), reading only the file's
+    header where it can (a DICOM series folder is read whole)."""
+    p = Path(path)
+    if p.is_dir():
+        return same_grid(image, read_image(p), tol)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        with _itk_warnings_hidden():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(p, "not a readable image (expected NIfTI, NRRD, MHA or a DICOM series folder)") from None
+    return (
+        image.GetSize() == reader.GetSize()
+        and np.allclose(image.GetSpacing(), reader.GetSpacing(), atol=tol)
+        and np.allclose(image.GetOrigin(), reader.GetOrigin(), atol=tol)
+        and np.allclose(image.GetDirection(), reader.GetDirection(), atol=tol)
+    )
+
+
 def check_output_path(
     output: PathLike, inputs: Iterable[PathLike] = (), *, segmentation_ok: bool = True, overwrite: bool = True
 ) -> Path:
