@@ -190,6 +190,14 @@ def test_manifest_inference_options_are_read_and_checked(tiny_model_dir, tmp_pat
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="pathology_decoding"):
         Segmenter(folder, device="cpu")
+    manifest["inference"]["pathology_decoding"] = "argmax"
+    manifest["postprocessing"] = {**manifest.get("postprocessing", {}), "pathology_islands": "union"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert Segmenter(folder, device="cpu").postprocessing.pathology_islands == "union"
+    manifest["postprocessing"]["pathology_islands"] = "biggest"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="pathology_islands"):
+        Segmenter(folder, device="cpu")
 
 
 def _recording(function, store: dict, key):

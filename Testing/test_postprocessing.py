@@ -91,3 +91,66 @@ def test_the_switch_is_off_unless_the_manifest_sets_it(values, expected):
     config = PostprocessingConfig.from_dict({"largest_lv_component": True, **values})
     assert config.trim_region_to_wall is expected
     assert PostprocessingConfig.from_dict(config.to_dict()) == config
+
+
+def ring_with(pathology: dict) -> tuple:
+    """``ring_case``'s region and ring with its scar patch removed and ``{class: [(row, col), ...]}`` drawn on the
+    ring (2 edema, 3 scar)."""
+    region, classes = ring_case()
+    classes = np.where(classes[0] > 0, 1, 0)
+    for value, pixels in pathology.items():
+        for row, col in pixels:
+            assert classes[row, col] == 1, "drawn off the ring"
+            classes[row, col] = value
+    return region, classes[None]
+
+
+# a 2 x 6 zone on the ring's top rows (12 px) with a 2-pixel scar core in column 6: the edema either side of the
+# core is 4 px (columns 4-5) and 6 px (columns 7-9), not touching each other (two columns apart)
+CORE_IN_EDEMA = {2: [(r, c) for r in (4, 5) for c in (4, 5, 7, 8, 9)], 3: [(4, 6), (5, 6)]}
+# a 2 x 3 scar (6 px) with a 2-pixel edema rim beside it (column 7)
+RIM_BY_SCAR = {3: [(r, c) for r in (4, 5) for c in (4, 5, 6)], 2: [(4, 7), (5, 7)]}
+# on the bottom rows, 2 px of edema and 1 of scar side by side: 3 px of pathology, below 4 mm^2 however judged
+LONE_SPECK = {2: [(10, 8), (10, 9)], 3: [(10, 10)]}
+
+
+@pytest.mark.parametrize(
+    "drawn, rule, expected",
+    [
+        # per class, the 2-pixel core is too small and becomes normal wall inside the edema (a hole in it)
+        (CORE_IN_EDEMA, "per_class", {MYOCARDIUM: 30, EDEMA: 10, SCAR: 0}),
+        # as a whole, the zone is 12 px and stays; the core, too small to stand as scar, becomes edema
+        (CORE_IN_EDEMA, "union", {MYOCARDIUM: 28, EDEMA: 12, SCAR: 0}),
+        # per class, the rim (2 px) goes; as a whole it belongs to an 8-pixel zone and stays
+        (RIM_BY_SCAR, "per_class", {MYOCARDIUM: 34, EDEMA: 0, SCAR: 6}),
+        (RIM_BY_SCAR, "union", {MYOCARDIUM: 32, EDEMA: 2, SCAR: 6}),
+        # a lone 3-pixel speck goes under both rules
+        (LONE_SPECK, "per_class", {MYOCARDIUM: 40, EDEMA: 0, SCAR: 0}),
+        (LONE_SPECK, "union", {MYOCARDIUM: 40, EDEMA: 0, SCAR: 0}),
+    ],
+)
+def test_small_pathology_islands_per_class_or_as_a_whole(drawn, rule, expected):
+    region, classes = ring_with(drawn)
+    config = PostprocessingConfig(min_pathology_area_mm2=4.0, pathology_islands=rule)
+    found = counts(compose_labels(region, classes, SPACING, config))
+    # the region (121 px) is 81 blood pool and 40 wall whatever the pathology rule
+    assert found[BACKGROUND] == 104 and found[LV_BLOOD_POOL] == 81
+    assert {k: found[k] for k in expected} == expected
+
+
+def test_without_a_minimum_area_the_island_rules_agree():
+    region, classes = ring_with(CORE_IN_EDEMA)
+    per_class, union = (
+        compose_labels(region, classes, SPACING, PostprocessingConfig(min_pathology_area_mm2=0, pathology_islands=r))
+        for r in ("per_class", "union")
+    )
+    np.testing.assert_array_equal(per_class, union)
+    assert counts(union)[SCAR] == 2 and counts(union)[EDEMA] == 10
+
+
+def test_the_island_rule_defaults_to_per_class_and_is_checked():
+    # manifests written before the field existed were measured per class
+    assert PostprocessingConfig.from_dict({"min_pathology_area_mm2": 4.0}).pathology_islands == "per_class"
+    assert PostprocessingConfig.from_dict({"pathology_islands": "union"}).pathology_islands == "union"
+    with pytest.raises(ValueError, match="pathology_islands"):
+        PostprocessingConfig(pathology_islands="largest")

@@ -107,6 +107,11 @@ def test_stage_seeds_default_to_the_run_seed_and_old_configs_compare_equal():
             load_config("tiny", [bad])
     with pytest.raises(ConfigError, match=r"prsn\.ce_class_weights"):  # the baselines' heads have other classes
         load_config("tiny", ["prsn.variant=unet_scar", "prsn.ce_class_weights=[1, 1, 2, 2]"])
+    islands = load_config("tiny", ['export.postprocessing.pathology_islands="union"'])["export"]["postprocessing"]
+    assert islands["pathology_islands"] == "union"
+    assert load_config("tiny")["export"]["postprocessing"]["pathology_islands"] == "per_class"
+    with pytest.raises(ConfigError, match=r"export\.postprocessing\.pathology_islands must be one of"):
+        load_config("tiny", ['export.postprocessing.pathology_islands="largest"'])
 
 
 def test_a_network_config_that_does_not_fit_fails_when_the_config_is_read(phantom_dir, tmp_path, capsys):

@@ -170,6 +170,8 @@ DEFAULTS: Dict[str, Any] = {
             "fill_epicardium_holes": True,
             "min_pathology_area_mm2": 4.0,
             "min_wall_area_mm2": 10.0,
+            # how small pathology islands are judged (engine: PostprocessingConfig.pathology_islands)
+            "pathology_islands": "per_class",
         },
     },
     "runtime": {
@@ -313,6 +315,13 @@ def validate_config(config: Mapping[str, Any]) -> None:
                 f"prsn.ce_class_weights must be null or {n_classes} positive numbers, one per B_Main class "
                 f"(variants prsn and mfb_prsn), got {class_w!r}"
             )
+    from myops.postprocessing import PATHOLOGY_ISLAND_RULES
+
+    islands = config["export"]["postprocessing"].get("pathology_islands", "per_class")
+    if islands not in PATHOLOGY_ISLAND_RULES:
+        raise ConfigError(
+            f"export.postprocessing.pathology_islands must be one of {list(PATHOLOGY_ISLAND_RULES)}, got {islands!r}"
+        )
     shift = config["augment"]["misregistration_mm"]
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift < 20:
         raise ConfigError("augment.misregistration_mm must be a number in [0, 20)")

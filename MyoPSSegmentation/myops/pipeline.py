@@ -432,7 +432,10 @@ class Segmenter:
         self.crop_size = int(spec["crop_size"])
         self.crop_spacing_mm = float(spec["crop_spacing_mm"])
         self.percentiles = tuple(spec["normalisation"].get("percentiles", (0.5, 99.5)))
-        self.postprocessing = PostprocessingConfig.from_dict(self.bundle.manifest.get("postprocessing", {}))
+        try:
+            self.postprocessing = PostprocessingConfig.from_dict(self.bundle.manifest.get("postprocessing", {}))
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{self.model_dir}: postprocessing: {exc}") from None
         inference = self.bundle.manifest.get("inference", {})
         self.tta_flips = bool(inference.get("tta_flips", False)) if tta_flips is None else tta_flips
         self.tta_rot90 = bool(inference.get("tta_rot90", False)) if tta_rot90 is None else tta_rot90

@@ -9,8 +9,16 @@ Choices (each a field of :class:`PostprocessingConfig`, recorded in the model ma
 - Scar and edema exist only inside the LV wall: the PRSN's wall classes are kept only inside the epicardial
   region; everything inside the region that is not wall becomes LV blood pool. Always on: it is the cascade's
   definition, not an option.
-- ``min_pathology_area_mm2``: per slice, connected scar or edema islands smaller than this area are relabelled as
-  normal myocardium (0 disables).
+- ``min_pathology_area_mm2``: per slice, pathology islands smaller than this area are removed (0 disables). How,
+  ``pathology_islands`` says:
+
+  - ``"per_class"`` (what models up to ``myops-cascade-v9`` were measured with, and the default for manifests
+    that do not name it): scar and edema islands are judged apart, and a small one becomes normal myocardium,
+    even a scar core inside a large edema zone (which leaves a hole of normal myocardium in the edema);
+  - ``"union"``: islands of the pathology as a whole (scar or edema) are judged; a small one becomes normal
+    myocardium. Inside a kept one, a scar island too small to stand alone becomes edema, and edema is kept
+    whatever the size of its own pieces. Scar is the same as under ``"per_class"``; scar + edema only gains
+    the small pieces that touch other pathology.
 - ``min_wall_area_mm2``: per slice, wall islands smaller than this area become LV blood pool (they lie inside the
   epicardial region, so they are cavity); 0 disables.
 - ``trim_region_to_wall`` (off by default): per slice, where the wall closes around a cavity (its hole-filled
@@ -30,6 +38,9 @@ import SimpleITK as sitk
 
 from .labels import BACKGROUND, EDEMA, LV_BLOOD_POOL, MYOCARDIUM, SCAR
 
+#: How small pathology islands are judged (``PostprocessingConfig.pathology_islands``; see the module docstring).
+PATHOLOGY_ISLAND_RULES = ("per_class", "union")
+
 
 @dataclass
 class PostprocessingConfig:
@@ -40,6 +51,13 @@ class PostprocessingConfig:
     min_pathology_area_mm2: float = 4.0
     min_wall_area_mm2: float = 10.0
     trim_region_to_wall: bool = False
+    pathology_islands: str = "per_class"
+
+    def __post_init__(self) -> None:
+        if self.pathology_islands not in PATHOLOGY_ISLAND_RULES:
+            raise ValueError(
+                f"pathology_islands must be one of {list(PATHOLOGY_ISLAND_RULES)}, got {self.pathology_islands!r}"
+            )
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -178,8 +196,14 @@ def compose_labels(
     scar = wall & (classes == 3)
     if config.min_pathology_area_mm2 > 0:
         min_px = int(np.ceil(config.min_pathology_area_mm2 / pixel_mm2))
-        edema = np.stack([remove_small_islands_2d(s, min_px) for s in edema])
-        scar = np.stack([remove_small_islands_2d(s, min_px) for s in scar])
+        if config.pathology_islands == "union":
+            kept = np.stack([remove_small_islands_2d(s, min_px) for s in edema | scar])
+            scar_kept = np.stack([remove_small_islands_2d(s, min_px) for s in scar & kept])
+            edema = kept & ~scar_kept
+            scar = scar_kept
+        else:
+            edema = np.stack([remove_small_islands_2d(s, min_px) for s in edema])
+            scar = np.stack([remove_small_islands_2d(s, min_px) for s in scar])
     labels[edema] = EDEMA
     labels[scar] = SCAR
     labels[~epi] = BACKGROUND
