@@ -360,6 +360,26 @@ def test_exact_region_prsn_input_and_output_sit_on_the_reference_region(tiny_mod
     assert (seen[-1].abs().sum(dim=1) > 0).sum() < masked.sum()
 
 
+def test_exact_region_variant_is_parsed_checked_and_written_for_compare_cv(capsys):
+    """``--postprocessing-variant`` takes JSON values of known fields the engine accepts, and each study is in the
+    layout ``compare_cv.py`` pairs (a dice of 0.5 and 0.7: sum 1.2)."""
+    script = _load_script("cv_prsn_exact_region")
+    cmp = _load_script("compare_cv")
+    assert script.parse_variant(['pathology_islands="union"']) == {"pathology_islands": "union"}
+    for bad, message in (
+        (["islands=1"], "FIELD=VALUE"),
+        (["pathology_islands=union"], "not JSON"),
+        (['pathology_islands="largest"'], "pathology_islands must be one of"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            script.parse_variant(bad)
+    row = {"fold": 0, "case": "c1", **{key: 0.5 for key in script.KEYS}, "dice_scar_edema": 0.7}
+    out = script.study({0.5: [row]}, {"runs": ["r"]}, label="variant ")
+    assert out["weights"]["0.5"]["sum"] == pytest.approx(1.2) and out["runs"] == ["r"]
+    assert cmp.study_cases(out)["c1"]["dice_scar_edema"] == 0.7
+    assert capsys.readouterr().out.startswith("variant w 0.5: scar 50.00  scar+edema 70.00")
+
+
 def test_region_margin_grows_and_shrinks_in_plane_only():
     """A 5 x 5 square on the middle of three slices: grown by ITK's 1-pixel ball (a 3 x 3 square) it is 7 x 7,
     shrunk it is 3 x 3; no slice above or below is touched. At 2 pixels the ball is 5 x 5 without its corners."""

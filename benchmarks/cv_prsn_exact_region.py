@@ -15,6 +15,10 @@ averaged per fold (an ensemble). The input window (size, spacing, normalisation)
 The figures are an upper bound of what the PRSN gives in the cascade (the region is exact); they compare PRSNs
 with each other, not with the cascade's CV.
 
+``--postprocessing-variant FIELD=VALUE [...]`` also scores, from the same probabilities, the model's postprocessing
+with those fields changed, and ``--variant-json`` writes that study in the same layout, so ``compare_cv.py`` pairs
+the two (rule AI: ``pathology_islands=\"union\"``).
+
     python benchmarks/cv_prsn_exact_region.py --run runs/cv5_exp_prsn_gt_mask_seed2 \\
         --data ../shared/data/myops2020/train25 --branch-weights 0 0.5 --json out.json
 """
@@ -27,7 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,7 +44,7 @@ import SimpleITK as sitk  # noqa: E402
 from myops.labels import LV_EPICARDIUM_LABELS  # noqa: E402
 from myops.metrics import MetricSummary, case_metrics  # noqa: E402
 from myops.pipeline import Segmenter  # noqa: E402
-from myops.postprocessing import compose_labels, pathology_classes  # noqa: E402
+from myops.postprocessing import PostprocessingConfig, compose_labels, pathology_classes  # noqa: E402
 from myops.preprocessing import (  # noqa: E402
     Window,
     heart_center_from_mask,
@@ -130,14 +134,21 @@ def evaluate(
     only: Sequence[int] = (),
     margin_px: int = 0,
     input_margin_px: int = 0,
-) -> Dict[float, List[dict]]:
+    variant: Optional[Mapping[str, object]] = None,
+) -> Tuple[Dict[float, List[dict]], Dict[float, List[dict]]]:
     """Per-case metrics of the runs' (averaged) PRSNs on their held-out cases at each branch weight in
     ``weights`` (every fold, or the folds in ``only``), in the reference region grown or shrunk by ``margin_px``
     (the PRSN seeing it grown by ``input_margin_px`` more crop pixels).
-    Each fold's PRSNs and each case's files are read once."""
+    Each fold's PRSNs and each case's files are read once.
+
+    Returns ``(rows, variant_rows)``: per weight, the rows with the model's postprocessing, and (empty unless
+    ``variant`` names postprocessing fields to change) the rows from the same probabilities with those changed."""
     segmenters = {w: Segmenter(model, device="cpu", tta_flips=flips, tta_rot90=False, branch_weight=w) for w in weights}
-    folds = check_runs(runs, next(iter(segmenters.values())))
+    first = next(iter(segmenters.values()))
+    folds = check_runs(runs, first)
+    changed = PostprocessingConfig.from_dict({**first.postprocessing.to_dict(), **variant}) if variant else None
     rows: Dict[float, List[dict]] = {w: [] for w in weights}
+    variant_rows: Dict[float, List[dict]] = {w: [] for w in weights} if changed else {}
     for k, held_out in enumerate(folds):
         if only and k not in only:
             continue
@@ -160,7 +171,47 @@ def evaluate(
                 metrics = case_metrics(labels, truth, spacing)
                 seconds = time.perf_counter() - t0
                 rows[w].append({"fold": k, "case": case, "seconds": seconds, **{key: metrics[key] for key in KEYS}})
-    return rows
+                if changed is not None:
+                    metrics = case_metrics(compose_labels(region, classes, spacing, changed), truth, spacing)
+                    variant_rows[w].append({"fold": k, "case": case, **{key: metrics[key] for key in KEYS}})
+    return rows, variant_rows
+
+
+def parse_variant(items: Sequence[str]) -> Dict[str, object]:
+    """``["pathology_islands=\"union\"", ...]`` -> ``{"pathology_islands": "union", ...}`` (JSON values); an
+    unknown field or a value the engine refuses is a one-line exit."""
+    out: Dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in PostprocessingConfig.__dataclass_fields__:
+            raise SystemExit(f"--postprocessing-variant {item!r}: expected FIELD=VALUE, FIELD a postprocessing field")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            raise SystemExit(f"--postprocessing-variant {item!r}: the value is not JSON (quote strings)") from None
+    try:
+        PostprocessingConfig.from_dict(out)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"--postprocessing-variant: {exc}") from None
+    return out
+
+
+def study(rows_per_weight: Mapping[float, List[dict]], header: Mapping[str, object], label: str = "") -> dict:
+    """The JSON layout ``compare_cv.py`` reads (``weights[str(w)]`` with summary, sum and cases), printing one
+    line per weight."""
+    out = {**header, "weights": {}}
+    for w, rows in rows_per_weight.items():
+        summary = summarise(rows)
+        total = summary["dice_scar"]["mean"] + summary["dice_scar_edema"]["mean"]
+        out["weights"][str(w)] = {"summary": summary, "sum": total, "cases": rows}
+        timing = f"  ({statistics.median(r['seconds'] for r in rows):.2f} s per case)" if "seconds" in rows[0] else ""
+        print(
+            f"{label}w {w}: scar {100 * summary['dice_scar']['mean']:.2f}  scar+edema "
+            f"{100 * summary['dice_scar_edema']['mean']:.2f}  myo {100 * summary['dice_myocardium']['mean']:.2f}  "
+            f"sum {100 * total:.2f}{timing}",
+            flush=True,
+        )
+    return out
 
 
 def summarise(rows: List[dict]) -> Dict[str, dict]:
@@ -184,11 +235,22 @@ def main() -> int:
         default=0,
         help="the PRSN sees the region grown by N crop pixels; the labels stay in the region",
     )
+    parser.add_argument(
+        "--postprocessing-variant",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="also score the model's postprocessing with these fields changed (JSON values), same probabilities",
+    )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--variant-json", type=Path, default=None, help="where the variant's study goes")
     args = parser.parse_args()
-    out = {"runs": [str(r) for r in args.run], "flips": not args.no_flips, "folds": args.folds or "all"}
-    out.update(region_margin_px=args.region_margin_px, input_margin_px=args.input_margin_px, weights={})
-    per_weight = evaluate(
+    if bool(args.postprocessing_variant) != bool(args.variant_json):
+        parser.error("--postprocessing-variant and --variant-json go together")
+    variant = parse_variant(args.postprocessing_variant)
+    header = {"runs": [str(r) for r in args.run], "flips": not args.no_flips, "folds": args.folds or "all"}
+    header.update(region_margin_px=args.region_margin_px, input_margin_px=args.input_margin_px)
+    per_weight, per_weight_variant = evaluate(
         args.run,
         args.data,
         args.model,
@@ -197,20 +259,16 @@ def main() -> int:
         args.folds,
         args.region_margin_px,
         args.input_margin_px,
+        variant,
     )
-    for w, rows in per_weight.items():
-        summary = summarise(rows)
-        total = summary["dice_scar"]["mean"] + summary["dice_scar_edema"]["mean"]
-        out["weights"][str(w)] = {"summary": summary, "sum": total, "cases": rows}
-        print(
-            f"w {w}: scar {100 * summary['dice_scar']['mean']:.2f}  scar+edema "
-            f"{100 * summary['dice_scar_edema']['mean']:.2f}  myo {100 * summary['dice_myocardium']['mean']:.2f}  "
-            f"sum {100 * total:.2f}  ({statistics.median(r['seconds'] for r in rows):.2f} s per case)",
-            flush=True,
-        )
+    out = study(per_weight, header)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
+    if variant:
+        changed = study(per_weight_variant, {**header, "postprocessing_variant": variant}, label="variant ")
+        args.variant_json.parent.mkdir(parents=True, exist_ok=True)
+        args.variant_json.write_text(json.dumps(changed, indent=1))
     return 0
 
 
