@@ -586,6 +586,31 @@ def test_resume_continues_from_the_checkpoint_exactly(phantom_cases, runtime, tm
         train_localizer(cfg2, bank, tmp_path / "resumed", runtime, 0, resume=True)
 
 
+def test_fp16_loss_scale_is_checkpointed_and_restored(phantom_cases, runtime, tmp_path):
+    """Under fp16 autocast the GradScaler's scale is training state: the checkpoint records it and a resume
+    continues from it, rather than from the initial 65536 (which a resumed run would otherwise re-learn, skipping
+    steps on overflow). CPU autocast stands in for CUDA here."""
+    import dataclasses
+
+    fp16 = dataclasses.replace(runtime, amp_dtype=torch.float16)
+    cfg = tiny("localizer.steps=8", "runtime.checkpoint_every=4", "runtime.log_every=4")
+    bank = SliceBank(phantom_cases, cfg["data"])
+    folder = tmp_path / "stage"
+    with pytest.raises(_InterruptError):
+        train_localizer(cfg, _FailingBank(bank, 6), folder, fp16, 0)
+    meta_path = folder / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["step"] == 4 and meta["grad_scaler"]["scale"] > 1024.0
+    meta["grad_scaler"]["scale"] = 1024.0  # as if overflows had backed it off
+    meta_path.write_text(json.dumps(meta))
+    train_localizer(cfg, bank, folder, fp16, 0, resume=True)
+    # no growth within 4 steps (growth_interval 2000): the final checkpoint carries on from 1024, or below it
+    assert json.loads(meta_path.read_text())["grad_scaler"]["scale"] <= 1024.0
+    # full precision records no scaler
+    train_localizer(cfg, bank, tmp_path / "fp32", runtime, 0)
+    assert "grad_scaler" not in json.loads((tmp_path / "fp32" / "checkpoint.json").read_text())
+
+
 def test_resume_refuses_or_warns_of_a_checkpoint_it_cannot_continue_exactly(phantom_cases, runtime, tmp_path, caplog):
     import logging
 

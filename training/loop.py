@@ -226,6 +226,8 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=float(section["lr"]), weight_decay=float(section["weight_decay"]))
     start, elapsed_before = 0, 0.0
+    # fp16 needs loss scaling; its scale (and growth counter) is part of the training state, so it is checkpointed
+    scaler = torch.amp.GradScaler(runtime.device.type) if runtime.amp_dtype == torch.float16 else None
     ema_decay = float(section.get("ema_decay", 0.0))
     stored_average = None
     if resume and has_checkpoint(folder):
@@ -263,6 +265,8 @@ def fit(
             stored_average = model_state_from(tensors, "ema.")
         optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
         load_rng_state(folder, runtime.rank, generator)
+        if scaler is not None and meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
         start, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
         logger.info("%s: resuming at step %d of %d", stage, start, steps)
         if runtime.is_main:
@@ -274,7 +278,6 @@ def fit(
     if runtime.distributed:
         ddp_kwargs = {"device_ids": [runtime.local_rank]} if runtime.device.type == "cuda" else {}
         train_model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
-    scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 else None
     log_every = max(1, int(runtime_cfg.get("log_every", 10)))
     ckpt_every = max(1, int(runtime_cfg.get("checkpoint_every", 100)))
     clip = float(section.get("grad_clip", 0.0))
@@ -355,6 +358,7 @@ def fit(
                         "fingerprint": fp,
                         "world_size": runtime.world_size,
                         "elapsed_s": elapsed_before + time.perf_counter() - t0,
+                        **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
                     },
                     average=None if average is None else average.state,
                 )
