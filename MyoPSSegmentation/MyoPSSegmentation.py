@@ -21,6 +21,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from MyoPSSegmentationLib import segments
 from MyoPSSegmentationLib.device import DeviceChoice
 from MyoPSSegmentationLib.logic import MyoPSLogic, warningsPrefix
 
@@ -427,8 +428,11 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if not p or p.outputSegmentation is None:
             return
         seg = p.outputSegmentation
-        # correct a result over the image it was computed on, not whichever LGE is selected now
-        source = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) or p.lgeVolume
+        # correct a result over the image it was computed on, not whichever LGE is selected now; a result whose
+        # image was removed gets no source volume (the user picks one) rather than another study's LGE
+        source = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())
+        if source is None and seg.GetAttribute(segments.FINGERPRINT_ATTRIBUTE) is None:
+            source = p.lgeVolume
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(seg)

@@ -135,6 +135,10 @@ def test_the_output_of_another_volume_is_not_the_runs_output(case):
     assert output is None and "holds the result for 'patient1_DE'" in note
     mine = case.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn by hand")
     assert case.logic.outputForRun(mine, other) == (mine, "")  # not this module's result: the edit check decides
+    # the other study's LGE removed (to free memory): its result still cannot be recomputed, so it is kept
+    case.scene.RemoveNode(case.lge)
+    output, note = case.logic.outputForRun(result, other)
+    assert output is None and "holds a result for a volume no longer in the scene" in note
 
 
 def test_rerun_into_an_edited_segmentation_is_refused_and_a_new_node_leaves_it_untouched(case):
@@ -366,6 +370,8 @@ def test_frame_of_a_4d_sequence(case):
     browser.AddProxyNode(case.bssfp, sequence, False)
     with pytest.raises(InputError, match=r"^bSSFP: .*4D sequence 'cine' \(3 frames\)"):
         case.run()
+    # refused at Apply, so never proposed: the other two are still guessed
+    assert set(guessInputVolumes([case.bssfp, case.lge, case.t2])) == {"LGE", "T2"}
 
 
 def test_label_map_is_not_an_mr_volume(case):
@@ -490,3 +496,37 @@ def test_agreeing_to_overwrite_covers_the_output_as_it_was_at_the_start(case):
     assert node.GetID() != chosen.GetID() and "edited during the run" in note
     np.testing.assert_array_equal(segments.segmentLabelArray(chosen, case.lge), duringRun)
     assert case.logic.outputFingerprint(None) is None
+
+
+def test_a_scripts_first_result_in_a_bare_scene_gets_its_closed_surface(tmp_path):
+    """A script on a plain ``vtkMRMLScene()`` (nothing has registered the segmentation converters yet, as the
+    Slicer app would): the first result's node is made after the rules are registered, so it gets its closed
+    surface. Its own process, since this one registered the rules long ago."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    module_dir = Path(__file__).resolve().parents[1] / "MyoPSSegmentation"
+    code = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import slicer, SimpleITK as sitk
+from slicer_support import obliqueImage, fakeLabelsZyx
+from MyoPSSegmentationLib import conversion
+from MyoPSSegmentationLib.logic import MyoPSLogic
+scene = slicer.vtkMRMLScene()
+lgeImage = obliqueImage(seed=1)
+lge = conversion.addVolumeNodeFromSitkImage(scene, lgeImage, "DE")
+labels = sitk.GetImageFromArray(fakeLabelsZyx(sitk.GetArrayViewFromImage(lgeImage).shape))
+labels.CopyInformation(lgeImage)
+node = MyoPSLogic().writeResult(labels, [], lge)
+print(node.GetSegmentation().ContainsRepresentation("Closed surface"))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(module_dir), str(Path(__file__).resolve().parent)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True", out.stdout + out.stderr[-2000:]

@@ -329,6 +329,11 @@ def test_correcting_a_result_opens_it_over_the_volume_it_was_computed_on(panel, 
     panel.widget.onEditSegmentsButton()
     assert panel.recorder.editor.segmentation is result
     assert panel.recorder.editor.source is panel.volumes["case7_DE"]
+    # the first study's LGE removed: its result is opened without a source volume, not over the next study's
+    panel.recorder.editor.source = None
+    panel.scene.RemoveNode(panel.volumes["case7_DE"])
+    panel.widget.onEditSegmentsButton()
+    assert panel.recorder.editor.segmentation is result and panel.recorder.editor.source is None
 
 
 def test_inputs_changed_during_the_run_are_named_in_the_status(panel, monkeypatch):

@@ -23,6 +23,7 @@ from myops.errors import InputError, MyoPSError
 from myops.quality import agreement_rows
 
 from . import conversion, segments, worker
+from .headless import ensureSegmentationConverterRules
 
 logger = logging.getLogger(__name__)
 
@@ -242,17 +243,25 @@ class MyoPSLogic:
         """The output a run on ``lgeNode`` may write into, and a note for the user when that is not the one chosen.
 
         A result this module wrote for another volume (another study: the panel keeps the last output selected)
-        is never replaced by a run on a different LGE, edited or not: the run gets a new segmentation.
+        is never replaced by a run on a different LGE, edited or not: the run gets a new segmentation. That holds
+        after the other study's LGE was removed from the scene too (its result cannot be recomputed then).
         """
         if outputSegmentationNode is None:
             return None, ""
+        if outputSegmentationNode.GetAttribute(segments.FINGERPRINT_ATTRIBUTE) is None:
+            return outputSegmentationNode, ""  # new, empty, or the user's own: the edit guard decides
         reference = outputSegmentationNode.GetNodeReference(
             outputSegmentationNode.GetReferenceImageGeometryReferenceRole()
         )
-        if self.resultVolumeName(outputSegmentationNode) is None or reference.GetID() == lgeNode.GetID():
+        if reference is not None and reference.GetID() == lgeNode.GetID():
             return outputSegmentationNode, ""
+        held = (
+            f"the result for '{reference.GetName()}'"
+            if reference is not None
+            else "a result for a volume no longer in the scene"
+        )
         return None, (
-            f" '{outputSegmentationNode.GetName()}' holds the result for '{reference.GetName()}' and was left as it "
+            f" '{outputSegmentationNode.GetName()}' holds {held} and was left as it "
             f"is; the result for '{lgeNode.GetName()}' went to a new segmentation."
         )
 
@@ -338,6 +347,8 @@ class MyoPSLogic:
         Returns:
             the vtkMRMLSegmentationNode (reference geometry: the LGE volume; source representation: binary
             labelmap; segments from :data:`myops.labels.SEGMENTS`), referencing a quantification table node.
+            Use the returned node: it is a new one, not ``outputSegmentationNode``, when that node was removed
+            from the scene or edited during the run (then ``lastRunInfo["note"]`` says so).
 
         Raises:
             InputError: a missing, duplicate, 4D or non-overlapping input (the message names it).
@@ -399,6 +410,9 @@ class MyoPSLogic:
         scene = lgeNode.GetScene()
         segmentationNode = outputSegmentationNode
         if segmentationNode is None:
+            # a segmentation takes the converter rules registered when it is made: register them first, or a
+            # headless script's first result would never get its closed surface
+            ensureSegmentationConverterRules()
             segmentationNode = scene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{lgeNode.GetName()} MyoPS")
             )
@@ -501,6 +515,8 @@ def guessInputVolumes(volumeNodes: Sequence) -> Dict[str, object]:
     for node in volumeNodes:
         if node is None or node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLVectorVolumeNode"):
             continue  # neither is an input the module takes (a vector volume is e.g. a whole cine series)
+        if sequenceProxyInfo(node) is not None:
+            continue  # the shown frame of a 4D sequence: refused at Apply, so never proposed
         roles = _roleOfName(node.GetName())
         if len(roles) == 1:
             claims[roles[0]].append(node)

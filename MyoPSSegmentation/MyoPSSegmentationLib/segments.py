@@ -121,8 +121,13 @@ def writeLabelsToSegmentation(
         if segmentationNode.GetDisplayNode() is None:
             segmentationNode.CreateDefaultDisplayNodes()
         if createClosedSurface:
-            segmentationNode.CreateClosedSurfaceRepresentation()
-            segmentationNode.GetDisplayNode().SetPreferredDisplayRepresentationName3D(_CLOSED_SURFACE)
+            if segmentationNode.CreateClosedSurfaceRepresentation():
+                segmentationNode.GetDisplayNode().SetPreferredDisplayRepresentationName3D(_CLOSED_SURFACE)
+            else:  # e.g. a node made before the converters were registered keeps the rules it was made with
+                logger.warning(
+                    "%s: no closed surface could be made for 3D display (Segmentations module: Show 3D makes one)",
+                    segmentationNode.GetName(),
+                )
         segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, segmentationFingerprint(segmentationNode))
     finally:
         segmentationNode.EndModify(wasModifying)
