@@ -45,7 +45,7 @@ def test_context_holds_exactly_the_four_segments_with_their_colours(terminologie
         typeObject = found[key]
         assert typeObject.GetCodeMeaning() == spec.type.meaning
         assert list(typeObject.GetRecommendedDisplayRGBValue()) == [round(c * 255) for c in spec.color]
-    blood = found[(("SCT", "123037004"), ("MyoPS", "LVBP"))]
+    blood = found[(("SCT", "123037004"), ("99MYOPS", "LVBP"))]
     assert blood.GetCodeMeaning() == "Left ventricle blood pool"
 
 

@@ -62,7 +62,8 @@ _LV = Terminology("SCT", "87878005", "Left ventricle")
 #: Output segments in drawing order. Colours come from the Okabe-Ito palette so they stay distinguishable
 #: with the commonest colour-vision deficiencies: bluish-green myocardium, orange edema, yellow scar,
 #: sky-blue blood pool. Codes are SNOMED CT where the standard has one; the blood pool uses the private
-#: "MyoPS" scheme declared in Resources/MyoPSSegmentation.term.json.
+#: "99MYOPS" scheme declared in Resources/MyoPSSegmentation.term.json (DICOM wants private coding scheme
+#: designators to start with "99", so a DICOM SEG export stays conformant).
 SEGMENTS: Tuple[SegmentSpec, ...] = (
     SegmentSpec(
         "Myocardium",
@@ -93,7 +94,7 @@ SEGMENTS: Tuple[SegmentSpec, ...] = (
         LV_BLOOD_POOL,
         (0.34, 0.71, 0.91),
         _ANAT,
-        Terminology("MyoPS", "LVBP", "Left ventricle blood pool"),
+        Terminology("99MYOPS", "LVBP", "Left ventricle blood pool"),
         _LV,
     ),
 )
