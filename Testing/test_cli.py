@@ -119,6 +119,47 @@ def test_segment_batch_reports_failures_and_goes_on(tiny_model_dir, tmp_path, ca
     assert (out_dir / "quantification.csv").is_file()
 
 
+def test_segment_batch_logs_one_line_per_case_and_refuses_a_broken_link_first(tiny_model_dir, tmp_path, capsys):
+    """With stderr in a file (not a terminal) each case gets one plain line instead of progress-bar frames; an
+    output that is a broken symbolic link fails its case before the case is segmented, and the rest go on."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    out_dir.mkdir()
+    for seed, name in ((1, "a"), (2, "b")):
+        write_phantom_case(make_phantom_case(seed=seed), in_dir, name=name)
+    (out_dir / "b_seg.nii.gz").symlink_to(tmp_path / "nowhere" / "b.nii.gz")
+    code = run_cli("segment-batch", in_dir, out_dir, "--model", tiny_model_dir, "--device", "cpu")
+    captured = capsys.readouterr()  # pytest's capture is not a terminal
+    assert code == 1
+    err = captured.err.splitlines()
+    assert any(line.startswith("a: segmented in ") and line.endswith("(1 of 2)") for line in err), err
+    assert any(line.startswith("FAILED b:") and "broken symbolic link" in line for line in err), err
+    assert "\r" not in captured.err and "Segmenting:" not in captured.err
+    assert "Segmented 1 of 2" in captured.out and (out_dir / "b_seg.nii.gz").is_symlink()
+
+
+def test_a_closed_stdout_does_not_stop_the_command(tiny_model_dir, monkeypatch):
+    """``myops info | head -1``: the reader goes away; the command finishes without a traceback."""
+    import io as stdlib_io
+    import os
+
+    class Closed(stdlib_io.TextIOWrapper):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    saved = os.dup(1)
+    try:
+        monkeypatch.setattr("sys.stdout", Closed(os.fdopen(os.dup(write_end), "wb")))
+        os.dup2(write_end, 1)
+        assert run_cli("info", "--model", tiny_model_dir, "--device", "cpu") == 0
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(write_end)
+
+
 def test_segment_batch_refuses_a_kept_map_it_would_misread(tiny_model_dir, tmp_path, capsys):
     # a map saved with segment indices 1-4 would count as empty (0 mL); one on another grid belongs elsewhere
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"

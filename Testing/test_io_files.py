@@ -126,3 +126,37 @@ def test_values_beyond_single_precision_are_refused() -> None:
     array[1, 5, 5] = 1e39  # finite in float64, infinite once cast to float32
     with pytest.raises(InputError, match="beyond single precision"):
         validate_image(sitk.GetImageFromArray(array), "LGE")
+
+
+def _labels() -> sitk.Image:
+    return sitk.Cast(volume(), sitk.sitkUInt16)
+
+
+def test_a_symlinked_output_is_written_through_and_the_link_stays(tmp_path: Path) -> None:
+    """``-o link --overwrite`` replaces the file the link points to (as a shell redirection would), with the
+    temporary file beside the target, so a target on another file system works too; the link itself stays."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "real_seg.nii.gz"
+    target.write_bytes(b"old")
+    link = tmp_path / "case_seg.nii.gz"
+    link.symlink_to(target)
+    write_labelmap(link, _labels(), overwrite=True)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert sitk.ReadImage(str(target)).GetSize() == _labels().GetSize()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["real_seg.nii.gz"]  # no temporary file left
+    with pytest.raises(InputError, match="exists"):
+        write_labelmap(link, _labels(), overwrite=False)
+
+
+def test_a_broken_link_is_refused_before_any_work(tmp_path: Path) -> None:
+    from myops.io import check_output_path
+
+    link = tmp_path / "case_seg.nii.gz"
+    link.symlink_to(tmp_path / "gone" / "x.nii.gz")
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="broken symbolic link"):
+            check_output_path(link, overwrite=overwrite)
+        with pytest.raises(InputError, match="broken symbolic link"):
+            write_labelmap(link, _labels(), overwrite=overwrite)
+    assert link.is_symlink() and not (tmp_path / "gone").exists()

@@ -460,3 +460,50 @@ def test_evaluate_folders_warns_on_a_truth_without_lv_wall(tmp_path, caplog):
 def test_evaluate_folders_no_truth(tmp_path):
     with pytest.raises(InputError, match="no ground-truth"):
         evaluate_folders(tmp_path, tmp_path)
+
+
+def test_evaluate_folders_refuses_a_broken_link_named_like_a_prediction(tmp_path):
+    pred_dir, gt_dir = _scored_pair(tmp_path, *_tiny_case()[:2])
+    _write(gt_dir / "p2_gd.nii.gz", _tiny_case()[1])
+    (pred_dir / "p2_seg.nii.gz").symlink_to(tmp_path / "nowhere.nii.gz")
+    # scored as a missing prediction (Dice 0) it would hide the mistake; it is refused instead
+    with pytest.raises(InputError, match=r"p2_seg\.nii\.gz.*broken symbolic link"):
+        evaluate_folders(pred_dir, gt_dir)
+
+
+def test_evaluate_folders_names_an_unmarked_prediction_it_did_not_use(tmp_path, caplog):
+    import logging
+
+    pred, truth, _ = _tiny_case()
+    pred_dir, gt_dir = _scored_pair(tmp_path, pred, truth)
+    _write(gt_dir / "p2_gd.nii.gz", truth)
+    _write(pred_dir / "p2.nii.gz", pred)  # beside p1_seg: the folder's rule takes only *_seg files
+    with caplog.at_level(logging.WARNING, logger="myops.metrics"):
+        report = evaluate_folders(pred_dir, gt_dir)
+    assert report.missing_predictions == ["p2"]
+    assert "p2: p2.nii.gz was not used" in caplog.text and "rename it p2_seg.nii.gz" in caplog.text
+
+
+def test_evaluate_folders_reads_a_slicer_segmentation_by_its_segment_names(tmp_path):
+    """The README's own ``-o case_seg.seg.nrrd`` output scores like the label map it was written from; a
+    segment renamed away from the engine's names is refused rather than counted as missed."""
+    import slicerio
+
+    from myops.io import write_segmentation
+
+    pred, truth, spacing = _tiny_case()
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    gt_dir.mkdir()
+    _write(gt_dir / "p1_gd.nii.gz", truth, spacing)
+    image = sitk.GetImageFromArray(pred.astype(np.uint16))
+    image.SetSpacing(tuple(reversed(spacing)))
+    write_segmentation(pred_dir / "p1_seg.seg.nrrd", image)
+    report = evaluate_folders(pred_dir, gt_dir)
+    for name, expected in TINY_EXPECTED.items():
+        assert report.cases[0].metrics[name] == pytest.approx(expected, rel=1e-5, abs=1e-9), name
+    seg = slicerio.read_segmentation(str(pred_dir / "p1_seg.seg.nrrd"))
+    seg["segments"][0]["name"] = "my scar"
+    slicerio.write_segmentation(str(pred_dir / "p1_seg.seg.nrrd"), seg)
+    with pytest.raises(InputError, match="segment 'my scar' is not one of the MyoPS segments"):
+        evaluate_folders(pred_dir, gt_dir)

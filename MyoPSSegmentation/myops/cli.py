@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -29,7 +30,15 @@ BATCH_TAGS = {"bssfp": ("C0",), "lge": ("DE", "LGE"), "t2": ("T2",)}
 
 
 def _print(msg: str = "") -> None:
-    print(msg, flush=True)
+    """A line on stdout for people. When the reader has gone (``myops info | head -1``) the rest is dropped and
+    the work goes on, so a closed pipe never stops a run between two of its output files."""
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        # later prints (and the interpreter's last flush) go to the null device instead of raising again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _error(msg: str) -> None:
@@ -111,10 +120,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def _refuse_existing(paths: Sequence[Optional[object]]) -> None:
     """One line and exit 2 (via :class:`InputError`) for the first of ``paths`` that exists already."""
-    from .io import EXISTS_MESSAGE
+    from .io import EXISTS_MESSAGE, refuse_broken_link
 
     for path in paths:
-        if path is not None and Path(str(path)).exists():
+        if path is None:
+            continue
+        refuse_broken_link(str(path))
+        if Path(str(path)).exists():
             raise InputError(path, f"{EXISTS_MESSAGE}; pass --overwrite to replace it")
 
 
@@ -225,7 +237,7 @@ def _write_csv_rows(path: Path, rows: List[dict]) -> None:
 def cmd_segment_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .io import check_side_output
+    from .io import check_side_output, refuse_broken_link
 
     in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
     if not in_dir.is_dir():
@@ -255,14 +267,19 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
     failures: List[Tuple[str, str]] = list(problems)
     rows = []
     times = []
-    bar = tqdm(sorted(cases.items()), desc="Segmenting", unit="case", file=sys.stderr, disable=args.quiet)
-    for name, paths in bar:
+    # a bar for a terminal; for a log file (stderr redirected) one plain line per case instead of bar frames
+    lines = not args.quiet and not sys.stderr.isatty()
+    bar = tqdm(sorted(cases.items()), desc="Segmenting", unit="case", file=sys.stderr, disable=args.quiet or lines)
+    for i, (name, paths) in enumerate(bar, start=1):
         bar.set_postfix_str(name)
         out = outputs[name]
         try:
+            refuse_broken_link(out)  # before the work: the link's name is taken, the write would fail at the end
             if name in keep:  # an earlier run's (maybe corrected) label map: quantified, never replaced
                 quant = _quantify_existing(out, paths["lge"])  # no probabilities: no self-agreement cells
                 rows.append({"case": name, "source": "existing", **quant.to_dict(), **agreement_columns({})})
+                if lines:
+                    print(f"{name}: kept the label map already there ({i} of {len(cases)})", file=sys.stderr)
                 continue
             result = segmenter.segment_files(
                 paths["bssfp"], paths["lge"], paths["t2"], output=out, overwrite=args.overwrite
@@ -276,6 +293,8 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
             tqdm.write(f"FAILED {name}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         times.append(result.timings_s["total"])
+        if lines:
+            print(f"{name}: segmented in {result.timings_s['total']:.1f} s ({i} of {len(cases)})", file=sys.stderr)
         for warning in _run_warnings(result):
             tqdm.write(f"{name}: {warning}", file=sys.stderr)
         rows.append(

@@ -455,6 +455,7 @@ def check_side_output(output: PathLike, inputs: Iterable[PathLike] = (), *, over
             file without ``overwrite``, a folder in its place, or a folder that is missing or not writable.
     """
     out = Path(output)
+    refuse_broken_link(out)
     out_resolved = out.resolve()
     for item in inputs:
         source = Path(item).resolve()
@@ -476,6 +477,17 @@ def check_side_output(output: PathLike, inputs: Iterable[PathLike] = (), *, over
     if not overwrite and out.exists():
         raise InputError(out, EXISTS_MESSAGE)
     return out
+
+
+def refuse_broken_link(path: PathLike) -> None:
+    """Raise :class:`InputError` when ``path`` is a symbolic link to nothing.
+
+    ``Path.exists()`` is False for such a link, so it would pass an "is it free?" check and the write would fail
+    only at the end of the work (the link's name is taken). An intact link is written through (its target).
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise InputError(path, f"is a broken symbolic link (to {os.readlink(path)}); remove it or choose another path")
 
 
 #: Header keys that name a detached header's data file(s): MetaImage (``.mhd``) and NRRD (``.nhdr``).
@@ -559,13 +571,17 @@ def write_atomically(path: PathLike, write: Callable[[str], None], overwrite: bo
 
     A failure removes the temporary file, so nothing half-written is left; OS and writer errors become
     :class:`InputError` naming the output. Without ``overwrite`` an existing ``path`` (one that appeared while
-    the work ran included) is left as it is and :class:`InputError` is raised.
+    the work ran included) is left as it is and :class:`InputError` is raised. A ``path`` that is a symbolic
+    link is written through (the link stays, its target is replaced); a broken link is refused.
     """
     final = Path(path)
+    refuse_broken_link(final)
+    # a symbolic link is written through, as a shell redirection would: its target gets the file, the link stays
+    target = final.resolve() if final.is_symlink() else final
     lower = final.name.lower()
     suffix = next((s for s in (SEGMENTATION_SUFFIX, *LABELMAP_SUFFIXES) if lower.endswith(s)), final.suffix)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=".myops-", suffix=suffix, dir=str(final.resolve().parent))
+        fd, tmp_name = tempfile.mkstemp(prefix=".myops-", suffix=suffix, dir=str(target.resolve().parent))
     except OSError as exc:
         raise InputError(final, f"cannot be written ({exc.strerror})") from None
     os.close(fd)
@@ -573,7 +589,7 @@ def write_atomically(path: PathLike, write: Callable[[str], None], overwrite: bo
     try:
         write(str(tmp))
         os.chmod(str(tmp), 0o666 & ~_UMASK)  # mkstemp made it 0600
-        _publish(tmp, final, overwrite)
+        _publish(tmp, target, overwrite)
     except InputError:
         tmp.unlink(missing_ok=True)
         raise
@@ -713,23 +729,37 @@ def write_output(path: PathLike, labels: sitk.Image, overwrite: bool = True) -> 
     return write_labelmap(path, labels, overwrite)
 
 
-def read_labelmap(path: PathLike) -> sitk.Image:
-    """Read a label map or a ``.seg.nrrd`` back as a MyoPS-valued label image."""
+def read_labelmap(path: PathLike, strict: bool = False) -> sitk.Image:
+    """Read a label map or a ``.seg.nrrd`` back as a MyoPS-valued label image.
+
+    A ``.seg.nrrd``'s segments are matched to MyoPS codes by name (:data:`myops.labels.SEGMENTS`, any case). A
+    segment of another name is left out, with a warning; with ``strict`` (scoring, where a renamed "Scar" would
+    silently count as missed) it raises :class:`InputError` instead.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(p, "file not found")
     if has_suffix(p, (SEGMENTATION_SUFFIX,)):
         import slicerio
 
-        seg = slicerio.read_segmentation(str(p))
+        try:
+            seg = slicerio.read_segmentation(str(p))
+        except Exception as exc:  # slicerio raises whatever its NRRD reader does
+            raise InputError(p, f"not a readable segmentation ({type(exc).__name__}: {exc})") from None
         voxels = np.asarray(seg["voxels"])
         if voxels.ndim == 4:
             raise InputError(p, "segmentation has overlapping layers; export it as a label map first")
         out = np.zeros(voxels.shape, dtype=np.uint16)
         for segment in seg["segments"]:
-            value = _value_for_segment_name(segment.get("name", ""))
-            if value is not None:
-                out[voxels == segment["labelValue"]] = value
+            name = segment.get("name", "")
+            value = _value_for_segment_name(name)
+            if value is None:
+                known = ", ".join(spec.name for spec in SEGMENTS)
+                if strict:
+                    raise InputError(p, f"segment {name!r} is not one of the MyoPS segments ({known})")
+                logger.warning("%s: segment %r is not one of the MyoPS segments (%s); left out", p, name, known)
+                continue
+            out[voxels == segment["labelValue"]] = value
         image = sitk.GetImageFromArray(out.transpose(2, 1, 0))
         ijk_to_lps = np.asarray(seg["ijkToLPS"], dtype=float)
         spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)

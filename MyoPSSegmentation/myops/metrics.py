@@ -544,26 +544,30 @@ class EvaluationReport:
 
 def _split_extension(name: str) -> Optional[Tuple[str, str]]:
     lower = name.lower()
-    if lower.endswith(".seg.nrrd"):
-        return None  # Slicer segmentation files: segment indices, not MyoPS label values
+    if lower.endswith(".seg.nrrd"):  # a Slicer segmentation: read back to MyoPS codes by its segment names
+        return name[: -len(".seg.nrrd")], name[-len(".seg.nrrd") :]
     for ext in IMAGE_EXTENSIONS:
         if lower.endswith(ext):
             return name[: -len(ext)], ext
     return None
 
 
-def _index_folder(folder: PathLike, suffix: str) -> Dict[str, Path]:
-    """Map case name -> file for one folder (see :func:`evaluate_folders` for the rule)."""
+def _index_folder(folder: PathLike, suffix: str, unused: Optional[Dict[str, Path]] = None) -> Dict[str, Path]:
+    """Map case name -> file for one folder (see :func:`evaluate_folders` for the rule). The images left out
+    because other files carry ``suffix`` go into ``unused`` (case name -> file) when it is given."""
+    from .io import refuse_broken_link
+
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "is not a folder")
     marked: Dict[str, List[Path]] = {}
     plain: Dict[str, List[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file():
-            continue
         split = _split_extension(path.name)
         if split is None:
+            continue
+        refuse_broken_link(path)  # named like an image: scoring it as missing would hide the mistake
+        if not path.is_file():
             continue
         stem = split[0]
         if stem.endswith(suffix) and len(stem) > len(suffix):
@@ -573,6 +577,8 @@ def _index_folder(folder: PathLike, suffix: str) -> Dict[str, Path]:
     chosen = marked if marked else plain
     if marked and plain:
         logger.debug("%s: ignoring %d file(s) without the %r suffix", folder, len(plain), suffix)
+        if unused is not None:
+            unused.update({case: paths[0] for case, paths in plain.items()})
     index: Dict[str, Path] = {}
     for case, paths in chosen.items():
         if len(paths) > 1:
@@ -582,10 +588,10 @@ def _index_folder(folder: PathLike, suffix: str) -> Dict[str, Path]:
 
 
 def _read_labels(path: Path) -> sitk.Image:
-    from .io import read_file
+    from .io import SEGMENTATION_SUFFIX, has_suffix, read_file, read_labelmap
 
     try:
-        image = read_file(path)
+        image = read_labelmap(path, strict=True) if has_suffix(path, (SEGMENTATION_SUFFIX,)) else read_file(path)
     except RuntimeError as exc:
         raise InputError(path, f"cannot be read as an image ({str(exc).strip().splitlines()[-1]})") from exc
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -639,12 +645,14 @@ def evaluate_folders(
 ) -> EvaluationReport:
     """Score every predicted label map in ``pred_dir`` against its ground truth in ``gt_dir``.
 
-    Matching rule: a file is an image if its name ends with one of :data:`IMAGE_EXTENSIONS` (``.seg.nrrd``
-    Slicer segmentations are ignored). The case name is the file name without its extension and without the
-    folder's suffix: ``_seg`` for predictions (``case_seg.nii.gz``), ``_gd`` for truths (``case_gd.nii.gz``).
-    If any file in a folder carries the suffix, only those files are used (so images such as
-    ``case_C0.nii.gz`` next to ``case_gd.nii.gz`` are ignored); otherwise every image counts with its bare
-    name (``case.nii.gz``). Two files of one case in a folder raise :class:`~myops.errors.InputError`.
+    Matching rule: a file is an image if its name ends with one of :data:`IMAGE_EXTENSIONS` or is a ``.seg.nrrd``
+    Slicer segmentation (read back to MyoPS codes by its segment names, which must all be the engine's). A
+    broken symbolic link named like an image raises :class:`~myops.errors.InputError`. The case name is the
+    file name without its extension and without the folder's suffix: ``_seg`` for predictions
+    (``case_seg.nii.gz``), ``_gd`` for truths (``case_gd.nii.gz``). If any file in a folder carries the suffix,
+    only those files are used (so images such as ``case_C0.nii.gz`` next to ``case_gd.nii.gz`` are ignored;
+    an unmarked prediction of a case that has none is named in a warning); otherwise every image counts with
+    its bare name (``case.nii.gz``). Two files of one case in a folder raise :class:`~myops.errors.InputError`.
 
     Each pair must share its grid (size, spacing, origin, direction within :data:`GRID_TOLERANCE`), otherwise
     :class:`~myops.errors.InputError` names the prediction. A truth without a prediction is scored as an
@@ -662,7 +670,8 @@ def evaluate_folders(
     Returns:
         An :class:`EvaluationReport`.
     """
-    predictions = _index_folder(pred_dir, PREDICTION_SUFFIX)
+    unused: Dict[str, Path] = {}
+    predictions = _index_folder(pred_dir, PREDICTION_SUFFIX, unused)
     truths = _index_folder(gt_dir, TRUTH_SUFFIX)
     if not truths:
         raise InputError(gt_dir, "contains no ground-truth label maps")
@@ -684,6 +693,18 @@ def evaluate_folders(
             len(report.missing_predictions),
             ", ".join(report.missing_predictions),
         )
+        for case in report.missing_predictions:
+            if case in unused:  # e.g. case.nii.gz beside other_seg.nii.gz: named like a prediction, but unmarked
+                logger.warning(
+                    "%s: %s was not used (the folder's other predictions carry the %r suffix); rename it "
+                    "%s%s%s to score it",
+                    case,
+                    unused[case].name,
+                    PREDICTION_SUFFIX,
+                    case,
+                    PREDICTION_SUFFIX,
+                    _split_extension(unused[case].name)[1],
+                )
     if report.missing_truths:
         logger.warning(
             "%d prediction(s) have no ground truth: %s",
