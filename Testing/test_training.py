@@ -107,9 +107,9 @@ def test_stage_seeds_default_to_the_run_seed_and_old_configs_compare_equal():
             load_config("tiny", [bad])
     with pytest.raises(ConfigError, match=r"prsn\.ce_class_weights"):  # the baselines' heads have other classes
         load_config("tiny", ["prsn.variant=unet_scar", "prsn.ce_class_weights=[1, 1, 2, 2]"])
-    islands = load_config("tiny", ['export.postprocessing.pathology_islands="union"'])["export"]["postprocessing"]
-    assert islands["pathology_islands"] == "union"
-    assert load_config("tiny")["export"]["postprocessing"]["pathology_islands"] == "per_class"
+    islands = load_config("tiny", ['export.postprocessing.pathology_islands="per_class"'])["export"]["postprocessing"]
+    assert islands["pathology_islands"] == "per_class"  # v9's rule, to reproduce its exports
+    assert load_config("tiny")["export"]["postprocessing"]["pathology_islands"] == "union"  # since rule AI
     with pytest.raises(ConfigError, match=r"export\.postprocessing\.pathology_islands must be one of"):
         load_config("tiny", ['export.postprocessing.pathology_islands="largest"'])
 

@@ -170,8 +170,9 @@ DEFAULTS: Dict[str, Any] = {
             "fill_epicardium_holes": True,
             "min_pathology_area_mm2": 4.0,
             "min_wall_area_mm2": 10.0,
-            # how small pathology islands are judged (engine: PostprocessingConfig.pathology_islands)
-            "pathology_islands": "per_class",
+            # how small pathology islands are judged (engine: PostprocessingConfig.pathology_islands): as a whole
+            # since rule AI (session 27); v9 and earlier were exported with "per_class"
+            "pathology_islands": "union",
         },
     },
     "runtime": {
