@@ -36,6 +36,17 @@ from myops.phantom import make_phantom_case, write_phantom_case  # noqa: E402
 from myops.pipeline import Segmenter  # noqa: E402
 
 
+def cpu_model() -> str:
+    """The processor's marketing name (Linux ``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -80,7 +91,7 @@ def main() -> int:
     segmenter = Segmenter(args.model, device=args.device, tta_flips=tta)
     results = {
         "hardware": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "device": segmenter.device_choice.device,
