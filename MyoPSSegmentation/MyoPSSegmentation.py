@@ -436,8 +436,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(seg)
-        if source is not None:
-            editor.setSourceVolumeNode(source)
+        editor.setSourceVolumeNode(source)  # None too: the editor would otherwise keep the last study's volume
 
     # -- dependencies --------------------------------------------------------------------------------------------
     def ensureDependencies(self):

@@ -147,6 +147,13 @@ def test_a_symlinked_output_is_written_through_and_the_link_stays(tmp_path: Path
     assert sorted(p.name for p in elsewhere.iterdir()) == ["real_seg.nii.gz"]  # no temporary file left
     with pytest.raises(InputError, match="exists"):
         write_labelmap(link, _labels(), overwrite=False)
+    # a link to a file of another format: the writer follows the link's name, so it is refused
+    other = tmp_path / "other_seg.nii.gz"
+    other.symlink_to(tmp_path / "real.nrrd")
+    (tmp_path / "real.nrrd").write_bytes(b"old")
+    with pytest.raises(InputError, match="another format"):
+        write_labelmap(other, _labels(), overwrite=True)
+    assert (tmp_path / "real.nrrd").read_bytes() == b"old"
 
 
 def test_a_broken_link_is_refused_before_any_work(tmp_path: Path) -> None:

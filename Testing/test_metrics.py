@@ -469,6 +469,10 @@ def test_evaluate_folders_refuses_a_broken_link_named_like_a_prediction(tmp_path
     # scored as a missing prediction (Dice 0) it would hide the mistake; it is refused instead
     with pytest.raises(InputError, match=r"p2_seg\.nii\.gz.*broken symbolic link"):
         evaluate_folders(pred_dir, gt_dir)
+    # a broken link the folder's rule would not use anyway (an image beside the truths) is no obstacle
+    (pred_dir / "p2_seg.nii.gz").unlink()
+    (gt_dir / "p1_C0.nii.gz").symlink_to(tmp_path / "nowhere.nii.gz")
+    assert evaluate_folders(pred_dir, gt_dir).missing_predictions == ["p2"]
 
 
 def test_evaluate_folders_names_an_unmarked_prediction_it_did_not_use(tmp_path, caplog):
@@ -502,6 +506,10 @@ def test_evaluate_folders_reads_a_slicer_segmentation_by_its_segment_names(tmp_p
     report = evaluate_folders(pred_dir, gt_dir)
     for name, expected in TINY_EXPECTED.items():
         assert report.cases[0].metrics[name] == pytest.approx(expected, rel=1e-5, abs=1e-9), name
+    # beside the label map it was written with (myops segment -o both), the label map is scored
+    _write(pred_dir / "p1_seg.nii.gz", pred, spacing)
+    assert Path(evaluate_folders(pred_dir, gt_dir).cases[0].prediction_path).name == "p1_seg.nii.gz"
+    (pred_dir / "p1_seg.nii.gz").unlink()
     seg = slicerio.read_segmentation(str(pred_dir / "p1_seg.seg.nrrd"))
     seg["segments"][0]["name"] = "my scar"
     slicerio.write_segmentation(str(pred_dir / "p1_seg.seg.nrrd"), seg)

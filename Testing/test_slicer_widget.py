@@ -330,7 +330,7 @@ def test_correcting_a_result_opens_it_over_the_volume_it_was_computed_on(panel, 
     assert panel.recorder.editor.segmentation is result
     assert panel.recorder.editor.source is panel.volumes["case7_DE"]
     # the first study's LGE removed: its result is opened without a source volume, not over the next study's
-    panel.recorder.editor.source = None
+    panel.recorder.editor.source = panel.p.lgeVolume  # what the editor showed last: the next study's LGE
     panel.scene.RemoveNode(panel.volumes["case7_DE"])
     panel.widget.onEditSegmentsButton()
     assert panel.recorder.editor.segmentation is result and panel.recorder.editor.source is None

@@ -112,6 +112,22 @@ def test_stage_seeds_default_to_the_run_seed_and_old_configs_compare_equal():
     assert load_config("tiny")["export"]["postprocessing"]["pathology_islands"] == "union"  # since rule AI
     with pytest.raises(ConfigError, match=r"export\.postprocessing\.pathology_islands must be one of"):
         load_config("tiny", ['export.postprocessing.pathology_islands="largest"'])
+    # a run config stored before the key existed meant the old rule, not the new default
+    from training.config import with_defaults
+
+    old = load_config("tiny")
+    del old["export"]["postprocessing"]["pathology_islands"]
+    assert with_defaults(old)["export"]["postprocessing"]["pathology_islands"] == "per_class"
+    from training.cv import _overridden
+
+    kept = _overridden(old, ["assn.steps=3"])["export"]["postprocessing"]["pathology_islands"]
+    assert kept == "per_class"
+    assert (
+        _overridden(old, ['export.postprocessing.pathology_islands="union"'])["export"]["postprocessing"][
+            "pathology_islands"
+        ]
+        == "union"
+    )
 
 
 def test_a_network_config_that_does_not_fit_fails_when_the_config_is_read(phantom_dir, tmp_path, capsys):
@@ -1210,6 +1226,7 @@ def test_retune_ships_the_measured_options_with_the_same_weights(tiny_model_dir,
     manifest = json.loads((old / "manifest.json").read_text())
     manifest["inference"] = {"tta_flips": True, "pathology_branch_weight": 0.5, "assn_tta_rot90": True}
     manifest["metrics"] = {"cross_validation": {"run": "runs/v7_cand", "summary": {"dice_lv": {"mean": 0.97}}}}
+    manifest["postprocessing"].pop("pathology_islands", None)  # as v9's manifest, written before the field
     (old / "manifest.json").write_text(json.dumps(manifest))
     base, trimmed = {"dice_lv": {"mean": 0.971}}, {"dice_lv": {"mean": 0.973}}
     weight = {"summary": base, "cases": [{}] * 25, "variant": {
@@ -1232,7 +1249,8 @@ def test_retune_ships_the_measured_options_with_the_same_weights(tiny_model_dir,
     }
     assert after["postprocessing"]["trim_region_to_wall"] is True
     assert {k: v for k, v in after["postprocessing"].items() if k != "trim_region_to_wall"} == {
-        k: v for k, v in manifest["postprocessing"].items() if k != "trim_region_to_wall"
+        **{k: v for k, v in manifest["postprocessing"].items() if k != "trim_region_to_wall"},
+        "pathology_islands": "per_class",  # what the engine read the old manifest as, now written out
     }
     cv = after["metrics"]["cross_validation"]
     assert cv["summary"] == trimmed and cv["summary_without_postprocessing_change"] == base

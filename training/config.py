@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 PathLike = Union[str, Path]
 
@@ -239,9 +239,23 @@ def stage_seed(config: Mapping[str, Any], stage: str) -> int:
     return int(config["seed"] if own is None else own)
 
 
+#: Keys added to :data:`DEFAULTS` with a default that is not what configs written before them did: a stored config
+#: without one is completed with the old behaviour (key path -> value), not with the new default.
+LEGACY_DEFAULTS: Dict[Tuple[str, ...], Any] = {
+    ("export", "postprocessing", "pathology_islands"): "per_class",  # "union" since rule AI (session 27)
+}
+
+
 def with_defaults(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """A stored run config completed with keys added to :data:`DEFAULTS` since it was written (for comparisons)."""
-    return _merge(DEFAULTS, config, "", strict=False)
+    """A stored run config completed with keys added to :data:`DEFAULTS` since it was written (for comparisons,
+    and before overrides apply to it); :data:`LEGACY_DEFAULTS` say what an older config meant where it differs."""
+    completed = copy.deepcopy(dict(config))
+    for path, value in LEGACY_DEFAULTS.items():
+        node = completed
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node.setdefault(path[-1], value)
+    return _merge(DEFAULTS, completed, "", strict=False)
 
 
 def _kind(value: Any) -> str:

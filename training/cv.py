@@ -48,7 +48,8 @@ def _comparable(config: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _overridden(config: Mapping[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    out = apply_overrides(dict(config), list(overrides))
+    """A stored run config, completed as it was meant (:func:`with_defaults`), with ``overrides`` applied."""
+    out = apply_overrides(with_defaults(config), list(overrides))
     validate_config(out)
     return out
 

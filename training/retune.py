@@ -181,7 +181,10 @@ def retune_model(
         "study": study_path,
         "changes": {
             "inference": {k: v for k, v in inference.items() if old_inference.get(k) != v},
-            "postprocessing": {k: v for k, v in postprocessing.items() if old_post.get(k) != v},
+            # against the old fields as the engine read them (a field added since then has its old default)
+            "postprocessing": {
+                k: v for k, v in postprocessing.items() if PostprocessingConfig.from_dict(old_post).to_dict()[k] != v
+            },
         },
         "previous_cross_validation": {k: old_cv[k] for k in ("run", "summary", "note") if k in old_cv},
     }

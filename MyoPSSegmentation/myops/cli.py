@@ -7,6 +7,7 @@ output file. This is the only module of the engine that prints.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -34,7 +35,9 @@ def _print(msg: str = "") -> None:
     the work goes on, so a closed pipe never stops a run between two of its output files."""
     try:
         print(msg, flush=True)
-    except BrokenPipeError:
+    except OSError as exc:  # BrokenPipeError; a closed pipe on Windows is EINVAL
+        if not isinstance(exc, BrokenPipeError) and exc.errno != errno.EINVAL:
+            raise
         # later prints (and the interpreter's last flush) go to the null device instead of raising again
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -578,8 +578,16 @@ def write_atomically(path: PathLike, write: Callable[[str], None], overwrite: bo
     refuse_broken_link(final)
     # a symbolic link is written through, as a shell redirection would: its target gets the file, the link stays
     target = final.resolve() if final.is_symlink() else final
-    lower = final.name.lower()
-    suffix = next((s for s in (SEGMENTATION_SUFFIX, *LABELMAP_SUFFIXES) if lower.endswith(s)), final.suffix)
+
+    def format_suffix(name: str) -> str:
+        lower = name.lower()
+        return next((s for s in (SEGMENTATION_SUFFIX, *LABELMAP_SUFFIXES) if lower.endswith(s)), Path(name).suffix)
+
+    suffix = format_suffix(final.name)
+    if format_suffix(target.name).lower() != suffix.lower():  # the writer follows the name it is given
+        raise InputError(
+            final, f"is a symbolic link to {target}, a file of another format; write to a path of one format"
+        )
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=".myops-", suffix=suffix, dir=str(target.resolve().parent))
     except OSError as exc:

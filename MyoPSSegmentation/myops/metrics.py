@@ -564,11 +564,8 @@ def _index_folder(folder: PathLike, suffix: str, unused: Optional[Dict[str, Path
     plain: Dict[str, List[Path]] = {}
     for path in sorted(folder.iterdir()):
         split = _split_extension(path.name)
-        if split is None:
-            continue
-        refuse_broken_link(path)  # named like an image: scoring it as missing would hide the mistake
-        if not path.is_file():
-            continue
+        if split is None or not (path.is_file() or path.is_symlink()):
+            continue  # a broken link stays in the index: refused below only if its case would use it
         stem = split[0]
         if stem.endswith(suffix) and len(stem) > len(suffix):
             marked.setdefault(stem[: -len(suffix)], []).append(path)
@@ -578,11 +575,18 @@ def _index_folder(folder: PathLike, suffix: str, unused: Optional[Dict[str, Path
     if marked and plain:
         logger.debug("%s: ignoring %d file(s) without the %r suffix", folder, len(plain), suffix)
         if unused is not None:
-            unused.update({case: paths[0] for case, paths in plain.items()})
+            unused.update({case: paths[0] for case, paths in plain.items() if paths[0].is_file()})
     index: Dict[str, Path] = {}
     for case, paths in chosen.items():
+        maps = [p for p in paths if not p.name.lower().endswith(".seg.nrrd")]
+        if maps and len(maps) < len(paths):  # a label map and the Slicer segmentation written beside it
+            logger.warning(
+                "%s: case %r has a label map and a .seg.nrrd; scoring %s", folder, case, ", ".join(p.name for p in maps)
+            )
+            paths = maps
         if len(paths) > 1:
             raise InputError(folder, f"case {case!r} has several files: {', '.join(p.name for p in paths)}")
+        refuse_broken_link(paths[0])  # named like its case's file: scoring it as missing would hide the mistake
         index[case] = paths[0]
     return index
 
