@@ -105,6 +105,10 @@ def _set(path, value):
         (_set(("networks", "prsn", "config"), [1]), "networks.prsn.config must be an object"),
         (_set(("networks", "dae", "config"), KeyError), "networks.dae.config must be an object"),
         (_set(("files", "dae.safetensors"), "abc"), "files.dae.safetensors must be an object"),
+        (_set(("networks", "extra"), {"arch": "prsn", "weights": "x"}), r"networks \['extra'\] are not stages"),
+        (_set(("inference",), [1]), "'inference' must be a JSON object"),
+        (_set(("input",), "128"), "'input' must be a JSON object"),
+        (_set(("networks", "prsn", "weights"), ["prsn.safetensors"] * 33), "at most 32 are supported"),
     ],
 )
 def test_a_damaged_manifest_is_one_model_error(tiny_model_dir, tmp_path, damage, message):
@@ -241,3 +245,77 @@ def test_without_the_shape_prior_the_dae_does_not_run_and_the_region_is_the_assn
     member.dae.register_forward_hook(lambda *args: calls.append(1))
     np.testing.assert_array_equal(seg._assn_member(member, crops), full)
     assert calls == []
+
+
+def test_a_hostile_manifest_fails_in_a_line_not_by_exhausting_memory(tiny_model_dir, tmp_path, monkeypatch):
+    """Deep nesting, a huge file or a network asking for gigabytes are refused before anything is allocated."""
+    import myops.model as model_module
+
+    copy = _damaged(tiny_model_dir, tmp_path, lambda m: m)
+    (copy / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelError, match="RecursionError"):
+        ModelBundle(copy)
+    monkeypatch.setattr(model_module, "MAX_MANIFEST_BYTES", 1000)
+    (copy / "manifest.json").write_text(json.dumps({"pad": "x" * 2000}))
+    with pytest.raises(ModelError, match="more than a manifest holds"):
+        ModelBundle(copy)
+    monkeypatch.undo()
+    huge = _damaged(tiny_model_dir, tmp_path, _set(("networks", "localizer", "config", "features"), [4096, 8192]))
+    with pytest.raises(ModelError, match=r"features\[0\] must be an int in \[1, 1024\]"):
+        ModelBundle(huge).build("localizer")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"crop_size": 100_000}, r"input\.crop_size must be an integer in \[16, 1024\]"),
+        ({"coarse_size": "128"}, r"input\.coarse_size"),
+        ({"crop_spacing_mm": 0}, r"input\.crop_spacing_mm"),
+        ({"normalisation": "z"}, r"input\.normalisation"),
+    ],
+)
+def test_an_input_spec_out_of_range_is_a_model_error(tiny_model_dir, tmp_path, spec, message):
+    from myops.pipeline import Segmenter
+
+    copy = _damaged(tiny_model_dir, tmp_path, lambda m: {**m, "input": {**m["input"], **spec}})
+    with pytest.raises(ModelError, match=message):
+        Segmenter(copy, device="cpu")
+
+
+def test_a_postprocessing_value_of_the_wrong_type_is_refused_when_the_model_loads(tiny_model_dir, tmp_path):
+    from myops.pipeline import Segmenter
+
+    bad = {"min_pathology_area_mm2": "4"}
+    copy = _damaged(tiny_model_dir, tmp_path, lambda m: {**m, "postprocessing": {**m["postprocessing"], **bad}})
+    with pytest.raises(ModelError, match="postprocessing: min_pathology_area_mm2 must be like 4.0"):
+        Segmenter(copy, device="cpu")
+
+
+def test_nan_weights_are_refused_though_their_checksum_matches(tiny_model_dir, tmp_path):
+    """A training run that diverged exports valid hashes; its NaN weights would segment nothing, confidently."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    weight = copy / "prsn.safetensors"
+    state = load_file(str(weight))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(weight))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["prsn.safetensors"]["sha256"] = sha256_of(weight)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="NaN or infinite weights"):
+        ModelBundle(copy).build("prsn")
+
+
+def test_a_link_out_of_the_folder_does_not_reveal_its_targets_digest(tiny_model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a short secret")
+    (copy / "dae.safetensors").unlink()
+    (copy / "dae.safetensors").symlink_to(secret)
+    with pytest.raises(ModelError, match="links to a file outside the model folder") as caught:
+        ModelBundle(copy)
+    assert sha256_of(secret) not in str(caught.value)

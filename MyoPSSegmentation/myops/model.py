@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 STAGES = ("localizer", "assn", "dae", "prsn")
+#: Limits on what a manifest may ask for, so a hostile or damaged one fails in a line, not by exhausting memory.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_MEMBERS = 32
 #: Folder of the model shipped with the package (found after ``pip install .`` and inside Slicer).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 
@@ -134,6 +137,12 @@ def _check_structure(manifest: Dict[str, Any], manifest_path: Path) -> None:
     missing = [s for s in STAGES if s not in networks]
     if missing:
         raise ModelError(f"{manifest_path}: networks {missing} are missing")
+    unknown = [s for s in networks if s not in STAGES]
+    if unknown:
+        raise ModelError(f"{manifest_path}: networks {unknown} are not stages of this engine ({', '.join(STAGES)})")
+    for key in ("input", "inference", "postprocessing"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise ModelError(f"{manifest_path}: '{key}' must be a JSON object")
     for stage in STAGES:
         entry = networks[stage]
         where = f"{manifest_path}: networks.{stage}"
@@ -143,6 +152,8 @@ def _check_structure(manifest: Dict[str, Any], manifest_path: Path) -> None:
         names = [weights] if isinstance(weights, str) else weights
         if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
             raise ModelError(f"{where}.weights must name one weight file or a non-empty list of them")
+        if len(names) > MAX_MEMBERS:
+            raise ModelError(f"{where}.weights lists {len(names)} members; at most {MAX_MEMBERS} are supported")
         if not isinstance(entry.get("config"), dict) and "member_configs" not in entry:
             raise ModelError(f"{where}.config must be an object")
     for name, info in files.items():
@@ -166,9 +177,12 @@ class ModelBundle:
         if not manifest_path.is_file():
             raise ModelError(f"{self.folder}: no {MANIFEST} (not a model folder)")
         try:
+            size = manifest_path.stat().st_size
+            if size > MAX_MANIFEST_BYTES:
+                raise ModelError(f"{manifest_path}: {size} bytes, more than a manifest holds ({MAX_MANIFEST_BYTES})")
             self.manifest: Dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{manifest_path}: cannot be read as JSON ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+            raise ModelError(f"{manifest_path}: cannot be read as JSON ({type(exc).__name__}: {exc})") from None
         if not isinstance(self.manifest, dict):
             raise ModelError(f"{manifest_path}: is not a JSON object")
         version = self.manifest.get("schema_version")
@@ -206,8 +220,12 @@ class ModelBundle:
                 raise ModelError(f"{self.folder}: weight file {name} is missing")
             digest = sha256_of(path)
             if digest != info.get("sha256"):
+                # a link out of the folder may point at any readable file: its digest is not shown, so the
+                # message cannot confirm guesses about another file's content
+                inside = path.resolve().parent == self.folder.resolve()
+                got = f", got {digest}" if inside else ", and it links to a file outside the model folder"
                 raise ModelError(
-                    f"{path}: sha256 mismatch (expected {info.get('sha256')}, got {digest}); the file is corrupt or "
+                    f"{path}: sha256 mismatch (expected {info.get('sha256')}{got}); the file is corrupt or "
                     "was modified - refusing to load it"
                 )
 
@@ -268,6 +286,9 @@ class ModelBundle:
                 state = load_bytes(data)
             except Exception as exc:  # safetensors raises its own error type for a file that is not safetensors
                 raise ModelError(f"{path}: is not a safetensors weight file ({type(exc).__name__})") from None
+            broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if broken:  # hashes pin the bytes, not their sense: a diverged training run would segment nothing
+                raise ModelError(f"{path}: holds NaN or infinite weights ({', '.join(broken[:3])}); refusing to use it")
             state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
             try:
                 model.load_state_dict(state, strict=True)

@@ -98,6 +98,12 @@ class PrsnOutput(NamedTuple):
 # ----------------------------------------------------------------------------------------------------------
 # Argument validation
 # ----------------------------------------------------------------------------------------------------------
+#: Bounds on a network's size, so a model folder's manifest cannot ask for gigabytes before its weights are checked
+#: (the shipped networks use at most 128 channels and 5 levels).
+MAX_CHANNELS = 1024
+MAX_LEVELS = 8
+
+
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -111,9 +117,11 @@ def _check_features(features: Any, min_levels: int = 2) -> Tuple[int, ...]:
         raise ValueError(
             f"features must have at least {min_levels} levels (one per resolution), got {list(features)!r}"
         )
+    if len(features) > MAX_LEVELS:
+        raise ValueError(f"features may have at most {MAX_LEVELS} levels, got {len(features)}")
     for i, f in enumerate(features):
-        if isinstance(f, bool) or not isinstance(f, int) or f < 1:
-            raise ValueError(f"features[{i}] must be an int >= 1, got {f!r} in {list(features)!r}")
+        if isinstance(f, bool) or not isinstance(f, int) or not 1 <= f <= MAX_CHANNELS:
+            raise ValueError(f"features[{i}] must be an int in [1, {MAX_CHANNELS}], got {f!r} in {list(features)!r}")
     return tuple(features)
 
 

@@ -54,6 +54,16 @@ class PostprocessingConfig:
     pathology_islands: str = "per_class"
 
     def __post_init__(self) -> None:
+        for name, field in self.__dataclass_fields__.items():
+            value, default = getattr(self, name), field.default
+            if isinstance(default, bool):
+                fits = isinstance(value, bool)
+            elif isinstance(default, float):
+                fits = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+            else:
+                fits = isinstance(value, type(default))
+            if not fits:  # checked when the manifest is read, not after a whole inference
+                raise ValueError(f"{name} must be like {default!r}, got {value!r}")
         if self.pathology_islands not in PATHOLOGY_ISLAND_RULES:
             raise ValueError(
                 f"pathology_islands must be one of {list(PATHOLOGY_ISLAND_RULES)}, got {self.pathology_islands!r}"
