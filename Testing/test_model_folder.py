@@ -287,7 +287,7 @@ def test_a_postprocessing_value_of_the_wrong_type_is_refused_when_the_model_load
 
     bad = {"min_pathology_area_mm2": "4"}
     copy = _damaged(tiny_model_dir, tmp_path, lambda m: {**m, "postprocessing": {**m["postprocessing"], **bad}})
-    with pytest.raises(ModelError, match="postprocessing: min_pathology_area_mm2 must be like 4.0"):
+    with pytest.raises(ModelError, match=r"postprocessing: min_pathology_area_mm2 must be like 4\.0"):
         Segmenter(copy, device="cpu")
 
 

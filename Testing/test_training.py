@@ -110,8 +110,15 @@ def test_stage_seeds_default_to_the_run_seed_and_old_configs_compare_equal():
     islands = load_config("tiny", ['export.postprocessing.pathology_islands="per_class"'])["export"]["postprocessing"]
     assert islands["pathology_islands"] == "per_class"  # v9's rule, to reproduce its exports
     assert load_config("tiny")["export"]["postprocessing"]["pathology_islands"] == "union"  # since rule AI
-    with pytest.raises(ConfigError, match=r"export\.postprocessing\.pathology_islands must be one of"):
+    with pytest.raises(ConfigError, match=r"export\.postprocessing: pathology_islands must be one of"):
         load_config("tiny", ['export.postprocessing.pathology_islands="largest"'])
+    for bad, message in (
+        (["assn.config.features=[4, 8]"], "assn.config and dae.config do not fit together"),
+        (["export.postprocessing.min_pathology_area_mm2=-1"], "export.postprocessing: min_pathology_area_mm2"),
+        (["assn.steps=1.5"], r"assn\.steps must be an integer >= 1, got 1\.5"),
+    ):  # each would have failed only after stages had trained
+        with pytest.raises(ConfigError, match=message):
+            load_config("tiny", bad)
     # a run config stored before the key existed meant the old rule, not the new default
     from training.config import with_defaults
 
@@ -1398,3 +1405,50 @@ def test_validation_scores_against_labels_on_the_lge_grid(tmp_path, monkeypatch)
     monkeypatch.setattr(pipeline, "Segmenter", Perfect)
     row = validate_cases(tmp_path / "model", [files], tmp_path / "pred")[0]
     assert row["dice_lv"] == 1.0 and row["dice_myocardium"] == 1.0 and row["dice_scar"] == 1.0
+
+
+def test_export_ensemble_is_refused_before_training_where_it_would_mix_models(phantom_dir, tmp_path, capsys):
+    """``cv --export-ensemble DIR`` wrote into a folder holding another model (its old members stayed beside the new
+    manifest); it is refused, like ``export --out``, before any training, as is an ensemble of no CV fold."""
+    held = tmp_path / "ensemble"
+    held.mkdir()
+    (held / "assn_0.safetensors").write_bytes(b"an older model")
+    base = ["cv", "--config", "tiny", "--data", str(phantom_dir), "--runs-dir", str(tmp_path / "runs"), "--no-progress"]
+    assert cli_main([*base, "--run-name", "r1", "--export-ensemble", str(held)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err and not (tmp_path / "runs" / "r1").exists()
+    assert cli_main([*base, "--run-name", "r2", "--folds", "full", "--export-ensemble", str(tmp_path / "new")]) == 2
+    assert "give CV folds" in capsys.readouterr().err and not (tmp_path / "runs" / "r2").exists()
+
+
+def test_a_published_model_folder_is_readable_under_the_umask(tmp_path):
+    """mkdtemp (0700) and safetensors (0600) would leave a shipped model readable by its owner alone."""
+    import os
+    import stat
+
+    from myops.model import build_random_model_folder
+    from training.cv import publish_model_folder
+
+    old = os.umask(0o022)
+    try:
+        out = publish_model_folder(tmp_path / "model", lambda folder: build_random_model_folder(folder))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
+
+
+def test_index_coded_labels_are_refused_not_read_as_an_empty_heart(tmp_path):
+    """Labels 1-4 (segment indices) have no MyoPS code: read as "no LV", every empty structure would score Dice 1."""
+    import SimpleITK as sitk
+
+    from myops.errors import InputError
+    from training.data import labels_on_lge_grid
+
+    lge = sitk.GetImageFromArray(np.zeros((2, 8, 8), dtype=np.int16))
+    gd = sitk.GetImageFromArray(np.tile(np.arange(4, dtype=np.uint8), (2, 8, 2)))
+    sitk.WriteImage(gd, str(tmp_path / "c_gd.nii.gz"))
+    with pytest.raises(InputError, match="not MyoPS label codes"):
+        labels_on_lge_grid(tmp_path / "c_gd.nii.gz", lge, "c")
+    (tmp_path / "d_gd.nii.gz").write_text("not an image")
+    with pytest.raises(InputError, match="cannot be read as an image"):
+        labels_on_lge_grid(tmp_path / "d_gd.nii.gz", lge, "d")

@@ -50,6 +50,7 @@ from .cv import (
     export_ensemble,
     fold_dirname,
     open_run,
+    open_to_umask,
     parse_folds,
     publish_model_folder,
     run_fold,
@@ -363,6 +364,15 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
     # The run's runtime section is only known after the run is opened; start with the defaults' device.
     from .config import DEFAULTS
 
+    ensemble_out = getattr(args, "export_ensemble", None)
+    if ensemble_out is not None:  # checked before any training, as `export` checks its --out
+        if ensemble_out.exists() and (not ensemble_out.is_dir() or any(ensemble_out.iterdir())):
+            raise RunError(
+                f"--export-ensemble {ensemble_out} exists and is not empty (or not a folder); choose a new one"
+            )
+        parts = [part for v in folds_arg for part in str(v).split(",") if part]
+        if parts and all(part == "full" for part in parts):
+            raise RunError("--export-ensemble averages CV fold models: give CV folds in --folds, not only 'full'")
     runtime = setup_runtime(DEFAULTS["runtime"], runtime_device)
     try:
         run_dir = args.runs_dir / args.run_name
@@ -420,9 +430,10 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
                 logger.info("%s", exc)
         if runtime.is_main:
             print(f"wall time {time.perf_counter() - t0:.0f} s; run folder {run_dir}", flush=True)
-        if getattr(args, "export_ensemble", None) is not None and runtime.is_main:
+        if ensemble_out is not None and runtime.is_main:
             cv_folds = [f for f in folds if f != ALL]
-            out = export_ensemble(run_dir, cv_folds, args.export_ensemble, runtime)
+            # built aside, verified by the engine, then renamed: never written into a folder that holds a model
+            out = publish_model_folder(ensemble_out, lambda folder: export_ensemble(run_dir, cv_folds, folder, runtime))
             print(f"ensemble model folder: {out}", flush=True)
         runtime.barrier()
     finally:
@@ -588,6 +599,7 @@ def _export_per_fold(run_dir: Path, folds: List[Fold], out: Path, runtime: Runti
             fold_out.mkdir()
             shutil.copy2(run_dir / fold_dirname(fold) / "metrics.json", fold_out / "metrics.json")
             export_ensemble(run_dir, [fold], fold_out / "model", runtime, **options)
+        open_to_umask(partial)
         if out.exists():
             out.rmdir()  # empty (checked above)
         partial.rename(out)
@@ -635,3 +647,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except InputError as exc:  # the engine's readers: a truncated file, a 4D image, ...
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # the loss diverged: say so in a line; the checkpoint before it stays
+        print(f"error: {exc} (lower the learning rate, or resume from the last checkpoint)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted (the last checkpoint stays: rerun with --resume)", file=sys.stderr)
+        return 130

@@ -330,13 +330,6 @@ def validate_config(config: Mapping[str, Any]) -> None:
                 f"prsn.ce_class_weights must be null or {n_classes} positive numbers, one per B_Main class "
                 f"(variants prsn and mfb_prsn), got {class_w!r}"
             )
-    from myops.postprocessing import PATHOLOGY_ISLAND_RULES
-
-    islands = config["export"]["postprocessing"].get("pathology_islands", "per_class")
-    if islands not in PATHOLOGY_ISLAND_RULES:
-        raise ConfigError(
-            f"export.postprocessing.pathology_islands must be one of {list(PATHOLOGY_ISLAND_RULES)}, got {islands!r}"
-        )
     shift = config["augment"]["misregistration_mm"]
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift < 20:
         raise ConfigError("augment.misregistration_mm must be a number in [0, 20)")
@@ -380,8 +373,10 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("prsn.config.slice_context needs the 'prsn' or 'mfb_prsn' variant")
     for stage in STAGE_ORDER:
         section = config[stage]
-        if int(section["steps"]) < 1 or int(section["batch_size"]) < 1:
-            raise ConfigError(f"{stage}.steps and {stage}.batch_size must be >= 1")
+        for key in ("steps", "batch_size"):
+            value = section[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # 1.5 would train 1 step
+                raise ConfigError(f"{stage}.{key} must be an integer >= 1, got {value!r}")
         if float(section["lr"]) <= 0:
             raise ConfigError(f"{stage}.lr must be > 0")
         if section["lr_schedule"] not in ("cosine", "constant"):
@@ -412,6 +407,7 @@ def _check_networks(config: Mapping[str, Any]) -> None:
         "assn": assn_variant_network(config["assn"]["variant"], config["assn"]),
         "prsn": prsn_variant_network(config["prsn"]["variant"], config["prsn"]),
     }
+    built = {}
     for stage, (arch, kwargs) in networks.items():
         if arch not in ARCHITECTURES:
             raise ConfigError(f"{stage}.arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
@@ -419,11 +415,24 @@ def _check_networks(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"{stage}.config must be an object, got {kwargs!r}")
         try:
             with torch.device("meta"):
-                create_model(arch, **dict(kwargs))
+                built[stage] = create_model(arch, **dict(kwargs))
         except TypeError as exc:  # an unknown or missing keyword
             raise ConfigError(f"{stage}.config does not fit the {arch!r} network: {exc}") from None
         except ValueError as exc:
             raise ConfigError(f"{stage}.config: {exc}") from None
+    if config["assn"]["variant"] == "assn":  # the ASSN trains behind the DAE (Eq. 6): the pair must fit too
+        from myops.networks import ShapeConstrainedASSN
+
+        try:
+            ShapeConstrainedASSN(built["assn"], built["dae"])
+        except ValueError as exc:
+            raise ConfigError(f"assn.config and dae.config do not fit together: {exc}") from None
+    from myops.postprocessing import PostprocessingConfig
+
+    try:  # what the exported manifest will hold: checked now, not after every stage has trained
+        PostprocessingConfig.from_dict(config["export"]["postprocessing"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"export.postprocessing: {exc}") from None
 
 
 def resolve_config_path(name_or_path: PathLike) -> Path:

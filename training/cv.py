@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -641,6 +642,18 @@ def swap_member(
     return publish_model_folder(out_dir, write)
 
 
+def open_to_umask(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes a plain ``mkdir`` and ``open`` would (under the process's
+    umask): ``tempfile.mkdtemp`` makes folders 0700 and safetensors writes files 0600, so a published model would
+    otherwise be readable by its owner alone (a shared model folder, or the shipped one in a checkout)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def publish_model_folder(out_dir: Path, write: Callable[[Path], Any]) -> Path:
     """Build a model folder with ``write(folder)`` under a temporary name beside ``out_dir``, check that the engine
     loads it (every sha256), then rename it to ``out_dir`` (absent or empty); on any failure nothing is left.
@@ -659,6 +672,7 @@ def publish_model_folder(out_dir: Path, write: Callable[[Path], Any]) -> Path:
     try:
         write(partial)
         ModelBundle(partial)  # loads and verifies what was written
+        open_to_umask(partial)
         if out_dir.exists():
             out_dir.rmdir()  # must be empty
         partial.rename(out_dir)

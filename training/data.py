@@ -31,8 +31,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from myops.io import IMAGE_SUFFIXES, read_file, read_image, same_grid
+from myops.errors import InputError
+from myops.io import IMAGE_SUFFIXES, itk_reason, read_file, read_image, same_grid
 from myops.labels import EDEMA, LV_EPICARDIUM_LABELS, MYOCARDIUM, SCAR
+from myops.metrics import label_array
 from myops.preprocessing import (
     Window,
     full_view_window,
@@ -137,7 +139,12 @@ def labels_on_lge_grid(gd_path: Path, lge: sitk.Image, name: str) -> sitk.Image:
     resampled (nearest neighbour, with a warning) when the label file is on another grid. Training and the
     validation of held-out cases both read labels through here, so a prediction is never scored against labels
     that sit elsewhere in space."""
-    gd = read_file(gd_path)
+    try:
+        gd = read_file(gd_path)
+    except RuntimeError as exc:
+        raise InputError(gd_path, f"cannot be read as an image ({itk_reason(exc)})") from None
+    # index codes (1-5) or probabilities would read as "no LV" and score every empty structure as Dice 1
+    label_array(gd, gd_path)
     if not same_grid(gd, lge):
         logger.warning("case %s: its labels are not on the LGE's grid; resampled onto it (nearest)", name)
         gd = sitk.Resample(gd, lge, sitk.Transform(), sitk.sitkNearestNeighbor, 0, gd.GetPixelID())

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +116,7 @@ def setup_runtime(runtime_cfg: Mapping[str, Any], device_request: Optional[str] 
     if request not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {request!r}")
     if request == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("CUDA requested but torch finds no usable GPU")
+        raise ConfigError("--device cuda: torch finds no usable GPU (a CPU-only torch build, or no driver)")
     use_cuda = request == "cuda" or (request == "auto" and torch.cuda.is_available())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
