@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from training import augment
@@ -1439,8 +1440,6 @@ def test_a_published_model_folder_is_readable_under_the_umask(tmp_path):
 
 def test_index_coded_labels_are_refused_not_read_as_an_empty_heart(tmp_path):
     """Labels 1-4 (segment indices) have no MyoPS code: read as "no LV", every empty structure would score Dice 1."""
-    import SimpleITK as sitk
-
     from myops.errors import InputError
     from training.data import labels_on_lge_grid
 
@@ -1452,3 +1451,13 @@ def test_index_coded_labels_are_refused_not_read_as_an_empty_heart(tmp_path):
     (tmp_path / "d_gd.nii.gz").write_text("not an image")
     with pytest.raises(InputError, match="cannot be read as an image"):
         labels_on_lge_grid(tmp_path / "d_gd.nii.gz", lge, "d")
+
+
+def test_a_case_with_two_files_for_one_sequence_is_refused(tmp_path):
+    from myops.phantom import make_phantom_case, write_phantom_case
+    from training.data import DataError
+
+    paths = write_phantom_case(make_phantom_case(seed=0, n_slices=2), tmp_path, name="c")
+    sitk.WriteImage(sitk.ReadImage(str(paths["DE"])), str(tmp_path / "c_DE.nrrd"))
+    with pytest.raises(DataError, match=r"case c .* has two DE files: c_DE\.nii\.gz and c_DE\.nrrd"):
+        find_cases(tmp_path)

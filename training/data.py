@@ -121,7 +121,13 @@ def find_cases(folder: PathLike) -> List[CaseFiles]:
     for path in sorted(folder.iterdir()):
         m = pattern.match(path.name)
         if m and path.is_file():
-            found.setdefault(m.group("name"), {})[m.group("role")] = path
+            roles = found.setdefault(m.group("name"), {})
+            if m.group("role") in roles:  # e.g. case_DE.nii.gz and case_DE.nrrd: which one was meant?
+                raise DataError(
+                    f"case {m.group('name')} in {folder} has two {m.group('role')} files: "
+                    f"{roles[m.group('role')].name} and {path.name}; keep one"
+                )
+            roles[m.group("role")] = path
     if not found:
         raise FileNotFoundError(f"{folder} holds no case in MyoPS layout (<name>_C0/_DE/_T2/_gd.nii.gz)")
     cases = []
