@@ -1461,3 +1461,21 @@ def test_a_case_with_two_files_for_one_sequence_is_refused(tmp_path):
     sitk.WriteImage(sitk.ReadImage(str(paths["DE"])), str(tmp_path / "c_DE.nrrd"))
     with pytest.raises(DataError, match=r"case c .* has two DE files: c_DE\.nii\.gz and c_DE\.nrrd"):
         find_cases(tmp_path)
+
+
+def test_a_new_run_that_fails_before_any_fold_leaves_no_folder(tmp_path, capsys):
+    """A case that cannot be read ends the run in one line; the run folder it had just made is removed, so the
+    next attempt does not ask for --resume. A --reuse-from that is not a run is one line too."""
+    from myops.phantom import make_phantom_case, write_phantom_case
+
+    data = tmp_path / "data"
+    for seed in range(3):
+        write_phantom_case(make_phantom_case(seed=seed, n_slices=2), data, name=f"c{seed}")
+    (data / "c1_DE.nii.gz").write_bytes((data / "c1_DE.nii.gz").read_bytes()[:200])  # cut short
+    runs = tmp_path / "runs"
+    base = ["cv", "--config", "tiny", "--data", str(data), "--runs-dir", str(runs), "--no-progress", "--set",
+            "data.folds=3"]  # fmt: skip
+    assert cli_main([*base, "--run-name", "cut"]) == 2
+    assert "c1_DE.nii.gz" in capsys.readouterr().err and not (runs / "cut").exists()
+    assert cli_main([*base, "--run-name", "reuse", "--stages", "prsn", "--reuse-from", str(runs / "nothing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err and not (runs / "reuse").exists()

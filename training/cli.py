@@ -394,51 +394,73 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
             if created and runtime.is_main:  # a mistyped --folds or a missing stage leaves no run folder behind
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        config = run["config"]
-        runtime.amp_dtype = amp_dtype_for(runtime.device, config["runtime"])
-        if int(config["runtime"].get("num_threads", 0)) > 0:
-            import torch
-
-            torch.set_num_threads(int(config["runtime"]["num_threads"]))
-        if runtime.is_main:
-            _setup_logging(args.verbose, run_dir / "train.log")
-        cache = CaseCache(config["data"]["percentiles"], packed=packed)
-        if packed is not None and not validate and runtime.is_main:
-            logger.info("training from %s: no validation without --data", args.packed)
-        t0 = time.perf_counter()
-        for fold in folds:
-            summary = run_fold(
-                run_dir,
-                run,
-                fold,
-                runtime,
-                cache,
-                stages,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                validate=validate,
-                device=str(runtime.device.type),
-                reuse_from=args.reuse_from,
-            )
-            if runtime.is_main and "summary" in summary:
-                print(f"fold {fold}: {describe_summary(summary['summary'])}", flush=True)
-        if runtime.is_main and validate and any(f != ALL for f in folds):
-            try:
-                cv = aggregate(run_dir)
-                print(f"CV ({cv['n_cases']} cases): {describe_summary(cv['summary'])}", flush=True)
-            except RunError as exc:
-                logger.info("%s", exc)
-        if runtime.is_main:
-            print(f"wall time {time.perf_counter() - t0:.0f} s; run folder {run_dir}", flush=True)
-        if ensemble_out is not None and runtime.is_main:
-            cv_folds = [f for f in folds if f != ALL]
-            # built aside, verified by the engine, then renamed: never written into a folder that holds a model
-            out = publish_model_folder(ensemble_out, lambda folder: export_ensemble(run_dir, cv_folds, folder, runtime))
-            print(f"ensemble model folder: {out}", flush=True)
-        runtime.barrier()
+        try:
+            _train_folds(args, run_dir, run, folds, stages, validate, runtime, packed, ensemble_out)
+        except BaseException:
+            # a run made by this command that failed before any fold began (a case that cannot be read, say)
+            # leaves no folder whose config.json would make the next attempt ask for --resume
+            if created and runtime.is_main and not any(p.is_dir() for p in run_dir.iterdir()):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     finally:
         shutdown_runtime(runtime)
     return 0
+
+
+def _train_folds(
+    args: argparse.Namespace,
+    run_dir: Path,
+    run: Dict[str, Any],
+    folds: List[Fold],
+    stages: Sequence[str],
+    validate: bool,
+    runtime: Runtime,
+    packed: Any,
+    ensemble_out: Optional[Path],
+) -> None:
+    """The folds of :func:`_run_folds` once the run is open: train, validate, report, export."""
+    config = run["config"]
+    runtime.amp_dtype = amp_dtype_for(runtime.device, config["runtime"])
+    if int(config["runtime"].get("num_threads", 0)) > 0:
+        import torch
+
+        torch.set_num_threads(int(config["runtime"]["num_threads"]))
+    if runtime.is_main:
+        _setup_logging(args.verbose, run_dir / "train.log")
+    cache = CaseCache(config["data"]["percentiles"], packed=packed)
+    if packed is not None and not validate and runtime.is_main:
+        logger.info("training from %s: no validation without --data", args.packed)
+    t0 = time.perf_counter()
+    for fold in folds:
+        summary = run_fold(
+            run_dir,
+            run,
+            fold,
+            runtime,
+            cache,
+            stages,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            validate=validate,
+            device=str(runtime.device.type),
+            reuse_from=args.reuse_from,
+        )
+        if runtime.is_main and "summary" in summary:
+            print(f"fold {fold}: {describe_summary(summary['summary'])}", flush=True)
+    if runtime.is_main and validate and any(f != ALL for f in folds):
+        try:
+            cv = aggregate(run_dir)
+            print(f"CV ({cv['n_cases']} cases): {describe_summary(cv['summary'])}", flush=True)
+        except RunError as exc:
+            logger.info("%s", exc)
+    if runtime.is_main:
+        print(f"wall time {time.perf_counter() - t0:.0f} s; run folder {run_dir}", flush=True)
+    if ensemble_out is not None and runtime.is_main:
+        cv_folds = [f for f in folds if f != ALL]
+        # built aside, verified by the engine, then renamed: never written into a folder that holds a model
+        out = publish_model_folder(ensemble_out, lambda folder: export_ensemble(run_dir, cv_folds, folder, runtime))
+        print(f"ensemble model folder: {out}", flush=True)
+    runtime.barrier()
 
 
 def cmd_cv(args: argparse.Namespace) -> int:

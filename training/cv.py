@@ -257,6 +257,8 @@ def run_fold(
 
 def check_reusable(run: Mapping[str, Any], other_dir: Path, stages: Sequence[str]) -> None:
     """Refuse to reuse another run's stages unless it has the same split, data geometry, seed and stage configs."""
+    if not (Path(other_dir) / "config.json").is_file() or not (Path(other_dir) / "split.json").is_file():
+        raise RunError(f"--reuse-from {other_dir}: not a run folder (no config.json and split.json)")
     other_cfg = with_defaults(read_json(Path(other_dir) / "config.json"))
     other_split = read_json(Path(other_dir) / "split.json")
     config, split = with_defaults(run["config"]), run["split"]
