@@ -836,7 +836,7 @@ def test_a_run_refuses_another_config(phantom_dir, runtime, tmp_path):
     from training.cv import RunError
 
     open_run(tmp_path / "run", "tiny", [], phantom_dir, runtime)
-    with pytest.raises(RunError, match="another config"):
+    with pytest.raises(RunError, match=r"another config \(differs in assn\.beta\)"):
         open_run(tmp_path / "run", "tiny", ["assn.beta=0.5"], phantom_dir, runtime)
     # a run written before a key joined the defaults reopens with the same config file
     stored = json.loads((tmp_path / "run" / "config.json").read_text())

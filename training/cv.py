@@ -55,6 +55,20 @@ def _overridden(config: Mapping[str, Any], overrides: Sequence[str]) -> Dict[str
     return out
 
 
+def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> List[str]:
+    """The dotted key paths where two configs differ (``["export.postprocessing.pathology_islands", ...]``)."""
+    out: List[str] = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        if key not in a or key not in b:
+            out.append(path)
+        elif isinstance(a[key], Mapping) and isinstance(b[key], Mapping):
+            out.extend(config_differences(a[key], b[key], f"{path}."))
+        elif a[key] != b[key]:
+            out.append(path)
+    return out
+
+
 def open_run(
     run_dir: Path,
     config_arg: Optional[str],
@@ -88,7 +102,10 @@ def open_run(
             # without --config, overrides apply to the run's own config (e.g. --set runtime.num_threads=1)
             wanted = load_config(config_arg, overrides) if config_arg is not None else _overridden(config, overrides)
             if _comparable(wanted) != _comparable(config):
-                raise RunError(f"{run_dir} was made with another config; use a new --run-name or --overwrite")
+                differ = ", ".join(config_differences(_comparable(config), _comparable(wanted))[:4])
+                raise RunError(
+                    f"{run_dir} was made with another config (differs in {differ}); use a new --run-name or --overwrite"
+                )
             config["runtime"] = wanted["runtime"]
         if data_dir is not None and Path(data_dir).resolve() != Path(split["data"]).resolve():
             logger.warning("run %s was split on %s; reading the cases from %s", run_dir, split["data"], data_dir)
