@@ -116,6 +116,13 @@ def test_a_damaged_manifest_is_one_model_error(tiny_model_dir, tmp_path, damage,
         ModelBundle(_damaged(tiny_model_dir, tmp_path, damage))
 
 
+def _listed_as_it_is(folder, name: str) -> None:
+    """Give the manifest the checksum of ``name`` as it now is (a replaced file that the hash alone cannot catch)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][name]["sha256"] = sha256_of(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_an_unknown_architecture_or_a_non_safetensors_file_is_a_model_error(tiny_model_dir, tmp_path):
     copy = _damaged(tiny_model_dir, tmp_path, _set(("networks", "prsn", "arch"), "no_such_net"))
     with pytest.raises(ModelError, match="unknown architecture 'no_such_net'"):
@@ -124,9 +131,7 @@ def test_an_unknown_architecture_or_a_non_safetensors_file_is_a_model_error(tiny
     shutil.copytree(tiny_model_dir, copy)
     weight = copy / "dae.safetensors"
     torch.save({"w": torch.zeros(2)}, str(weight))  # a pickle, listed with its own (matching) checksum
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["files"]["dae.safetensors"]["sha256"] = sha256_of(weight)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    _listed_as_it_is(copy, "dae.safetensors")
     with pytest.raises(ModelError, match="is not a safetensors weight file"):
         ModelBundle(copy).build("dae")
 
@@ -302,9 +307,7 @@ def test_nan_weights_are_refused_though_their_checksum_matches(tiny_model_dir, t
     name = next(k for k, v in state.items() if v.is_floating_point())
     state[name] = torch.full_like(state[name], float("nan"))
     save_file(state, str(weight))
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["files"]["prsn.safetensors"]["sha256"] = sha256_of(weight)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    _listed_as_it_is(copy, "prsn.safetensors")
     with pytest.raises(ModelError, match="NaN or infinite weights"):
         ModelBundle(copy).build("prsn")
 

@@ -610,6 +610,14 @@ def test_resume_continues_from_the_checkpoint_exactly(phantom_cases, runtime, tm
         train_localizer(cfg2, bank, tmp_path / "resumed", runtime, 0, resume=True)
 
 
+def _crashed_after_its_first_checkpoint(cfg, bank, folder, runtime):
+    """A localiser run (checkpoint every 4 steps) that crashes at step 7: its checkpoint path and record (step 4)."""
+    with pytest.raises(_InterruptError):
+        train_localizer(cfg, _FailingBank(bank, 6), folder, runtime, 0)
+    meta_path = folder / "checkpoint.json"
+    return meta_path, json.loads(meta_path.read_text())
+
+
 def test_fp16_loss_scale_is_checkpointed_and_restored(phantom_cases, runtime, tmp_path):
     """Under fp16 autocast the GradScaler's scale is training state: the checkpoint records it and a resume
     continues from it, rather than from the initial 65536 (which a resumed run would otherwise re-learn, skipping
@@ -620,10 +628,7 @@ def test_fp16_loss_scale_is_checkpointed_and_restored(phantom_cases, runtime, tm
     cfg = tiny("localizer.steps=8", "runtime.checkpoint_every=4", "runtime.log_every=4")
     bank = SliceBank(phantom_cases, cfg["data"])
     folder = tmp_path / "stage"
-    with pytest.raises(_InterruptError):
-        train_localizer(cfg, _FailingBank(bank, 6), folder, fp16, 0)
-    meta_path = folder / "checkpoint.json"
-    meta = json.loads(meta_path.read_text())
+    meta_path, meta = _crashed_after_its_first_checkpoint(cfg, bank, folder, fp16)
     assert meta["step"] == 4 and meta["grad_scaler"]["scale"] > 1024.0
     meta["grad_scaler"]["scale"] = 1024.0  # as if overflows had backed it off
     meta_path.write_text(json.dumps(meta))
@@ -644,11 +649,8 @@ def test_resume_refuses_or_warns_of_a_checkpoint_it_cannot_continue_exactly(phan
     cfg = tiny("localizer.steps=9", "runtime.checkpoint_every=4", "runtime.log_every=3")
     bank = SliceBank(phantom_cases, cfg["data"])
     folder = tmp_path / "stage"
-    with pytest.raises(_InterruptError):
-        train_localizer(cfg, _FailingBank(bank, 6), folder, runtime, 0)
+    meta_path, meta = _crashed_after_its_first_checkpoint(cfg, bank, folder, runtime)
     # another process count: the batch is per process, so it would be another run
-    meta_path = folder / "checkpoint.json"
-    meta = json.loads(meta_path.read_text())
     assert meta["world_size"] == 1
     meta_path.write_text(json.dumps({**meta, "world_size": 2}))
     with pytest.raises(StageExistsError, match=r"made by 2 process\(es\), this run has 1"):
