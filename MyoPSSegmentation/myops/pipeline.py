@@ -734,7 +734,7 @@ class Segmenter:
             center = np.array([(shape_zyx[1] - 1) / 2.0, (shape_zyx[2] - 1) / 2.0])
         t0 = lap("localize", t0)
 
-        step(0.35, "Segmenting the LV (ASSN + shape prior)")
+        step(0.35, "Segmenting the LV (ASSN + shape prior)" if self.shape_prior else "Segmenting the LV (ASSN)")
         window = Window(center, self.crop_spacing_mm, self.crop_size)
         crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
         alignment = estimate_offsets(crops, self.crop_spacing_mm, max_shift_mm=ALIGNMENT_SEARCH_MM)
