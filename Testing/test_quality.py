@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -62,10 +64,15 @@ def test_member_distances_hand_computed():
     empty = np.zeros((20, 30), bool)
     a = np.stack([_square(20, 30, 5, 10, 5, 10), _square(20, 30, 5, 10, 5, 10), empty, empty])
     # slice 0: the same square moved 3 px right (3 px = 1.5 mm at 0.5 mm); slice 1: identical; slice 2: only one
-    # member draws (the grid's width, 30 px x 0.5 mm = 15 mm); slice 3: nobody draws (NaN)
+    # member draws (the grid's diagonal, sqrt(19^2 + 29^2) = 34.67 px x 0.5 mm = 17.33 mm, the farthest two
+    # regions can be: more than single pixels in opposite corners, 0.5 * sqrt(19^2 + 29^2), could score);
+    # slice 3: nobody draws (NaN)
     b = np.stack([_square(20, 30, 5, 10, 8, 13), _square(20, 30, 5, 10, 5, 10), _square(20, 30, 1, 3, 1, 3), empty])
     d = member_distances_mm([a, b], 0.5)
-    assert d[:3] == pytest.approx([1.5, 0.0, 15.0]) and np.isnan(d[3])
+    assert d[:3] == pytest.approx([1.5, 0.0, 0.5 * math.hypot(19, 29)]) and np.isnan(d[3])
+    corners = np.zeros((2, 1, 20, 30), bool)
+    corners[0, 0, 0, 0] = corners[1, 0, 19, 29] = True
+    assert member_distances_mm(list(corners), 0.5)[0] == pytest.approx(d[2], rel=1e-5)  # drawn by both: not above
     # three members: the largest of the pairs. A third square 3 px left of a's on slice 0 is 1.5 mm from a and
     # 6 px = 3.0 mm from b (equal squares: the distance is the shift)
     c = b.copy()

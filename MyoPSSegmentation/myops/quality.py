@@ -72,21 +72,22 @@ def member_distances_mm(masks: Sequence[np.ndarray], spacing_mm: float) -> List[
 
     Returns:
         ``z`` values: NaN on a slice where no member draws a region; on a slice where some members draw one and
-        others none, the grid's width (``W * spacing_mm``), as far apart as two regions on it can be.
+        others none, the grid's diagonal between pixel centres (``hypot(H - 1, W - 1) * spacing_mm``), the
+        farthest two regions on it can be, so a missed slice always ranks above one drawn by both.
     """
     if len(masks) < 2:
         raise ValueError(f"need at least two members' masks, got {len(masks)}")
     shape = masks[0].shape
     if len(shape) != 3 or any(m.shape != shape for m in masks):
         raise ValueError(f"masks must share one (z, H, W) shape, got {[m.shape for m in masks]}")
-    width_mm = float(shape[2]) * float(spacing_mm)
+    diagonal_mm = math.hypot(shape[1] - 1, shape[2] - 1) * float(spacing_mm)
     out: List[float] = []
     for z in range(shape[0]):
         drawn = [bool(m[z].any()) for m in masks]
         if not any(drawn):
             out.append(math.nan)
         elif not all(drawn):
-            out.append(width_mm)
+            out.append(diagonal_mm)
         else:
             out.append(
                 max(
