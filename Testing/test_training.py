@@ -918,6 +918,8 @@ def test_cli_runs_one_stage_and_reports_errors(phantom_dir, tmp_path, capsys):
     capsys.readouterr()
     assert cli_main([*export, "--add-member", "prsn"]) == 2  # STAGE:RUN_NAME
     assert "--add-member" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    assert cli_main([*export, "--add-member", "prsn:no_such_run"]) == 2
+    assert "no_such_run is not a run folder" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_data_and_override_mistakes_get_one_line_and_exit_2(phantom_dir, tmp_path, capsys):

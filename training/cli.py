@@ -527,6 +527,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if stage not in STAGE_ORDER or not other:
             print(f"error: --add-member {item!r}: expected STAGE:RUN_NAME with STAGE in {STAGE_ORDER}", file=sys.stderr)
             return 2
+        if not (args.runs_dir / other / "split.json").is_file():
+            print(f"error: --add-member {item!r}: {args.runs_dir / other} is not a run folder", file=sys.stderr)
+            return 2
         extra.append((stage, args.runs_dir / other))
     guard = _guard_of(args)
     options = dict(

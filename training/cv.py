@@ -311,12 +311,13 @@ def check_stage_inputs(
         if there is None:
             raise RunError(
                 f"the ASSN needs a trained DAE and {here / 'dae'} holds none "
-                "(add dae to --stages, or --reuse-from a run that has it)"
+                "(train the dae stage first: `cv --stages dae,assn` or the `dae` command; or --reuse-from a run that "
+                "has it)"
             )
         if completed_stage_folder(there, "dae") is None:
             raise RunError(
                 f"the ASSN needs a trained DAE and neither {here / 'dae'} nor {there / 'dae'} holds one "
-                "(add dae to --stages)"
+                "(train the dae stage first: `cv --stages dae,assn` or the `dae` command)"
             )
 
 
