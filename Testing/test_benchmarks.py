@@ -370,8 +370,8 @@ def test_exact_region_variant_is_parsed_checked_and_written_for_compare_cv(capsy
         (["islands=1"], "FIELD=VALUE"),
         (["pathology_islands=union"], "not JSON"),
         (['pathology_islands="largest"'], "pathology_islands must be one of"),
-        (['min_pathology_area_mm2="4"'], "takes a value like 4.0"),
-        (["trim_region_to_wall=1"], "takes a value like False"),
+        (['min_pathology_area_mm2="4"'], r"min_pathology_area_mm2 must be like 4\.0"),
+        (["trim_region_to_wall=1"], "trim_region_to_wall must be like False"),
     ):
         with pytest.raises(SystemExit, match=message):
             script.parse_variant(bad)

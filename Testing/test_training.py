@@ -845,6 +845,15 @@ def test_a_run_refuses_another_config(phantom_dir, runtime, tmp_path):
     del stored["prsn"]["dice"], stored["prsn"]["seed"]
     (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
     open_run(tmp_path / "run", "tiny", [], phantom_dir, runtime)
+    # ... but not where the default changed since (pathology_islands): the message says how to go on as made
+    del stored["export"]["postprocessing"]["pathology_islands"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
+    import re
+
+    hint = re.escape("""add --set export.postprocessing.pathology_islands='"per_class"'""")
+    with pytest.raises(RunError, match=hint):
+        open_run(tmp_path / "run", "tiny", [], phantom_dir, runtime)
+    open_run(tmp_path / "run", "tiny", ['export.postprocessing.pathology_islands="per_class"'], phantom_dir, runtime)
 
 
 VARIANTS = [

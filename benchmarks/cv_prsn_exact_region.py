@@ -189,15 +189,6 @@ def parse_variant(items: Sequence[str]) -> Dict[str, object]:
             out[key] = json.loads(value)
         except ValueError:
             raise SystemExit(f"--postprocessing-variant {item!r}: the value is not JSON (quote strings)") from None
-        default = PostprocessingConfig.__dataclass_fields__[key].default
-        number = isinstance(out[key], (int, float)) and not isinstance(out[key], bool)
-        fits = (
-            number
-            if isinstance(default, (int, float)) and not isinstance(default, bool)
-            else type(out[key]) is type(default)
-        )
-        if not fits:  # checked now, not after the whole CV inference
-            raise SystemExit(f"--postprocessing-variant {item!r}: {key} takes a value like {default!r}")
     try:
         PostprocessingConfig.from_dict(out)
     except (TypeError, ValueError) as exc:

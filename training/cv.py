@@ -11,6 +11,7 @@ export (``fold_<k>/model``) -> validation of the held-out cases through :class:`
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import re
@@ -21,7 +22,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from myops.metrics import METRIC_NAMES, SLICE_HD_STRUCTURES
 
 from .checkpoint import write_json
-from .config import STAGE_ORDER, ConfigError, apply_overrides, load_config, validate_config, with_defaults
+from .config import (
+    LEGACY_DEFAULTS,
+    STAGE_ORDER,
+    ConfigError,
+    apply_overrides,
+    load_config,
+    validate_config,
+    with_defaults,
+)
 from .data import CaseData, CaseFiles, SliceBank, find_cases, load_case, make_folds
 from .export import export_model, member_wall_s, read_json, stage_total_s, summarise, validate_cases
 from .loop import StageResult
@@ -53,6 +62,14 @@ def _overridden(config: Mapping[str, Any], overrides: Sequence[str]) -> Dict[str
     out = apply_overrides(with_defaults(config), list(overrides))
     validate_config(out)
     return out
+
+
+def config_value(config: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted key path of a config, completed as it was meant (:func:`with_defaults`)."""
+    node: Any = with_defaults(config)
+    for key in path.split("."):
+        node = node[key]
+    return node
 
 
 def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> List[str]:
@@ -102,9 +119,17 @@ def open_run(
             # without --config, overrides apply to the run's own config (e.g. --set runtime.num_threads=1)
             wanted = load_config(config_arg, overrides) if config_arg is not None else _overridden(config, overrides)
             if _comparable(wanted) != _comparable(config):
-                differ = ", ".join(config_differences(_comparable(config), _comparable(wanted))[:4])
+                paths = config_differences(_comparable(config), _comparable(wanted))
+                legacy = {".".join(k): v for k, v in LEGACY_DEFAULTS.items()}
+                if all(path in legacy for path in paths):  # only a default that changed since the run was made
+                    keep = " ".join(f"--set {path}='{json.dumps(config_value(config, path))}'" for path in paths)
+                    raise RunError(
+                        f"{run_dir} was made with another value of {', '.join(paths)}, whose default has changed "
+                        f"since; to go on with the run as it was made, add {keep}"
+                    )
                 raise RunError(
-                    f"{run_dir} was made with another config (differs in {differ}); use a new --run-name or --overwrite"
+                    f"{run_dir} was made with another config (differs in {', '.join(paths[:4])}); use a new "
+                    "--run-name or --overwrite"
                 )
             config["runtime"] = wanted["runtime"]
         if data_dir is not None and Path(data_dir).resolve() != Path(split["data"]).resolve():

@@ -155,6 +155,7 @@ def retune_model(
         inference_changes["lv_region_threshold"] = 0.5  # a study without --region-threshold measured the default
     inference = {**old_inference, **inference_changes}
     postprocessing = PostprocessingConfig.from_dict({**old_post, **post_changes}).to_dict()
+    old_post_as_read = PostprocessingConfig.from_dict(old_post).to_dict()
     shipped = block["variant"] if post_changes else block
     old_cv = manifest.get("metrics", {}).get("cross_validation", {})
     options = f"{procedure}, branch weight {weight}"
@@ -182,9 +183,7 @@ def retune_model(
         "changes": {
             "inference": {k: v for k, v in inference.items() if old_inference.get(k) != v},
             # against the old fields as the engine read them (a field added since then has its old default)
-            "postprocessing": {
-                k: v for k, v in postprocessing.items() if PostprocessingConfig.from_dict(old_post).to_dict()[k] != v
-            },
+            "postprocessing": {k: v for k, v in postprocessing.items() if old_post_as_read[k] != v},
         },
         "previous_cross_validation": {k: old_cv[k] for k in ("run", "summary", "note") if k in old_cv},
     }

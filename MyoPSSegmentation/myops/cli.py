@@ -123,13 +123,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def _refuse_existing(paths: Sequence[Optional[object]]) -> None:
     """One line and exit 2 (via :class:`InputError`) for the first of ``paths`` that exists already."""
-    from .io import EXISTS_MESSAGE, refuse_broken_link
+    from .io import EXISTS_MESSAGE
 
     for path in paths:
         if path is None:
             continue
-        refuse_broken_link(str(path))
-        if Path(str(path)).exists():
+        if Path(str(path)).exists():  # a broken link is refused by io.check_side_output, which every output passes
             raise InputError(path, f"{EXISTS_MESSAGE}; pass --overwrite to replace it")
 
 
@@ -240,7 +239,7 @@ def _write_csv_rows(path: Path, rows: List[dict]) -> None:
 def cmd_segment_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .io import check_side_output, refuse_broken_link
+    from .io import check_side_output
 
     in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
     if not in_dir.is_dir():
@@ -277,7 +276,6 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         bar.set_postfix_str(name)
         out = outputs[name]
         try:
-            refuse_broken_link(out)  # before the work: the link's name is taken, the write would fail at the end
             if name in keep:  # an earlier run's (maybe corrected) label map: quantified, never replaced
                 quant = _quantify_existing(out, paths["lge"])  # no probabilities: no self-agreement cells
                 rows.append({"case": name, "source": "existing", **quant.to_dict(), **agreement_columns({})})

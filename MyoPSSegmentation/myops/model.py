@@ -161,6 +161,27 @@ def _check_structure(manifest: Dict[str, Any], manifest_path: Path) -> None:
             raise ModelError(f"{manifest_path}: files.{name} must be an object with a 'sha256'")
 
 
+def _check_input_spec(spec: Mapping[str, Any], where: str) -> None:
+    """Refuse an ``input`` spec out of the ranges the engine can run (a hostile or damaged manifest could ask for
+    a 100000-pixel window); ``where`` names the manifest in the message."""
+    for key in ("coarse_size", "crop_size"):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 16 <= value <= 1024:
+            raise ModelError(f"{where}: input.{key} must be an integer in [16, 1024] (pixels), got {value!r}")
+    spacing = spec.get("crop_spacing_mm")
+    if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or not 0.05 <= spacing <= 20.0:
+        raise ModelError(f"{where}: input.crop_spacing_mm must be a number in [0.05, 20] (mm), got {spacing!r}")
+    normalisation = spec.get("normalisation")
+    percentiles = normalisation.get("percentiles", (0.5, 99.5)) if isinstance(normalisation, dict) else None
+    if (
+        not isinstance(percentiles, (list, tuple))
+        or len(percentiles) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in percentiles)
+        or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0
+    ):
+        raise ModelError(f"{where}: input.normalisation must hold two percentiles 0 <= low < high <= 100")
+
+
 class ModelBundle:
     """A verified model folder: its manifest and a way to build each stage's networks.
 
@@ -194,6 +215,13 @@ class ModelBundle:
             if key not in self.manifest:
                 raise ModelError(f"{manifest_path}: missing key {key!r}")
         _check_structure(self.manifest, manifest_path)
+        _check_input_spec(self.input_spec, str(self.folder))
+        from .postprocessing import PostprocessingConfig
+
+        try:  # checked with the rest of the manifest, not after an inference
+            PostprocessingConfig.from_dict(self.manifest.get("postprocessing", {}))
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{self.folder}: postprocessing: {exc}") from None
         self.verify()
 
     @property
@@ -286,8 +314,12 @@ class ModelBundle:
                 state = load_bytes(data)
             except Exception as exc:  # safetensors raises its own error type for a file that is not safetensors
                 raise ModelError(f"{path}: is not a safetensors weight file ({type(exc).__name__})") from None
-            broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-            if broken:  # hashes pin the bytes, not their sense: a diverged training run would segment nothing
+            floats = [v.reshape(-1) for v in state.values() if v.is_floating_point()]
+            # hashes pin the bytes, not their sense: a diverged training run would segment nothing. One pass over
+            # all weights; the names only when something is wrong
+            finite = not floats or bool(torch.isfinite(torch.cat(floats)).all())
+            broken = [] if finite else [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+            if broken:
                 raise ModelError(f"{path}: holds NaN or infinite weights ({', '.join(broken[:3])}); refusing to use it")
             state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
             try:

@@ -428,31 +428,11 @@ class Segmenter:
         self.model_dir = resolve_model_dir(model_dir)
         self.bundle = ModelBundle(self.model_dir)
         spec = self.bundle.input_spec
-        where = f"{self.model_dir}: input"
-        for key in ("coarse_size", "crop_size"):
-            value = spec.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or not 16 <= value <= 1024:
-                raise ModelError(f"{where}.{key} must be an integer in [16, 1024] (pixels), got {value!r}")
-        spacing = spec.get("crop_spacing_mm")
-        if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or not 0.05 <= spacing <= 20.0:
-            raise ModelError(f"{where}.crop_spacing_mm must be a number in [0.05, 20] (mm), got {spacing!r}")
-        normalisation = spec.get("normalisation")
-        percentiles = normalisation.get("percentiles", (0.5, 99.5)) if isinstance(normalisation, dict) else None
-        if (
-            not isinstance(percentiles, (list, tuple))
-            or len(percentiles) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in percentiles)
-            or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0
-        ):
-            raise ModelError(f"{where}.normalisation must hold two percentiles 0 <= low < high <= 100")
         self.coarse_size = int(spec["coarse_size"])
         self.crop_size = int(spec["crop_size"])
         self.crop_spacing_mm = float(spec["crop_spacing_mm"])
-        self.percentiles = tuple(percentiles)
-        try:
-            self.postprocessing = PostprocessingConfig.from_dict(self.bundle.manifest.get("postprocessing", {}))
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{self.model_dir}: postprocessing: {exc}") from None
+        self.percentiles = tuple(spec["normalisation"].get("percentiles", (0.5, 99.5)))  # checked by ModelBundle
+        self.postprocessing = PostprocessingConfig.from_dict(self.bundle.manifest.get("postprocessing", {}))  # checked
         inference = self.bundle.manifest.get("inference", {})
         self.tta_flips = bool(inference.get("tta_flips", False)) if tta_flips is None else tta_flips
         self.tta_rot90 = bool(inference.get("tta_rot90", False)) if tta_rot90 is None else tta_rot90
