@@ -155,6 +155,10 @@ DEFAULTS: Dict[str, Any] = {
         # class weights of B_Main's cross-entropy, one per class (background, myocardium, edema, scar), or None
         # for the plain mean (the default)
         "ce_class_weights": None,
+        # deep supervision of B_Main (nnU-Net's practice, not the paper's; rule AJ): 0 = off; k = training-only
+        # 1 x 1 heads on B_Main's decoder outputs at 1/2 .. 1/2**k resolution, losses weighted 2**-i
+        # (training.deep_supervision); the exported PRSN is unchanged
+        "deep_supervision": 0,
         **_optim(800, 8, 2e-3),
     },
     "export": {
@@ -371,6 +375,15 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("prsn.config.slice_context must be an integer in [0, 4]")
     if prsn_context and config["prsn"]["variant"] not in ("prsn", "mfb_prsn"):
         raise ConfigError("prsn.config.slice_context needs the 'prsn' or 'mfb_prsn' variant")
+    ds = config["prsn"]["deep_supervision"]
+    prsn_levels = len(config["prsn"]["config"].get("features", DEFAULTS["prsn"]["config"]["features"])) - 1
+    if isinstance(ds, bool) or not isinstance(ds, int) or not 0 <= ds <= max(0, prsn_levels - 1):
+        raise ConfigError(
+            f"prsn.deep_supervision must be an integer in [0, {max(0, prsn_levels - 1)}] (0 = off; at most one "
+            f"less than the PRSN's {prsn_levels} decoder levels), got {ds!r}"
+        )
+    if ds and config["prsn"]["variant"] not in ("prsn", "mfb_prsn"):
+        raise ConfigError("prsn.deep_supervision needs the 'prsn' or 'mfb_prsn' variant")
     for stage in STAGE_ORDER:
         section = config[stage]
         for key in ("steps", "batch_size"):

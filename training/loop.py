@@ -59,10 +59,15 @@ FINAL_META = "final.json"
 LossFn = Callable[[nn.Module, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
 
+#: Section keys added after checkpoints were first written: left out of the fingerprint while they are off.
+FINGERPRINT_OMITTED_WHEN_OFF = ("ema_decay", "deep_supervision")
+
+
 def section_fingerprint(section: Mapping[str, Any]) -> str:
-    """The fingerprint a checkpoint is resumed under: the stage's config section, without ``ema_decay`` when it
-    is off, so checkpoints written before that option existed still resume."""
-    return fingerprint({k: v for k, v in section.items() if k != "ema_decay" or v})
+    """The fingerprint a checkpoint is resumed under: the stage's config section, without the options of
+    :data:`FINGERPRINT_OMITTED_WHEN_OFF` while they are off, so checkpoints written before those options existed
+    still resume."""
+    return fingerprint({k: v for k, v in section.items() if k not in FINGERPRINT_OMITTED_WHEN_OFF or v})
 
 
 class WeightAverage:

@@ -38,6 +38,7 @@ from .baselines import (
     prsn_variant_network,
 )
 from .config import STAGE_ORDER, stage_seed
+from .deep_supervision import DeepSupervision, deep_supervision_loss
 from .data import SliceBank, epicardium_of, lge_target_of, lv_blood_of, main_target_of, t2_target_of, wall_of
 from .loop import StageResult, fit, is_complete, load_final
 from .losses import (
@@ -244,6 +245,22 @@ def train_prsn(
     class_weights = None if class_w is None else torch.tensor([float(v) for v in class_w], device=runtime.device)
     context = int(net_cfg.get("slice_context", 0)) if variant in ("prsn", "mfb_prsn") else 0
     dev = runtime.device
+    net = model
+    ds_levels = int(section.get("deep_supervision", 0))
+    if ds_levels:  # training-only heads (the wrapper's); the exported module is ``net`` alone
+        torch.manual_seed(derived_seed(seed, "init", "prsn", fold, "deep_supervision"))
+        model = DeepSupervision(net, net.main_decoder, net.out_channels, ds_levels).to(dev)
+
+    def main_loss(logits: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+        return dice_ce_loss(
+            logits,
+            target,
+            ce_w,
+            per_image,
+            nested_regions=nested,
+            pixel_weights=weights,
+            class_weights=class_weights,
+        )
 
     def loss_fn(m: nn.Module, gen: torch.Generator):
         batch = bank.draw(
@@ -253,24 +270,23 @@ def train_prsn(
         cand = candidates_of(batch.images, mask, context).to(dev)
         codes = batch.codes.to(dev)
         if variant in ("prsn", "mfb_prsn"):
-            out = m(cand)
             weights = None
             if border_w > 0:
                 weights = 1.0 + border_w * border_band(lv_blood_of(codes), wall_of(codes) > 0, border_px).float()
-            main = dice_ce_loss(
-                out.main,
-                main_target_of(codes),
-                ce_w,
-                per_image,
-                nested_regions=nested,
-                pixel_weights=weights,
-                class_weights=class_weights,
-            )
+            parts: Dict[str, torch.Tensor] = {}
+            if ds_levels:
+                out, aux = m(cand)
+                main, parts["main_full"] = deep_supervision_loss(
+                    out.main, aux, main_target_of(codes), main_loss, weights
+                )
+            else:
+                out = m(cand)
+                main = main_loss(out.main, main_target_of(codes), weights)
             b_ssfp = soft_dice_loss(out.bssfp, wall_of(codes), per_image=per_image)
             b_lge = soft_dice_loss(out.lge, lge_target_of(codes), per_image=per_image)
             b_t2 = soft_dice_loss(out.t2, t2_target_of(codes), per_image=per_image)
             loss = main + lam[0] * b_ssfp + lam[1] * b_lge + lam[2] * b_t2
-            return loss, {"main": main, "bssfp": b_ssfp, "lge": b_lge, "t2": b_t2}
+            return loss, {"main": main, **parts, "bssfp": b_ssfp, "lge": b_lge, "t2": b_t2}
         target = {
             "fusion_unet": main_target_of,
             "unet_scar": lambda c: (c == 4).long(),
@@ -284,7 +300,7 @@ def train_prsn(
 
     gen = make_generator(seed, "prsn", fold, runtime.rank)
     if variant in ("prsn", "mfb_prsn"):
-        export = (arch, model.config(), lambda m: m)
+        export = (arch, net.config(), (lambda m: m.net) if ds_levels else (lambda m: m))
     else:
         adapter_cfg = {
             "inner_arch": arch,
