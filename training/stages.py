@@ -38,8 +38,8 @@ from .baselines import (
     prsn_variant_network,
 )
 from .config import STAGE_ORDER, stage_seed
-from .deep_supervision import DeepSupervision, deep_supervision_loss
 from .data import SliceBank, epicardium_of, lge_target_of, lv_blood_of, main_target_of, t2_target_of, wall_of
+from .deep_supervision import DeepSupervision, deep_supervision_loss
 from .loop import StageResult, fit, is_complete, load_final
 from .losses import (
     border_band,
