@@ -1492,3 +1492,110 @@ def test_a_new_run_that_fails_before_any_fold_leaves_no_folder(tmp_path, capsys)
     assert "c1_DE.nii.gz" in capsys.readouterr().err and not (runs / "cut").exists()
     assert cli_main([*base, "--run-name", "reuse", "--stages", "prsn", "--reuse-from", str(runs / "nothing")]) == 2
     assert "not a run folder" in capsys.readouterr().err and not (runs / "reuse").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Deep supervision of B_Main (prsn.deep_supervision, rule AJ)
+# ----------------------------------------------------------------------------------------------------------
+def test_deep_supervision_weights_and_labels_hand_computed():
+    from training.deep_supervision import deep_supervision_weights, downsample_labels
+
+    assert deep_supervision_weights(2) == pytest.approx([4 / 7, 2 / 7, 1 / 7])  # 1 : 0.5 : 0.25, normalised
+    assert deep_supervision_weights(1) == pytest.approx([2 / 3, 1 / 3])
+    target = torch.tensor([[[0, 1, 2, 3], [1, 1, 2, 2], [3, 0, 0, 1], [2, 2, 3, 3]]])
+    half = downsample_labels(target, (2, 2))
+    assert half.dtype == torch.long
+    assert half.tolist() == [[[0, 2], [3, 0]]]  # nearest neighbour: every second row and column from the first
+
+
+def test_deep_supervision_loss_hand_computed():
+    from training.deep_supervision import deep_supervision_loss
+
+    def mean_logit_minus_target(logits, target, weights):
+        # a loss whose value is easy to follow: mean logit minus the mean class index, times the mean weight
+        w = 1.0 if weights is None else float(weights.mean())
+        return (logits.mean() - target.float().mean()) * w
+
+    full = torch.full((1, 2, 4, 4), 3.0)
+    aux = [torch.full((1, 2, 2, 2), 5.0)]
+    target = torch.tensor([[[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]])  # 4 / 16 ones; half: all 1
+    combined, full_loss = deep_supervision_loss(full, aux, target, mean_logit_minus_target)
+    assert float(full_loss) == pytest.approx(3.0 - 0.25)
+    assert float(combined) == pytest.approx(2 / 3 * 2.75 + 1 / 3 * (5.0 - 1.0))
+    weights = torch.ones(1, 4, 4)
+    weights[:, ::2, ::2] = 3.0  # the pixels the half resolution keeps weigh 3; the mean at full resolution is 1.5
+    combined, full_loss = deep_supervision_loss(full, aux, target, mean_logit_minus_target, weights)
+    assert float(full_loss) == pytest.approx(2.75 * 1.5)
+    assert float(combined) == pytest.approx(2 / 3 * 2.75 * 1.5 + 1 / 3 * 4.0 * 3.0)
+
+
+def test_deep_supervision_wrapper_leaves_the_network_unchanged():
+    from myops.networks import PathologyRegionNet
+    from training.deep_supervision import DeepSupervision
+
+    torch.manual_seed(0)
+    net = PathologyRegionNet(features=(4, 8, 16, 32))
+    bare_keys = set(net.state_dict())
+    wrapped = DeepSupervision(net, net.main_decoder, net.out_channels, 2)
+    x = torch.randn(2, 3, 32, 32)
+    out, aux = wrapped(x)
+    torch.testing.assert_close(out.main, net(x).main)
+    assert [tuple(a.shape) for a in aux] == [(2, 4, 16, 16), (2, 4, 8, 8)]
+    assert set(net.state_dict()) == bare_keys  # the heads belong to the wrapper, not to the exported network
+    assert {k for k in wrapped.state_dict() if not k.startswith("net.")} == {
+        "heads.0.weight",
+        "heads.0.bias",
+        "heads.1.weight",
+        "heads.1.bias",
+    }
+    sum(a.sum() for a in aux).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in wrapped.heads.parameters())
+    assert net.main_decoder.blocks[0][0].weight.grad.abs().sum() > 0  # the coarse decoder level gets a gradient
+    with pytest.raises(ValueError, match="deep supervision levels"):
+        DeepSupervision(PathologyRegionNet(features=(4, 8, 16, 32)), net.main_decoder, 4, 3)
+
+
+def test_prsn_deep_supervision_trains_exports_the_bare_network_and_resumes(phantom_cases, runtime, tmp_path):
+    from safetensors.torch import load_file
+
+    from training.checkpoint import fingerprint
+    from training.loop import section_fingerprint
+
+    cfg = tiny("prsn.steps=20", "prsn.deep_supervision=1", "runtime.checkpoint_every=10")
+    bank = SliceBank(phantom_cases, cfg["data"])
+    straight = train_prsn(cfg, bank, tmp_path / "ds", runtime, 0)
+    assert all(math.isfinite(v) for v in straight.losses) and _decreases(straight.losses), straight.losses
+    plain_cfg = tiny("prsn.steps=1")
+    plain = train_prsn(plain_cfg, bank, tmp_path / "plain", runtime, 0)
+    assert straight.losses[0] != pytest.approx(plain.losses[0], rel=1e-4)  # the option reaches the loss
+    final = load_file(str(tmp_path / "ds" / "final.safetensors"))
+    assert set(final) == set(load_file(str(tmp_path / "plain" / "final.safetensors")))  # no heads exported
+    loaded = load_stage(tmp_path / "ds")
+    assert type(loaded.module).__name__ == "PathologyRegionNet"
+    checkpoint = load_file(str(tmp_path / "ds" / "checkpoint.safetensors"))
+    assert any("heads." in k for k in checkpoint)  # the heads are trained state, so a resume keeps them
+    with pytest.raises(_InterruptError):
+        train_prsn(cfg, _FailingBank(bank, 13), tmp_path / "resumed", runtime, 0)
+    resumed = train_prsn(cfg, bank, tmp_path / "resumed", runtime, 0, resume=True)
+    assert resumed.losses == pytest.approx(straight.losses[10:], rel=1e-5)
+    for k, v in straight.module.state_dict().items():
+        torch.testing.assert_close(resumed.module.state_dict()[k], v)
+    section = dict(plain_cfg["prsn"])
+    assert section["deep_supervision"] == 0
+    older = {k: v for k, v in section.items() if k not in ("deep_supervision", "ema_decay")}  # both off
+    assert section_fingerprint(section) == fingerprint(older)
+    assert section_fingerprint({**section, "deep_supervision": 1}) != fingerprint(older)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["prsn.deep_supervision=2"], r"integer in \[0, 1\]"),  # the tiny PRSN has two decoder levels
+        (["prsn.deep_supervision=true"], "deep_supervision"),
+        (["prsn.deep_supervision=-1"], "deep_supervision"),
+        (["prsn.deep_supervision=1", "prsn.variant=unet_scar"], "needs the 'prsn' or 'mfb_prsn' variant"),
+    ],
+)
+def test_prsn_deep_supervision_values_are_checked_when_the_config_is_read(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny(*overrides)
