@@ -158,3 +158,28 @@ def test_two_dimensional_inputs_and_shape_mismatch():
         render_overview(image, image, image[:32], lab)
     with pytest.raises(ValueError):
         render_overview(image, image, image, lab, truth_zyx=lab[None, None])
+
+
+def test_non_square_pixels_are_drawn_in_their_true_shape():
+    # The 40 x 40 pixel square of the test above, imaged at 2 mm rows and 1 mm columns, is 80 mm tall and 40 mm
+    # wide: crop 52 x 52 px; factor round(256 / (52 * 2)) = 2; rows x4, columns x2: panels 208 x 104 px.
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 10, size=(3, 100, 120))
+    lab = np.zeros((3, 100, 120), np.uint16)
+    lab[:, 30:70, 40:80] = L.MYOCARDIUM
+    tall = render_overview(image, image, image, lab, spacing_yx=(2.0, 1.0))
+    tall_one = render_overview(image[:1], image[:1], image[:1], lab[:1], spacing_yx=(2.0, 1.0))
+    step, rest = divmod(tall.shape[0] - tall_one.shape[0], 2)
+    assert rest == 0 and 208 <= step <= 218  # one more slice = one 208 px panel + gap
+    assert 3 * 104 < tall.shape[1] < 3 * 104 + 100
+    # Each panel's 1 px contour of the 160 x 80 px square: 2 * 160 + 2 * 80 - 4 px, 3 panels x 3 slices.
+    assert colour_count(tall, segment_rgb(L.MYOCARDIUM)) == 3 * 3 * (2 * 160 + 2 * 80 - 4) + 14 * 14
+    wide = render_overview(image, image, image, lab, spacing_yx=(1.0, 2.0))
+    assert wide.shape[1] > tall.shape[1] and wide.shape[0] < tall.shape[0]
+    # equal spacings are square pixels, whatever their size
+    assert np.array_equal(
+        render_overview(image, image, image, lab, spacing_yx=(0.7, 0.7)), render_overview(image, image, image, lab)
+    )
+    for bad in ((0.0, 1.0), (1.0, float("nan")), (1.0,), "ab"):
+        with pytest.raises(ValueError, match="spacing_yx"):
+            render_overview(image, image, image, lab, spacing_yx=bad)

@@ -443,6 +443,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             result.labels_zyx,
             truth_zyx=truth,
             title="MyoPS demo (synthetic phantom)",
+            spacing_yx=spacing_zyx_of(case.lge)[1:],
         )
         metrics = case_metrics(result.labels_zyx, truth, spacing_zyx_of(case.lge))
     finally:

@@ -15,6 +15,7 @@ filter type 0, no interlace.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -238,6 +239,7 @@ def render_overview(
     *,
     panel_px: int = 256,
     margin: float = 0.15,
+    spacing_yx: Optional[Sequence[float]] = None,
 ) -> np.ndarray:
     """Render the overview figure as an ``(H, W, 3)`` uint8 RGB array.
 
@@ -250,9 +252,13 @@ def render_overview(
         title: optional line of text above the panels (5 x 7 font, upper case; truncated to fit).
         panel_px: target panel size in px; the crop is upscaled by ``max(1, round(panel_px / crop size))``.
         margin: crop margin as a fraction of the label bounding box (at least 4 px).
+        spacing_yx: pixel size ``(row, column)`` in mm, or None for square pixels. With it, rows and columns
+            are upscaled by separate whole factors in the ratio of the spacings (each rounded), so a heart
+            imaged with non-square pixels is drawn with its true shape rather than stretched.
 
     Raises:
-        ValueError: if the volumes are not 2D/3D or their shapes differ.
+        ValueError: if the volumes are not 2D/3D, their shapes differ, or ``spacing_yx`` is not two positive
+            finite numbers.
     """
     volumes = [_as_volume(n, a) for n, a in zip(SEQUENCE_NAMES, (bssfp_zyx, lge_zyx, t2_zyx))]
     predicted = _as_volume("labels", labels_zyx)
@@ -264,11 +270,13 @@ def render_overview(
 
     box_y, box_x = _heart_box([predicted != 0] + ([truth != 0] if truth is not None else []), (ny, nx), margin)
     crop_h, crop_w = box_y.stop - box_y.start, box_x.stop - box_x.start
-    factor = max(1, round(panel_px / max(crop_h, crop_w)))
-    panel_h, panel_w = crop_h * factor, crop_w * factor
+    aspect_y, aspect_x = _aspect(spacing_yx)
+    factor = max(1, round(panel_px / max(crop_h * aspect_y, crop_w * aspect_x)))
+    factor_y, factor_x = max(1, round(factor * aspect_y)), max(1, round(factor * aspect_x))
+    panel_h, panel_w = crop_h * factor_y, crop_w * factor_x
 
     def upscale(a: np.ndarray) -> np.ndarray:
-        return np.repeat(np.repeat(a, factor, axis=-2), factor, axis=-1)
+        return np.repeat(np.repeat(a, factor_y, axis=-2), factor_x, axis=-1)
 
     greys = [upscale(_window(v[:, box_y, box_x].astype(np.float64))) for v in volumes]
     pred_crop = upscale(predicted[:, box_y, box_x])
@@ -325,6 +333,20 @@ def render_overview(
     return canvas
 
 
+def _aspect(spacing_yx: Optional[Sequence[float]]) -> Tuple[float, float]:
+    """Each axis's pixel size relative to the finer one: ``(1, 1)`` for square pixels or None."""
+    if spacing_yx is None:
+        return 1.0, 1.0
+    try:
+        sy, sx = (float(v) for v in spacing_yx)
+    except (TypeError, ValueError):
+        raise ValueError(f"spacing_yx must be two numbers (row, column) in mm, got {spacing_yx!r}") from None
+    if not (math.isfinite(sy) and math.isfinite(sx) and sy > 0 and sx > 0):
+        raise ValueError(f"spacing_yx must be two positive finite numbers in mm, got {spacing_yx!r}")
+    finer = min(sy, sx)
+    return sy / finer, sx / finer
+
+
 def _legend_layout(
     items: Sequence[Tuple[str, Tuple[int, int, int], bool]], width: int
 ) -> List[List[Tuple[int, str, Tuple[int, int, int], bool]]]:
@@ -350,13 +372,15 @@ def save_overview_png(
     labels_zyx: ArrayLike,
     truth_zyx: Optional[ArrayLike] = None,
     title: Optional[str] = None,
+    spacing_yx: Optional[Sequence[float]] = None,
 ) -> Path:
     """Write the :func:`render_overview` figure to ``path`` as PNG and return the path.
 
     Rows are slices, columns the three sequences (bSSFP, LGE, T2), cropped to the heart and windowed to
-    their [1, 99] percentiles; predicted contours in segment colours, truth contours as white dashes.
+    their [1, 99] percentiles; predicted contours in segment colours, truth contours as white dashes; pixels
+    drawn in the shape ``spacing_yx`` (mm) gives them (see :func:`render_overview`).
     """
-    rgb = render_overview(bssfp_zyx, lge_zyx, t2_zyx, labels_zyx, truth_zyx, title)
+    rgb = render_overview(bssfp_zyx, lge_zyx, t2_zyx, labels_zyx, truth_zyx, title, spacing_yx=spacing_yx)
     written = write_png(path, rgb)
     logger.info("wrote overview %s (%d x %d px)", written, rgb.shape[1], rgb.shape[0])
     return written
