@@ -1449,6 +1449,15 @@ def test_a_published_model_folder_is_readable_under_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
+    assert not any(p.name.startswith(".umask-probe") for p in out.iterdir())  # the probe folder is gone
+    old = os.umask(0o077)  # a private umask is followed too, and the caller's umask is left as it was
+    try:
+        private = publish_model_folder(tmp_path / "private", lambda folder: build_random_model_folder(folder))
+        assert os.umask(0o077) == 0o077
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in private.iterdir()} == {0o600}
 
 
 def test_index_coded_labels_are_refused_not_read_as_an_empty_heart(tmp_path):

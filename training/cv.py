@@ -691,12 +691,25 @@ def open_to_umask(folder: Path) -> None:
     """Give ``folder`` and everything in it the modes a plain ``mkdir`` and ``open`` would (under the process's
     umask): ``tempfile.mkdtemp`` makes folders 0700 and safetensors writes files 0600, so a published model would
     otherwise be readable by its owner alone (a shared model folder, or the shipped one in a checkout)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
+    mask = _creation_mask(Path(folder))
     for path in [Path(folder), *Path(folder).rglob("*")]:
         if path.is_symlink():
             continue
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _creation_mask(where: Path) -> int:
+    """The permission bits a plain ``mkdir`` in ``where`` takes away (the umask, or what the folder's default ACL
+    imposes), found by making a probe folder: reading the umask with ``os.umask`` means setting it, and another
+    thread creating files in between would get the wrong modes."""
+    import stat
+
+    probe = where / f".umask-probe-{os.getpid()}-{time.monotonic_ns()}"
+    probe.mkdir(0o777)
+    try:
+        return 0o777 & ~stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.rmdir()
 
 
 def publish_model_folder(out_dir: Path, write: Callable[[Path], Any]) -> Path:
