@@ -1377,6 +1377,13 @@ def test_last_step_twin_writes_the_same_runs_last_step_weights(phantom_cases, ru
         module.write_twin(run, tmp_path / "twin", "localizer")
     with pytest.raises(SystemExit, match="ema_decay"):
         module.write_twin(tmp_path / "plain", tmp_path / "twin2", "localizer")
+    # a deep-supervision checkpoint also holds the training-only heads (and net.* names): refused, not mislabelled
+    ds_run = tmp_path / "ds_run"
+    ds_cfg = tiny("prsn.steps=4", "runtime.checkpoint_every=4", "prsn.ema_decay=0.8", "prsn.deep_supervision=1")
+    train_prsn(ds_cfg, bank, ds_run / "fold_0" / "prsn", runtime, 0)
+    with pytest.raises(SystemExit, match="deep supervision"):
+        module.write_twin(ds_run, tmp_path / "twin3", "prsn")
+    assert not (tmp_path / "twin3").exists()
 
 
 def test_validation_scores_against_labels_on_the_lge_grid(tmp_path, monkeypatch):
@@ -1514,7 +1521,10 @@ def test_deep_supervision_weights_and_labels_hand_computed():
     target = torch.tensor([[[0, 1, 2, 3], [1, 1, 2, 2], [3, 0, 0, 1], [2, 2, 3, 3]]])
     half = downsample_labels(target, (2, 2))
     assert half.dtype == torch.long
-    assert half.tolist() == [[[0, 2], [3, 0]]]  # nearest neighbour: every second row and column from the first
+    # centre-aligned nearest neighbour: coarse pixel j takes full pixel floor(2 (j + 0.5)) = 2 j + 1
+    assert half.tolist() == [[[1, 2], [2, 3]]]
+    quarter = downsample_labels(torch.arange(64).reshape(1, 8, 8), (2, 2))
+    assert quarter.tolist() == [[[2 * 8 + 2, 2 * 8 + 6], [6 * 8 + 2, 6 * 8 + 6]]]  # floor(4 (j + 0.5)) = 4 j + 2
 
 
 def test_deep_supervision_loss_hand_computed():
@@ -1527,12 +1537,12 @@ def test_deep_supervision_loss_hand_computed():
 
     full = torch.full((1, 2, 4, 4), 3.0)
     aux = [torch.full((1, 2, 2, 2), 5.0)]
-    target = torch.tensor([[[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]])  # 4 / 16 ones; half: all 1
+    target = torch.tensor([[[0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0], [0, 1, 0, 1]]])  # 4 / 16 ones; half: all 1
     combined, full_loss = deep_supervision_loss(full, aux, target, mean_logit_minus_target)
     assert float(full_loss) == pytest.approx(3.0 - 0.25)
     assert float(combined) == pytest.approx(2 / 3 * 2.75 + 1 / 3 * (5.0 - 1.0))
     weights = torch.ones(1, 4, 4)
-    weights[:, ::2, ::2] = 3.0  # the pixels the half resolution keeps weigh 3; the mean at full resolution is 1.5
+    weights[:, 1::2, 1::2] = 3.0  # the pixels the half resolution keeps weigh 3; the mean at full resolution is 1.5
     combined, full_loss = deep_supervision_loss(full, aux, target, mean_logit_minus_target, weights)
     assert float(full_loss) == pytest.approx(2.75 * 1.5)
     assert float(combined) == pytest.approx(2 / 3 * 2.75 * 1.5 + 1 / 3 * 4.0 * 3.0)
@@ -1562,6 +1572,13 @@ def test_deep_supervision_wrapper_leaves_the_network_unchanged():
     assert net.main_decoder.blocks[0][0].weight.grad.abs().sum() > 0  # the coarse decoder level gets a gradient
     with pytest.raises(ValueError, match="deep supervision levels"):
         DeepSupervision(PathologyRegionNet(features=(4, 8, 16, 32)), net.main_decoder, 4, 3)
+    # released, the network forgets the wrapper: no hooks left to capture (and keep) its decoder maps
+    assert wrapped.release() is net
+    assert all(not block._forward_hooks for block in net.main_decoder.blocks)
+    net(x)
+    assert wrapped._captured == [None, None]
+    with pytest.raises(RuntimeError, match="released"):
+        wrapped(x)
 
 
 def test_prsn_deep_supervision_trains_exports_the_bare_network_and_resumes(phantom_cases, runtime, tmp_path):
@@ -1581,6 +1598,8 @@ def test_prsn_deep_supervision_trains_exports_the_bare_network_and_resumes(phant
     assert set(final) == set(load_file(str(tmp_path / "plain" / "final.safetensors")))  # no heads exported
     loaded = load_stage(tmp_path / "ds")
     assert type(loaded.module).__name__ == "PathologyRegionNet"
+    assert type(straight.module).__name__ == "PathologyRegionNet"  # the stage returns the bare network
+    assert all(not block._forward_hooks for block in straight.module.main_decoder.blocks)
     checkpoint = load_file(str(tmp_path / "ds" / "checkpoint.safetensors"))
     assert any("heads." in k for k in checkpoint)  # the heads are trained state, so a resume keeps them
     with pytest.raises(_InterruptError):
@@ -1603,6 +1622,7 @@ def test_prsn_deep_supervision_trains_exports_the_bare_network_and_resumes(phant
         (["prsn.deep_supervision=true"], "deep_supervision"),
         (["prsn.deep_supervision=-1"], "deep_supervision"),
         (["prsn.deep_supervision=1", "prsn.variant=unet_scar"], "needs the 'prsn' or 'mfb_prsn' variant"),
+        (["prsn.deep_supervision=1", "prsn.config.features=5"], "features"),  # the network's own message
     ],
 )
 def test_prsn_deep_supervision_values_are_checked_when_the_config_is_read(overrides, match):

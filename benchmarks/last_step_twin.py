@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "MyoPSSegmentation"))
 
+from safetensors import safe_open  # noqa: E402
+
 from training.checkpoint import load_checkpoint, model_state_from, save_tensors, write_json  # noqa: E402
 from training.loop import FINAL_META, FINAL_WEIGHTS  # noqa: E402
 
@@ -57,6 +59,13 @@ def write_twin(run: Path, out: Path, stage: str = "prsn") -> list[Path]:
         last, average = model_state_from(tensors), model_state_from(tensors, "ema.")
         if set(last) != set(average):
             raise SystemExit(f"{folder}: the checkpoint's model and average differ in their entries")
+        with safe_open(str(folder / FINAL_WEIGHTS), framework="pt") as exported:
+            exported_keys = set(exported.keys())
+        if set(last) != exported_keys:  # e.g. prsn.deep_supervision: the checkpoint holds training-only heads
+            raise SystemExit(
+                f"{folder}: the checkpoint holds more than the exported module (training-only parts such as "
+                "deep supervision heads); its last step cannot be written as a stage of its own"
+            )
         plans.append((fold.name, meta, last))
     out.mkdir(parents=True)
     for name in ("config.json", "split.json"):

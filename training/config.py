@@ -375,15 +375,6 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("prsn.config.slice_context must be an integer in [0, 4]")
     if prsn_context and config["prsn"]["variant"] not in ("prsn", "mfb_prsn"):
         raise ConfigError("prsn.config.slice_context needs the 'prsn' or 'mfb_prsn' variant")
-    ds = config["prsn"]["deep_supervision"]
-    prsn_levels = len(config["prsn"]["config"].get("features", DEFAULTS["prsn"]["config"]["features"])) - 1
-    if isinstance(ds, bool) or not isinstance(ds, int) or not 0 <= ds <= max(0, prsn_levels - 1):
-        raise ConfigError(
-            f"prsn.deep_supervision must be an integer in [0, {max(0, prsn_levels - 1)}] (0 = off; at most one "
-            f"less than the PRSN's {prsn_levels} decoder levels), got {ds!r}"
-        )
-    if ds and config["prsn"]["variant"] not in ("prsn", "mfb_prsn"):
-        raise ConfigError("prsn.deep_supervision needs the 'prsn' or 'mfb_prsn' variant")
     for stage in STAGE_ORDER:
         section = config[stage]
         for key in ("steps", "batch_size"):
@@ -403,6 +394,25 @@ def validate_config(config: Mapping[str, Any]) -> None:
     if config["runtime"]["amp"] not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError("runtime.amp must be one of auto, bf16, fp16, off")
     _check_networks(config)
+    _check_deep_supervision(config["prsn"])
+
+
+def _check_deep_supervision(section: Mapping[str, Any]) -> None:
+    """``prsn.deep_supervision`` fits the PRSN's decoder (after :func:`_check_networks`, so ``features`` is
+    sound): 0, or at most one less than its decoder levels, on a variant whose B_Main has that decoder."""
+    ds = section["deep_supervision"]
+    if isinstance(ds, bool) or not isinstance(ds, int):
+        raise ConfigError(f"prsn.deep_supervision must be an integer (0 = off), got {ds!r}")
+    if ds == 0:
+        return
+    if section["variant"] not in ("prsn", "mfb_prsn"):
+        raise ConfigError("prsn.deep_supervision needs the 'prsn' or 'mfb_prsn' variant")
+    decoder_levels = len(section["config"].get("features", DEFAULTS["prsn"]["config"]["features"])) - 1
+    if not 0 <= ds <= decoder_levels - 1:
+        raise ConfigError(
+            f"prsn.deep_supervision must be an integer in [0, {decoder_levels - 1}] (0 = off; at most one less "
+            f"than the PRSN's {decoder_levels} decoder levels), got {ds!r}"
+        )
 
 
 def _check_networks(config: Mapping[str, Any]) -> None:

@@ -43,8 +43,15 @@ class DeepSupervision(nn.Module):
         supervised = [blocks[-1 - i] for i in range(1, levels + 1)]
         self.heads = nn.ModuleList(nn.Conv2d(_out_channels(b), out_channels, 1) for b in supervised)
         self._captured: List[Optional[torch.Tensor]] = [None] * levels
-        for i, block in enumerate(supervised):
-            block.register_forward_hook(self._capture(i))
+        self._hooks = [block.register_forward_hook(self._capture(i)) for i, block in enumerate(supervised)]
+
+    def release(self) -> nn.Module:
+        """``net`` without this wrapper's hooks (the module a stage exports and returns); the wrapper is done."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        self._captured = [None] * self.levels  # maps a bare forward of ``net`` left here are let go too
+        return self.net
 
     def _capture(self, i: int) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
@@ -53,6 +60,8 @@ class DeepSupervision(nn.Module):
         return hook
 
     def forward(self, x: torch.Tensor) -> Tuple[Any, List[torch.Tensor]]:
+        if not self._hooks:
+            raise RuntimeError("deep supervision: the wrapper was released")
         self._captured = [None] * self.levels
         out = self.net(x)
         if any(t is None for t in self._captured):
@@ -70,8 +79,12 @@ def _out_channels(block: nn.Module) -> int:
 
 
 def downsample_labels(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Class indices ``(N, H, W)`` taken by nearest neighbour at ``size`` ``(h, w)`` -> ``(N, h, w)``, long."""
-    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].round().long()
+    """Class indices ``(N, H, W)`` taken by nearest neighbour at ``size`` ``(h, w)`` -> ``(N, h, w)``, long.
+
+    Centre-aligned (``nearest-exact``, as nnU-Net's order-0 resize): coarse pixel ``j`` of a factor ``f`` takes
+    full pixel ``floor((j + 0.5) f)``, the one nearest the centre of the ``f`` pixels it pools; plain ``nearest``
+    would take ``j f``, (f - 1) / 2 pixels off (1.5 px at 1/4)."""
+    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].round().long()
 
 
 def deep_supervision_weights(levels: int) -> List[float]:
@@ -108,6 +121,6 @@ def deep_supervision_loss(
         size = logits.shape[-2:]
         pw = None
         if pixel_weights is not None:
-            pw = F.interpolate(pixel_weights[:, None].float(), size=tuple(size), mode="nearest")[:, 0]
+            pw = F.interpolate(pixel_weights[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0]
         combined = combined + w * loss(logits, downsample_labels(target, size), pw)
     return combined, full_loss

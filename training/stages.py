@@ -300,7 +300,7 @@ def train_prsn(
 
     gen = make_generator(seed, "prsn", fold, runtime.rank)
     if variant in ("prsn", "mfb_prsn"):
-        export = (arch, net.config(), (lambda m: m.net) if ds_levels else (lambda m: m))
+        export = (arch, net.config(), (lambda m: m.release()) if ds_levels else (lambda m: m))
     else:
         adapter_cfg = {
             "inner_arch": arch,
