@@ -40,6 +40,7 @@ from .preprocessing import (
     full_view_window,
     heart_center_from_mask,
     inverse_axis_order,
+    nearly_isotropic,
     paste_windows,
     prepare_sequences,
     sample_windows,
@@ -695,6 +696,12 @@ class Segmenter:
             validate_image(image, name)
         t0 = time.perf_counter()
         axis_order = slice_axis_order(given_lge)
+        if given_lge.GetDimension() == 3 and min(given_lge.GetSize()) > 1 and nearly_isotropic(given_lge.GetSpacing()):
+            logger.warning(
+                "the LGE's voxels are nearly isotropic (%s mm): its slices are taken along its third axis as stored; "
+                "the networks segment 2D short-axis slices, so reformat a 3D acquisition to short-axis slices first",
+                " x ".join(f"{v:g}" for v in given_lge.GetSpacing()),
+            )
         uncovered: Dict[str, Tuple[int, ...]] = {}
         volumes = prepare_sequences(bssfp, lge, t2, self.percentiles, uncovered=uncovered)  # (3, z, y, x)
         spacing_zyx = spacing_zyx_of(lge)

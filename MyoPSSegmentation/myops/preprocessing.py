@@ -49,7 +49,9 @@ def spacing_zyx_of(image: sitk.Image) -> Tuple[float, float, float]:
 
 
 #: An axis whose spacing exceeds the third axis's by more than this fraction is taken as the slice axis instead.
-SLICE_AXIS_TOLERANCE = 0.01
+#: Stacks stored with their slices along another axis differ by far more (e.g. 12 mm against 0.7 mm); a smaller
+#: margin let a 2 % difference in a near-isotropic 3D volume pick long-axis planes as the slices.
+SLICE_AXIS_TOLERANCE = 0.25
 
 
 def slice_axis_order(image: sitk.Image, tolerance: float = SLICE_AXIS_TOLERANCE) -> Tuple[int, int, int]:
@@ -80,6 +82,13 @@ def slice_axis_of_spacing(spacing_xyz: Sequence[float], tolerance: float = SLICE
     if spacing[axis] <= spacing[2] * (1.0 + tolerance):
         return 2
     return axis
+
+
+def nearly_isotropic(spacing_xyz: Sequence[float], tolerance: float = SLICE_AXIS_TOLERANCE) -> bool:
+    """True when no spacing exceeds the smallest by more than ``tolerance`` (relative): a 3D volume whose slice
+    axis cannot be told from its spacing, so the stored third axis is used (:func:`slice_axis_order`)."""
+    spacing = [float(s) for s in spacing_xyz]
+    return max(spacing) <= min(spacing) * (1.0 + tolerance)
 
 
 def slice_axis_last(image: sitk.Image, name: str = "image") -> sitk.Image:
