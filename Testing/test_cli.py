@@ -513,6 +513,22 @@ def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are
     assert rows["a"]["self_agreement_lv_members_mm"] == "" and float(rows["b"]["self_agreement_lv_members_mm"]) >= 0
     assert "Least self-agreement" not in text  # one case segmented: no review order to give
 
+    # saved again from Slicer, which stores a left-handed LGE's map with its slices reversed (the same voxels on
+    # another grid): still the user's map, kept and quantified as before, never reported as failed
+    lge_direction = np.asarray(lge.GetDirection()).reshape(3, 3)
+    if np.linalg.det(lge_direction) < 0:
+        resaved = sitk.Flip(image, [False, False, True], flipAboutOrigin=False)
+    else:
+        resaved = sitk.PermuteAxes(image, [1, 0, 2])  # a right-handed phantom: axes swapped instead
+    sitk.WriteImage(resaved, str(out_dir / "a_seg.nii.gz"))
+    assert run_cli(*base) == 0
+    capsys.readouterr()
+    with open(out_dir / "quantification.csv", newline="") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert rows["a"]["source"] == "existing" and float(rows["a"]["scar_ml"]) == pytest.approx(10 * voxel_ml)
+    assert float(rows["a"]["lv_myocardium_ml"]) == pytest.approx(100 * voxel_ml)
+    sitk.WriteImage(image, str(out_dir / "a_seg.nii.gz"))
+
     b_time = (out_dir / "b_seg.nii.gz").stat().st_mtime_ns
     assert run_cli(*base) == 0  # everything there already: nothing segmented, the model is not even loaded
     text = capsys.readouterr().out

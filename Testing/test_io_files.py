@@ -167,3 +167,47 @@ def test_a_broken_link_is_refused_before_any_work(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="broken symbolic link"):
             write_labelmap(link, _labels(), overwrite=overwrite)
     assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+def _oblique_labels() -> sitk.Image:
+    """A (4, 6, 5) label volume with distinct values per voxel, oblique, left-handed, anisotropic, off-centre."""
+    image = sitk.GetImageFromArray(np.arange(4 * 6 * 5, dtype=np.uint16).reshape(4, 6, 5))
+    image.SetSpacing((0.7, 0.9, 8.0))
+    image.SetOrigin((120.0, -85.5, 40.25))
+    c, s = np.cos(0.4), np.sin(0.4)
+    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag([1.0, 1.0, -1.0])  # det -1
+    image.SetDirection(tuple(rotation.ravel()))
+    return image
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        lambda im: sitk.Flip(im, [False, False, True], flipAboutOrigin=False),  # as Slicer saves it
+        lambda im: sitk.PermuteAxes(im, [2, 0, 1]),
+        lambda im: sitk.Flip(sitk.PermuteAxes(im, [1, 0, 2]), [True, False, True], flipAboutOrigin=False),
+    ],
+)
+def test_the_same_voxels_with_axes_reordered_come_back_voxel_for_voxel(stored) -> None:
+    reference = _oblique_labels()
+    other = stored(reference)
+    assert not io.same_grid(other, reference)
+    back = io.onto_grid_axes(other, reference)
+    assert back is not None and io.same_grid(back, reference, tol=0.0)
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(reference))  # nothing interpolated
+
+
+def test_other_voxels_are_not_reordered_onto_a_grid() -> None:
+    reference = _oblique_labels()
+    assert io.onto_grid_axes(reference, reference) is reference
+    shifted = sitk.Image(reference)
+    shifted.SetOrigin(tuple(np.add(reference.GetOrigin(), (0.35, 0.0, 0.0))))  # half a voxel off
+    assert io.onto_grid_axes(shifted, reference) is None
+    finer = sitk.Image(reference)
+    finer.SetSpacing((0.7, 0.9, 4.0))
+    assert io.onto_grid_axes(sitk.Flip(finer, [False, False, True], flipAboutOrigin=False), reference) is None
+    tilted = sitk.Image(reference)
+    d = np.asarray(reference.GetDirection()).reshape(3, 3)
+    c, s = np.cos(0.05), np.sin(0.05)
+    tilted.SetDirection(tuple((d @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])).ravel()))
+    assert io.onto_grid_axes(tilted, reference) is None

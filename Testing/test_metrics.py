@@ -517,3 +517,28 @@ def test_evaluate_folders_reads_a_slicer_segmentation_by_its_segment_names(tmp_p
     slicerio.write_segmentation(str(pred_dir / "p1_seg.seg.nrrd"), seg)
     with pytest.raises(InputError, match="segment 'my scar' is not one of the MyoPS segments"):
         evaluate_folders(pred_dir, gt_dir)
+
+
+def test_evaluate_scores_a_prediction_saved_with_its_slices_reversed(tmp_path):
+    """Slicer saves a left-handed volume with its slice order reversed (origin at the other end, third direction
+    column negated): the same voxels on another grid. evaluate scores it voxel for voxel; other grids stay refused."""
+    pred, truth, spacing = _tiny_case()
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    _write(tmp_path / "gt" / "p1_gd.nii.gz", truth, spacing, origin=(10.0, -20.0, 30.0))
+    image = sitk.GetImageFromArray(pred)
+    image.SetSpacing(tuple(reversed(spacing)))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    sitk.WriteImage(
+        sitk.Flip(image, [False, False, True], flipAboutOrigin=False), str(tmp_path / "pred" / "p1_seg.nii.gz")
+    )
+    flipped = sitk.ReadImage(str(tmp_path / "pred" / "p1_seg.nii.gz"))
+    assert flipped.GetOrigin()[2] == pytest.approx(40.0) and flipped.GetDirection()[8] == pytest.approx(-1.0)
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    for key, expected in TINY_EXPECTED.items():
+        assert report.cases[0].metrics[key] == pytest.approx(expected), key
+    moved = sitk.Image(flipped)
+    moved.SetOrigin((10.0, -20.0, 50.0))  # one slice further: other voxels
+    sitk.WriteImage(moved, str(tmp_path / "pred" / "p1_seg.nii.gz"))
+    with pytest.raises(InputError, match="grid differs"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "gt")

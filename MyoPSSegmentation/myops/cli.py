@@ -207,7 +207,7 @@ def _quantify_existing(path: Path, lge_path: Path):
         InputError: it is not a 3D map of MyoPS codes (a map saved with other values, e.g. segment indices 1-4,
             would count as empty: 0 mL), or it is not on its case's LGE grid (another case's map, or resampled).
     """
-    from .io import on_grid_of, read_labelmap
+    from .io import on_grid_of, onto_grid_axes, read_image, read_labelmap
     from .metrics import label_array
     from .preprocessing import spacing_zyx_of
     from .quantify import quantify
@@ -215,10 +215,17 @@ def _quantify_existing(path: Path, lge_path: Path):
     image = read_labelmap(path)
     if image.GetDimension() != 3:
         raise InputError(path, f"is not a 3D label map (dimension {image.GetDimension()})")
-    labels = label_array(image, path)
+    label_array(image, path)  # MyoPS codes, or refused
     if not on_grid_of(image, lge_path, tol=1e-3):  # NIfTI stores directions in single precision
-        raise InputError(path, f"is not on the grid of its LGE {Path(lge_path).name}; --overwrite segments it again")
-    return quantify(labels, spacing_zyx_of(image))
+        # the same voxels with the axes in another order or sense (Slicer saves left-handed volumes so) are the
+        # user's map all the same: quantified as it is, never segmented over
+        reoriented = onto_grid_axes(image, read_image(lge_path), tol=1e-3)
+        if reoriented is None:
+            raise InputError(
+                path, f"is not on the grid of its LGE {Path(lge_path).name}; --overwrite segments it again"
+            )
+        image = reoriented
+    return quantify(label_array(image, path), spacing_zyx_of(image))
 
 
 def _write_csv_rows(path: Path, rows: List[dict]) -> None:

@@ -398,6 +398,41 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
     )
 
 
+def onto_grid_axes(image: sitk.Image, reference: sitk.Image, tol: float = 1e-4) -> Optional[sitk.Image]:
+    """``image`` re-indexed voxel for voxel onto ``reference``'s grid when the two grids have the same voxel
+    centres and differ only in the order or sense of their axes; None otherwise.
+
+    Slicer, for one, stores a volume loaded with a left-handed direction matrix with its slice order reversed
+    (origin at the other end, third direction column negated): the same voxels, another grid. No value is
+    interpolated: the result is ``image``'s array permuted and flipped (``sitk.PermuteAxes``, ``sitk.Flip``,
+    both keeping physical positions), given ``reference``'s exact geometry. An image already on the grid is
+    returned as it is.
+
+    Args:
+        image, reference: 3D images.
+        tol: tolerance (mm, and direction cosines) of :func:`same_grid`.
+    """
+    if image.GetDimension() != 3 or reference.GetDimension() != 3:
+        return None
+    if same_grid(image, reference, tol):
+        return image
+    d_img = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    d_ref = np.asarray(reference.GetDirection(), dtype=float).reshape(3, 3)
+    order, flips = [], []
+    for i in range(3):  # the image axis j whose direction is +- the reference's axis i
+        dots = d_img.T @ d_ref[:, i]
+        j = int(np.argmax(np.abs(dots)))
+        if abs(abs(dots[j]) - 1.0) > tol or j in order:
+            return None
+        order.append(j)
+        flips.append(bool(dots[j] < 0))
+    candidate = sitk.Flip(sitk.PermuteAxes(image, order), flips, flipAboutOrigin=False)
+    if not same_grid(candidate, reference, tol):
+        return None
+    candidate.CopyInformation(reference)  # the same voxel centres: drop the rounding of the permuted geometry
+    return candidate
+
+
 def on_grid_of(image: sitk.Image, path: PathLike, tol: float = 1e-4) -> bool:
     """Whether ``image`` shares the grid of the image at ``path`` (:func:`same_grid`), reading only the file's
     header where it can (a DICOM series folder is read whole)."""

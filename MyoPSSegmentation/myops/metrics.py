@@ -730,7 +730,20 @@ def evaluate_folders(
             pred = np.zeros_like(truth)
         else:
             pred_image = _read_labels(pred_path)
-            _check_same_grid(pred_image, truth_image, pred_path, truth_path)
+            from .io import onto_grid_axes
+
+            reoriented = onto_grid_axes(pred_image, truth_image, GRID_TOLERANCE)
+            if reoriented is None:
+                _check_same_grid(pred_image, truth_image, pred_path, truth_path)
+            elif reoriented is not pred_image:
+                logger.info(
+                    "%s: %s has the voxels of %s with its axes in another order or sense (as Slicer saves "
+                    "left-handed volumes); scored voxel for voxel on the ground truth's grid",
+                    case,
+                    pred_path.name,
+                    truth_path.name,
+                )
+                pred_image = reoriented
             pred = label_array(pred_image, pred_path)
         metrics, one_sided = case_scores(pred, truth, spacing_zyx)
         logger.debug("%s: %s", case, metrics)
