@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_TENSORS = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
@@ -32,10 +36,59 @@ def fingerprint(section: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _atomic_write_bytes(path: Path, writer) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    writer(tmp)
-    os.replace(tmp, path)
+#: The temporary files an interrupted write can leave in a stage, fold or model folder, by who makes them:
+#: :func:`_atomic_write_bytes` (``<target>.tmp<pid>``), ``safetensors.torch.save_file`` (0.7 and later write
+#: through the Rust ``tempfile`` crate: ``.tmp`` and 6 letters or digits) and the engine's image writer
+#: (:func:`myops.io.write_atomically`: ``.myops-``, 8 of :func:`tempfile.mkstemp`'s characters, the suffix).
+STALE_TEMP_PATTERNS: Tuple[re.Pattern, ...] = (
+    re.compile(r".+\.tmp\d+"),
+    re.compile(r"\.tmp[A-Za-z0-9]{6}"),
+    re.compile(r"\.myops-[a-z0-9_]{8}(\..+)?"),
+)
+
+
+def _atomic_write_bytes(path: Path, writer: Callable[[Path], Any]) -> None:
+    """Call ``writer(tmp)`` on a temporary file beside ``path``, then move it onto ``path``.
+
+    Whatever ends the write early as an exception (an error, Ctrl-C, ``SystemExit``, a SIGTERM the command line
+    turns into one) removes the temporary file; a process killed outright (SIGKILL, a signal left to its default
+    action) leaves it, and :func:`remove_stale_temp_files` removes it when the folder is next used.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError as exc:  # the original error matters more; say what is left behind
+            logger.warning("could not remove the temporary file %s: %s", tmp, exc)
+        raise
+
+
+def remove_stale_temp_files(folder: Path) -> List[Path]:
+    """Remove the temporary files of :data:`STALE_TEMP_PATTERNS` that interrupted writes left in ``folder``
+    (not in its subfolders), logging each; returns what was removed.
+
+    Only call it where no other process writes into ``folder`` (a fold the caller holds the lock of): a
+    temporary file being written at the time would be removed from under its writer.
+    """
+    folder = Path(folder)
+    removed: List[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        if not any(p.fullmatch(path.name) for p in STALE_TEMP_PATTERNS) or not path.is_file() or path.is_symlink():
+            continue
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        logger.info("removed %s (%.1f MB), left by an interrupted write", path, size / 1e6)
+        removed.append(path)
+    return removed
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -1,15 +1,18 @@
 """Runs, folds and cross-validation: the whole cascade for a fold, all folds, or all cases.
 
 A run folder (``runs/<name>/``) holds ``config.json`` (the complete config, fixed when the run is created),
-``split.json`` (data folder, sorted case names, the seeded folds) and one folder per fold (``fold_<k>``) or
-``all`` (trained on every case, no held-out cases). Each fold's cascade is: localiser -> DAE -> ASSN -> PRSN ->
-export (``fold_<k>/model``) -> validation of the held-out cases through :class:`myops.pipeline.Segmenter`
-(``fold_<k>/predictions``, ``fold_<k>/metrics.json``). :func:`aggregate` pools the folds into
-``cv_metrics.json`` (mean, sd, median per metric) and ``cv_cases.csv`` (one row per case).
+``split.json`` (data folder, sorted case names, the seeded folds, and ``data_files``: the name, size and sha256
+of every case file, checked whenever the run is reopened, :mod:`training.data_record`) and one folder per fold
+(``fold_<k>``) or ``all`` (trained on every case, no held-out cases). Each fold's cascade is: localiser -> DAE ->
+ASSN -> PRSN -> export (``fold_<k>/model``) -> validation of the held-out cases through
+:class:`myops.pipeline.Segmenter` (``fold_<k>/predictions``, ``fold_<k>/metrics.json``). :func:`aggregate` pools
+the folds into ``cv_metrics.json`` (mean, sd, median per metric) and ``cv_cases.csv`` (one row per case). While a
+process trains or validates a fold it holds ``fold_<k>/train.lock`` (:func:`hold_fold_locks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -17,11 +20,11 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from myops.metrics import METRIC_NAMES, SLICE_HD_STRUCTURES
 
-from .checkpoint import write_json
+from .checkpoint import remove_stale_temp_files, write_json
 from .config import (
     LEGACY_DEFAULTS,
     STAGE_ORDER,
@@ -32,8 +35,10 @@ from .config import (
     with_defaults,
 )
 from .data import CaseData, CaseFiles, SliceBank, find_cases, load_case, make_folds
+from .data_record import digests_difference, digests_record, folder_record, record_difference, records_differ
 from .export import export_model, member_wall_s, read_json, stage_total_s, summarise, validate_cases
-from .loop import StageResult
+from .locks import FileLock, LockHeldError
+from .loop import FINAL_WEIGHTS, StageResult
 from .pack import PackedCases, PackError, check_pack_matches
 from .runtime import Runtime
 from .stages import completed_stage_folder, load_stage, run_stages
@@ -137,6 +142,7 @@ def open_run(
             split["data"] = str(Path(data_dir).resolve())
         if packed is not None and sorted(packed.cases) != sorted(split["cases"]):
             raise RunError(f"the pack holds other cases than the split of {run_dir}")
+        check_data_record(run_dir, split, data_dir, packed)
         return {"config": config, "split": split}
     existing = cfg_path.is_file() and split_path.is_file()
     if data_dir is None and packed is None:
@@ -157,11 +163,18 @@ def open_run(
     folds = make_folds(names, int(config["data"]["folds"]), int(config["seed"]))
     split = {"data": source, "cases": names, "folds": folds, "seed": int(config["seed"])}
     if runtime.is_main:
+        # the identity of the data (data_record), checked whenever the run is reopened
+        record = folder_record(data_dir) if data_dir is not None else digests_record(packed.files_sha256)
+        if record:
+            split["data_files"] = record
         if stored is not None:
             old_split = read_json(split_path)
             same = _comparable(stored) == _comparable(config) and all(
                 old_split.get(k) == split[k] for k in ("cases", "folds", "seed")
             )
+            old_record = old_split.get("data_files")
+            if old_record and record and records_differ(old_record, record):
+                same = False  # the same case names, other images: the folds were trained on other data
             if not same:
                 _discard_results(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -172,9 +185,18 @@ def open_run(
 
 
 def _discard_results(run_dir: Path) -> None:
-    """Remove a run's fold folders and CV files (before it is rebuilt under another config or split)."""
+    """Remove a run's fold folders and CV files (before it is rebuilt under another config, split or data).
+
+    Raises:
+        RunError: another process holds a fold's lock (:func:`hold_fold_locks`); nothing is removed then.
+    """
     import shutil
 
+    for path in sorted(run_dir.iterdir()):
+        if path.is_dir() and (path.name == fold_dirname(ALL) or re.fullmatch(r"fold_\d+", path.name)):
+            held = FileLock.holder(path / FOLD_LOCK)
+            if held is not None:
+                raise RunError(f"{_busy_message(path.name, held)}; --overwrite would remove it: stop that one first")
     removed = []
     for path in sorted(run_dir.iterdir()):
         if path.is_dir() and (path.name == fold_dirname(ALL) or re.fullmatch(r"fold_\d+", path.name)):
@@ -184,7 +206,7 @@ def _discard_results(run_dir: Path) -> None:
             path.unlink()
             removed.append(path.name)
     if removed:
-        logger.warning("%s: another config or split; removed %s", run_dir, ", ".join(removed))
+        logger.warning("%s: another config, split or data; removed %s", run_dir, ", ".join(removed))
 
 
 class CaseCache:
@@ -248,13 +270,40 @@ def run_fold(
     """Train the requested stages of one fold; when the cascade is complete, export and validate it.
 
     ``reuse_from`` is another run with the same split whose completed stages stand in for the stages not
-    trained here (checked by :func:`check_reusable`).
+    trained here (checked by :func:`check_reusable`). The fold's lock (:func:`hold_fold_locks`) is held
+    throughout; temporary files that interrupted writes left in the fold are removed first. With ``resume``, a
+    fold already exported and validated from the very stages it has now (``metrics.json``, its model folder and
+    predictions intact) is neither exported nor validated again: its stored summary is returned.
 
     Returns:
         The fold's summary (also ``fold_<k>/metrics.json`` when validated).
+
+    Raises:
+        RunError: another process holds the fold's lock, or the run does not fit what was asked.
     """
+    with hold_fold_locks(run_dir, [fold], runtime):
+        return _run_fold(run_dir, run, fold, runtime, cache, stages, resume, overwrite, validate, device, reuse_from)
+
+
+def _run_fold(
+    run_dir: Path,
+    run: Mapping[str, Any],
+    fold: Fold,
+    runtime: Runtime,
+    cache: CaseCache,
+    stages: Sequence[str],
+    resume: bool,
+    overwrite: bool,
+    validate: bool,
+    device: str,
+    reuse_from: Optional[Path],
+) -> Dict[str, Any]:
+    """:func:`run_fold` once the fold's lock is held."""
     config, split = run["config"], run["split"]
     fold_dir = Path(run_dir) / fold_dirname(fold)
+    if runtime.is_main:  # the lock is held: nobody else writes here
+        for folder in (fold_dir, *(fold_dir / s for s in STAGE_ORDER), fold_dir / "model", fold_dir / "predictions"):
+            remove_stale_temp_files(folder)
     parts = fold_names(split, fold)
     t0 = time.perf_counter()
     bank = cache.bank(split, fold, config["data"])
@@ -281,6 +330,16 @@ def run_fold(
     if not needed.issubset(results):
         logger.info("%s: stages %s are not trained yet; no export", fold_dirname(fold), sorted(needed - set(results)))
         return summary
+    if runtime.is_main and resume and not overwrite:
+        stored = _validated_summary(fold_dir, summary, results, validate)
+        if stored is not None:
+            logger.info(
+                "%s: exported and validated from these stages already (%s); not again (remove it to validate anew)",
+                fold_dirname(fold),
+                fold_dir / "metrics.json",
+            )
+            runtime.barrier()  # the other processes meet it below
+            return stored
     if runtime.is_main:
         model_dir = export_fold(run_dir, run, fold, {s: [r] for s, r in results.items()}, runtime)
         summary["model_dir"] = str(model_dir)
@@ -292,9 +351,160 @@ def run_fold(
             summary["cases"] = rows
             summary["summary"] = summarise(rows)
         summary["fold_wall_s"] = round(time.perf_counter() - t0, 1)
+        summary["stage_weights_sha256"] = _stage_stamps(results)  # what _validated_summary compares
         write_json(fold_dir / "metrics.json", summary)
     runtime.barrier()
     return summary
+
+
+def _stage_stamps(results: Mapping[str, StageResult]) -> Dict[str, str]:
+    """The sha256 of each stage's final weights: which networks a fold's export and validation came from."""
+    from myops.model import sha256_of
+
+    return {s: sha256_of(Path(r.folder) / FINAL_WEIGHTS) for s, r in sorted(results.items())}
+
+
+def _validated_summary(
+    fold_dir: Path, summary: Mapping[str, Any], results: Mapping[str, StageResult], validate: bool
+) -> Optional[Dict[str, Any]]:
+    """The stored ``metrics.json`` of a fold when it still describes the fold: the same cases and stage folders,
+    the same final weights (their sha256; for a ``metrics.json`` written before those were kept, one newer than
+    every stage's final weights), a model folder that loads and, when validating, a row and a prediction for
+    every held-out case. None when anything differs or is missing: then the fold is exported and validated."""
+    from myops.model import ModelBundle, ModelError
+
+    path = Path(fold_dir) / "metrics.json"
+    try:
+        stored = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or any(
+        stored.get(k) != summary[k] for k in ("train_cases", "held_out", "stage_folders")
+    ):
+        return None
+    stamps = stored.get("stage_weights_sha256")
+    try:
+        if stamps is not None:
+            if stamps != _stage_stamps(results):
+                return None
+        elif any((Path(r.folder) / FINAL_WEIGHTS).stat().st_mtime > path.stat().st_mtime for r in results.values()):
+            return None
+        ModelBundle(Path(fold_dir) / "model")  # every file there and intact
+    except (OSError, ModelError):
+        return None
+    held_out = list(summary["held_out"])
+    if validate and held_out:
+        rows = stored.get("cases")
+        if not isinstance(rows, list) or sorted(str(r.get("case")) for r in rows) != sorted(held_out):
+            return None
+        if not all((Path(fold_dir) / "predictions" / f"{name}_seg.nii.gz").is_file() for name in held_out):
+            return None
+    return stored
+
+
+#: The lock file of a fold folder (:func:`hold_fold_locks`).
+FOLD_LOCK = "train.lock"
+#: Fold folders this process holds the lock of -> how many :func:`hold_fold_locks` hold it (on every DDP rank).
+_held_folds: Dict[Path, int] = {}
+
+
+def _busy_message(fold_name: str, held: LockHeldError) -> str:
+    who = "pid unknown" if held.pid is None else f"pid {held.pid}"
+    return f"{fold_name} is being trained by another process ({who}; lock {held.path})"
+
+
+@contextlib.contextmanager
+def hold_fold_locks(run_dir: Path, folds: Sequence[Fold], runtime: Runtime) -> Iterator[None]:
+    """Hold the lock (``<fold folder>/train.lock``, :class:`training.locks.FileLock`) of each of ``folds`` while
+    the block runs: all of them or, when another process holds one, none, and RunError before anything changes.
+
+    Nested holds of a fold in one process are free (the command line holds every fold it was given, then
+    :func:`run_fold` holds its own). Under DDP the main process takes the locks and tells the others the outcome,
+    so every rank goes on or raises alike. A fold folder made only for its lock is removed again with it.
+
+    Raises:
+        RunError: another process holds a fold's lock (``fold_0 is being trained by another process (pid N; lock
+            ...)``), or the lock file cannot be made.
+    """
+    folders = list(dict.fromkeys((Path(run_dir) / fold_dirname(f)).absolute() for f in folds))
+    new = [f for f in folders if f not in _held_folds]  # the same on every rank: each runs the same holds
+    locks: List[FileLock] = []
+    error: Optional[str] = None
+    if new and runtime.is_main:
+        for folder in new:
+            lock = FileLock(folder / FOLD_LOCK)
+            try:
+                if lock.acquire():
+                    locks.append(lock)
+            except LockHeldError as held:
+                error = _busy_message(folder.name, held)
+            except OSError as exc:
+                error = f"{lock.path} cannot be made ({exc.strerror or exc})"
+            if error is not None:
+                break
+    if new and runtime.distributed:
+        import torch.distributed as dist
+
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        for lock in reversed(locks):
+            lock.release()
+        raise RunError(error)
+    for folder in folders:
+        _held_folds[folder] = _held_folds.get(folder, 0) + 1
+    try:
+        yield
+    finally:
+        for folder in folders:
+            _held_folds[folder] -= 1
+            if not _held_folds[folder]:
+                del _held_folds[folder]
+        for lock in reversed(locks):
+            lock.release()
+
+
+#: Runs whose missing data record was already warned of (once per run and process).
+_unrecorded_warned: set = set()
+
+
+def check_data_record(
+    run_dir: Path, split: Mapping[str, Any], data_dir: Optional[Path], packed: Optional[PackedCases]
+) -> None:
+    """Refuse to go on with a run whose case files are not those it was made with (``split["data_files"]``,
+    :mod:`training.data_record`): those of ``data_dir`` when given, else the checksums of ``packed``, else the
+    files in the folder the split names. A run made before the record was kept is warned of, once.
+
+    Raises:
+        RunError: naming the first file (by name) that is missing or differs.
+    """
+    recorded = split.get("data_files")
+    if not recorded:
+        key = str(Path(run_dir).absolute())
+        if key not in _unrecorded_warned:
+            _unrecorded_warned.add(key)
+            logger.warning(
+                "%s has no record of the data it was made with (made before runs kept one); its case files are "
+                "not checked",
+                run_dir,
+            )
+        return
+    if data_dir is not None:
+        problem = record_difference(recorded, data_dir)
+    elif packed is not None:
+        if not packed.files_sha256:
+            logger.warning("the pack holds no checksums of its source files; the data of %s is not checked", run_dir)
+            return
+        problem = digests_difference(recorded, packed.files_sha256)
+    elif Path(split["data"]).is_dir():
+        problem = record_difference(recorded, split["data"])
+    else:  # reading the cases fails with its own message
+        return
+    if problem is not None:
+        raise RunError(
+            f"{run_dir} was made with other data: {problem}; give the data it was made with, or a new --run-name"
+        )
 
 
 def check_reusable(run: Mapping[str, Any], other_dir: Path, stages: Sequence[str]) -> None:

@@ -39,6 +39,7 @@ from .checkpoint import (
     load_rng_state,
     model_state_from,
     optimizer_from_flat,
+    remove_stale_temp_files,
     rng_state_step,
     save_checkpoint,
     save_rng_state,
@@ -164,8 +165,13 @@ def load_final(folder: Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
 
 
 def prepare_stage_folder(folder: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to silently mix a new run into a folder that holds an old one."""
+    """Refuse to silently mix a new run into a folder that holds an old one.
+
+    The temporary files an interrupted checkpoint write left (:func:`training.checkpoint.remove_stale_temp_files`)
+    are removed first, whether the stage then resumes or starts again; the caller holds the fold's lock.
+    """
     folder = Path(folder)
+    remove_stale_temp_files(folder)
     if folder.exists() and any(folder.iterdir()) and not (resume or overwrite):
         raise StageExistsError(
             f"{folder} already holds a run; pass --resume to continue it or --overwrite to start again"
