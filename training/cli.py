@@ -29,11 +29,13 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from myops.errors import InputError
 from myops.model import ModelError
@@ -48,7 +50,9 @@ from .cv import (
     check_stage_inputs,
     describe_summary,
     export_ensemble,
+    fold_cases,
     fold_dirname,
+    hold_fold_locks,
     open_run,
     open_to_umask,
     parse_folds,
@@ -67,8 +71,8 @@ def _common(p: argparse.ArgumentParser, data_required: bool = False) -> None:
     p.add_argument(
         "--config",
         default=None,
-        help="config JSON or the name of a shipped one (default, tiny, table1_*, table2_*); "
-        "only needed when the run is created",
+        help="config JSON file, or the name of a shipped one in training/configs/ (default, tiny, table1_*, "
+        "table2_*, exp_*, gpu_*); a path that does not exist is refused; only needed when the run is created",
     )
     p.add_argument(
         "--data",
@@ -196,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="JSON of benchmarks/cv_inference_options.py on this run, or of benchmarks/cv_decoding.py on this "
-        "procedure: CV metrics with flips for the manifest",
+        "procedure (--run this run with --ensemble-with the added PRSN runs, or --run the export --per-fold folder "
+        "of this run and these --add-member runs): CV metrics with flips for the manifest; a study of other cases, "
+        "folds, runs or members is refused",
     )
     p.add_argument(
         "--add-member",
@@ -213,7 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--add-member), the fold's metrics.json, the run's config.json and split.json; what "
         "benchmarks/cv_decoding.py --run OUT scores",
     )
-    _guard_arguments(p, "the run's own is 0, then each --add-member assn:... in turn")
+    _guard_arguments(
+        p,
+        "indices of the ASSN weight files in export order: the run's own, one per exported fold in --folds order "
+        "(only the first fold's when assn is not in --ensemble-stages), then those of each --add-member assn:RUN "
+        "in turn, counted the same way; so with one fold (--per-fold, one --folds index, full) the run's own is 0 "
+        "and each --add-member assn:... follows, and with --folds all of 5 folds the run's are 0-4, the first "
+        "added run's 5-9",
+    )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (with --per-fold: a new run folder)")
     p.add_argument("--name", default=None, help="model name in the manifest")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -297,9 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
         "gzip-compressed, to one safetensors file with the window geometry and the sha256 of every source file.",
     )
     p.add_argument("--data", type=Path, required=True, help="folder in MyoPS layout")
-    p.add_argument("--config", default="default", help="config whose data section decides the windows")
+    p.add_argument(
+        "--config",
+        default="default",
+        help="config (JSON file, or the name of a shipped one in training/configs/) whose data section decides the "
+        "windows (default: default)",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, required=True, help="file to write, e.g. train25.safetensors.gz")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_pack)
 
@@ -317,8 +336,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_arguments(p: argparse.ArgumentParser, run_help: str) -> None:
     """``--run-name`` (required) and ``--runs-dir``: which run folder a command works on."""
-    p.add_argument("--run-name", required=True, help=run_help)
+    p.add_argument("--run-name", required=True, help=f"{run_help} (one folder name, no path)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live (default: runs)")
+
+
+def check_run_name(name: str, what: str = "--run-name") -> None:
+    """Refuse a run name that is not one plain folder name under ``--runs-dir``: empty (the run's files would land
+    in ``--runs-dir`` itself), ``.`` or ``..``, with a path separator (``../escaped`` leaves ``--runs-dir``), or
+    with leading or trailing whitespace (a folder that looks like another).
+
+    Raises:
+        RunError: naming the option (``what``) and the name.
+    """
+    if not name:
+        raise RunError(f"{what}: the run name is empty; give the name of the run's folder under --runs-dir")
+    if name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise RunError(f"{what} {name!r}: a run name is one folder name under --runs-dir, not a path")
+    if name != name.strip():
+        raise RunError(f"{what} {name!r}: a run name has no leading or trailing whitespace")
+
+
+def _check_folder_path(path: Path, what: str) -> None:
+    """Refuse a folder path that is, or lies under, something other than a folder (a file): the nearest part of it
+    that exists must be a folder.
+
+    Raises:
+        RunError: naming the option (``what``) and the part that is not a folder.
+    """
+    for part in (path, *path.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                at = "" if part == path else f" ({part} is not a folder)"
+                raise RunError(f"{what} {path} is not a folder{at}")
+            return
+
+
+def _check_locations(args: argparse.Namespace) -> None:
+    """The run folder a command names (``--run-name`` and ``--runs-dir``, swap's ``--member`` NEW_RUN) is a plain
+    folder under a ``--runs-dir`` that is, or can become, a folder: one line otherwise, before any work."""
+    if getattr(args, "run_name", None) is not None:
+        check_run_name(args.run_name)
+    if getattr(args, "runs_dir", None) is not None:
+        _check_folder_path(args.runs_dir, "--runs-dir")
 
 
 def _guard_arguments(p: argparse.ArgumentParser, indices: str) -> None:
@@ -389,13 +448,16 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
         )
         try:
             folds = parse_folds(folds_arg, len(run["split"]["folds"]))
+            _check_no_assn_guard(run["config"])
             check_stage_inputs(run_dir, run, folds, stages, args.reuse_from)
         except (ConfigError, RunError):
             if created and runtime.is_main:  # a mistyped --folds or a missing stage leaves no run folder behind
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
         try:
-            _train_folds(args, run_dir, run, folds, stages, validate, runtime, packed, ensemble_out)
+            # every fold asked for is locked before any of them changes (another process training one: one line)
+            with hold_fold_locks(run_dir, folds, runtime):
+                _train_folds(args, run_dir, run, folds, stages, validate, runtime, packed, ensemble_out)
         except BaseException:
             # a run made by this command that failed before any fold began (a case that cannot be read, say)
             # leaves no folder whose config.json would make the next attempt ask for --resume
@@ -405,6 +467,38 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
     finally:
         shutdown_runtime(runtime)
     return 0
+
+
+def _check_no_assn_guard(config: Mapping[str, Any]) -> None:
+    """Refuse ``export.assn_guard`` in a run that trains: every fold model the run exports has one ASSN, and a
+    guard needs several (it would fail at the first fold's export, after its training).
+
+    Raises:
+        ConfigError: the config holds a guard.
+    """
+    if config["export"].get("assn_guard"):
+        raise ConfigError(
+            "export.assn_guard cannot apply to a fold model (it has one ASSN); leave it out of the config and give "
+            "the guard with `python -m training export --guard-reference I .. --guard-mm MM` (or `merge`) on the "
+            "merged ASSN members"
+        )
+
+
+def _read_cases_first(split: Mapping[str, Any], folds: Sequence[Fold], validate: bool, cache: CaseCache) -> None:
+    """Read and prepare every case the folds train on, and the held-out cases they validate, before the first fold
+    trains: a broken case (an unreadable or truncated image, labels that are not MyoPS codes) then stops the command
+    at once, not at a validation after a fold has trained. The cases are read as training reads them
+    (:func:`training.data.load_case`: the engine's readers, the whole image, the label codes checked), into the
+    cache that the folds' training then uses, so a CV reads no case twice.
+    """
+    files: Dict[str, Any] = {}
+    for fold in folds:
+        parts = fold_cases(split, fold)
+        for f in parts["train"] + (parts["held_out"] if validate else []):
+            files.setdefault(f.name, f)
+    t0 = time.perf_counter()
+    cache.get(list(files.values()))
+    logger.info("read %d cases of %s in %.1f s", len(files), split["data"], time.perf_counter() - t0)
 
 
 def _train_folds(
@@ -431,6 +525,8 @@ def _train_folds(
     if packed is not None and not validate and runtime.is_main:
         logger.info("training from %s: no validation without --data", args.packed)
     t0 = time.perf_counter()
+    if packed is None:  # a pack's cases were read when it was made, and --data was checked against it by sha256
+        _read_cases_first(run["split"], folds, validate, cache)
     for fold in folds:
         summary = run_fold(
             run_dir,
@@ -477,6 +573,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     config = load_config(args.config, args.overrides)
+    if args.out.is_dir():
+        raise PackError(f"--out {args.out} is a folder; give the file to write")
+    if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
+        raise PackError(f"--out {args.out} exists; add --overwrite to replace it")
+    _check_folder_path(args.out.parent, f"--out {args.out}: its folder")
     packed = pack_folder(args.data, config["data"], args.out)
     size = args.out.stat().st_size / 1e6
     print(f"{len(packed.cases)} cases, {len(packed.owners)} slices -> {args.out} ({size:.1f} MB)", flush=True)
@@ -527,11 +628,24 @@ def cmd_export(args: argparse.Namespace) -> int:
         if stage not in STAGE_ORDER or not other:
             print(f"error: --add-member {item!r}: expected STAGE:RUN_NAME with STAGE in {STAGE_ORDER}", file=sys.stderr)
             return 2
+        check_run_name(other, f"--add-member {item!r}: RUN_NAME")
         if not (args.runs_dir / other / "split.json").is_file():
             print(f"error: --add-member {item!r}: {args.runs_dir / other} is not a run folder", file=sys.stderr)
             return 2
         extra.append((stage, args.runs_dir / other))
     guard = _guard_of(args)
+    if study is not None:
+        config = read_json(run_dir / "config.json")
+        _check_export_study(
+            study,
+            args.tta_study,
+            run_dir,
+            split,
+            folds,
+            extra,
+            guard if guard is not None else config["export"].get("assn_guard"),
+            config["export"]["tta_flips"] if tta is None else tta,
+        )
     options = dict(
         name=args.name,
         stages_to_ensemble=stages,
@@ -547,6 +661,135 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_rows(study: Mapping[str, Any]) -> List[Mapping[str, Any]]:
+    """The per-case rows of a CV study: ``cases`` of each ``benchmarks/cv_decoding.py`` procedure (its argmax rule
+    or each branch weight), or of the ``plain`` and ``tta_flips`` blocks of ``cv_inference_options.py``."""
+    blocks: List[Any] = []
+    procedures = study.get("tta")
+    for entry in procedures.values() if isinstance(procedures, Mapping) else ():
+        if not isinstance(entry, Mapping):
+            continue
+        rules = entry.get("rules")
+        if isinstance(rules, Mapping):
+            blocks.append(rules.get("argmax"))
+        branches = entry.get("branch_weights")
+        weights = branches.get("weights") if isinstance(branches, Mapping) else None
+        blocks.extend(weights.values() if isinstance(weights, Mapping) else ())
+    blocks += [study.get("plain"), study.get("tta_flips")]
+    rows = [block.get("cases") for block in blocks if isinstance(block, Mapping)]
+    return [r for cases in rows if isinstance(cases, list) for r in cases if isinstance(r, Mapping)]
+
+
+def _fold_model_manifests(studied_run: str, runs_dir: Path) -> List[Tuple[str, Dict[str, Any]]]:
+    """``(fold_K, manifest)`` of each ``fold_*/model`` of the run folder a study scored (its ``run``, as given or
+    under ``runs_dir``); empty where no such folder is here."""
+    from .cv import read_json
+
+    for folder in (Path(studied_run), runs_dir / Path(studied_run).name):
+        manifests = sorted(folder.glob("fold_*/model/manifest.json")) if folder.is_dir() else []
+        if manifests:
+            out = []
+            for path in manifests:
+                try:
+                    out.append((path.parent.parent.name, read_json(path)))
+                except (OSError, ValueError):
+                    raise RunError(f"{path}: cannot be read as a model manifest") from None
+            return out
+    return []
+
+
+def _member_order(members: Sequence[Tuple[str, str]]) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
+    """Added members ``(stage, run)`` as an ensemble uses them: the ASSNs in order (an ASSN guard names them by
+    index), the other stages' as a set (their average does not depend on the order)."""
+    return [m for m in members if m[0] == "assn"], sorted(m for m in members if m[0] != "assn")
+
+
+def _check_export_study(
+    study: Mapping[str, Any],
+    study_path: Path,
+    run_dir: Path,
+    split: Mapping[str, Any],
+    folds: Sequence[Any],
+    extra: Sequence[Tuple[str, Path]],
+    guard: Optional[Mapping[str, Any]],
+    tta_flips: bool,
+) -> None:
+    """Refuse an ``export --tta-study`` that did not score this export's fold models, as ``swap``, ``merge`` and
+    ``retune`` refuse a study of another model.
+
+    Checked: the run has pooled CV metrics (the study's figures go beside them); every case the study scored is a
+    case of the run, held out in the fold the study says; a ``cv_inference_options.py`` study (the run's own fold
+    models, alone) comes without ``--add-member`` and with flips on; a ``cv_decoding.py`` study scored this run with
+    exactly the ``--add-member`` runs: either the run itself (``--run`` this run, ``--ensemble-with`` the added
+    PRSN runs) or a folder of this export's fold models (``export --per-fold``), whose manifests must name this run
+    and these members, fold by fold, and, for a one-fold export, the same ASSN guard.
+
+    Raises:
+        RunError: naming the first difference.
+    """
+    where = f"--tta-study {study_path}"
+    name = run_dir.name
+    if not (run_dir / "cv_metrics.json").is_file():
+        raise RunError(
+            f"{where}: {run_dir} has no cv_metrics.json, so the study's CV has nothing to go beside; "
+            f"run `python -m training summarize --run-name {name}` first"
+        )
+    fold_of = {case: f"fold_{k}" for k, cases in enumerate(split["folds"]) for case in cases}
+    for row in _study_rows(study):
+        case, fold = row.get("case"), row.get("fold")
+        if case not in fold_of:
+            raise RunError(f"{where}: it scored case {case!r}, which run {name} does not have: a study of another run")
+        if fold is not None and fold != fold_of[case]:
+            raise RunError(
+                f"{where}: it scored case {case} as held out in {fold}, run {name} holds it out in {fold_of[case]}: "
+                "a study of another split"
+            )
+    wanted = [(stage, Path(other).name) for stage, other in extra]
+    if not isinstance(study.get("tta"), Mapping):  # benchmarks/cv_inference_options.py
+        if wanted:
+            raise RunError(
+                f"{where}: a cv_inference_options.py study scored the run's own fold models alone; with --add-member "
+                "give the benchmarks/cv_decoding.py study of the ensemble"
+            )
+        if not tta_flips:
+            raise RunError(f"{where}: the study measured test-time flips; export with --tta-flips on")
+        return
+    studied_run = str(study.get("run") or "")
+    if not studied_run:
+        raise RunError(f"{where}: the study does not say which run it scored (no 'run'; rerun cv_decoding.py)")
+    partners = study.get("ensemble_with") or []
+    partners = [partners] if isinstance(partners, str) else list(partners)
+    averaged = [("prsn", Path(str(p)).name) for p in partners]  # cv_decoding's --ensemble-with: their PRSNs
+    if Path(studied_run).name == name:
+        if _member_order(averaged) != _member_order(wanted):
+            raise RunError(
+                f"{where}: it scored run {name} with the members {averaged}; this export adds {wanted} (give the "
+                "study of this ensemble)"
+            )
+        return
+    manifests = _fold_model_manifests(studied_run, run_dir.parent)
+    if not manifests:
+        raise RunError(
+            f"{where}: it scored the fold models in {studied_run}, not run {name}, and no {studied_run}/fold_*/model "
+            "is here to check that they are this run's (export --per-fold)"
+        )
+    for fold_name, manifest in manifests:
+        provenance = manifest.get("provenance", {})
+        members = [(e.get("stage"), e.get("run")) for e in provenance.get("extra_members", [])] + averaged
+        source = provenance.get("run")
+        if source != name or _member_order(members) != _member_order(wanted):
+            raise RunError(
+                f"{where}: its fold models ({studied_run}/{fold_name}) are run {source} with the members {members}; "
+                f"this export is run {name} with {wanted}"
+            )
+        exported = provenance.get("data", {}).get("folds")
+        if exported is not None and list(exported) != [fold_name.removeprefix("fold_")]:
+            raise RunError(f"{where}: {studied_run}/{fold_name}/model was exported from folds {exported}")
+        ran = manifest.get("inference", {}).get("assn_guard")
+        if len(folds) == 1 and ran != (dict(guard) if guard else None):
+            raise RunError(f"{where}: its fold models ran ASSN guard {ran}; this export would run {guard}")
+
+
 def cmd_swap(args: argparse.Namespace) -> int:
     from .config import DEFAULTS
     from .cv import swap_member
@@ -558,6 +801,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
             f"error: --member {args.member!r}: expected STAGE:OLD_RUN=NEW_RUN, STAGE in {STAGE_ORDER}", file=sys.stderr
         )
         return 2
+    check_run_name(new_run, f"--member {args.member!r}: NEW_RUN")
     runtime = setup_runtime(DEFAULTS["runtime"], "cpu")
     out = swap_member(
         args.model,
@@ -656,7 +900,31 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, a cluster's time limit) as an exception: it unwinds like Ctrl-C, so every
+    clean-up that Ctrl-C runs (temporary files, a run folder made by this command) runs for it too."""
+
+
+def _raise_on_sigterm() -> Optional[Any]:
+    """Make SIGTERM raise :class:`Terminated` in the main thread.
+
+    Returns:
+        The handler to restore afterwards, or None where none was installed (not the main thread, where Python
+        cannot set handlers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return signal.SIG_DFL if previous is None else previous
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``python -m training``; returns the exit code (2 for bad input, 130 for Ctrl-C, 143 for
+    SIGTERM)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
@@ -664,7 +932,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         from . import loop
 
         loop.SHOW_PROGRESS = False
+    previous = _raise_on_sigterm()
     try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
+    """Run the chosen command; every expected failure becomes one line on stderr and an exit code."""
+    try:
+        _check_locations(args)
         return int(args.func(args) or 0)
     except (ConfigError, RunError, StageExistsError, FileNotFoundError, PackError, ModelError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -675,6 +954,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except FloatingPointError as exc:  # the loss diverged: say so in a line; the checkpoint before it stays
         print(f"error: {exc} (lower the learning rate, or resume from the last checkpoint)", file=sys.stderr)
         return 1
+    except Terminated:
+        print("interrupted (SIGTERM; the last checkpoint stays: rerun with --resume)", file=sys.stderr)
+        return 128 + int(signal.SIGTERM)
     except KeyboardInterrupt:
         print("interrupted (the last checkpoint stays: rerun with --resume)", file=sys.stderr)
         return 130

@@ -167,7 +167,8 @@ DEFAULTS: Dict[str, Any] = {
         # the ASSN (LV region) also averages the 90-degree turns (engine: inference.assn_tta_rot90)
         "assn_tta_rot90": False,
         # a slice-level guard between ASSN members (engine: inference.assn_guard), e.g.
-        # {"reference_members": [0, 1], "max_slice_disagreement_mm": 5.0}; None: the plain average
+        # {"reference_members": [0, 1], "max_slice_disagreement_mm": 5.0}; None: the plain average. Only
+        # `training export` of several ASSNs reads it: `cv` refuses it (a fold model has one ASSN)
         "assn_guard": None,
         "postprocessing": {
             "largest_lv_component": True,
@@ -458,16 +459,35 @@ def _check_networks(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"export.postprocessing: {exc}") from None
 
 
+def _looks_like_path(text: str) -> bool:
+    """Whether a ``--config`` value names a file rather than a shipped config: it holds a path separator (``/``,
+    or ``\\`` as Windows writes one), so ``./tiny.json`` and ``configs/tiny`` are paths, ``tiny.json`` is a name."""
+    return "/" in text or "\\" in text
+
+
 def resolve_config_path(name_or_path: PathLike) -> Path:
-    """A config path as given, or the name of a shipped config (``tiny`` -> ``training/configs/tiny.json``)."""
+    """A config path as given, or the name of a shipped config (``tiny`` or ``tiny.json`` ->
+    ``training/configs/tiny.json``).
+
+    A file of that name in the working directory comes first. Only a bare name (no path separator) may stand for a
+    shipped config: a path that does not exist is refused, never replaced by the shipped config of its file name.
+
+    Raises:
+        ConfigError: a path that is not a file, or a name that is neither a file here nor a shipped config.
+    """
     p = Path(name_or_path)
     if p.is_file():
         return p
+    text = str(name_or_path)
+    if _looks_like_path(text):
+        if p.exists():
+            raise ConfigError(f"config file {text} is not a file")
+        raise ConfigError(f"config file not found: {text}")
     shipped = CONFIG_DIR / (p.name if p.suffix == ".json" else f"{p.name}.json")
     if shipped.is_file():
         return shipped
     known = sorted(f.stem for f in CONFIG_DIR.glob("*.json"))
-    raise ConfigError(f"config {str(name_or_path)!r} not found (shipped configs: {known})")
+    raise ConfigError(f"config {text!r} not found (shipped configs: {known})")
 
 
 def load_config(name_or_path: Optional[PathLike] = None, overrides: Iterable[str] = ()) -> Dict[str, Any]:

@@ -107,9 +107,11 @@ def find_cases(folder: PathLike) -> List[CaseFiles]:
 
     Raises:
         FileNotFoundError: the folder is missing or holds no complete case.
-        ValueError: a case lacks one of its four files.
+        DataError: the path is a file, not a folder; a case lacks one of its four files, or has one twice.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"data folder {folder} is not a folder (a file?); give the folder that holds the cases")
     if not folder.is_dir():
         raise FileNotFoundError(f"data folder {folder} does not exist")
     pattern = re.compile(
