@@ -175,3 +175,34 @@ def test_segmenter_output_is_on_the_lge_grid(tiny_segmenter):
     assert result.labels_zyx.shape == sitk.GetArrayViewFromImage(lge).shape
     assert set(np.unique(result.labels_zyx)) <= {0, 200, 500, 1220, 2221}
     assert spacing_zyx_of(lge) == (14.0, 0.81, 0.74)
+
+
+def test_a_field_of_view_edge_through_voxel_centres_does_not_depend_on_the_file_format(tmp_path):
+    """A T2 at half the LGE's resolution with the LGE's origin ends exactly on LGE voxel centres (T2 index 79.5 =
+    LGE column 159). Whether those voxels were covered depended on the rounding of the stored geometry (NIfTI keeps
+    single precision): a whole row flipped between data and 0, and the normalisation moved with it."""
+    from myops.preprocessing import prepare_sequences
+
+    rng = np.random.default_rng(3)
+    direction = oblique_direction()
+    lge = sitk.GetImageFromArray(rng.normal(100, 20, size=(3, 176, 160)).astype(np.float32))
+    lge.SetSpacing((0.7, 0.7, 10.0))
+    lge.SetOrigin((123.4567, -87.6543, 21.0987))
+    lge.SetDirection(direction)
+    t2 = sitk.GetImageFromArray(rng.normal(50, 10, size=(3, 88, 80)).astype(np.float32))
+    t2.SetSpacing((1.4, 1.4, 10.0))
+    t2.SetOrigin(lge.GetOrigin())
+    t2.SetDirection(direction)
+    results = []
+    for suffix in (None, ".nii.gz", ".nrrd", ".mha"):
+        moving = t2
+        if suffix is not None:
+            sitk.WriteImage(t2, str(tmp_path / f"t2{suffix}"))
+            moving = sitk.ReadImage(str(tmp_path / f"t2{suffix}"))
+        results.append(prepare_sequences(lge, lge, moving))
+    t2_channel = results[0][2]
+    edge = t2_channel[:, :, 159]  # the knife-edge column: outside, whatever the format
+    assert np.all(edge == edge.flat[0])  # one value: the normalised 0 of an uncovered voxel
+    assert not np.all(t2_channel[:, :, 158] == edge.flat[0])  # the column before holds data
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], atol=1e-4)

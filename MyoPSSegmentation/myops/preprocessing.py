@@ -138,14 +138,39 @@ def array_in_source_order(array: np.ndarray, order: Sequence[int]) -> np.ndarray
     return np.transpose(array, [*range(lead), *(lead + a for a in axes)])
 
 
+#: A reference voxel centre counts as inside another grid only this far (in that grid's voxels) within its edge
+#: (continuous index ``-0.5 .. size - 0.5``). A centre exactly on the edge (e.g. a grid at half the resolution with
+#: the same origin) would otherwise be in or out by the rounding of the stored geometry, which differs between
+#: NIfTI (single precision), NRRD and memory: a whole row of voxels, and the normalisation with it.
+EDGE_MARGIN_VOXELS = 1e-3
+
+
 def _inside_mask(moving: sitk.Image, reference: sitk.Image) -> np.ndarray:
     """uint8 ``(z, y, x)`` on ``reference``'s grid: 1 where the voxel's physical centre falls inside ``moving``'s
-    voxel grid (the region linear resampling fills), else 0."""
-    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
-    ones.CopyInformation(moving)
-    ones = ones + 1
-    inside = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.GetArrayFromImage(inside)
+    voxel grid (the region linear resampling fills) by at least :data:`EDGE_MARGIN_VOXELS`, else 0.
+
+    Computed in closed form from the two grids (both orthogonal, as :func:`myops.io.validate_image` requires):
+    ``moving index = S_m^-1 D_m^T (o_r + D_r S_r i - o_m)`` for reference index ``i``.
+    """
+    d_m = np.asarray(moving.GetDirection(), dtype=np.float64).reshape(3, 3)
+    d_r = np.asarray(reference.GetDirection(), dtype=np.float64).reshape(3, 3)
+    s_m = np.asarray(moving.GetSpacing(), dtype=np.float64)
+    s_r = np.asarray(reference.GetSpacing(), dtype=np.float64)
+    offset = np.asarray(reference.GetOrigin(), dtype=np.float64) - np.asarray(moving.GetOrigin(), dtype=np.float64)
+    a = (d_m.T @ d_r) * s_r[None, :] / s_m[:, None]  # (moving axis, reference axis), ITK order x, y, z
+    b = (d_m.T @ offset) / s_m
+    nx, ny, nz = reference.GetSize()
+    axes = [np.arange(n, dtype=np.float64) for n in (nx, ny, nz)]
+    inside = np.ones((nz, ny, nx), dtype=bool)
+    for c, size in enumerate(moving.GetSize()):
+        index = (
+            b[c]
+            + (a[c, 0] * axes[0])[None, None, :]
+            + (a[c, 1] * axes[1])[None, :, None]
+            + (a[c, 2] * axes[2])[:, None, None]
+        )
+        inside &= (index >= -0.5 + EDGE_MARGIN_VOXELS) & (index <= size - 0.5 - EDGE_MARGIN_VOXELS)
+    return inside.astype(np.uint8)
 
 
 def overlap_fraction(moving: sitk.Image, reference: sitk.Image) -> float:
@@ -274,6 +299,13 @@ def prepare_sequences(
             inside = _inside_mask(image, lge).astype(bool)  # (z, y, x) on the LGE grid
         on_grid = resample_onto(image, lge, name, inside)
         if inside is not None:
+            # zero outside the covered voxels, so that a voxel centre on the field of view's edge is 0 whatever
+            # the rounding of the grids (the interpolator decides such a voxel by its own rounding)
+            values = sitk.GetArrayFromImage(on_grid)
+            values[~inside] = 0.0
+            zeroed = sitk.GetImageFromArray(values)
+            zeroed.CopyInformation(on_grid)
+            on_grid = zeroed
             coverage = inside.mean(axis=(1, 2), dtype=np.float64)
             missing = tuple(int(k) for k in np.flatnonzero(coverage < MIN_SLICE_COVERAGE))
             if missing:
