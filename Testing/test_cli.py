@@ -579,7 +579,12 @@ def test_bad_output_suffix_and_tampered_model(case_files, tiny_model_dir, tmp_pa
     assert run_cli(*segment_args(case_files, tmp_path / "seg.png", tiny_model_dir)) == 2
     assert "must end with" in capsys.readouterr().err
     assert run_cli(*segment_args(case_files, tmp_path / "seg.nii.gz", tmp_path / "no-model")) == 2
+    assert "no such model folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert run_cli(*segment_args(case_files, tmp_path / "seg.nii.gz", tmp_path / "empty")) == 2
     assert "not a model folder" in capsys.readouterr().err
+    assert run_cli(*segment_args(case_files, tmp_path / "seg.nii.gz", Path(tiny_model_dir) / "manifest.json")) == 2
+    assert "give the model folder that holds manifest.json" in capsys.readouterr().err
 
 
 def test_cuda_request_without_gpu_is_a_clear_error(case_files, tiny_model_dir, tmp_path, capsys):

@@ -65,7 +65,7 @@ def test_missing_weight_file_and_bad_manifest_are_refused(tiny_model_dir, tmp_pa
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(ModelError, match="JSON"):
         ModelBundle(copy)
-    with pytest.raises(ModelError, match="not a model folder"):
+    with pytest.raises(ModelError, match="no such model folder"):
         ModelBundle(tmp_path / "nowhere")
 
 

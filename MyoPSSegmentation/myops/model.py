@@ -196,6 +196,10 @@ class ModelBundle:
         self.folder = Path(folder)
         manifest_path = self.folder / MANIFEST
         if not manifest_path.is_file():
+            if self.folder.name == MANIFEST and self.folder.is_file():
+                raise ModelError(f"{self.folder}: give the model folder that holds {MANIFEST}, not the file itself")
+            if not self.folder.exists():
+                raise ModelError(f"{self.folder}: no such model folder")
             raise ModelError(f"{self.folder}: no {MANIFEST} (not a model folder)")
         try:
             size = manifest_path.stat().st_size
