@@ -161,3 +161,19 @@ def restore_voxel_order(
         if flip:
             array_zyx = np.flip(array_zyx, axis=axis)
     return np.ascontiguousarray(array_zyx)
+
+
+#: Cases of :func:`phantom_dir`.
+N_TRAINING_PHANTOMS = 4
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """Four synthetic cases in MyoPS layout (3 slices each), shared by the training tests: a test that changes a
+    case copies the folder first."""
+    from myops.phantom import make_phantom_case, write_phantom_case
+
+    folder = tmp_path_factory.mktemp("phantoms")
+    for seed in range(N_TRAINING_PHANTOMS):
+        write_phantom_case(make_phantom_case(seed=seed, n_slices=3), folder, name=f"ph{seed:02d}")
+    return folder

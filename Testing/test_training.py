@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import N_TRAINING_PHANTOMS
 
 from training import augment
 from training.checkpoint import optimizer_from_flat, optimizer_to_flat
@@ -35,18 +36,7 @@ from training.losses import (
 from training.runtime import setup_runtime
 from training.stages import load_stage, train_assn, train_dae, train_localizer, train_prsn
 
-N_PHANTOMS = 4
-
-
-@pytest.fixture(scope="session")
-def phantom_dir(tmp_path_factory) -> Path:
-    """Four synthetic cases in MyoPS layout (3 slices each)."""
-    from myops.phantom import make_phantom_case, write_phantom_case
-
-    folder = tmp_path_factory.mktemp("phantoms")
-    for seed in range(N_PHANTOMS):
-        write_phantom_case(make_phantom_case(seed=seed, n_slices=3), folder, name=f"ph{seed:02d}")
-    return folder
+N_PHANTOMS = N_TRAINING_PHANTOMS  # the cases of the phantom_dir fixture (conftest.py)
 
 
 @pytest.fixture(scope="session")

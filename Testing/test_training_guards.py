@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import N_TRAINING_PHANTOMS
 
 import training.cli as cli
 from training.cli import main as cli_main
@@ -29,19 +30,8 @@ from training.config import ConfigError, load_config
 from training.cv import RunError
 from training.data import find_cases, make_folds
 
-N_PHANTOMS = 4
+N_PHANTOMS = N_TRAINING_PHANTOMS  # the cases of the phantom_dir fixture (conftest.py)
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory) -> Path:
-    """Four synthetic cases in MyoPS layout (3 slices each)."""
-    from myops.phantom import make_phantom_case, write_phantom_case
-
-    folder = tmp_path_factory.mktemp("guard_phantoms")
-    for seed in range(N_PHANTOMS):
-        write_phantom_case(make_phantom_case(seed=seed, n_slices=3), folder, name=f"ph{seed:02d}")
-    return folder
 
 
 def tiny(*overrides: str):

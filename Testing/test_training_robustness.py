@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import N_TRAINING_PHANTOMS
 
 from training.checkpoint import _atomic_write_bytes, save_checkpoint, save_tensors, write_json
 from training.cli import main as cli_main
@@ -29,19 +30,8 @@ from training.loop import prepare_stage_folder
 from training.runtime import setup_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
-N_PHANTOMS = 4
+N_PHANTOMS = N_TRAINING_PHANTOMS  # the cases of the phantom_dir fixture (conftest.py)
 STEPS = ["localizer.steps=2", "dae.steps=2", "assn.steps=2", "prsn.steps=2"]
-
-
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory) -> Path:
-    """Four synthetic cases in MyoPS layout (3 slices each)."""
-    from myops.phantom import make_phantom_case, write_phantom_case
-
-    folder = tmp_path_factory.mktemp("robust_phantoms")
-    for seed in range(N_PHANTOMS):
-        write_phantom_case(make_phantom_case(seed=seed, n_slices=3), folder, name=f"ph{seed:02d}")
-    return folder
 
 
 @pytest.fixture()
