@@ -215,7 +215,7 @@ def _quantify_existing(path: Path, lge_path: Path):
     image = read_labelmap(path)
     if image.GetDimension() != 3:
         raise InputError(path, f"is not a 3D label map (dimension {image.GetDimension()})")
-    label_array(image, path)  # MyoPS codes, or refused
+    labels = label_array(image, path)  # MyoPS codes, or refused
     if not on_grid_of(image, lge_path, tol=1e-3):  # NIfTI stores directions in single precision
         # the same voxels with the axes in another order or sense (Slicer saves left-handed volumes so) are the
         # user's map all the same: quantified as it is, never segmented over
@@ -224,8 +224,8 @@ def _quantify_existing(path: Path, lge_path: Path):
             raise InputError(
                 path, f"is not on the grid of its LGE {Path(lge_path).name}; --overwrite segments it again"
             )
-        image = reoriented
-    return quantify(label_array(image, path), spacing_zyx_of(image))
+        image, labels = reoriented, label_array(reoriented, path)
+    return quantify(labels, spacing_zyx_of(image))
 
 
 def _write_csv_rows(path: Path, rows: List[dict]) -> None:

@@ -298,14 +298,11 @@ def prepare_sequences(
         if name != "LGE" and not same_grid(image, lge):
             inside = _inside_mask(image, lge).astype(bool)  # (z, y, x) on the LGE grid
         on_grid = resample_onto(image, lge, name, inside)
+        values = sitk.GetArrayViewFromImage(on_grid)
         if inside is not None:
             # zero outside the covered voxels, so that a voxel centre on the field of view's edge is 0 whatever
             # the rounding of the grids (the interpolator decides such a voxel by its own rounding)
-            values = sitk.GetArrayFromImage(on_grid)
-            values[~inside] = 0.0
-            zeroed = sitk.GetImageFromArray(values)
-            zeroed.CopyInformation(on_grid)
-            on_grid = zeroed
+            values = np.where(inside, values, np.float32(0.0))
             coverage = inside.mean(axis=(1, 2), dtype=np.float64)
             missing = tuple(int(k) for k in np.flatnonzero(coverage < MIN_SLICE_COVERAGE))
             if missing:
@@ -319,7 +316,7 @@ def prepare_sequences(
                 if uncovered is not None:
                     uncovered[name] = missing
         try:
-            arrays.append(normalize_intensity(sitk.GetArrayViewFromImage(on_grid), percentiles, mask=inside))
+            arrays.append(normalize_intensity(values, percentiles, mask=inside))
         except ValueError:
             raise InputError(name, "is constant where it overlaps the LGE volume") from None
     return np.stack(arrays)
