@@ -125,6 +125,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.editSegmentsButton.connect("clicked(bool)", self.onEditSegmentsButton)
+        self.ui.updateQuantificationButton.connect("clicked(bool)", self.onUpdateQuantificationButton)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
         self.initializeParameterNode()
         registerTerminology()
@@ -210,6 +211,7 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         table = self.logic.quantificationTableNode(segmentationNode) if segmentationNode else None
         self.ui.quantificationTableView.setMRMLTableNode(table)
         self.ui.editSegmentsButton.enabled = segmentationNode is not None and self._run is None
+        self.ui.updateQuantificationButton.enabled = segmentationNode is not None and self._run is None
 
     def _describeDevice(self):
         """Show which GPU the chosen device gets, or why there is none."""
@@ -437,6 +439,21 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(seg)
         editor.setSourceVolumeNode(source)  # None too: the editor would otherwise keep the last study's volume
+
+    def onUpdateQuantificationButton(self):
+        """Recompute the table from the corrected segments; the segments themselves are left as they are."""
+        from myops.errors import InputError
+
+        p = self._parameterNode
+        if not p or p.outputSegmentation is None:
+            return
+        try:
+            table, note = self.logic.updateQuantification(p.outputSegmentation)
+        except InputError as error:
+            slicer.util.errorDisplay(str(error), windowTitle="MyoPS Segmentation: cannot measure")
+            return
+        self.ui.quantificationTableView.setMRMLTableNode(table)
+        p.statusText = f"Quantification of '{p.outputSegmentation.GetName()}' recomputed from its segments.{note}"
 
     # -- dependencies --------------------------------------------------------------------------------------------
     def ensureDependencies(self):

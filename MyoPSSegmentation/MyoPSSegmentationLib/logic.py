@@ -20,7 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from myops.errors import InputError, MyoPSError
+from myops.labels import SEGMENTS
 from myops.quality import agreement_rows
+from myops.quantify import quantify
 
 from . import conversion, segments, worker
 from .headless import ensureSegmentationConverterRules
@@ -479,6 +481,65 @@ class MyoPSLogic:
     def quantificationTableNode(segmentationNode):
         """The table node holding the quantification of ``segmentationNode`` (None before a run)."""
         return segmentationNode.GetNodeReference(segments.QUANTIFICATION_REFERENCE_ROLE)
+
+    @staticmethod
+    def updateQuantification(segmentationNode) -> Tuple[object, str]:
+        """Recompute the quantification table from the segments as they are now, e.g. after corrections in Segment
+        Editor, with the engine's formulas (:func:`myops.quantify.quantify`).
+
+        The segments are counted on the grid of the volume the segmentation references (the LGE it was computed
+        on) with that volume's own voxel size, as the run counted them; a parent transform's scaling does not
+        enter, as it does not at the run. A voxel left in several segments counts once
+        (:data:`segments.QUANTIFICATION_PRECEDENCE`). The run's self-agreement rows are kept: they describe the
+        model's output, which the user corrected. The segments, the edit guard's fingerprint and the inputs are
+        not touched; a table shared with a copy of the segmentation (Data module clone) is not overwritten, the
+        copy gets a table of its own.
+
+        Args:
+            segmentationNode: a segmentation holding MyoPS segments (this module's result, corrected or not).
+
+        Returns:
+            (the table node, a note for the user: empty, or what was unusual).
+
+        Raises:
+            InputError: no segmentation, no reference volume, or none of the MyoPS segments (nothing is written).
+        """
+        name = "Output segmentation"
+        if segmentationNode is None or segmentationNode.GetScene() is None:
+            raise InputError(name, "none is selected")
+        reference = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+        if reference is None or reference.GetImageData() is None:
+            raise InputError(
+                segmentationNode.GetName(),
+                "the volume its segments were drawn on is no longer in the scene, so they cannot be measured",
+            )
+        labelsKji, overlapping, present = segments.quantificationLabelArray(segmentationNode, reference)
+        if not present:
+            raise InputError(
+                segmentationNode.GetName(),
+                "holds none of the MyoPS segments (" + ", ".join(spec.name for spec in SEGMENTS) + ")",
+            )
+        spacingZyx = tuple(float(s) for s in reversed(reference.GetSpacing()))  # Slicer's spacing is (I, J, K)
+        rows = quantify(labelsKji, spacingZyx).as_rows()
+        measured = {measure for measure, _, _ in rows}
+        previousTable = segmentationNode.GetNodeReference(segments.QUANTIFICATION_REFERENCE_ROLE)
+        previous = segments.quantificationRows(previousTable) if previousTable is not None else []
+        rows += [row for row in previous if row[0] not in measured]
+        tableNode = segments.writeQuantificationTable(rows, segmentationNode)
+        segmentationNode.SetAttribute(
+            segments.QUANTIFIED_FINGERPRINT_ATTRIBUTE, segments.segmentationFingerprint(segmentationNode)
+        )
+        note = ""
+        if overlapping:
+            note = (
+                f" {overlapping} voxel{'s' if overlapping != 1 else ''} lay in more than one segment and"
+                " counted once, as the most severe tissue (scar, then edema, myocardium, LV blood pool)."
+            )
+        missing = [spec.name for spec in SEGMENTS if spec.name not in present]
+        if missing:
+            note += f" No {' or '.join(missing)} segment: counted as none."
+        logger.info("%s: quantification recomputed from its segments%s", segmentationNode.GetName(), note)
+        return tableNode, note
 
 
 #: Name tokens that make a volume's sequence obvious (lower case; a name is split at non-alphanumerics).

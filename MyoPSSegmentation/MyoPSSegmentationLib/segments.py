@@ -22,7 +22,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from myops.labels import SEGMENTS, SegmentSpec, terminology_string
+from myops.labels import EDEMA, LV_BLOOD_POOL, MYOCARDIUM, SCAR, SEGMENTS, SegmentSpec, terminology_string
 
 from .conversion import ijkToRasFromLpsGeometry
 from .headless import ensureSegmentationConverterRules
@@ -35,6 +35,11 @@ FINGERPRINT_ATTRIBUTE = "MyoPSSegmentation.Fingerprint"
 DEVICE_ATTRIBUTE = "MyoPSSegmentation.Device"
 #: Node reference role from a segmentation to its quantification table.
 QUANTIFICATION_REFERENCE_ROLE = "MyoPSQuantification"
+#: Node attribute holding the fingerprint of the segments the table was last recomputed from (after edits).
+QUANTIFIED_FINGERPRINT_ATTRIBUTE = "MyoPSSegmentation.QuantifiedFingerprint"
+#: Where corrected segments overlap, the voxel counts once, as the last of these it belongs to (the most severe
+#: tissue: a scar painted over the wall or the blood pool with overlap allowed is scar).
+QUANTIFICATION_PRECEDENCE = (LV_BLOOD_POOL, MYOCARDIUM, EDEMA, SCAR)
 
 TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "MyoPSSegmentation.term.json"
 
@@ -129,6 +134,7 @@ def writeLabelsToSegmentation(
                     segmentationNode.GetName(),
                 )
         segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, segmentationFingerprint(segmentationNode))
+        segmentationNode.RemoveAttribute(QUANTIFIED_FINGERPRINT_ATTRIBUTE)  # the run's table describes these segments
     finally:
         segmentationNode.EndModify(wasModifying)
 
@@ -177,6 +183,17 @@ def segmentationFingerprint(segmentationNode) -> str:
         digest.update(_segmentVoxelDigest(segmentationNode, segmentID).encode())
         digest.update(b"\1")
     return digest.hexdigest()
+
+
+def quantificationIsCurrent(segmentationNode) -> bool:
+    """True when the quantification table describes the segments as they are now: written by the last run and not
+    edited since, or recomputed (:meth:`MyoPSLogic.updateQuantification`) after the last edit."""
+    if segmentationNode.GetNodeReference(QUANTIFICATION_REFERENCE_ROLE) is None:
+        return False
+    stored = segmentationNode.GetAttribute(QUANTIFIED_FINGERPRINT_ATTRIBUTE) or segmentationNode.GetAttribute(
+        FINGERPRINT_ATTRIBUTE
+    )
+    return stored is not None and stored == segmentationFingerprint(segmentationNode)
 
 
 def isEditedSinceLastRun(segmentationNode) -> bool:
@@ -288,6 +305,28 @@ def segmentLabelArray(segmentationNode, referenceVolumeNode, specs: Optional[Seq
         return result
     finally:
         scene.RemoveNode(labelmapNode)
+
+
+def quantificationLabelArray(segmentationNode, referenceVolumeNode) -> Tuple[np.ndarray, int, List[str]]:
+    """The MyoPS segments as one exclusive ``(K, J, I)`` uint16 label map on the reference volume's grid, for counting.
+
+    Segment Editor can leave segments overlapping (its "allow overlap" masking); a voxel in several segments is
+    given the label that comes last in :data:`QUANTIFICATION_PRECEDENCE`, so it is counted once.
+
+    Returns:
+        (labels, number of voxels that were in more than one MyoPS segment, names of the MyoPS segments present).
+    """
+    specs = {spec.value: spec for spec in SEGMENTS}
+    segmentation = segmentationNode.GetSegmentation()
+    present = [specs[v] for v in QUANTIFICATION_PRECEDENCE if segmentation.GetSegment(segmentId(specs[v])) is not None]
+    dims = referenceVolumeNode.GetImageData().GetDimensions()
+    labels = np.zeros(tuple(reversed(dims)), dtype=np.uint16)
+    memberships = np.zeros(labels.shape, dtype=np.uint8)
+    for spec in present:  # one export per segment: a joint export would hide the overlaps
+        mask = segmentLabelArray(segmentationNode, referenceVolumeNode, specs=[spec]) == spec.value
+        labels[mask] = spec.value
+        memberships += mask
+    return labels, int(np.count_nonzero(memberships > 1)), [spec.name for spec in present]
 
 
 def setSegmentMask(segmentationNode, segmentID: str, maskKji: np.ndarray, referenceVolumeNode) -> None:

@@ -1,8 +1,8 @@
 """The self-test scenario, shared by ``MyoPSSegmentationTest`` (inside Slicer) and pytest (on slicer-core).
 
 A clinician's round trip: three phantom volumes in the scene, Apply, named segments on the LGE grid, a
-correction painted into the scar, a second run that must not touch the corrected segmentation, and the
-quantification table filled.
+correction painted into the scar, the quantification recomputed from it, a second run that must not touch the
+corrected segmentation, and the quantification table filled.
 """
 
 from __future__ import annotations
@@ -86,6 +86,14 @@ def runSelfTestScenario(
     afterEdit = segments.segmentLabelArray(first, lge)
     if len(myocardium):
         _check(int((afterEdit == SCAR).sum()) > int(scarBefore.sum()), "the painted scar is not in the segmentation")
+
+    say("Updating the quantification from the corrected segments")
+    logic.updateQuantification(first)
+    voxelMl = float(np.prod(lge.GetSpacing())) / 1000.0
+    scarMl = {measure: value for measure, value, _ in segments.quantificationRows(table)}.get("Scar")
+    expectedMl = int((afterEdit == SCAR).sum()) * voxelMl
+    _check(scarMl is not None and math.isclose(scarMl, expectedMl, rel_tol=1e-9), f"scar {scarMl} mL, not {expectedMl}")
+    _check(np.array_equal(segments.segmentLabelArray(first, lge), afterEdit), "updating the table changed the segments")
 
     say("Re-running into the edited segmentation must be refused")
     try:
