@@ -442,14 +442,14 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onUpdateQuantificationButton(self):
         """Recompute the table from the corrected segments; the segments themselves are left as they are."""
-        from myops.errors import InputError
+        from myops.errors import MyoPSError
 
         p = self._parameterNode
         if not p or p.outputSegmentation is None:
             return
         try:
             table, note = self.logic.updateQuantification(p.outputSegmentation)
-        except InputError as error:
+        except (MyoPSError, RuntimeError) as error:  # e.g. a segmentation Slicer cannot export
             slicer.util.errorDisplay(str(error), windowTitle="MyoPS Segmentation: cannot measure")
             return
         self.ui.quantificationTableView.setMRMLTableNode(table)

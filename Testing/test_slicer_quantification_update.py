@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from slicer_support import fakeFactory, fakeLabelsZyx, obliqueImage, requireSlicer
 
 slicer = requireSlicer()
+vtk = pytest.importorskip("vtk")
 
 import slicer_qt_stubs  # noqa: E402
 
@@ -122,18 +123,91 @@ def test_the_runs_self_agreement_rows_are_kept_and_a_missing_segment_counts_as_n
 def test_refusals_name_the_problem_and_write_nothing(study):
     with pytest.raises(InputError, match="none is selected"):
         study.logic.updateQuantification(None)
-    node = study.run()
-    before = segments.quantificationRows(MyoPSLogic.quantificationTableNode(node))
-    study.scene.RemoveNode(study.lge)
-    with pytest.raises(InputError, match="no longer in the scene"):
-        study.logic.updateQuantification(node)
-    assert segments.quantificationRows(MyoPSLogic.quantificationTableNode(node)) == before
     other = study.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
     other.SetReferenceImageGeometryParameterFromVolumeNode(study.nodes[0])
     other.GetSegmentation().AddEmptySegment("Foo")
     with pytest.raises(InputError, match="holds none of the MyoPS segments"):
         study.logic.updateQuantification(other)
     assert MyoPSLogic.quantificationTableNode(other) is None
+
+
+def _translation(scene, offsetRas):
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    for axis in range(3):
+        matrix.SetElement(axis, 3, float(offsetRas[axis]))
+    transform.SetMatrixTransformToParent(matrix)
+    return transform
+
+
+def _expectedWall(study) -> float:
+    return float(np.isin(study.engineLabels, (MYOCARDIUM, EDEMA, SCAR)).sum()) * VOXEL_ML
+
+
+@pytest.mark.parametrize("change", ["lge removed", "lge moved", "lge cropped", "segmentation moved"])
+def test_every_voxel_of_the_segments_counts_whatever_happened_to_the_lge(study, change):
+    node = study.run()
+    normal = np.array(study.lgeImage.GetDirection()).reshape(3, 3)[:, 2] * np.array([-1.0, -1.0, 1.0])  # RAS
+    if change == "lge removed":
+        study.scene.RemoveNode(study.lge)
+    elif change == "lge moved":  # e.g. registered after the run: two slices along its normal
+        study.lge.SetAndObserveTransformNodeID(_translation(study.scene, 19.0 * normal).GetID())
+    elif change == "lge cropped":  # its first three slices, in place
+        cropped = conversion.addVolumeNodeFromSitkImage(study.scene, study.lgeImage[:, :, 0:3], "cropped")
+        matrix = vtk.vtkMatrix4x4()
+        cropped.GetIJKToRASMatrix(matrix)
+        study.lge.SetAndObserveImageData(cropped.GetImageData())
+        study.lge.SetIJKToRASMatrix(matrix)
+    else:
+        node.SetAndObserveTransformNodeID(_translation(study.scene, 19.0 * normal).GetID())
+    _, note = study.logic.updateQuantification(node)
+    assert rows(node)["LV myocardium"] == pytest.approx(_expectedWall(study))
+    assert rows(node)["Scar"] == pytest.approx(np.count_nonzero(study.engineLabels == SCAR) * VOXEL_ML)
+    assert note == ""
+
+
+def test_a_segment_made_again_by_the_user_is_found_by_its_name_and_others_are_named(study):
+    node = study.run()
+    segmentation = node.GetSegmentation()
+    segmentation.RemoveSegment("Scar")
+    newId = segmentation.AddEmptySegment("")
+    segmentation.GetSegment(newId).SetName("Scar")
+    assert newId != "Scar"
+    segments.setSegmentMask(node, newId, study.engineLabels == SCAR, study.lge)
+    extra = segmentation.AddEmptySegment("", "Scar (added)")
+    segments.setSegmentMask(node, extra, study.engineLabels == LV_BLOOD_POOL, study.lge)
+    _, note = study.logic.updateQuantification(node)
+    assert rows(node)["Scar"] == pytest.approx(np.count_nonzero(study.engineLabels == SCAR) * VOXEL_ML)
+    assert rows(node)["LV blood pool"] == pytest.approx(
+        np.count_nonzero(study.engineLabels == LV_BLOOD_POOL) * VOXEL_ML
+    )
+    assert note == " Not counted (not a MyoPS segment): 'Scar (added)'."
+
+
+def test_updating_leaves_no_nodes_behind(study):
+    node = study.run()
+    study.logic.updateQuantification(node)
+    count = study.scene.GetNumberOfNodes()
+    for _ in range(3):
+        study.logic.updateQuantification(node)
+        segments.segmentLabelArray(node, study.lge)
+    assert study.scene.GetNumberOfNodes() == count
+
+
+def test_all_segments_erased_gives_zero_volumes(study):
+    node = study.run()
+    for spec_id in ("Myocardium", "Edema", "Scar", "LV_blood_pool"):
+        segments.setSegmentMask(node, spec_id, np.zeros_like(study.engineLabels), study.lge)
+    study.logic.updateQuantification(node)
+    values = rows(node)
+    assert values["LV myocardium"] == 0.0 and values["Scar"] == 0.0 and np.isnan(values["Scar of LV myocardium"])
+
+
+def test_self_agreement_labels_are_recognised():
+    from myops.quality import FIGURES
+    from MyoPSSegmentationLib.logic import SELF_AGREEMENT_PREFIX
+
+    assert all(label.startswith(SELF_AGREEMENT_PREFIX) for _, label, _ in FIGURES)
 
 
 def test_a_copy_sharing_the_table_gets_its_own(study):
@@ -190,6 +264,6 @@ def test_the_panel_button_recomputes_the_table_and_reports_problems(monkeypatch)
     shown = segments.quantificationRows(widget.ui.quantificationTableView.tableNode)
     assert dict((m, v) for m, v, _ in shown)["Scar"] == 0.0
     assert "recomputed from its segments" in p.statusText and recorder.errors == []
-    scene.RemoveNode(lge)
+    output.GetSegmentation().RemoveAllSegments()
     widget.onUpdateQuantificationButton()
-    assert len(recorder.errors) == 1 and "no longer in the scene" in recorder.errors[0]
+    assert len(recorder.errors) == 1 and "holds none of the MyoPS segments" in recorder.errors[0]

@@ -40,6 +40,9 @@ SEQUENCE_NAMES = ("bSSFP", "LGE", "T2")
 
 DEVICES = ("auto", "cpu", "cuda")
 
+#: What the labels of the engine's self-agreement rows start with (kept when the table is recomputed).
+SELF_AGREEMENT_PREFIX = "Self-agreement:"
+
 
 def warningsPrefix(info: Dict) -> str:
     """The start of the panel's status line for a run's warnings (``info["warnings"]``), or ``""``."""
@@ -487,58 +490,54 @@ class MyoPSLogic:
         """Recompute the quantification table from the segments as they are now, e.g. after corrections in Segment
         Editor, with the engine's formulas (:func:`myops.quantify.quantify`).
 
-        The segments are counted on the grid of the volume the segmentation references (the LGE it was computed
-        on) with that volume's own voxel size, as the run counted them; a parent transform's scaling does not
-        enter, as it does not at the run. A voxel left in several segments counts once
-        (:data:`segments.QUANTIFICATION_PRECEDENCE`). The run's self-agreement rows are kept: they describe the
-        model's output, which the user corrected. The segments, the edit guard's fingerprint and the inputs are
-        not touched; a table shared with a copy of the segmentation (Data module clone) is not overwritten, the
-        copy gets a table of its own.
+        The segments are counted on the segmentation's own voxel grid (the LGE's grid of the run), wherever they
+        extend, as the run counted them; a parent transform's scaling does not enter, as it does not at the run.
+        A voxel left in several segments counts once (:data:`segments.QUANTIFICATION_PRECEDENCE`). MyoPS
+        segments are found by their ID or their exact name; other segments are not tissue the formulas know and
+        are named in the note. The run's *Self-agreement* rows are kept: they describe the model's output, which
+        the user corrected. The segments, the edit guard's fingerprint and the input volumes are not touched; a
+        table shared with a copy of the segmentation (Data module clone) is not overwritten, the copy gets a table
+        of its own.
 
         Args:
             segmentationNode: a segmentation holding MyoPS segments (this module's result, corrected or not).
 
         Returns:
-            (the table node, a note for the user: empty, or what was unusual).
+            (the table node, a note for the user: empty, or what was unusual, starting with a space).
 
         Raises:
-            InputError: no segmentation, no reference volume, or none of the MyoPS segments (nothing is written).
+            InputError: no segmentation, or none of the MyoPS segments in it (nothing is written).
         """
-        name = "Output segmentation"
         if segmentationNode is None or segmentationNode.GetScene() is None:
-            raise InputError(name, "none is selected")
-        reference = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
-        if reference is None or reference.GetImageData() is None:
-            raise InputError(
-                segmentationNode.GetName(),
-                "the volume its segments were drawn on is no longer in the scene, so they cannot be measured",
-            )
-        labelsKji, overlapping, present = segments.quantificationLabelArray(segmentationNode, reference)
-        if not present:
+            raise InputError("Output segmentation", "none is selected")
+        found, others = segments.myopsSegmentIds(segmentationNode)
+        if not found:
             raise InputError(
                 segmentationNode.GetName(),
                 "holds none of the MyoPS segments (" + ", ".join(spec.name for spec in SEGMENTS) + ")",
             )
-        spacingZyx = tuple(float(s) for s in reversed(reference.GetSpacing()))  # Slicer's spacing is (I, J, K)
+        labelsKji, spacingZyx, overlapping = segments.quantificationLabelArray(segmentationNode)
         rows = quantify(labelsKji, spacingZyx).as_rows()
-        measured = {measure for measure, _, _ in rows}
         previousTable = segmentationNode.GetNodeReference(segments.QUANTIFICATION_REFERENCE_ROLE)
         previous = segments.quantificationRows(previousTable) if previousTable is not None else []
-        rows += [row for row in previous if row[0] not in measured]
+        rows += [row for row in previous if row[0].startswith(SELF_AGREEMENT_PREFIX)]
         tableNode = segments.writeQuantificationTable(rows, segmentationNode)
         segmentationNode.SetAttribute(
             segments.QUANTIFIED_FINGERPRINT_ATTRIBUTE, segments.segmentationFingerprint(segmentationNode)
         )
         note = ""
         if overlapping:
-            note = (
+            note += (
                 f" {overlapping} voxel{'s' if overlapping != 1 else ''} lay in more than one segment and"
                 " counted once, as the most severe tissue (scar, then edema, myocardium, LV blood pool)."
             )
-        missing = [spec.name for spec in SEGMENTS if spec.name not in present]
+        missing = [spec.name for spec in SEGMENTS if spec.value not in found]
         if missing:
             note += f" No {' or '.join(missing)} segment: counted as none."
-        logger.info("%s: quantification recomputed from its segments%s", segmentationNode.GetName(), note)
+        if others:
+            listed = ", ".join(f"'{name}'" for name in others)
+            note += f" Not counted (not a MyoPS segment): {listed}."
+        logger.info("%s: quantification recomputed from its segments.%s", segmentationNode.GetName(), note)
         return tableNode, note
 
 

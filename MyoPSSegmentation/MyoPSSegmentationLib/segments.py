@@ -11,6 +11,7 @@ with it; any difference (painted, erased, renamed, added or removed segments) me
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
@@ -278,55 +279,118 @@ def quantificationRows(tableNode) -> List[Tuple[str, float, str]]:
     ]
 
 
+@contextlib.contextmanager
+def _removingNodesAddedMeanwhile(scene):
+    """Remove, on exit, every node added to ``scene`` inside the block (a label map export adds a colour table and
+    a display node besides the label map node, which would otherwise be left in the user's scene)."""
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    finally:
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node is not None and node.GetID() not in before:
+                scene.RemoveNode(node)
+
+
+def _exportArray(segmentationNode, segmentIDs: Sequence[str], referenceVolumeNode):
+    """Export ``segmentIDs`` (index i + 1 for the i-th) into a temporary label map node on the grid of
+    ``referenceVolumeNode``, or, when it is None, on the segmentation's own grid over the union of the segments'
+    extents; the caller removes the node. Returns ``(node, (K, J, I) array or None when nothing was exported)``."""
+    ids = vtk.vtkStringArray()
+    for segmentID in segmentIDs:
+        ids.InsertNextValue(segmentID)
+    labelmapNode = slicer.vtkMRMLLabelMapVolumeNode()
+    segmentationNode.GetScene().AddNode(labelmapNode)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+        segmentationNode, ids, labelmapNode, referenceVolumeNode
+    ):
+        return labelmapNode, None
+    imageData = labelmapNode.GetImageData()
+    if imageData is None or imageData.GetPointData().GetScalars() is None:
+        return labelmapNode, None
+    shape = tuple(reversed(imageData.GetDimensions()))
+    return labelmapNode, numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars()).reshape(shape)
+
+
 def segmentLabelArray(segmentationNode, referenceVolumeNode, specs: Optional[Sequence[SegmentSpec]] = None):
     """The segmentation exported as a MyoPS-valued ``(K, J, I)`` uint16 array on the reference volume's grid."""
     specs = SEGMENTS if specs is None else specs
     segmentation = segmentationNode.GetSegmentation()
-    ids = vtk.vtkStringArray()
-    present = []
-    for spec in specs:
-        if segmentation.GetSegment(segmentId(spec)) is not None:
-            ids.InsertNextValue(segmentId(spec))
-            present.append(spec)
-    labelmapNode = slicer.vtkMRMLLabelMapVolumeNode()
-    scene = segmentationNode.GetScene()
-    scene.AddNode(labelmapNode)
-    try:
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            segmentationNode, ids, labelmapNode, referenceVolumeNode
-        ):
+    present = [spec for spec in specs if segmentation.GetSegment(segmentId(spec)) is not None]
+    shape = tuple(reversed(referenceVolumeNode.GetImageData().GetDimensions()))
+    result = np.zeros(shape, dtype=np.uint16)
+    if not present:
+        return result
+    with _removingNodesAddedMeanwhile(segmentationNode.GetScene()):
+        _, exported = _exportArray(segmentationNode, [segmentId(spec) for spec in present], referenceVolumeNode)
+        if exported is None:
             raise RuntimeError("Slicer could not export the segmentation to a label map")
-        imageData = labelmapNode.GetImageData()
-        shape = tuple(reversed(imageData.GetDimensions()))
-        exported = numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars()).reshape(shape)
-        result = np.zeros(shape, dtype=np.uint16)
         for index, spec in enumerate(present):
             result[exported == index + 1] = spec.value
-        return result
-    finally:
-        scene.RemoveNode(labelmapNode)
+    return result
 
 
-def quantificationLabelArray(segmentationNode, referenceVolumeNode) -> Tuple[np.ndarray, int, List[str]]:
-    """The MyoPS segments as one exclusive ``(K, J, I)`` uint16 label map on the reference volume's grid, for counting.
+def myopsSegmentIds(segmentationNode) -> Tuple[dict, List[str]]:
+    """The MyoPS segments of a segmentation: ``{label value: segment ID}``, found by this module's ID or else by
+    exact name (a segment deleted and made again by the user gets another ID), and the names of the other
+    segments (not MyoPS tissue: not counted)."""
+    segmentation = segmentationNode.GetSegmentation()
+    found = {}
+    for spec in SEGMENTS:
+        if segmentation.GetSegment(segmentId(spec)) is not None:
+            found[spec.value] = segmentId(spec)
+    taken = set(found.values())
+    for spec in SEGMENTS:
+        if spec.value in found:
+            continue
+        for index in range(segmentation.GetNumberOfSegments()):
+            candidate = segmentation.GetNthSegmentID(index)
+            if candidate not in taken and segmentation.GetSegment(candidate).GetName() == spec.name:
+                found[spec.value] = candidate
+                taken.add(candidate)
+                break
+    others = [
+        segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName()
+        for i in range(segmentation.GetNumberOfSegments())
+        if segmentation.GetNthSegmentID(i) not in taken
+    ]
+    return found, others
 
-    Segment Editor can leave segments overlapping (its "allow overlap" masking); a voxel in several segments is
-    given the label that comes last in :data:`QUANTIFICATION_PRECEDENCE`, so it is counted once.
+
+def quantificationLabelArray(segmentationNode) -> Tuple[np.ndarray, Tuple[float, float, float], int]:
+    """The MyoPS segments as one exclusive ``(K, J, I)`` uint16 label map, for counting.
+
+    The grid is the segmentation's own (its labelmap geometry: the LGE's grid of the run unless the user changed
+    it), over the union of the segments' extents, so no voxel is lost when the LGE was later cropped, moved or
+    removed, or the segmentation moved; parent transforms do not enter. Segment Editor can leave segments
+    overlapping (its "allow overlap" masking): a voxel in several segments is given the label that comes last in
+    :data:`QUANTIFICATION_PRECEDENCE`, so it is counted once.
 
     Returns:
-        (labels, number of voxels that were in more than one MyoPS segment, names of the MyoPS segments present).
+        (labels, voxel spacing ``(z, y, x)`` = (K, J, I) in mm, number of voxels that were in more than one MyoPS
+        segment). An empty label map of shape ``(0, 0, 0)`` when every MyoPS segment is empty or absent.
     """
-    specs = {spec.value: spec for spec in SEGMENTS}
-    segmentation = segmentationNode.GetSegmentation()
-    present = [specs[v] for v in QUANTIFICATION_PRECEDENCE if segmentation.GetSegment(segmentId(specs[v])) is not None]
-    dims = referenceVolumeNode.GetImageData().GetDimensions()
-    labels = np.zeros(tuple(reversed(dims)), dtype=np.uint16)
-    memberships = np.zeros(labels.shape, dtype=np.uint8)
-    for spec in present:  # one export per segment: a joint export would hide the overlaps
-        mask = segmentLabelArray(segmentationNode, referenceVolumeNode, specs=[spec]) == spec.value
-        labels[mask] = spec.value
-        memberships += mask
-    return labels, int(np.count_nonzero(memberships > 1)), [spec.name for spec in present]
+    found, _ = myopsSegmentIds(segmentationNode)
+    ordered = [(value, found[value]) for value in QUANTIFICATION_PRECEDENCE if value in found]
+    empty = np.zeros((0, 0, 0), dtype=np.uint16), (1.0, 1.0, 1.0), 0
+    if not ordered:
+        return empty
+    with _removingNodesAddedMeanwhile(segmentationNode.GetScene()):
+        grid, union = _exportArray(segmentationNode, [segmentID for _, segmentID in ordered], None)
+        if union is None or not union.any():
+            return empty
+        labels = np.zeros(union.shape, dtype=np.uint16)
+        memberships = np.zeros(union.shape, dtype=np.uint8)
+        for value, segmentID in ordered:  # one export per segment: the joint one above hides the overlaps
+            _, mask = _exportArray(segmentationNode, [segmentID], grid)
+            if mask is None:
+                continue
+            inside = mask > 0
+            labels[inside] = value
+            memberships += inside
+        spacingZyx = tuple(float(v) for v in reversed(grid.GetSpacing()))  # Slicer's spacing is (I, J, K)
+    return labels, spacingZyx, int(np.count_nonzero(memberships > 1))
 
 
 def setSegmentMask(segmentationNode, segmentID: str, maskKji: np.ndarray, referenceVolumeNode) -> None:
