@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import locale
 import re
+import struct
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import SimpleITK as sitk
 import slicerio
 
 from myops.errors import InputError
-from myops.io import read_image, write_segmentation
+from myops.io import read_file, read_image, write_segmentation
 from myops.labels import SEGMENTS, terminology_string
 
 SPACING = (1.25, 1.25, 8.0)
@@ -64,12 +65,13 @@ def write_series(
     slices: Sequence[int],
     phases: int = 1,
     drift_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    extra_tags: Optional[Callable[[int], Dict[str, str]]] = None,
 ) -> List[Path]:
     """Write ``volume``'s slices ``slices`` as one DICOM series in ``folder``, each ``phases`` times.
 
     Every file carries the slice's own ImagePositionPatient (moved by ``k * drift_mm``, LPS mm, for slice ``k``:
     a sheared stack) and the volume's ImageOrientationPatient; all share one SeriesInstanceUID, like the phases
-    of a cine series do.
+    of a cine series do. ``extra_tags(k)`` adds or replaces tags of slice ``k``'s files.
     """
     folder.mkdir(parents=True, exist_ok=True)
     direction = volume.GetDirection()
@@ -100,6 +102,7 @@ def write_series(
                 "0018|1060": f"{phase * 40:d}",  # TriggerTime
                 "0028|0030": f"{SPACING[1]:g}\\{SPACING[0]:g}",  # PixelSpacing: row, column
             }
+            tags.update(extra_tags(k) if extra_tags else {})
             for key, value in tags.items():
                 image.SetMetaData(key, value)
             path = folder / f"IM{instance:04d}.dcm"
@@ -220,3 +223,104 @@ def test_seg_nrrd_has_one_well_formed_terminology_entry_per_segment(tmp_path: Pa
         assert segment["terminology"]["category"] == [spec.category.scheme, spec.category.code, spec.category.meaning]
         assert segment["terminology"]["anatomicRegion"] == [spec.region.scheme, spec.region.code, spec.region.meaning]
         assert "TerminologyEntry" not in segment.get("tags", {})
+
+
+# -- headers a series reader would take on trust -------------------------------------------------------------------
+
+
+def _hide_tags(path: Path, tags: Sequence[Tuple[int, int]]) -> None:
+    """Make a file lack ``tags`` by renaming each (group, element) to the undefined (group, element + 1) in place,
+    as an anonymiser that strips them leaves the file (the value bytes stay, under a tag no reader knows)."""
+    data = bytearray(path.read_bytes())
+    pixels = data.find(struct.pack("<HH", 0x7FE0, 0x0010))
+    for group, element in tags:
+        at = data.find(struct.pack("<HH", group, element))
+        assert 0 < at < pixels, (path, group, element)
+        data[at : at + 4] = struct.pack("<HH", group, element + 1)
+    path.write_bytes(bytes(data))
+
+
+def _replace_bytes(path: Path, old: bytes, new: bytes) -> None:
+    data = path.read_bytes()
+    assert len(old) == len(new) and data.count(old) == 1, path
+    path.write_bytes(data.replace(old, new))
+
+
+POSITION_AND_ORIENTATION = ((0x0020, 0x0032), (0x0020, 0x0037))
+
+
+def test_a_file_without_its_slice_position_is_refused_not_stacked_at_an_average_spacing(tmp_path: Path) -> None:
+    # ITK would stack a cine series with one such file as 13 slices at 4 mm (the check used to stand aside)
+    volume = source_volume()
+    files = write_series(volume, tmp_path / "cine", range(volume.GetSize()[2]), phases=2)
+    extra = write_series(volume, tmp_path / "extra", [0])[0]
+    _hide_tags(extra, POSITION_AND_ORIENTATION)
+    extra.rename(tmp_path / "cine" / "IM9999.dcm")
+    with pytest.raises(InputError) as caught:
+        read_image(tmp_path / "cine")
+    assert caught.value.problem.startswith("1 of the 13 DICOM files lack a usable ImagePositionPatient")
+    # every file anonymised: ITK would read 1 mm slices at the origin, so every volume 8 times too small
+    files = write_series(volume, tmp_path / "stripped", range(volume.GetSize()[2]))
+    for path in files:
+        _hide_tags(path, POSITION_AND_ORIENTATION)
+    with pytest.raises(InputError, match="6 of the 6 DICOM files lack"):
+        read_image(tmp_path / "stripped")
+
+
+def test_a_malformed_slice_position_is_refused(tmp_path: Path) -> None:
+    volume = source_volume()
+    files = write_series(volume, tmp_path / "series", range(volume.GetSize()[2]))
+    files[2].unlink()  # slice 2 again, with a position no scanner writes (GDCM stores it as "n.n\\n.n\\n.n")
+    write_series(volume, tmp_path / "nan", [2], extra_tags=lambda k: {"0020|0032": "nan\\nan\\nan"})[0].rename(files[2])
+    with pytest.raises(InputError, match="1 of the 6 DICOM files lack a usable"):
+        read_image(tmp_path / "series")
+
+
+def test_files_that_store_values_differently_are_read_without_wrapping(tmp_path: Path) -> None:
+    # slice 0 as stored; slices 1-5 with RescaleSlope 9, so their values reach 9 x 999 = 8991 ... x 32000 > int16
+    rng = np.random.default_rng(1)
+    volume = sitk.GetImageFromArray(rng.integers(0, 32000, size=(6, 24, 32), dtype=np.int16))
+    volume.CopyInformation(source_volume())
+    files = write_series(volume, tmp_path / "series", [0])
+    files += write_series(
+        volume, tmp_path / "scaled", range(1, 6), extra_tags=lambda k: {"0028|1053": "2", "0028|1052": "0"}
+    )
+    for path in files[1:]:
+        _replace_bytes(path, b"\x28\x00\x53\x10\x02\x00\x00\x002 ", b"\x28\x00\x53\x10\x02\x00\x00\x009 ")
+        path.rename(tmp_path / "series" / f"IM{int(path.stem[2:]) + 100:04d}.dcm")
+    each = [
+        sitk.GetArrayFromImage(read_file(path))[0].astype(np.float64)
+        for path in sorted((tmp_path / "series").iterdir())
+    ]
+    assert each[1].max() > 32767  # what ITK's int16 (the first file's type) would wrap
+    image = read_image(tmp_path / "series")
+    assert image.GetPixelID() == sitk.sitkFloat64
+    array = sitk.GetArrayFromImage(image)
+    for k in range(6):
+        assert np.array_equal(array[k], each[k]), k
+
+
+def test_signed_and_unsigned_files_in_one_series_keep_their_values(tmp_path: Path) -> None:
+    unsigned = sitk.GetImageFromArray(np.full((6, 24, 32), 40000, dtype=np.uint16))
+    signed = sitk.GetImageFromArray(np.full((6, 24, 32), -521, dtype=np.int16))
+    for image in (unsigned, signed):
+        image.CopyInformation(source_volume())
+    write_series(unsigned, tmp_path / "series", [0, 1, 2])
+    for path in write_series(signed, tmp_path / "signed", [3, 4, 5]):
+        path.rename(tmp_path / "series" / f"IM{int(path.stem[2:]) + 100:04d}.dcm")
+    array = sitk.GetArrayFromImage(read_image(tmp_path / "series"))
+    assert (array[:3] == 40000).all() and (array[3:] == -521).all()
+
+
+def test_one_file_of_a_series_is_refused_and_a_lone_slice_needs_its_thickness(tmp_path: Path) -> None:
+    volume = source_volume()
+    files = write_series(volume, tmp_path / "series", range(volume.GetSize()[2]))
+    with pytest.raises(InputError, match="is one image of a DICOM series of 6 in its folder; give the folder"):
+        read_image(files[0])
+    alone = write_series(volume, tmp_path / "alone", [2])[0]
+    image = read_image(alone)  # the only file of its series: read like a one-slice folder
+    assert np.allclose(image.GetSpacing(), SPACING, atol=1e-4)
+    _hide_tags(alone, [(0x0018, 0x0050), (0x0018, 0x0088)])  # the writer adds SpacingBetweenSlices too
+    for path in (alone, alone.parent):
+        with pytest.raises(InputError, match="one DICOM slice without SliceThickness"):
+            read_image(path)

@@ -14,7 +14,7 @@ import struct
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -154,19 +154,54 @@ def read_image(path: PathLike) -> sitk.Image:
             image = read_file(p)
         except RuntimeError:
             raise InputError(p, "not a readable image (expected NIfTI, NRRD, MHA or a DICOM series folder)") from None
+        if image.GetDimension() == 3 and image.GetSize()[2] == 1 and _is_dicom_file(p):
+            image = _single_dicom_slice(p, image)
     validate_image(image, str(p))
     return image
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """Whether ITK reads ``path`` with its DICOM reader (GDCM)."""
+    try:
+        with _itk_warnings_hidden():
+            return sitk.ImageFileReader.GetImageIOFromFileName(str(path)) == "GDCMImageIO"
+    except RuntimeError:
+        return False
+
+
+def _single_dicom_slice(path: Path, image: sitk.Image) -> sitk.Image:
+    """One single-frame DICOM file given as the input: refused when it is one image of a longer series in its
+    folder (the user meant the series), else given its slice thickness as spacing, as a one-slice folder is."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    with _itk_warnings_hidden():
+        reader.ReadImageInformation()
+    series_uid = reader.GetMetaData("0020|000e").strip().rstrip("\x00") if reader.HasMetaDataKey("0020|000e") else ""
+    if series_uid:
+        with _itk_warnings_hidden():
+            siblings = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path.parent), series_uid)
+        if len(siblings) > 1:
+            raise InputError(
+                path,
+                f"is one image of a DICOM series of {len(siblings)} in its folder; give the folder, which is read "
+                "as one volume",
+            )
+    return _with_slice_thickness(path, image, str(path))
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
     """Read the one DICOM series in ``folder`` as a 3D volume, refusing stacks ITK would misread.
 
     Before reading, :func:`check_dicom_slice_geometry` checks the files' slice positions: a cine series (several
-    phases per position), mixed orientations and uneven slice gaps are refused instead of being stacked with an
-    averaged spacing. ITK's own warnings are kept off stderr so the caller's one line is the only message.
+    phases per position), mixed orientations, uneven slice gaps, differing pixel spacings and files without
+    slice positions are refused instead of being stacked with an averaged (or 1 mm) spacing. Where the files
+    store their values differently (one file rescaled, the next not; signed and unsigned), ITK would cast every
+    slice to the first file's pixel type (wrapping or truncating the others): such a series is read as float64.
+    ITK's own warnings are kept off stderr so the caller's one line is the only message.
 
     Raises:
-        InputError: no series, several series, a refused slice geometry, or a series ITK cannot read.
+        InputError: no series, several series, a refused slice geometry, a lone slice without a thickness, or a
+            series ITK cannot read.
     """
     reader = sitk.ImageSeriesReader()
     with _itk_warnings_hidden():  # ITK's "No Series were found" would precede our one line
@@ -176,18 +211,33 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     if len(series) > 1:
         raise InputError(folder, f"folder holds {len(series)} DICOM series; point to a folder with exactly one")
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
-    check_dicom_slice_geometry(folder, files)
+    headers = _dicom_slice_headers(folder, files)
+    _check_slice_headers(folder, headers)
     reader.SetFileNames(files)
+    if len({header.pixel_id for header in headers}) > 1:
+        logger.info("%s: the DICOM files store their values differently; reading the series as float64", folder)
+        reader.SetOutputPixelType(sitk.sitkFloat64)
     try:
         with _itk_warnings_hidden():  # e.g. "Non uniform sampling or missing slices detected"
             image = reader.Execute()
     except RuntimeError:
         raise InputError(folder, "DICOM series could not be read as one volume") from None
-    if len(files) == 1:
-        thickness = _dicom_slice_thickness(files[0])
-        if thickness is not None and image.GetDimension() == 3:
-            # the series reader gives one file a slice spacing of 1 mm whatever its tags say
-            image.SetSpacing((*image.GetSpacing()[:2], thickness))
+    if len(files) == 1 and image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        image = _with_slice_thickness(Path(files[0]), image, str(folder))
+    return image
+
+
+def _with_slice_thickness(path: Path, image: sitk.Image, source: str) -> sitk.Image:
+    """A one-slice DICOM image with its SliceThickness as the spacing along the normal (ITK gives it 1 mm
+    whatever its tags say); refused without one, since every volume in mL would be off by that factor."""
+    thickness = _dicom_slice_thickness(str(path))
+    if thickness is None:
+        raise InputError(
+            source,
+            "is one DICOM slice without SliceThickness (0018,0050) or SpacingBetweenSlices (0018,0088): its "
+            "volumes cannot be measured",
+        )
+    image.SetSpacing((*image.GetSpacing()[:2], thickness))
     return image
 
 
@@ -234,22 +284,64 @@ _DRIFT_MM = 0.05
 _DRIFT_FRACTION = 0.01
 
 
-def _dicom_slice_header(path: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """ImagePositionPatient (3) and ImageOrientationPatient (6) of one DICOM file, or None if it lacks them."""
+#: SOP classes whose files hold their frames' ImagePositionPatient and ImageOrientationPatient in functional
+#: groups, not at the top level: Enhanced MR, Enhanced MR Color and Legacy Converted Enhanced MR Image Storage.
+_ENHANCED_SOP_CLASSES = frozenset(
+    ("1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3", "1.2.840.10008.5.1.4.1.1.4.4")
+)
+
+
+class _SliceHeader(NamedTuple):
+    """What :func:`check_dicom_slice_geometry` needs of one DICOM file."""
+
+    #: ImagePositionPatient (0020,0032), LPS mm, or None when missing or not three finite numbers.
+    position: Optional[np.ndarray]
+    #: ImageOrientationPatient (0020,0037), six direction cosines, or None when missing or malformed.
+    orientation: Optional[np.ndarray]
+    #: In-plane spacing (column, row) in mm, as ITK reads it from PixelSpacing (0028,0030).
+    pixel_spacing: Tuple[float, float]
+    #: The SimpleITK pixel type ITK reads the file as (after the file's own rescale slope and intercept).
+    pixel_id: int
+
+
+def _dicom_slice_header(path: str) -> Optional[_SliceHeader]:
+    """The :class:`_SliceHeader` of one DICOM file, or None when ITK cannot read its header."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
         with _itk_warnings_hidden():
             reader.ReadImageInformation()
-        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+    except RuntimeError:
+        return None
+
+    def numbers(key: str, n: int) -> Optional[np.ndarray]:
+        if not reader.HasMetaDataKey(key):
             return None
-        position = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")], dtype=float)
-        orientation = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")], dtype=float)
-    except (RuntimeError, ValueError):
-        return None
-    if position.shape != (3,) or orientation.shape != (6,) or not np.all(np.isfinite(orientation)):
-        return None
-    return position, orientation
+        try:
+            values = np.array([float(v) for v in reader.GetMetaData(key).split("\\")], dtype=float)
+        except ValueError:
+            return None
+        return values if values.shape == (n,) and np.all(np.isfinite(values)) else None
+
+    position, orientation = numbers("0020|0032", 3), numbers("0020|0037", 6)
+    sop_class = reader.GetMetaData("0008|0016").strip().rstrip("\x00") if reader.HasMetaDataKey("0008|0016") else ""
+    if (position is None or orientation is None) and sop_class in _ENHANCED_SOP_CLASSES:
+        # an enhanced (multi-frame) file keeps them in its functional groups, which GDCM reads into the geometry
+        direction = reader.GetDirection()
+        position = np.array(reader.GetOrigin()[:3], dtype=float)
+        orientation = np.array([*direction[0::3], *direction[1::3]], dtype=float)
+    spacing = reader.GetSpacing()
+    return _SliceHeader(position, orientation, (float(spacing[0]), float(spacing[1])), reader.GetPixelID())
+
+
+def _dicom_slice_headers(folder: PathLike, files: Sequence[str]) -> List[_SliceHeader]:
+    headers = []
+    for name in files:
+        header = _dicom_slice_header(name)
+        if header is None:
+            raise InputError(folder, f"DICOM file {Path(name).name} could not be read")
+        headers.append(header)
+    return headers
 
 
 def check_dicom_slice_geometry(folder: PathLike, files: Sequence[str]) -> None:
@@ -259,29 +351,42 @@ def check_dicom_slice_geometry(folder: PathLike, files: Sequence[str]) -> None:
     cine series (several temporal phases at each slice position) becomes one tall, wrong volume and a series
     with a missing slice puts the slices after the gap millimetres from where they were acquired. This reads
     each file's ImagePositionPatient (0020,0032) and ImageOrientationPatient (0020,0037), projects the positions
-    on the slice normal and checks them. A series in which any file lacks those tags is left to ITK (the
-    behaviour before this check); so is a single file.
+    on the slice normal and checks them. A single file is not checked.
 
     Args:
         folder: the series folder, named in the message.
         files: the series' files.
 
     Raises:
-        InputError: two or more files at one slice position (a cine series?), orientations that differ between
-            files, positions that drift within the image plane (a sheared stack, which ITK would stack
-            straight), or gaps between slice positions that differ from their median by more than
-            max(1 %, 0.05 mm).
+        InputError: a file without a usable slice position or orientation (ITK would stack the series at 1 mm
+            or an averaged spacing from the others), two or more files at one slice position (a cine series?),
+            orientations or pixel spacings that differ between files, positions that drift within the image
+            plane (a sheared stack, which ITK would stack straight), or gaps between slice positions that differ
+            from their median by more than max(1 %, 0.05 mm).
     """
-    if len(files) < 2:
+    _check_slice_headers(folder, _dicom_slice_headers(folder, files))
+
+
+def _check_slice_headers(folder: PathLike, headers: Sequence[_SliceHeader]) -> None:
+    """:func:`check_dicom_slice_geometry` on headers already read."""
+    if len(headers) < 2:
         return
-    headers = []
-    for name in files:
-        header = _dicom_slice_header(name)
-        if header is None:
-            return
-        headers.append(header)
-    orientation = headers[0][1]
-    if any(np.max(np.abs(o - orientation)) > _ORIENTATION_TOL for _, o in headers[1:]):
+    lacking = sum(1 for h in headers if h.position is None or h.orientation is None)
+    if lacking:
+        raise InputError(
+            folder,
+            f"{lacking} of the {len(headers)} DICOM files lack a usable ImagePositionPatient (0020,0032) or "
+            "ImageOrientationPatient (0020,0037), so where their slices lie is unknown (removed by an anonymiser?)",
+        )
+    spacing = np.array([h.pixel_spacing for h in headers])
+    if np.any(np.abs(spacing - spacing[0]) > 1e-3 * spacing[0]):
+        raise InputError(
+            folder,
+            f"DICOM slices differ in pixel spacing ({spacing.min():.4g}-{spacing.max():.4g} mm); give a folder with "
+            "one stack of slices on one grid",
+        )
+    orientation = headers[0].orientation
+    if any(np.max(np.abs(h.orientation - orientation)) > _ORIENTATION_TOL for h in headers[1:]):
         raise InputError(
             folder,
             "DICOM slices differ in orientation (ImageOrientationPatient); give a folder with one stack of "
@@ -290,9 +395,9 @@ def check_dicom_slice_geometry(folder: PathLike, files: Sequence[str]) -> None:
     normal = np.cross(orientation[:3], orientation[3:])
     length = float(np.linalg.norm(normal))
     if not length > 0:
-        return  # degenerate orientation: left to ITK
+        raise InputError(folder, "DICOM ImageOrientationPatient holds parallel (or zero) row and column directions")
     unit = normal / length
-    offsets = np.array([p - headers[0][0] for p, _ in headers])
+    offsets = np.array([h.position - headers[0].position for h in headers])
     distance = offsets @ unit
     drift = np.linalg.norm(offsets - distance[:, None] * unit[None, :], axis=1)
     if np.any(drift > _DRIFT_MM + _DRIFT_FRACTION * np.abs(distance)):
@@ -301,14 +406,15 @@ def check_dicom_slice_geometry(folder: PathLike, files: Sequence[str]) -> None:
             f"DICOM slice positions drift sideways ({float(drift.max()):.3g} mm within the image plane, a sheared or "
             "tilted stack); ITK would stack them straight. Resample the series onto an orthogonal grid first",
         )
-    along = np.sort(np.array([float(np.dot(p, unit)) for p, _ in headers]))
+    along = np.sort(np.array([float(np.dot(h.position, unit)) for h in headers]))
     steps = np.diff(along)
     positions = np.concatenate([along[:1], along[1:][steps > _SAME_POSITION_MM]])
-    if len(positions) < len(files):
+    if len(positions) < len(headers):
         raise InputError(
             folder,
-            f"DICOM series holds {len(files)} images at {len(positions)} slice positions (a cine series?); give a "
-            "folder with one frame per slice, e.g. the end-diastolic phase",
+            f"DICOM series holds {len(headers)} images at {len(positions)} slice positions (a cine series, or "
+            "magnitude and phase images together?); give a folder with one image per slice, e.g. the "
+            "end-diastolic phase",
         )
     gaps = np.diff(positions)
     if len(gaps) < 2:
