@@ -1,13 +1,11 @@
-"""The quantification recomputed from corrected segments (logic on real MRML with a stand-in engine, and the panel).
+"""The quantification recomputed from corrected segments (logic on real MRML with a stand-in engine; the panel's
+button is tested in test_slicer_widget.py).
 
 The stand-in engine writes :func:`slicer_support.fakeLabelsZyx` on the LGE grid of :func:`obliqueImage`, whose
 voxels are 0.8 x 0.7 x 9.5 mm = 5.32 mm^3, so every expected volume below is a voxel count times 0.00532 mL.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +15,9 @@ from slicer_support import fakeFactory, fakeLabelsZyx, obliqueImage, requireSlic
 slicer = requireSlicer()
 vtk = pytest.importorskip("vtk")
 
-import slicer_qt_stubs  # noqa: E402
-
 from myops.errors import InputError  # noqa: E402
 from myops.labels import EDEMA, LV_BLOOD_POOL, MYOCARDIUM, SCAR  # noqa: E402
-from MyoPSSegmentationLib import background, conversion, dependencies, segments  # noqa: E402
+from MyoPSSegmentationLib import conversion, segments  # noqa: E402
 from MyoPSSegmentationLib.headless import newScene  # noqa: E402
 from MyoPSSegmentationLib.logic import MyoPSLogic  # noqa: E402
 
@@ -222,48 +218,3 @@ def test_a_copy_sharing_the_table_gets_its_own(study):
     table, _ = study.logic.updateQuantification(copy)
     assert table is not original and rows(copy)["Scar"] == 0.0
     assert segments.quantificationRows(original) == engineRows
-
-
-# -- the panel -----------------------------------------------------------------------------------------------------
-FAKE_WORKER = str(Path(__file__).resolve().parent / "slicer_fake_worker.py")
-
-
-def test_the_panel_button_recomputes_the_table_and_reports_problems(monkeypatch):
-    scene = newScene()
-    recorder = slicer_qt_stubs.Recorder()
-    module, _ = slicer_qt_stubs.install(monkeypatch, scene, recorder)
-    monkeypatch.setattr(background, "pythonSlicerExecutable", lambda: sys.executable)
-    monkeypatch.setattr(dependencies, "missingSummary", lambda *a: [])
-    monkeypatch.setenv("FAKE_WORKER_MODE", "ok")
-    real = background.BackgroundSegmentation
-
-    class WithFakeWorker(real):
-        def __init__(self, *args, **kwargs):
-            kwargs["workerScript"] = FAKE_WORKER
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(background, "BackgroundSegmentation", WithFakeWorker)
-    volumes = {
-        name: conversion.addVolumeNodeFromSitkImage(scene, obliqueImage(seed=seed), name)
-        for seed, name in enumerate(("case7_C0", "case7_DE", "case7_T2"))
-    }
-    widget = module.MyoPSSegmentationWidget()
-    widget.setup()
-    slicer_qt_stubs.runSingleShots()
-    assert not widget.ui.updateQuantificationButton.enabled
-    widget.onApplyButton()
-    assert not widget.ui.updateQuantificationButton.enabled  # not while a run may still replace the segments
-    slicer_qt_stubs.pollUntilIdle(widget)
-    p = widget._parameterNode
-    output = p.outputSegmentation
-    assert widget.ui.updateQuantificationButton.enabled
-    lge = volumes["case7_DE"]
-    labels = segments.segmentLabelArray(output, lge)
-    segments.setSegmentMask(output, "Scar", np.zeros_like(labels), lge)  # the user erases all scar
-    widget.onUpdateQuantificationButton()
-    shown = segments.quantificationRows(widget.ui.quantificationTableView.tableNode)
-    assert dict((m, v) for m, v, _ in shown)["Scar"] == 0.0
-    assert "recomputed from its segments" in p.statusText and recorder.errors == []
-    output.GetSegmentation().RemoveAllSegments()
-    widget.onUpdateQuantificationButton()
-    assert len(recorder.errors) == 1 and "holds none of the MyoPS segments" in recorder.errors[0]

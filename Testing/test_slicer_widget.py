@@ -381,3 +381,22 @@ def test_closing_the_scene_during_a_run_hides_its_progress(panel, monkeypatch):
     assert process.poll() is not None or process.wait(timeout=10) is not None
     assert panel.widget._run is None and panel.widget._runContext is None
     assert not panel.ui.progressBar.visible
+
+
+def test_update_quantification_recomputes_the_table_from_corrections(panel, monkeypatch):
+    assert not panel.ui.updateQuantificationButton.enabled
+    useFakeWorker(monkeypatch, "ok")
+    panel.widget.onApplyButton()
+    assert not panel.ui.updateQuantificationButton.enabled  # not while a run may still replace the segments
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
+    output = panel.p.outputSegmentation
+    assert panel.ui.updateQuantificationButton.enabled
+    lge = panel.volumes["case7_DE"]
+    segments.setSegmentMask(output, "Scar", np.zeros_like(segments.segmentLabelArray(output, lge)), lge)
+    panel.widget.onUpdateQuantificationButton()  # the user erased all scar
+    shown = {m: v for m, v, _ in segments.quantificationRows(panel.ui.quantificationTableView.tableNode)}
+    assert shown["Scar"] == 0.0 and "Myocardial salvage index" in shown  # the engine's rows, not the stand-in's
+    assert "recomputed from its segments" in panel.p.statusText and panel.recorder.errors == []
+    output.GetSegmentation().RemoveAllSegments()
+    panel.widget.onUpdateQuantificationButton()
+    assert len(panel.recorder.errors) == 1 and "holds none of the MyoPS segments" in panel.recorder.errors[0]
