@@ -136,6 +136,19 @@ class MyoPSSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def enter(self):
         self.initializeParameterNode()
+        self._noteStaleQuantification()
+
+    def _noteStaleQuantification(self):
+        """Back from Segment Editor: say when the result's table no longer describes its segments."""
+        p = self._parameterNode
+        output = p.outputSegmentation if p else None
+        if output is None or self._run is not None or self.logic.quantificationTableNode(output) is None:
+            return
+        if not segments.quantificationIsCurrent(output):
+            p.statusText = (
+                f"'{output.GetName()}' was edited after its quantification was computed: press "
+                "'Update quantification from the segments' to recompute the table."
+            )
 
     def exit(self):
         if self._parameterNode:

@@ -392,11 +392,17 @@ def test_update_quantification_recomputes_the_table_from_corrections(panel, monk
     output = panel.p.outputSegmentation
     assert panel.ui.updateQuantificationButton.enabled
     lge = panel.volumes["case7_DE"]
+    panel.widget.enter()
+    assert "was edited" not in panel.p.statusText
     segments.setSegmentMask(output, "Scar", np.zeros_like(segments.segmentLabelArray(output, lge)), lge)
-    panel.widget.onUpdateQuantificationButton()  # the user erased all scar
+    panel.widget.enter()  # back from Segment Editor, where the user erased all scar
+    assert "was edited after its quantification was computed" in panel.p.statusText
+    panel.widget.onUpdateQuantificationButton()
     shown = {m: v for m, v, _ in segments.quantificationRows(panel.ui.quantificationTableView.tableNode)}
     assert shown["Scar"] == 0.0 and "Myocardial salvage index" in shown  # the engine's rows, not the stand-in's
     assert "recomputed from its segments" in panel.p.statusText and panel.recorder.errors == []
+    panel.widget.enter()
+    assert "recomputed from its segments" in panel.p.statusText  # the table is current again
     output.GetSegmentation().RemoveAllSegments()
     panel.widget.onUpdateQuantificationButton()
     assert len(panel.recorder.errors) == 1 and "holds none of the MyoPS segments" in panel.recorder.errors[0]
