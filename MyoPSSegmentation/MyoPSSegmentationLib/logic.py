@@ -462,7 +462,7 @@ class MyoPSLogic:
         if output is not None and output.GetScene() is None:
             output, note = None, " The chosen output segmentation was deleted during the run; a new one was made."
         if output is not None and fingerprintAtStart is not None:
-            if self.outputFingerprint(output) != fingerprintAtStart:
+            if not segments.sameFingerprint(self.outputFingerprint(output), fingerprintAtStart):
                 node = self.writeResult(
                     labels, quantificationRows, lgeNode, None, info=info, createClosedSurface=createClosedSurface
                 )

@@ -140,17 +140,28 @@ def writeLabelsToSegmentation(
         segmentationNode.EndModify(wasModifying)
 
 
-def _segmentVoxelDigest(segmentationNode, segmentID: str) -> str:
-    """Digest of one segment's voxels that does not depend on how far its labelmap extent is padded."""
+#: Fingerprint format: ``"2|<sha256 of IDs, names, colours, terminology and voxels>|<geometry>"``, the geometry (each
+#: non-empty segment's first-voxel corner in mm and its IJK-to-world axes) in text, compared within a tolerance.
+_FINGERPRINT_VERSION = "2"
+#: A segment's corner may move this much (mm), its axes this much (direction cosine x spacing), without an edit:
+#: a file round trip writes the origin to about 1e-14 mm, and hashing rounded values flipped on some grids.
+_CORNER_TOLERANCE_MM = 1e-3
+_AXES_TOLERANCE = 1e-5
+
+
+def _segmentVoxels(segmentationNode, segmentID: str) -> Tuple[bytes, Optional[np.ndarray]]:
+    """One segment's voxels, independent of how far its labelmap extent is padded: ``(bytes to hash, geometry)``,
+    the geometry being the 12 numbers (corner of the voxels' bounding box in mm, then the 3 x 3 IJK-to-world
+    axes) or None for an empty segment."""
     image = slicer.vtkOrientedImageData()
     segmentationNode.GetBinaryLabelmapRepresentation(segmentID, image)
     extent = image.GetExtent()
     if image.GetPointData().GetScalars() is None or extent[1] < extent[0]:
-        return "empty"
+        return b"empty", None
     dims = (extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1)
     mask = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(tuple(reversed(dims))) > 0
     if not mask.any():
-        return "empty"
+        return b"empty", None
     nonzero = np.nonzero(mask)  # (K, J, I)
     lower = [int(axis.min()) for axis in nonzero]
     upper = [int(axis.max()) + 1 for axis in nonzero]
@@ -160,30 +171,61 @@ def _segmentVoxelDigest(segmentationNode, segmentID: str) -> str:
     matrix = np.array([[imageToWorld.GetElement(r, c) for c in range(4)] for r in range(4)])
     cornerIjk = np.array([extent[0] + lower[2], extent[2] + lower[1], extent[4] + lower[0], 1.0])
     corner = matrix @ cornerIjk
-    digest = hashlib.sha256()
-    digest.update(np.round(corner[:3], 2).astype(np.float64).tobytes())
-    digest.update(np.round(matrix[:3, :3], 4).astype(np.float64).tobytes())
-    digest.update(np.asarray(cropped.shape, dtype=np.int64).tobytes())
-    digest.update(np.packbits(cropped).tobytes())
-    return digest.hexdigest()
+    voxels = np.asarray(cropped.shape, dtype=np.int64).tobytes() + np.packbits(cropped).tobytes()
+    return voxels, np.concatenate([corner[:3], matrix[:3, :3].ravel()])
 
 
 def segmentationFingerprint(segmentationNode) -> str:
-    """A digest of a segmentation's segments: IDs, names, colours, terminology and voxels (in physical space), in
-    order. A recoloured segment or one given another terminology code counts as an edit, like a painted one.
+    """What a segmentation holds, to tell later whether it was edited: its segments' IDs, names, colours,
+    terminology and voxels (in physical space), in order, and whether it still sits under its reference volume's
+    parent transform (moving it onto another transform is an edit too). Compare two with :func:`sameFingerprint`.
 
-    Colours enter rounded to 1/1000, so a file's decimal round trip does not read as an edit.
+    Colours enter rounded to 1/1000, so a file's decimal round trip does not read as an edit; so do positions,
+    which enter as numbers compared within :data:`_CORNER_TOLERANCE_MM`.
     """
     segmentation = segmentationNode.GetSegmentation()
     digest = hashlib.sha256()
+    geometry = []
     for index in range(segmentation.GetNumberOfSegments()):
         segmentID = segmentation.GetNthSegmentID(index)
         segment = segmentation.GetSegment(segmentID)
         colour = ",".join(f"{c:.3f}" for c in segment.GetColor())
         digest.update(f"{segmentID}\0{segment.GetName()}\0{colour}\0{segmentTerminologyString(segment)}\0".encode())
-        digest.update(_segmentVoxelDigest(segmentationNode, segmentID).encode())
+        voxels, place = _segmentVoxels(segmentationNode, segmentID)
+        digest.update(voxels)
         digest.update(b"\1")
-    return digest.hexdigest()
+        if place is not None:
+            geometry.append(",".join(f"{v:.9g}" for v in place))
+    reference = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+    ownTransform = segmentationNode.GetTransformNodeID()
+    referenceTransform = reference.GetTransformNodeID() if reference is not None else None
+    digest.update(b"T1" if ownTransform == referenceTransform else b"T0")
+    return f"{_FINGERPRINT_VERSION}|{digest.hexdigest()}|{';'.join(geometry)}"
+
+
+def sameFingerprint(a: Optional[str], b: Optional[str]) -> bool:
+    """Whether two :func:`segmentationFingerprint` values describe the same segments (positions within tolerance).
+    A fingerprint of an earlier format (a bare digest) matches only itself, so such a result counts as edited."""
+    if a is None or b is None:
+        return False
+    partsA, partsB = a.split("|"), b.split("|")
+    if len(partsA) != 3 or len(partsB) != 3 or partsA[0] != _FINGERPRINT_VERSION or partsB[0] != partsA[0]:
+        return a == b
+    if partsA[1] != partsB[1]:
+        return False
+    segmentsA = [s for s in partsA[2].split(";") if s]
+    segmentsB = [s for s in partsB[2].split(";") if s]
+    if len(segmentsA) != len(segmentsB):
+        return False
+    try:
+        placesA = np.array([[float(v) for v in s.split(",")] for s in segmentsA], dtype=float).reshape(-1, 12)
+        placesB = np.array([[float(v) for v in s.split(",")] for s in segmentsB], dtype=float).reshape(-1, 12)
+    except ValueError:
+        return False
+    return bool(
+        np.all(np.abs(placesA[:, :3] - placesB[:, :3]) <= _CORNER_TOLERANCE_MM)
+        and np.all(np.abs(placesA[:, 3:] - placesB[:, 3:]) <= _AXES_TOLERANCE)
+    )
 
 
 def quantificationIsCurrent(segmentationNode) -> bool:
@@ -194,7 +236,7 @@ def quantificationIsCurrent(segmentationNode) -> bool:
     stored = segmentationNode.GetAttribute(QUANTIFIED_FINGERPRINT_ATTRIBUTE) or segmentationNode.GetAttribute(
         FINGERPRINT_ATTRIBUTE
     )
-    return stored is not None and stored == segmentationFingerprint(segmentationNode)
+    return sameFingerprint(stored, segmentationFingerprint(segmentationNode))
 
 
 def isEditedSinceLastRun(segmentationNode) -> bool:
@@ -207,7 +249,7 @@ def isEditedSinceLastRun(segmentationNode) -> bool:
     stored = segmentationNode.GetAttribute(FINGERPRINT_ATTRIBUTE)
     if not stored:
         return True
-    return stored != segmentationFingerprint(segmentationNode)
+    return not sameFingerprint(stored, segmentationFingerprint(segmentationNode))
 
 
 def writeQuantificationTable(rows: Iterable[Tuple[str, float, str]], segmentationNode, tableNode=None):
@@ -372,7 +414,11 @@ def quantificationLabelArray(segmentationNode) -> Tuple[np.ndarray, Tuple[float,
         segment). An empty label map of shape ``(0, 0, 0)`` when every MyoPS segment is empty or absent.
     """
     found, _ = myopsSegmentIds(segmentationNode)
-    ordered = [(value, found[value]) for value in QUANTIFICATION_PRECEDENCE if value in found]
+    ordered = [
+        (value, found[value])
+        for value in QUANTIFICATION_PRECEDENCE
+        if value in found and _segmentVoxels(segmentationNode, found[value])[1] is not None  # an empty one: 0
+    ]
     empty = np.zeros((0, 0, 0), dtype=np.uint16), (1.0, 1.0, 1.0), 0
     if not ordered:
         return empty

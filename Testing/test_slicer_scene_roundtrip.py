@@ -1,0 +1,121 @@
+"""A result saved with its scene and opened again (real MRML on slicer-core, stand-in engine): the edit guard, the
+quantification table and its currency survive the file round trip, and moving the result counts as an edit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slicer_support import fakeFactory, obliqueImage, requireSlicer
+
+slicer = requireSlicer()
+vtk = pytest.importorskip("vtk")
+
+from MyoPSSegmentationLib import conversion, segments  # noqa: E402
+from MyoPSSegmentationLib.headless import newScene  # noqa: E402
+from MyoPSSegmentationLib.logic import MyoPSLogic  # noqa: E402
+
+pytestmark = pytest.mark.slicer
+
+#: The default oblique grid, and an axis-aligned one of binary fractions (0.625 mm pixels, origin in 1/8 mm), whose
+#: voxel corners fall on x.xx5 mm: the segmentation writer's 1e-14 mm round-off used to flip a rounded hash there.
+GRIDS = {
+    "oblique": {},
+    "axis-aligned binary fractions": dict(
+        spacing_xyz=(0.625, 0.625, 10.0), origin_lps=(-99.375, -80.125, 12.5), angles=(0.0, 0.0, 0.0)
+    ),
+}
+
+
+def _study(grid: dict):
+    scene = newScene()
+    nodes = [
+        conversion.addVolumeNodeFromSitkImage(scene, obliqueImage(seed=seed, **grid), name)
+        for seed, name in ((2, "p1_C0"), (1, "p1_DE"), (3, "p1_T2"))
+    ]
+    return scene, nodes, MyoPSLogic(segmenterFactory=fakeFactory)
+
+
+def _saveAndOpen(scene, folder: Path):
+    """Write every storable node with its default storage node, commit the .mrml, and import it into a new scene."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scene.SetRootDirectory(str(folder))
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        if not node.IsA("vtkMRMLStorableNode") or node.IsA("vtkMRMLColorNode"):
+            continue
+        if node.GetStorageNode() is None and not node.AddDefaultStorageNode():
+            continue
+        storage = node.GetStorageNode()
+        storage.SetFileName(os.path.join(str(folder), f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+        assert storage.WriteData(node), node.GetName()
+    scene.SetURL(str(folder / "scene.mrml"))
+    assert scene.Commit()
+    reopened = newScene()
+    reopened.SetURL(str(folder / "scene.mrml"))
+    assert reopened.Import()
+    return reopened
+
+
+@pytest.mark.parametrize("grid", list(GRIDS), ids=list(GRIDS))
+def test_an_unedited_result_stays_unedited_through_save_and_reopen(tmp_path, grid):
+    scene, nodes, logic = _study(GRIDS[grid])
+    result = logic.segment(*nodes)
+    assert not logic.isEditedSinceLastRun(result) and segments.quantificationIsCurrent(result)
+    reopened = _saveAndOpen(scene, tmp_path / "scene")
+    again = reopened.GetFirstNodeByName(result.GetName())
+    assert again is not None and again.GetID() == result.GetID()
+    assert not logic.isEditedSinceLastRun(again)
+    assert segments.quantificationIsCurrent(again)
+    lge = reopened.GetFirstNodeByName("p1_DE")
+    output, note = logic.outputForRun(again, lge)
+    assert output is again and note == ""
+
+
+def test_an_edited_and_requantified_result_stays_so_through_save_and_reopen(tmp_path):
+    scene, nodes, logic = _study({})
+    result = logic.segment(*nodes)
+    labels = segments.segmentLabelArray(result, nodes[1])
+    painted = labels == 2221
+    painted[2, 1:5, 1:6] = True
+    segments.setSegmentMask(result, "Scar", painted, nodes[1])
+    logic.updateQuantification(result)
+    rows = segments.quantificationRows(logic.quantificationTableNode(result))
+    reopened = _saveAndOpen(scene, tmp_path / "scene")
+    again = reopened.GetFirstNodeByName(result.GetName())
+    assert logic.isEditedSinceLastRun(again)  # a later Apply still asks before replacing the correction
+    assert segments.quantificationIsCurrent(again)
+    kept = segments.quantificationRows(logic.quantificationTableNode(again))
+    assert [m for m, _, _ in kept] == [m for m, _, _ in rows]
+    np.testing.assert_allclose([v for _, v, _ in kept], [v for _, v, _ in rows], rtol=1e-5)  # the .tsv's digits
+
+
+def test_moving_the_result_onto_a_transform_of_its_own_is_an_edit():
+    scene, nodes, logic = _study({})
+    result = logic.segment(*nodes)
+    nudge = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 1.5)  # a reader's 1.5 mm alignment correction of the segments alone
+    nudge.SetMatrixTransformToParent(matrix)
+    result.SetAndObserveTransformNodeID(nudge.GetID())
+    assert logic.isEditedSinceLastRun(result)
+    result.SetAndObserveTransformNodeID(None)
+    assert not logic.isEditedSinceLastRun(result)
+    # the LGE and its result registered together (one transform for both) is no edit of the result
+    nodes[1].SetAndObserveTransformNodeID(nudge.GetID())
+    result.SetAndObserveTransformNodeID(nudge.GetID())
+    assert not logic.isEditedSinceLastRun(result)
+
+
+def test_fingerprints_match_within_the_position_tolerance_only():
+    base = "2|abc|" + ",".join(["10.0"] * 3 + ["1", "0", "0", "0", "1", "0", "0", "0", "1"])
+    close = "2|abc|" + ",".join(["10.0000000000001"] * 3 + ["1", "0", "0", "0", "1", "0", "0", "0", "1"])
+    moved = "2|abc|" + ",".join(["10.01"] * 3 + ["1", "0", "0", "0", "1", "0", "0", "0", "1"])
+    assert segments.sameFingerprint(base, close)
+    assert not segments.sameFingerprint(base, moved)
+    assert not segments.sameFingerprint(base, "2|abd|" + base.split("|")[2])  # other voxels, names or colours
+    assert not segments.sameFingerprint(base, "2|abc|")  # a segment emptied
+    assert segments.sameFingerprint("0f3a", "0f3a") and not segments.sameFingerprint("0f3a", base)  # older format
+    assert not segments.sameFingerprint(None, base)
