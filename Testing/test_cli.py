@@ -689,6 +689,11 @@ def test_an_output_never_lands_on_an_inputs_own_files(tmp_path):
             check_side_output(inside, [dicom])
     assert check_side_output(tmp_path / "q.csv", [header, nhdr, dicom]) == tmp_path / "q.csv"
     assert detached_data_files(tmp_path / "q.nii.gz") == []
+    pair = tmp_path / "c0.hdr"  # a NIfTI/Analyze pair: --csv onto its .img would have replaced the voxels
+    sitk.WriteImage(image, str(pair))
+    assert detached_data_files(pair) == [tmp_path / "c0.img"]
+    with pytest.raises(InputError, match="same as an input"):
+        check_side_output(tmp_path / "c0.img", [pair])
 
 
 def test_segment_refuses_one_file_for_two_sequences(case_files, tiny_model_dir, tmp_path, capsys):

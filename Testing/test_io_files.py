@@ -55,17 +55,19 @@ def test_a_hdr_img_pair_with_a_cut_short_img_is_refused(tmp_path: Path) -> None:
         read_image(header)
 
 
+@pytest.mark.parametrize("kept_bytes", [600, 100, 0], ids=["after the header", "inside the header", "empty"])
 @pytest.mark.parametrize("name", ["labels.nii.gz", "labels.nii"])
 def test_a_nifti_write_that_ends_early_is_not_published(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, kept_bytes: int
 ) -> None:
     # ITK's NIfTI writer reports nothing when the disk fills: a file that ends early must not become the output
+    # (a disk already full leaves it empty, which once passed as "not NIfTI")
     real_write = sitk.WriteImage
 
     def full_disk(image, path, compress=False):
         real_write(image, path, compress)
         with open(path, "r+b") as handle:
-            handle.truncate(600)
+            handle.truncate(kept_bytes)
 
     target = tmp_path / name
     target.write_bytes(b"an earlier, complete result")

@@ -82,8 +82,8 @@ def nifti_is_complete(path: PathLike, n_values: int) -> bool:
     copy, a download or a full disk would be segmented as if its lower slices were empty. This reads the header's
     ``bitpix`` and ``vox_offset`` (NIfTI-1 or NIfTI-2, either byte order) and counts the bytes that follow; a gzip
     stream (told by its magic bytes, not its name) is read to its end, which also catches a damaged one. For a
-    ``.hdr`` header the voxels are counted in the ``.img`` beside it. A file that is not NIfTI is left to its
-    reader (True).
+    ``.hdr`` header the voxels are counted in the ``.img`` beside it. A file shorter than a NIfTI-1 header (348
+    bytes) is incomplete; a longer one that is not NIfTI is left to its reader (True).
 
     Args:
         path: the file (``.nii``, ``.nii.gz`` or ``.hdr``).
@@ -107,7 +107,8 @@ def nifti_is_complete(path: PathLike, n_values: int) -> bool:
             offset = int(struct.unpack(order + "q", header[168:176])[0])
             break
     else:
-        return True
+        # shorter than any NIfTI header: cut short (a full disk leaves the writer's file empty); else not NIfTI
+        return len(header) >= 348
     # for a pair, vox_offset counts bytes into the .img (usually 0)
     return total >= offset + n_values * max(int(bitpix), 0) // 8
 
@@ -637,12 +638,16 @@ _HEADER_READ_BYTES = 1 << 16
 
 
 def detached_data_files(header: PathLike) -> List[Path]:
-    """The data files a detached header (``.mhd`` or ``.nhdr``) points to, resolved beside it.
+    """The data files a detached header (``.mhd``, ``.nhdr``, or a NIfTI/Analyze ``.hdr`` with its ``.img``)
+    points to, resolved beside it.
 
     A ``LIST`` names the files on the following lines; a printf-style pattern (``%d``) or a header that cannot
     be read gives what could be named (possibly nothing). Any other file gives ``[]``.
     """
     path = Path(header)
+    pair = _nifti_data_file(path)  # a NIfTI/Analyze .hdr keeps its voxels in the .img beside it
+    if pair is not None:
+        return [pair.resolve()]
     keys = _DATA_FILE_KEYS.get(path.suffix.lower())
     if keys is None or not path.is_file():
         return []
