@@ -180,7 +180,12 @@ def test_segment_batch_refuses_a_kept_map_it_would_misread(tiny_model_dir, tmp_p
     assert code == 1 and "Segmented 0 of 2" in text
     assert "a_seg.nii.gz: holds values that are not MyoPS label codes" in text and ": 1" in text
     assert "b_seg.nii.gz: is not on the grid of its LGE b_DE.nii.gz" in text
-    assert not (out_dir / "quantification.csv").exists()
+    # the table says so too (it used to be left as an earlier run wrote it, volumes and all, when every case failed)
+    with open(out_dir / "quantification.csv", newline="") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["a", "b"] and {r["source"] for r in rows.values()} == {"failed"}
+    assert "not MyoPS label codes" in rows["a"]["error"] and "not on the grid" in rows["b"]["error"]
+    assert rows["a"]["scar_ml"] == "" and rows["a"]["self_agreement_scar_edema"] == ""
 
 
 def test_segment_batch_reads_hdr_pairs_and_says_why_no_case_is_complete(tiny_model_dir, tmp_path, capsys):
@@ -506,6 +511,7 @@ def test_segment_batch_keeps_existing_label_maps_and_quantifies_them_as_they_are
     with open(out_dir / "quantification.csv", newline="") as f:
         rows = {r["case"]: r for r in csv.DictReader(f)}
     assert rows["a"]["source"] == "existing" and rows["b"]["source"] == "segmented"
+    assert rows["a"]["error"] == rows["b"]["error"] == ""
     assert float(rows["a"]["scar_ml"]) == pytest.approx(10 * voxel_ml)
     assert float(rows["a"]["lv_myocardium_ml"]) == pytest.approx(100 * voxel_ml)
     # a label map read back has no probabilities: its self-agreement cells are empty, a segmented case's are not

@@ -243,6 +243,21 @@ def _write_csv_rows(path: Path, rows: List[dict]) -> None:
     write_atomically(path, write)
 
 
+def _batch_table(rows: List[dict], failures: List[Tuple[str, str]]) -> List[dict]:
+    """``quantification.csv``'s rows in case order: the measured ones with an empty ``error`` cell, and one per
+    failed case with empty figures and its reason."""
+    from dataclasses import fields
+
+    from .quantify import Quantification
+
+    empty = {f.name: None for f in fields(Quantification)}
+    table = [{**row, "error": ""} for row in rows]
+    table += [
+        {"case": name, "source": "failed", **empty, **agreement_columns({}), "error": why} for name, why in failures
+    ]
+    return sorted(table, key=lambda row: row["case"])
+
+
 def cmd_segment_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -313,8 +328,9 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
                 **agreement_columns(result.agreement),
             }
         )
-    if rows:
-        _write_csv_rows(out_dir / "quantification.csv", rows)
+    # every case of IN_DIR gets its row, a failed one too (source "failed", why in "error"), and the table is
+    # written even when every case failed: a table of an earlier run must not stand for this one
+    _write_csv_rows(out_dir / "quantification.csv", _batch_table(rows, failures))
     segmented = sum(r["source"] == "segmented" for r in rows)
     _print(f"Segmented {segmented} of {len(cases) + len(problems)} case(s) into {out_dir}")
     kept = len(rows) - segmented
@@ -594,9 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Segment every case <name>_C0.*, <name>_DE.* (or <name>_LGE.*), <name>_T2.* of IN_DIR into "
             "OUT_DIR/<name>_seg.nii.gz, plus OUT_DIR/quantification.csv (one row per case; its 'source' column says "
-            "'segmented' or 'existing'). A label map already in OUT_DIR is kept as it is (it may hold corrections) "
-            "and quantified from the file, so a rerun finishes an interrupted batch and refreshes the table after "
-            "edits; --overwrite segments every case again. Exit code 1 if any case failed."
+            "'segmented', 'existing' or 'failed', with the reason in 'error'). A label map already in OUT_DIR is kept "
+            "as it is (it may hold corrections) and quantified from the file, so a rerun finishes an interrupted "
+            "batch and refreshes the table after edits; --overwrite segments every case again. Exit code 1 if any "
+            "case failed."
         ),
     )
     p.add_argument("in_dir")
