@@ -652,6 +652,11 @@ def test_evaluate_never_writes_over_a_scored_file_nor_an_existing_report(case_fi
     assert report.read_text() == "the user's own table"
     assert run_cli("evaluate", pred, gt, "--csv", report, "--overwrite") == 0
     assert report.read_text().startswith("case,")
+    inside = pred / "metrics.csv"  # a report kept beside the predictions is no scored file: it can be replaced
+    for flags in ([], ["--overwrite"]):
+        assert run_cli("evaluate", pred, gt, "--csv", inside, *flags) == 0
+        assert inside.read_text().startswith("case,")
+    capsys.readouterr()
 
 
 def test_evaluate_keeps_a_report_that_appears_while_it_runs(case_files, tmp_path, capsys, monkeypatch):
@@ -782,8 +787,24 @@ def test_segment_batch_refuses_an_existing_unwritable_folder_before_loading_the_
 
 
 def test_find_cases_reports_ambiguous_cases_and_reads_any_case_and_dicom_folders(tmp_path):
-    for n in ("x_C0.nii.gz", "x_DE.nii.gz", "x_LGE.nii.gz", "x_T2.nii.gz", "y_c0.nii.gz", "y_de.nrrd", "y_t2.mha",
-              "z_C0.nii.gz", "z_C0.nrrd", "z_DE.nii.gz", "z_T2.nii.gz", "w_gd.nii.gz"):  # fmt: skip
+    for n in (
+        "x_C0.nii.gz",
+        "x_DE.nii.gz",
+        "x_LGE.nii.gz",
+        "x_T2.nii.gz",
+        "y_c0.nii.gz",
+        "y_de.nrrd",
+        "y_t2.mha",
+        "z_C0.nii.gz",
+        "z_C0.nrrd",
+        "z_DE.nii.gz",
+        "z_T2.nii.gz",
+        "w_gd.nii.gz",
+        "._y_c0.nii.gz",
+        "._y_de.nrrd",
+        "._y_t2.mha",
+        ".DS_Store",
+    ):  # fmt: skip  (hidden: macOS's copies)
         (tmp_path / n).write_text("")
     for n in ("v_C0", "v_DE", "v_T2"):
         (tmp_path / n).mkdir()  # DICOM series folders

@@ -407,6 +407,22 @@ def test_evaluate_folders_bare_names_and_duplicates(tmp_path):
         evaluate_folders(tmp_path / "pred", tmp_path / "gt")
 
 
+def test_evaluate_folders_reads_suffixes_in_any_case_and_skips_hidden_files(tmp_path):
+    pred, truth, spacing = _tiny_case()
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    _write(tmp_path / "gt" / "p1_gd.nii.gz", truth, spacing)
+    _write(tmp_path / "gt" / "p2_GD.nii.gz", truth, spacing)
+    _write(tmp_path / "pred" / "p1_seg.nii.gz", pred, spacing)
+    _write(tmp_path / "pred" / "p2_SEG.nii.gz", pred, spacing)
+    for folder in ("gt", "pred"):  # what macOS leaves beside each file on a foreign disk: not images
+        (tmp_path / folder / f"._p1_{'gd' if folder == 'gt' else 'seg'}.nii.gz").write_bytes(b"\0\5\26\7" * 16)
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    assert [c.case for c in report.cases] == ["p1", "p2"]
+    assert not report.missing_predictions and not report.missing_truths
+    assert report.cases[1].metrics["dice_lv"] == pytest.approx(12 / 13)
+
+
 def _scored_pair(tmp_path, pred: np.ndarray, truth: np.ndarray):
     pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
     pred_dir.mkdir()

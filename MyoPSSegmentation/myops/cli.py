@@ -171,6 +171,8 @@ def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[Tuple[str
     found: Dict[str, Dict[str, List[Path]]] = {}
     for path in sorted(folder.iterdir()):
         name = path.name
+        if name.startswith("."):
+            continue  # hidden: .DS_Store, and the "._x" copies macOS writes beside every file on foreign disks
         lower = name.lower()
         suffix = next((s for s in IMAGE_SUFFIXES if lower.endswith(s)), None)
         if path.is_file() and suffix is not None:
@@ -380,13 +382,15 @@ def _print_review_order(rows: List[dict], k: int = 3) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .io import check_side_output
-    from .metrics import evaluate_folders
+    from .metrics import evaluate_folders, label_map_name
 
     for d in (args.pred_dir, args.gt_dir):
         if not Path(d).is_dir():
             raise InputError(d, "folder not found")
     _refuse_same_outputs([args.csv, args.json])
-    scored = [p for d in (args.pred_dir, args.gt_dir) for p in Path(d).iterdir()]
+    # the label maps that may be scored (with their detached data files): a report kept in one of the folders is
+    # not among them, so it can be replaced with --overwrite
+    scored = [p for d in (args.pred_dir, args.gt_dir) for p in Path(d).iterdir() if label_map_name(p.name)]
     for extra in (args.csv, args.json):
         if extra is not None:
             check_side_output(extra, scored)  # before the (long) evaluation; never over a scored file

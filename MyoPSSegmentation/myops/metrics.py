@@ -542,6 +542,11 @@ class EvaluationReport:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def label_map_name(name: str) -> bool:
+    """Whether :func:`evaluate_folders` would read a file of this name (an image or ``.seg.nrrd``, not hidden)."""
+    return not name.startswith(".") and _split_extension(name) is not None
+
+
 def _split_extension(name: str) -> Optional[Tuple[str, str]]:
     lower = name.lower()
     if lower.endswith(".seg.nrrd"):  # a Slicer segmentation: read back to MyoPS codes by its segment names
@@ -564,10 +569,11 @@ def _index_folder(folder: PathLike, suffix: str, unused: Optional[Dict[str, Path
     plain: Dict[str, List[Path]] = {}
     for path in sorted(folder.iterdir()):
         split = _split_extension(path.name)
-        if split is None or not (path.is_file() or path.is_symlink()):
-            continue  # a broken link stays in the index: refused below only if its case would use it
+        if not label_map_name(path.name) or not (path.is_file() or path.is_symlink()):
+            continue  # hidden files (macOS "._x" copies) are skipped; a broken link stays in the index: refused
+            # below only if its case would use it
         stem = split[0]
-        if stem.endswith(suffix) and len(stem) > len(suffix):
+        if stem.lower().endswith(suffix.lower()) and len(stem) > len(suffix):  # "_SEG" is "_seg", as batch tags
             marked.setdefault(stem[: -len(suffix)], []).append(path)
         else:
             plain.setdefault(stem, []).append(path)
@@ -652,8 +658,9 @@ def evaluate_folders(
     Matching rule: a file is an image if its name ends with one of :data:`IMAGE_EXTENSIONS` or is a ``.seg.nrrd``
     Slicer segmentation (read back to MyoPS codes by its segment names, which must all be the engine's). A
     broken symbolic link named like an image raises :class:`~myops.errors.InputError`. The case name is the
-    file name without its extension and without the folder's suffix: ``_seg`` for predictions
-    (``case_seg.nii.gz``), ``_gd`` for truths (``case_gd.nii.gz``). If any file in a folder carries the suffix,
+    file name without its extension and without the folder's suffix, in any case: ``_seg`` for predictions
+    (``case_seg.nii.gz``, ``case_SEG.nii.gz``), ``_gd`` for truths (``case_gd.nii.gz``). Hidden files (a leading
+    ``.``, such as macOS's ``._case_gd.nii.gz``) are skipped. If any file in a folder carries the suffix,
     only those files are used (so images such as ``case_C0.nii.gz`` next to ``case_gd.nii.gz`` are ignored;
     an unmarked prediction of a case that has none is named in a warning); otherwise every image counts with
     its bare name (``case.nii.gz``). Two files of one case in a folder raise :class:`~myops.errors.InputError`.
