@@ -817,6 +817,14 @@ def test_find_cases_reports_ambiguous_cases_and_reads_any_case_and_dicom_folders
     ]
 
 
+def test_a_file_without_a_case_name_is_reported(tmp_path):
+    for n in ("_C0.nii.gz", "_DE.nii.gz", "_T2.nii.gz"):
+        (tmp_path / n).write_text("")
+    cases, problems = find_cases(tmp_path)
+    assert cases == {} and problems[0] == ("_C0.nii.gz", "no case name before its _C0 tag; name it <case>_C0")
+    assert len(problems) == 3
+
+
 def test_a_case_name_with_a_colon_is_reported_whole(tmp_path):
     (tmp_path / "p:1_C0.nii.gz").write_text("")
     (tmp_path / "p:1_DE.nii.gz").write_text("")

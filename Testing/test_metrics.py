@@ -423,6 +423,14 @@ def test_evaluate_folders_reads_suffixes_in_any_case_and_skips_hidden_files(tmp_
     assert report.cases[1].metrics["dice_lv"] == pytest.approx(12 / 13)
 
 
+def test_a_vector_image_is_refused_as_a_label_map(tmp_path):
+    from myops.metrics import label_array
+
+    image = sitk.Compose([sitk.GetImageFromArray(np.full((2, 4, 4), 200, np.uint16))] * 2)
+    with pytest.raises(InputError, match="holds 2 values per voxel"):
+        label_array(image, tmp_path / "rgb_seg.nii.gz")
+
+
 def _scored_pair(tmp_path, pred: np.ndarray, truth: np.ndarray):
     pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
     pred_dir.mkdir()

@@ -169,6 +169,7 @@ def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[Tuple[str
     from .io import IMAGE_SUFFIXES
 
     found: Dict[str, Dict[str, List[Path]]] = {}
+    unnamed: List[Tuple[str, str]] = []
     for path in sorted(folder.iterdir()):
         name = path.name
         if name.startswith("."):
@@ -185,9 +186,12 @@ def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[Tuple[str
             tag = next((t for t in tags if stem.lower().endswith("_" + t.lower())), None)
             if tag is not None:
                 case = stem[: -len(tag) - 1]
+                if not case:  # "_C0.nii.gz": its output would be a bare "_seg.nii.gz"
+                    unnamed.append((name, f"no case name before its _{tag} tag; name it <case>_{tag}"))
+                    break
                 found.setdefault(case, {}).setdefault(role, []).append(path)
     complete: Dict[str, Dict[str, Path]] = {}
-    problems: List[Tuple[str, str]] = []
+    problems: List[Tuple[str, str]] = list(unnamed)
     for case, roles in found.items():
         doubled = {role: paths for role, paths in roles.items() if len(paths) > 1}
         missing = [role for role in BATCH_TAGS if role not in roles]

@@ -630,6 +630,9 @@ def _check_same_grid(pred: sitk.Image, truth: sitk.Image, pred_path: Path, truth
 
 def label_array(image: sitk.Image, path: Path) -> np.ndarray:
     """The label map ``(z, y, x)`` of ``image`` as integers, refused unless every value is a MyoPS code."""
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise InputError(path, f"holds {components} values per voxel (a colour or vector image): it is not a label map")
     array = sitk.GetArrayFromImage(image)
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
