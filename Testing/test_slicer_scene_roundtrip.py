@@ -110,12 +110,43 @@ def test_moving_the_result_onto_a_transform_of_its_own_is_an_edit():
 
 
 def test_fingerprints_match_within_the_position_tolerance_only():
-    base = "2|abc|" + ",".join(["10.0"] * 3 + ["1", "0", "0", "0", "1", "0", "0", "0", "1"])
-    close = "2|abc|" + ",".join(["10.0000000000001"] * 3 + ["1", "0", "0", "0", "1", "0", "0", "0", "1"])
-    moved = "2|abc|" + ",".join(["10.01"] * 3 + ["1", "0", "0", "0", "1", "0", "0", "0", "1"])
+    axes = ["1", "0", "0", "0", "1", "0", "0", "0", "1"]
+    base = "2|abc|" + ",".join(["10.0"] * 3 + axes) + "|T1"
+    close = "2|abc|" + ",".join(["10.0000000000001"] * 3 + axes) + "|T1"
+    moved = "2|abc|" + ",".join(["10.01"] * 3 + axes) + "|T1"
     assert segments.sameFingerprint(base, close)
     assert not segments.sameFingerprint(base, moved)
-    assert not segments.sameFingerprint(base, "2|abd|" + base.split("|")[2])  # other voxels, names or colours
-    assert not segments.sameFingerprint(base, "2|abc|")  # a segment emptied
+    assert not segments.sameFingerprint(base, base.replace("abc", "abd"))  # other voxels, names or colours
+    assert not segments.sameFingerprint(base, "2|abc||T1")  # a segment emptied
+    elsewhere = base.replace("|T1", "|T0")  # the segmentation off its reference volume's transform
+    assert not segments.sameFingerprint(base, elsewhere) and segments.sameFingerprint(base, elsewhere, placement=False)
     assert segments.sameFingerprint("0f3a", "0f3a") and not segments.sameFingerprint("0f3a", base)  # older format
     assert not segments.sameFingerprint(None, base)
+
+
+def test_the_lge_moved_alone_leaves_the_table_current_but_a_rerun_asks():
+    scene, nodes, logic = _study({})
+    result = logic.segment(*nodes)
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(2, 3, 8.0)
+    shift.SetMatrixTransformToParent(matrix)
+    nodes[1].SetAndObserveTransformNodeID(shift.GetID())  # registered after the run; the result left where it was
+    assert segments.quantificationIsCurrent(result)  # its voxels, which the table counts, did not change
+    assert logic.isEditedSinceLastRun(result)  # but it no longer lies on the LGE it was computed on
+
+
+def test_a_result_kept_as_closed_surface_only_is_still_counted():
+    _, nodes, logic = _study({})
+    result = logic.segment(*nodes)
+    logic.updateQuantification(result)
+    before = segments.quantificationRows(logic.quantificationTableNode(result))
+    segmentation = result.GetSegmentation()
+    assert segmentation.ContainsRepresentation("Closed surface")
+    segmentation.SetSourceRepresentationName("Closed surface")
+    segmentation.RemoveRepresentation("Binary labelmap")
+    assert not segmentation.ContainsRepresentation("Binary labelmap")
+    logic.updateQuantification(result)  # counted from a labelmap made from the surfaces, not as 0 mL
+    after = dict((m, v) for m, v, _ in segments.quantificationRows(logic.quantificationTableNode(result)))
+    wall = dict((m, v) for m, v, _ in before)["LV myocardium"]
+    assert wall > 0 and after["LV myocardium"] == pytest.approx(wall, rel=0.25)  # surface -> voxels again: close

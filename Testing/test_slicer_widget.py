@@ -384,12 +384,16 @@ def test_closing_the_scene_during_a_run_hides_its_progress(panel, monkeypatch):
 
 
 def test_update_quantification_recomputes_the_table_from_corrections(panel, monkeypatch):
-    assert not panel.ui.updateQuantificationButton.enabled
+    assert not panel.ui.updateQuantificationButton.enabled  # no result selected
     useFakeWorker(monkeypatch, "ok")
     panel.widget.onApplyButton()
-    assert not panel.ui.updateQuantificationButton.enabled  # not while a run may still replace the segments
     slicer_qt_stubs.pollUntilIdle(panel.widget)
     output = panel.p.outputSegmentation
+    assert panel.ui.updateQuantificationButton.enabled
+    panel.widget.onApplyButton()  # again into the (unedited) result, which stays selected
+    assert panel.p.outputSegmentation is output and panel.widget._run is not None
+    assert not panel.ui.updateQuantificationButton.enabled  # not while a run may still replace the segments
+    slicer_qt_stubs.pollUntilIdle(panel.widget)
     assert panel.ui.updateQuantificationButton.enabled
     lge = panel.volumes["case7_DE"]
     panel.widget.enter()

@@ -23,6 +23,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from myops.errors import InputError
 from myops.labels import EDEMA, LV_BLOOD_POOL, MYOCARDIUM, SCAR, SEGMENTS, SegmentSpec, terminology_string
 
 from .conversion import ijkToRasFromLpsGeometry
@@ -140,8 +141,9 @@ def writeLabelsToSegmentation(
         segmentationNode.EndModify(wasModifying)
 
 
-#: Fingerprint format: ``"2|<sha256 of IDs, names, colours, terminology and voxels>|<geometry>"``, the geometry (each
-#: non-empty segment's first-voxel corner in mm and its IJK-to-world axes) in text, compared within a tolerance.
+#: Fingerprint format: ``"2|<sha256 of IDs, names, colours, terminology and voxels>|<geometry>|<T1 or T0>"``, the
+#: geometry (each non-empty segment's first-voxel corner in mm and its IJK-to-world axes) in text, compared within a
+#: tolerance; T1 when the segmentation sits under its reference volume's parent transform.
 _FINGERPRINT_VERSION = "2"
 #: A segment's corner may move this much (mm), its axes this much (direction cosine x spacing), without an edit:
 #: a file round trip writes the origin to about 1e-14 mm, and hashing rounded values flipped on some grids.
@@ -199,19 +201,21 @@ def segmentationFingerprint(segmentationNode) -> str:
     reference = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
     ownTransform = segmentationNode.GetTransformNodeID()
     referenceTransform = reference.GetTransformNodeID() if reference is not None else None
-    digest.update(b"T1" if ownTransform == referenceTransform else b"T0")
-    return f"{_FINGERPRINT_VERSION}|{digest.hexdigest()}|{';'.join(geometry)}"
+    placed = "T1" if ownTransform == referenceTransform else "T0"
+    return f"{_FINGERPRINT_VERSION}|{digest.hexdigest()}|{';'.join(geometry)}|{placed}"
 
 
-def sameFingerprint(a: Optional[str], b: Optional[str]) -> bool:
-    """Whether two :func:`segmentationFingerprint` values describe the same segments (positions within tolerance).
-    A fingerprint of an earlier format (a bare digest) matches only itself, so such a result counts as edited."""
+def sameFingerprint(a: Optional[str], b: Optional[str], placement: bool = True) -> bool:
+    """Whether two :func:`segmentationFingerprint` values describe the same segments (positions within tolerance),
+    and, with ``placement``, the segmentation under the same transform as its reference volume in both (the
+    quantification, which counts the segments' own voxels, does not depend on that). A fingerprint of an earlier
+    format (a bare digest) matches only itself, so such a result counts as edited."""
     if a is None or b is None:
         return False
     partsA, partsB = a.split("|"), b.split("|")
-    if len(partsA) != 3 or len(partsB) != 3 or partsA[0] != _FINGERPRINT_VERSION or partsB[0] != partsA[0]:
+    if len(partsA) != 4 or len(partsB) != 4 or partsA[0] != _FINGERPRINT_VERSION or partsB[0] != partsA[0]:
         return a == b
-    if partsA[1] != partsB[1]:
+    if partsA[1] != partsB[1] or (placement and partsA[3] != partsB[3]):
         return False
     segmentsA = [s for s in partsA[2].split(";") if s]
     segmentsB = [s for s in partsB[2].split(";") if s]
@@ -236,7 +240,7 @@ def quantificationIsCurrent(segmentationNode) -> bool:
     stored = segmentationNode.GetAttribute(QUANTIFIED_FINGERPRINT_ATTRIBUTE) or segmentationNode.GetAttribute(
         FINGERPRINT_ATTRIBUTE
     )
-    return sameFingerprint(stored, segmentationFingerprint(segmentationNode))
+    return sameFingerprint(stored, segmentationFingerprint(segmentationNode), placement=False)
 
 
 def isEditedSinceLastRun(segmentationNode) -> bool:
@@ -414,6 +418,12 @@ def quantificationLabelArray(segmentationNode) -> Tuple[np.ndarray, Tuple[float,
         segment). An empty label map of shape ``(0, 0, 0)`` when every MyoPS segment is empty or absent.
     """
     found, _ = myopsSegmentIds(segmentationNode)
+    labelmapMissing = found and not segmentationNode.GetSegmentation().ContainsRepresentation(_BINARY_LABELMAP)
+    # e.g. closed surface made the source and the labelmap dropped: counted from a labelmap made from it
+    if labelmapMissing and not segmentationNode.CreateBinaryLabelmapRepresentation():
+        raise InputError(
+            segmentationNode.GetName(), "its segments could not be made into a binary labelmap to count them"
+        )
     ordered = [
         (value, found[value])
         for value in QUANTIFICATION_PRECEDENCE

@@ -169,7 +169,7 @@ def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[Tuple[str
     from .io import IMAGE_SUFFIXES
 
     found: Dict[str, Dict[str, List[Path]]] = {}
-    unnamed: List[Tuple[str, str]] = []
+    unnamed: List[str] = []
     for path in sorted(folder.iterdir()):
         name = path.name
         if name.startswith("."):
@@ -187,11 +187,13 @@ def find_cases(folder: Path) -> Tuple[Dict[str, Dict[str, Path]], List[Tuple[str
             if tag is not None:
                 case = stem[: -len(tag) - 1]
                 if not case:  # "_C0.nii.gz": its output would be a bare "_seg.nii.gz"
-                    unnamed.append((name, f"no case name before its _{tag} tag; name it <case>_{tag}"))
+                    unnamed.append(name)
                     break
                 found.setdefault(case, {}).setdefault(role, []).append(path)
     complete: Dict[str, Dict[str, Path]] = {}
-    problems: List[Tuple[str, str]] = list(unnamed)
+    problems: List[Tuple[str, str]] = []
+    if unnamed:  # one group, one problem
+        problems.append(("(no name)", f"{', '.join(unnamed)}: no case name before the tag; name them <case>_C0.* etc."))
     for case, roles in found.items():
         doubled = {role: paths for role, paths in roles.items() if len(paths) > 1}
         missing = [role for role in BATCH_TAGS if role not in roles]
@@ -385,7 +387,7 @@ def _print_review_order(rows: List[dict], k: int = 3) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .io import check_side_output
+    from .io import IMAGE_SUFFIXES, check_side_output, has_suffix
     from .metrics import evaluate_folders, label_map_name
 
     for d in (args.pred_dir, args.gt_dir):
@@ -394,7 +396,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _refuse_same_outputs([args.csv, args.json])
     # the label maps that may be scored (with their detached data files): a report kept in one of the folders is
     # not among them, so it can be replaced with --overwrite
-    scored = [p for d in (args.pred_dir, args.gt_dir) for p in Path(d).iterdir() if label_map_name(p.name)]
+    scored = [
+        p
+        for d in (args.pred_dir, args.gt_dir)
+        for p in Path(d).iterdir()
+        if label_map_name(p.name) or has_suffix(p, IMAGE_SUFFIXES)  # an Analyze pair's .hdr too
+    ]
     for extra in (args.csv, args.json):
         if extra is not None:
             check_side_output(extra, scored)  # before the (long) evaluation; never over a scored file
