@@ -283,7 +283,23 @@ def test_demo_runs_and_writes_everything(tiny_model_dir, tmp_path, capsys):
 
 def test_info_verifies_the_model(tiny_model_dir, capsys):
     assert run_cli("info", "--model", tiny_model_dir, "--device", "cpu") == 0
-    assert "checksums verified" in capsys.readouterr().out
+    assert "checksums verified, every network built from its weights" in capsys.readouterr().out
+
+
+def test_info_reads_what_segment_reads_and_refuses_what_it_refuses(tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["networks"]["prsn"]
+    entry["member_configs"] = [entry.pop("config")]  # a mixed ensemble's form, which the loader takes
+    manifest["metrics"] = [{"dice_scar": 0.6}]  # not the engine's form: shown as it is, not a traceback
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert run_cli("info", "--model", folder, "--device", "cpu") == 0
+    assert "metrics: [" in capsys.readouterr().out
+    entry["arch"] = "no_such_net"  # listed and hashed, but not a network `segment` could build
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert run_cli("info", "--model", folder, "--device", "cpu") == 2
+    assert "unknown architecture 'no_such_net'" in capsys.readouterr().err
 
 
 def test_info_shows_the_inference_options_and_the_cv_summary(tiny_model_dir, tmp_path, capsys):

@@ -108,6 +108,11 @@ def _set(path, value):
         (_set(("networks", "extra"), {"arch": "prsn", "weights": "x"}), r"networks \['extra'\] are not stages"),
         (_set(("inference",), [1]), "'inference' must be a JSON object"),
         (_set(("input",), "128"), "'input' must be a JSON object"),
+        (_set(("inference", "tta_flip"), True), r"inference.tta_flip is not an option of this engine \(known: "),
+        (_set(("inference", "shape_prior"), "false"), "inference.shape_prior must be true or false, got 'false'"),
+        (_set(("inference", "pathology_branch_weight"), True), "pathology_branch_weight must be a number, got True"),
+        (_set(("inference", "assn_guard"), [0]), "inference.assn_guard must be an object or null"),
+        (_set(("trained",), "false"), "'trained' must be true or false, got 'false'"),
         (_set(("networks", "prsn", "weights"), ["prsn.safetensors"] * 33), "at most 32 are supported"),
     ],
 )
@@ -322,3 +327,19 @@ def test_a_link_out_of_the_folder_does_not_reveal_its_targets_digest(tiny_model_
     with pytest.raises(ModelError, match="links to a file outside the model folder") as caught:
         ModelBundle(copy)
     assert sha256_of(secret) not in str(caught.value)
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "complex64", "int64"])
+def test_weights_of_another_dtype_are_refused_not_cast(tiny_model_dir, tmp_path, dtype):
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    path = copy / ModelBundle(copy).weight_files("prsn")[0]
+    state = load_file(str(path))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].to(getattr(torch, dtype))  # float8 tripped the NaN check; complex lost its imaginary part
+    save_file(state, str(path))
+    _listed_as_it_is(copy, path.name)
+    with pytest.raises(ModelError, match=f"tensor {name} is {dtype}; weights must be float32, float16 or bfloat16"):
+        ModelBundle(copy).build("prsn")

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import InputError, ModelError, MyoPSError
@@ -553,20 +553,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     _print(f"Device: {choice.device} ({choice.reason})")
     folder = resolve_model_dir(args.model)
     bundle = ModelBundle(folder)
+    for stage in bundle.manifest["networks"]:  # what `segment` would load: architectures, shapes, finite weights
+        bundle.build(stage, "cpu")
     m = bundle.manifest
-    _print(f"Model: {folder} (checksums verified)")
+    _print(f"Model: {folder} (checksums verified, every network built from its weights)")
     _print(f"  name: {m.get('name')}  trained: {m.get('trained')}")
     for stage, entry in m["networks"].items():
-        _print(f"  {stage}: {entry['arch']} x{len(bundle.weight_files(stage))} {entry['config']}")
+        first = bundle.member_configs(stage)[0]
+        _print(f"  {stage}: {entry['arch']} x{len(bundle.weight_files(stage))} {first}")
         if "member_configs" in entry:  # a mixed ensemble: say what differs from the first member
             for i, config in enumerate(bundle.member_configs(stage)):
-                keys = sorted(set(config) | set(entry["config"]))
-                differs = {k: config.get(k, "default") for k in keys if config.get(k) != entry["config"].get(k)}
+                keys = sorted(set(config) | set(first))
+                differs = {k: config.get(k, "default") for k in keys if config.get(k) != first.get(k)}
                 _print(f"    member {i}: {differs or 'as above'}")
     inference = m.get("inference") or {}
     _print("  inference: " + (", ".join(f"{k}={v}" for k, v in inference.items()) or "engine defaults"))
-    cv = (m.get("metrics") or {}).get("cross_validation") or {}
-    summary = {k: v for k, v in (cv.get("summary") or {}).items() if isinstance(v, dict) and "mean" in v}
+    metrics = m.get("metrics") if isinstance(m.get("metrics"), dict) else {}
+    cv = metrics.get("cross_validation") if isinstance(metrics.get("cross_validation"), dict) else {}
+    summary = {
+        k: v
+        for k, v in (cv.get("summary") if isinstance(cv.get("summary"), dict) else {}).items()
+        if isinstance(v, dict)
+        and _is_number(v.get("mean"))
+        and (v.get("sd") is None or _is_number(v.get("sd")))
+        and (v.get("n_nan") is None or _is_number(v.get("n_nan")))
+    }
     if summary:
         _print(f"  cross-validation ({cv.get('folds', '?')} folds, {cv.get('n_cases', '?')} cases), mean +- sd:")
         for key, value in summary.items():
@@ -583,8 +594,13 @@ def cmd_info(args: argparse.Namespace) -> int:
                 + ", ".join(f"{k} {v}" for k, v in sided.items())
             )
     elif m.get("metrics"):
-        _print("  metrics: " + json.dumps(m["metrics"].get("summary", m["metrics"]))[:800])
+        shown = metrics.get("summary", metrics) if metrics else m["metrics"]
+        _print("  metrics: " + json.dumps(shown)[:800])
     return EXIT_OK
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # -- parser --------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ import logging
 import os
 import platform
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -62,6 +62,9 @@ STAGES = ("localizer", "assn", "dae", "prsn")
 #: Limits on what a manifest may ask for, so a hostile or damaged one fails in a line, not by exhausting memory.
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_MEMBERS = 32
+#: The dtypes a network's floating-point weights may be stored in (cast to float32 on loading); float8 or a
+#: complex or integer tensor in their place is refused, not cast.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Folder of the model shipped with the package (found after ``pip install .`` and inside Slicer).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 
@@ -128,6 +131,37 @@ def labels_manifest() -> List[Dict[str, Any]]:
     return out
 
 
+#: The manifest's ``inference`` options, each with the JSON types it may hold; the pipeline reads no other, so an
+#: unknown key (a misspelling such as ``tta_flip``) would be ignored silently and is refused instead.
+INFERENCE_OPTIONS: Dict[str, Tuple[type, ...]] = {
+    "tta_flips": (bool,),
+    "tta_rot90": (bool,),
+    "assn_tta_rot90": (bool,),
+    "align_series": (bool,),
+    "shape_prior": (bool,),
+    "pathology_decoding": (str,),
+    "lv_region_threshold": (int, float),
+    "pathology_branch_weight": (int, float),
+    "assn_guard": (dict, type(None)),
+}
+#: What each JSON type is called in a message.
+_JSON_TYPE_NAMES = {bool: "true or false", str: "a string", int: "a number", float: "a number", dict: "an object"}
+
+
+def _check_inference(inference: Dict[str, Any], manifest_path: Path) -> None:
+    """Refuse unknown ``inference`` options and values of the wrong JSON type (``"false"`` is not false)."""
+    for key, value in inference.items():
+        kinds = INFERENCE_OPTIONS.get(key)
+        if kinds is None:
+            raise ModelError(
+                f"{manifest_path}: inference.{key} is not an option of this engine "
+                f"(known: {', '.join(sorted(INFERENCE_OPTIONS))})"
+            )
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            wanted = " or ".join(dict.fromkeys(_JSON_TYPE_NAMES.get(k, "null") for k in kinds))
+            raise ModelError(f"{manifest_path}: inference.{key} must be {wanted}, got {value!r}")
+
+
 def _check_structure(manifest: Dict[str, Any], manifest_path: Path) -> None:
     """Refuse a manifest whose networks or files entries have the wrong shape, with one line naming the entry
     (a damaged manifest would otherwise fail later as a KeyError or TypeError, or only when segmenting)."""
@@ -143,6 +177,9 @@ def _check_structure(manifest: Dict[str, Any], manifest_path: Path) -> None:
     for key in ("input", "inference", "postprocessing"):
         if key in manifest and not isinstance(manifest[key], dict):
             raise ModelError(f"{manifest_path}: '{key}' must be a JSON object")
+    _check_inference(manifest.get("inference", {}), manifest_path)
+    if "trained" in manifest and not isinstance(manifest["trained"], bool):
+        raise ModelError(f"{manifest_path}: 'trained' must be true or false, got {manifest['trained']!r}")
     for stage in STAGES:
         entry = networks[stage]
         where = f"{manifest_path}: networks.{stage}"
@@ -318,6 +355,18 @@ class ModelBundle:
                 state = load_bytes(data)
             except Exception as exc:  # safetensors raises its own error type for a file that is not safetensors
                 raise ModelError(f"{path}: is not a safetensors weight file ({type(exc).__name__})") from None
+            expected = model.state_dict()
+            for key, tensor in state.items():
+                want = expected.get(key)
+                if want is None:
+                    continue  # an unexpected name: load_state_dict below names it
+                if want.is_floating_point() and tensor.dtype not in WEIGHT_DTYPES:
+                    raise ModelError(
+                        f"{path}: tensor {key} is {str(tensor.dtype).replace('torch.', '')}; weights must be float32, "
+                        "float16 or bfloat16"
+                    )
+                if not want.is_floating_point() and tensor.dtype != want.dtype:
+                    raise ModelError(f"{path}: tensor {key} is {tensor.dtype}, the network keeps it as {want.dtype}")
             floats = [v.reshape(-1) for v in state.values() if v.is_floating_point()]
             # hashes pin the bytes, not their sense: a diverged training run would segment nothing. One pass over
             # all weights; the names only when something is wrong
