@@ -29,7 +29,8 @@ Manifest (schema version 1)::
                     "pathology_decoding": "argmax",  # or "regions", "regions_split" (optional)
                     "pathology_branch_weight": 0.0,  # PRSN branches' weight beside B_Main (optional)
                     "lv_region_threshold": 0.5,  # ASSN probability above which the LV region lies (optional)
-                    "align_series": bool},  # move bSSFP and T2 to their estimated offsets (optional, default false)
+                    "align_series": bool,  # move bSSFP and T2 to their estimated offsets (optional, default false)
+                    "assn_guard": {...}},  # see myops.pipeline.AssnGuard (optional); any other key is refused
       "files": {"<file>": {"sha256": str, "size": int}},
       "provenance": {...}, "metrics": {...}
     }
