@@ -185,6 +185,12 @@ def test_mean_slice_hausdorff_empty_policy():
 # ---------------------------------------------------------------------------------------------- case metrics
 
 
+def _pred_gt_folders(tmp_path):
+    """Make ``tmp_path/pred`` and ``tmp_path/gt``, the two folders :func:`evaluate_folders` pairs."""
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+
+
 def _tiny_case():
     """A hand-made (2, 3, 4) truth/prediction pair; expected metrics worked out in the test below."""
     truth = np.zeros((2, 3, 4), dtype=np.int16)
@@ -231,8 +237,7 @@ def test_case_scores_one_pass_agrees_with_the_separate_functions():
 
 def test_format_table_gives_no_sd_for_one_case(tmp_path):
     pred, truth, spacing = _tiny_case()
-    (tmp_path / "gt").mkdir()
-    (tmp_path / "pred").mkdir()
+    _pred_gt_folders(tmp_path)
     _write(tmp_path / "gt" / "only_gd.nii.gz", truth, spacing)
     _write(tmp_path / "pred" / "only_seg.nii.gz", pred, spacing)
     table = evaluate_folders(tmp_path / "pred", tmp_path / "gt").format_table()
@@ -384,8 +389,7 @@ def test_slice_axis_rule_is_the_engines():
 
 def test_evaluate_folders_grid_mismatch(tmp_path):
     pred, truth, spacing = _tiny_case()
-    (tmp_path / "gt").mkdir()
-    (tmp_path / "pred").mkdir()
+    _pred_gt_folders(tmp_path)
     _write(tmp_path / "gt" / "p1_gd.nii.gz", truth, spacing)
     _write(tmp_path / "pred" / "p1_seg.nii.gz", pred, (10.0, 1.0, 1.01))
     with pytest.raises(InputError, match=r"p1_seg\.nii\.gz.*spacing"):
@@ -394,8 +398,7 @@ def test_evaluate_folders_grid_mismatch(tmp_path):
 
 def test_evaluate_folders_bare_names_and_duplicates(tmp_path):
     pred, truth, spacing = _tiny_case()
-    (tmp_path / "gt").mkdir()
-    (tmp_path / "pred").mkdir()
+    _pred_gt_folders(tmp_path)
     _write(tmp_path / "gt" / "p1.nii.gz", truth, spacing)
     _write(tmp_path / "pred" / "p1.nrrd", pred.astype(np.float32), spacing)  # float labels are rounded
     report = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
@@ -409,8 +412,7 @@ def test_evaluate_folders_bare_names_and_duplicates(tmp_path):
 
 def test_evaluate_folders_reads_suffixes_in_any_case_and_skips_hidden_files(tmp_path):
     pred, truth, spacing = _tiny_case()
-    (tmp_path / "gt").mkdir()
-    (tmp_path / "pred").mkdir()
+    _pred_gt_folders(tmp_path)
     _write(tmp_path / "gt" / "p1_gd.nii.gz", truth, spacing)
     _write(tmp_path / "gt" / "p2_GD.nii.gz", truth, spacing)
     _write(tmp_path / "pred" / "p1_seg.nii.gz", pred, spacing)
@@ -459,8 +461,7 @@ def test_evaluate_folders_refuses_files_that_are_not_myops_label_maps(tmp_path, 
         pred = bad(pred)
     else:
         truth = bad(truth)
-    (tmp_path / "gt").mkdir()
-    (tmp_path / "pred").mkdir()
+    _pred_gt_folders(tmp_path)
     _write(tmp_path / "gt" / "p1_gd.mha", truth, spacing)
     _write(tmp_path / "pred" / "p1_seg.mha", pred, spacing)
     with pytest.raises(InputError, match=match) as info:
@@ -549,8 +550,7 @@ def test_evaluate_scores_a_prediction_saved_with_its_slices_reversed(tmp_path):
     """Slicer saves a left-handed volume with its slice order reversed (origin at the other end, third direction
     column negated): the same voxels on another grid. evaluate scores it voxel for voxel; other grids stay refused."""
     pred, truth, spacing = _tiny_case()
-    (tmp_path / "gt").mkdir()
-    (tmp_path / "pred").mkdir()
+    _pred_gt_folders(tmp_path)
     _write(tmp_path / "gt" / "p1_gd.nii.gz", truth, spacing, origin=(10.0, -20.0, 30.0))
     image = sitk.GetImageFromArray(pred)
     image.SetSpacing(tuple(reversed(spacing)))

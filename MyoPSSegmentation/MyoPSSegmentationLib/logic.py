@@ -516,7 +516,7 @@ class MyoPSLogic:
                 segmentationNode.GetName(),
                 "holds none of the MyoPS segments (" + ", ".join(spec.name for spec in SEGMENTS) + ")",
             )
-        labelsKji, spacingZyx, overlapping = segments.quantificationLabelArray(segmentationNode)
+        labelsKji, spacingZyx, overlapping = segments.quantificationLabelArray(segmentationNode, found)
         rows = quantify(labelsKji, spacingZyx).as_rows()
         previousTable = segmentationNode.GetNodeReference(segments.QUANTIFICATION_REFERENCE_ROLE)
         previous = segments.quantificationRows(previousTable) if previousTable is not None else []

@@ -404,7 +404,9 @@ def myopsSegmentIds(segmentationNode) -> Tuple[dict, List[str]]:
     return found, others
 
 
-def quantificationLabelArray(segmentationNode) -> Tuple[np.ndarray, Tuple[float, float, float], int]:
+def quantificationLabelArray(
+    segmentationNode, found: Optional[dict] = None
+) -> Tuple[np.ndarray, Tuple[float, float, float], int]:
     """The MyoPS segments as one exclusive ``(K, J, I)`` uint16 label map, for counting.
 
     The grid is the segmentation's own (its labelmap geometry: the LGE's grid of the run unless the user changed
@@ -417,7 +419,8 @@ def quantificationLabelArray(segmentationNode) -> Tuple[np.ndarray, Tuple[float,
         (labels, voxel spacing ``(z, y, x)`` = (K, J, I) in mm, number of voxels that were in more than one MyoPS
         segment). An empty label map of shape ``(0, 0, 0)`` when every MyoPS segment is empty or absent.
     """
-    found, _ = myopsSegmentIds(segmentationNode)
+    if found is None:  # {label value: segment ID}, as myopsSegmentIds gives it (the caller may have it already)
+        found, _ = myopsSegmentIds(segmentationNode)
     labelmapMissing = found and not segmentationNode.GetSegmentation().ContainsRepresentation(_BINARY_LABELMAP)
     # e.g. closed surface made the source and the labelmap dropped: counted from a labelmap made from it
     if labelmapMissing and not segmentationNode.CreateBinaryLabelmapRepresentation():
