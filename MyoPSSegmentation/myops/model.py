@@ -139,6 +139,7 @@ INFERENCE_OPTIONS: Dict[str, Tuple[type, ...]] = {
     "tta_rot90": (bool,),
     "assn_tta_rot90": (bool,),
     "align_series": (bool,),
+    "recentre_crop": (bool,),
     "shape_prior": (bool,),
     "pathology_decoding": (str,),
     "lv_region_threshold": (int, float),

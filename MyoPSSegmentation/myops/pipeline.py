@@ -37,6 +37,7 @@ from .preprocessing import (
     MIN_SLICE_COVERAGE,
     Window,
     array_in_source_order,
+    fov_region_yx,
     full_view_window,
     heart_center_from_mask,
     inverse_axis_order,
@@ -48,10 +49,20 @@ from .preprocessing import (
     slice_axis_order,
     spacing_zyx_of,
     stack_slice_context,
+    window_to_source,
 )
 from .quality import case_agreement, member_distances_mm
 
 logger = logging.getLogger(__name__)
+
+#: The widest in-plane field of view (mm) of the images the shipped networks learnt on (MyoPS 2020 train25:
+#: 294-380 mm). A wider LGE is normalised on, and re-localised in, a heart-centred square of this side, so that
+#: neither its intensity statistics nor the localiser's view hold more than a MyoPS image would
+#: (``recentre_crop``; benchmarks/localiser_stress.py).
+REFERENCE_FOV_MM = 380.0
+#: When the ASSNs' LV region lies farther than this (mm) from the crop centre, the crop is moved onto it and the
+#: fine stage runs once more (``recentre_crop``): training moved its crops by at most ``jitter_mm`` = 8 mm.
+RECENTRE_MM = 8.0
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -320,6 +331,11 @@ def offset_needs_check(offset: SeriesOffset) -> bool:
     return offset.at_limit or offset.distance_mm >= ALIGNMENT_WARN_MM
 
 
+def _distance_mm(a: np.ndarray, b: np.ndarray, spacing_yx: Tuple[float, float]) -> float:
+    """In-plane distance (mm) between two (row, col) points in index units."""
+    return float(np.hypot((a[0] - b[0]) * spacing_yx[0], (a[1] - b[1]) * spacing_yx[1]))
+
+
 def coverage_warning(uncovered_slices: Dict[str, Sequence[int]]) -> Optional[str]:
     """One sentence naming the LGE slices that the bSSFP or the T2 hardly covers, or None.
 
@@ -404,6 +420,11 @@ class Segmenter:
         region_threshold: override the manifest's ``inference.lv_region_threshold`` (default 0.5): the LV
             epicardial region is where the ASSNs' averaged probability exceeds it, both for the PRSN's input
             ``C = I * M`` and for the output. Below 0.5 the region leans wider.
+        recentre_crop: override the manifest's ``inference.recentre_crop`` (default on): an LGE wider than
+            :data:`REFERENCE_FOV_MM` is normalised on, and localised again in, a heart-centred square of that
+            side; and when the ASSNs' LV region lies more than :data:`RECENTRE_MM` from the crop centre, the
+            fine stage runs once more on a crop centred on it. Neither happens on an image MyoPS-sized with the
+            heart found within 8 mm, so the cross-validated figures do not depend on it.
 
     Raises:
         ModelError: the model folder is missing, malformed or fails its checksums.
@@ -421,6 +442,7 @@ class Segmenter:
         branch_weight: Optional[float] = None,
         align_series: Optional[bool] = None,
         region_threshold: Optional[float] = None,
+        recentre_crop: Optional[bool] = None,
     ) -> None:
         from .networks import PathologyRegionNet, ShapeConstrainedASSN, fused_pathology_probabilities
 
@@ -441,6 +463,8 @@ class Segmenter:
             assn_tta_rot90 = bool(inference.get("assn_tta_rot90", False))
         #: Correct the bSSFP and T2 windows by their estimated offsets against the LGE before the networks.
         self.align_series = bool(inference.get("align_series", False)) if align_series is None else align_series
+        #: Wide fields of view and far-off crops handled (:data:`REFERENCE_FOV_MM`, :data:`RECENTRE_MM`).
+        self.recentre_crop = bool(inference.get("recentre_crop", True)) if recentre_crop is None else recentre_crop
         #: The ASSN stage adds the 90-degree turns to its test-time transforms (see :attr:`assn_tta_transforms`).
         self.assn_tta_rot90 = assn_tta_rot90
         decoding = inference.get("pathology_decoding", "argmax") if pathology_decoding is None else pathology_decoding
@@ -645,6 +669,40 @@ class Segmenter:
         :attr:`assn_tta_rot90` is set."""
         return tta_transforms_of(self.tta_flips, self.tta_rot90 or self.assn_tta_rot90)
 
+    def _localize(
+        self, volumes: np.ndarray, spacing_zyx: Tuple[float, float, float], window: Window
+    ) -> Optional[np.ndarray]:
+        """The localiser on ``window`` of every slice of ``volumes`` ``(3, z, y, x)``: the heart centre (row, col,
+        index units of the source grid), or None when it found none (:func:`heart_center_from_mask`)."""
+        spacing_yx = (spacing_zyx[1], spacing_zyx[2])
+        prob = self.localize_pass(sample_windows(volumes, spacing_yx, window))
+        lv = paste_windows(prob[:, 1:2], volumes.shape[1:], spacing_yx, window)[0] > 0.5
+        return heart_center_from_mask(lv, spacing_zyx)
+
+    def _fine_stage(self, volumes: np.ndarray, spacing_yx: Tuple[float, float], center: np.ndarray):
+        """Crops around ``center``, the series' offsets and the ASSNs' LV probabilities ``(z, 2, S, S)``:
+        ``(window, crops, alignment, epi_prob, report)``."""
+        window = Window(center, self.crop_spacing_mm, self.crop_size)
+        crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
+        alignment = estimate_offsets(crops, self.crop_spacing_mm, max_shift_mm=ALIGNMENT_SEARCH_MM)
+        if self.align_series:
+            crops = self._aligned_windows(volumes, spacing_yx, window, crops, alignment)
+        report = AssnPassReport()
+        epi_prob = self.assn_pass(crops, report=report)
+        return window, crops, alignment, epi_prob, report
+
+    def _region_center(
+        self, epi_prob: np.ndarray, window: Window, spacing_yx: Tuple[float, float]
+    ) -> Optional[np.ndarray]:
+        """Centre (row, col, source index units) of the largest component of the ASSNs' LV region on the crops
+        ``(z, 2, S, S)``, or None when there is none."""
+        mask = epi_prob[:, 1] > self.region_threshold
+        spacing = (1.0, self.crop_spacing_mm, self.crop_spacing_mm)
+        found = heart_center_from_mask(mask, spacing)
+        if found is None:
+            return None
+        return window_to_source(found[None, :], np.asarray(window.center_yx, dtype=np.float64), window, spacing_yx)[0]
+
     def predict(
         self,
         bssfp: sitk.Image,
@@ -711,28 +769,45 @@ class Segmenter:
 
         step(0.15, "Locating the heart")
         coarse_window = full_view_window(shape_zyx[1:], spacing_yx, self.coarse_size)
-        coarse = sample_windows(volumes, spacing_yx, coarse_window)
-        coarse_prob = self.localize_pass(coarse)
-        coarse_lv = paste_windows(coarse_prob[:, 1:2], shape_zyx, spacing_yx, coarse_window)[0] > 0.5
-        center = heart_center_from_mask(coarse_lv, spacing_zyx)
+        center = self._localize(volumes, spacing_zyx, coarse_window)
         localized = center is not None
         if center is None:
             logger.warning("the localiser found no heart; using the centre of the field of view")
             center = np.array([(shape_zyx[1] - 1) / 2.0, (shape_zyx[2] - 1) / 2.0])
+        wide = max(shape_zyx[1] * spacing_yx[0], shape_zyx[2] * spacing_yx[1]) > REFERENCE_FOV_MM + 1e-6
+        if self.recentre_crop and localized and wide:
+            # a MyoPS-sized view around the heart: its statistics for the normalisation, and the localiser again
+            region = fov_region_yx(shape_zyx[1:], spacing_yx, center, REFERENCE_FOV_MM)
+            volumes = prepare_sequences(bssfp, lge, t2, self.percentiles, stats_region_yx=region)
+            near = Window(center, REFERENCE_FOV_MM / self.coarse_size, self.coarse_size)
+            refined = self._localize(volumes, spacing_zyx, near)
+            if refined is not None:
+                logger.info(
+                    "field of view %.0f mm wider than the training images' %.0f mm: normalised and localised "
+                    "again on a %.0f mm square around the heart (centre moved %.1f mm)",
+                    max(shape_zyx[1] * spacing_yx[0], shape_zyx[2] * spacing_yx[1]),
+                    REFERENCE_FOV_MM,
+                    REFERENCE_FOV_MM,
+                    _distance_mm(refined, center, spacing_yx),
+                )
+                center = refined
         t0 = lap("localize", t0)
 
         step(0.35, "Segmenting the LV (ASSN + shape prior)" if self.shape_prior else "Segmenting the LV (ASSN)")
-        window = Window(center, self.crop_spacing_mm, self.crop_size)
-        crops = sample_windows(volumes, spacing_yx, window)  # (z, 3, S, S)
-        alignment = estimate_offsets(crops, self.crop_spacing_mm, max_shift_mm=ALIGNMENT_SEARCH_MM)
+        window, crops, alignment, epi_prob, assn_report = self._fine_stage(volumes, spacing_yx, center)
+        if self.recentre_crop:
+            moved = self._region_center(epi_prob, window, spacing_yx)
+            if moved is not None and _distance_mm(moved, center, spacing_yx) > RECENTRE_MM:
+                logger.info(
+                    "the LV region lies %.1f mm from the crop centre: the crop is centred on it and the LV "
+                    "segmented again",
+                    _distance_mm(moved, center, spacing_yx),
+                )
+                center = moved
+                window, crops, alignment, epi_prob, assn_report = self._fine_stage(volumes, spacing_yx, center)
         warning = alignment_warning(alignment, self.align_series)
         if warning:
             logger.warning("%s", warning)
-        if self.align_series:
-            crops = self._aligned_windows(volumes, spacing_yx, window, crops, alignment)
-        t0 = lap("alignment", t0)
-        assn_report = AssnPassReport()
-        epi_prob = self.assn_pass(crops, report=assn_report)  # (z, 2, S, S)
         epi_mask = (epi_prob[:, 1] > self.region_threshold).astype(np.float32)
         t0 = lap("assn", t0)
 

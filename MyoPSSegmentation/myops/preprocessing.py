@@ -274,6 +274,7 @@ def prepare_sequences(
     t2: sitk.Image,
     percentiles: Sequence[float] = (0.5, 99.5),
     uncovered: Optional[Dict[str, Tuple[int, ...]]] = None,
+    stats_region_yx: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Resample bSSFP and T2 onto the LGE grid and normalise all three.
 
@@ -288,6 +289,10 @@ def prepare_sequences(
         percentiles: lower and upper clipping percentiles of the normalisation.
         uncovered: when given, ``"bSSFP"`` and ``"T2"`` are set in it to the indices (numpy axis 0 of the LGE) of
             those slices, for the series that have any.
+        stats_region_yx: optional bool (y, x) on the LGE grid: the normalisation's statistics are taken on these
+            pixels of every slice only (and, for bSSFP and T2, where they cover the LGE); every voxel is then
+            transformed alike. :func:`fov_region_yx` gives a heart-centred field of view the size of the
+            training images', so that a wider field of view is normalised as a MyoPS-sized one. None: all.
 
     Returns:
         float32 array (3, z, y, x) in the order bSSFP, LGE, T2, on the LGE grid.
@@ -315,8 +320,14 @@ def prepare_sequences(
                 )
                 if uncovered is not None:
                     uncovered[name] = missing
+        mask = inside
+        if stats_region_yx is not None:
+            region = np.broadcast_to(np.asarray(stats_region_yx, dtype=bool), values.shape)
+            mask = region if inside is None else (inside & region)
+            if not mask.any():  # the region misses this series' coverage: fall back to all of it
+                mask = inside
         try:
-            arrays.append(normalize_intensity(values, percentiles, mask=inside))
+            arrays.append(normalize_intensity(values, percentiles, mask=mask))
         except ValueError:
             raise InputError(name, "is constant where it overlaps the LGE volume") from None
     return np.stack(arrays)
@@ -438,6 +449,24 @@ def full_view_window(shape_yx: Tuple[int, int], spacing_yx: Tuple[float, float],
     extent = max(ny * spacing_yx[0], nx * spacing_yx[1])
     center = np.array([(ny - 1) / 2.0, (nx - 1) / 2.0])
     return Window(center, extent / size, size)
+
+
+def fov_region_yx(
+    shape_yx: Tuple[int, int], spacing_yx: Tuple[float, float], center_yx: np.ndarray, side_mm: float
+) -> np.ndarray:
+    """A square in-plane region of side ``side_mm`` centred on ``center_yx`` (row, col index units), clipped to
+    the slice: bool (y, x). Where the square would cross an edge it is moved inwards, so that it keeps its size
+    whenever the slice is large enough."""
+    ny, nx = shape_yx
+    out = np.zeros((ny, nx), dtype=bool)
+    bounds = []
+    for n, spacing, c in ((ny, spacing_yx[0], center_yx[0]), (nx, spacing_yx[1], center_yx[1])):
+        size = int(min(n, max(1, round(side_mm / spacing))))
+        start = int(np.clip(round(float(c) - (size - 1) / 2.0), 0, n - size))
+        bounds.append((start, start + size))
+    (r0, r1), (c0, c1) = bounds
+    out[r0:r1, c0:c1] = True
+    return out
 
 
 def window_to_source(points_uv: np.ndarray, window_center_yx: np.ndarray, window: Window, spacing_yx) -> np.ndarray:
