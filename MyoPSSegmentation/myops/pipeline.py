@@ -424,7 +424,7 @@ class Segmenter:
             :data:`REFERENCE_FOV_MM` is normalised on, and localised again in, a heart-centred square of that
             side; and when the ASSNs' LV region lies more than :data:`RECENTRE_MM` from the crop centre, the
             fine stage runs once more on a crop centred on it. Neither happens on an image MyoPS-sized with the
-            heart found within 8 mm, so the cross-validated figures do not depend on it.
+            heart found within 8 mm (on train25 with v9, one case of 25 re-centres; docs/results.md, session 30).
 
     Raises:
         ModelError: the model folder is missing, malformed or fails its checksums.
