@@ -94,13 +94,13 @@ def test_a_wide_view_is_normalised_and_localised_again_on_a_myops_sized_window(t
     segmenter = Segmenter(tiny_model_dir, device="cpu", tta_flips=False)
     calls = _Calls(segmenter, monkeypatch, region_offset_mm=0.0)
     seen = []
-    original = pipeline_module.prepare_sequences
+    original = pipeline_module.normalize_sequences
 
     def recording(*args, **kwargs):
         seen.append(kwargs.get("stats_region_yx"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline_module, "prepare_sequences", recording)
+    monkeypatch.setattr(pipeline_module, "normalize_sequences", recording)
     segmenter.predict(*_wide_case(600.0))
     assert len(calls.windows) == 2
     first, second = calls.windows

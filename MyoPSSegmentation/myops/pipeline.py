@@ -42,8 +42,9 @@ from .preprocessing import (
     heart_center_from_mask,
     inverse_axis_order,
     nearly_isotropic,
+    normalize_sequences,
     paste_windows,
-    prepare_sequences,
+    resample_sequences,
     sample_windows,
     slice_axis_last,
     slice_axis_order,
@@ -761,7 +762,8 @@ class Segmenter:
                 " x ".join(f"{v:g}" for v in given_lge.GetSpacing()),
             )
         uncovered: Dict[str, Tuple[int, ...]] = {}
-        volumes = prepare_sequences(bssfp, lge, t2, self.percentiles, uncovered=uncovered)  # (3, z, y, x)
+        resampled = resample_sequences(bssfp, lge, t2, uncovered=uncovered)
+        volumes = normalize_sequences(resampled, self.percentiles)  # (3, z, y, x)
         spacing_zyx = spacing_zyx_of(lge)
         spacing_yx = (spacing_zyx[1], spacing_zyx[2])
         shape_zyx = volumes.shape[1:]
@@ -778,7 +780,7 @@ class Segmenter:
         if self.recentre_crop and localized and wide:
             # a MyoPS-sized view around the heart: its statistics for the normalisation, and the localiser again
             region = fov_region_yx(shape_zyx[1:], spacing_yx, center, REFERENCE_FOV_MM)
-            volumes = prepare_sequences(bssfp, lge, t2, self.percentiles, stats_region_yx=region)
+            volumes = normalize_sequences(resampled, self.percentiles, stats_region_yx=region)
             near = Window(center, REFERENCE_FOV_MM / self.coarse_size, self.coarse_size)
             refined = self._localize(volumes, spacing_zyx, near)
             if refined is not None:

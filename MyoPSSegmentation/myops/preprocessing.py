@@ -268,6 +268,79 @@ def normalize_intensity(
     return ((a - float(clipped.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
+class ResampledSequences(NamedTuple):
+    """bSSFP, LGE and T2 on the LGE grid before normalisation (:func:`resample_sequences`).
+
+    Attributes:
+        values: three float32 (z, y, x) arrays in the order bSSFP, LGE, T2 (zero where a series does not cover).
+        inside: per series, bool (z, y, x) of the voxels it covers, or None when it shares the LGE's grid.
+    """
+
+    values: Tuple[np.ndarray, np.ndarray, np.ndarray]
+    inside: Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]
+
+
+SEQUENCE_NAMES = ("bSSFP", "LGE", "T2")
+
+
+def resample_sequences(
+    bssfp: sitk.Image,
+    lge: sitk.Image,
+    t2: sitk.Image,
+    uncovered: Optional[Dict[str, Tuple[int, ...]]] = None,
+) -> ResampledSequences:
+    """The first half of :func:`prepare_sequences`: bSSFP and T2 resampled onto the LGE grid, the LGE slices
+    either covers too little of logged (and recorded in ``uncovered``), nothing normalised yet."""
+    values, insides = [], []
+    for name, image in zip(SEQUENCE_NAMES, (bssfp, lge, t2)):
+        inside: Optional[np.ndarray] = None
+        if name != "LGE" and not same_grid(image, lge):
+            inside = _inside_mask(image, lge).astype(bool)  # (z, y, x) on the LGE grid
+        on_grid = resample_onto(image, lge, name, inside)
+        array = sitk.GetArrayFromImage(on_grid)
+        if inside is not None:
+            # zero outside the covered voxels, so that a voxel centre on the field of view's edge is 0 whatever
+            # the rounding of the grids (the interpolator decides such a voxel by its own rounding)
+            array = np.where(inside, array, np.float32(0.0))
+            coverage = inside.mean(axis=(1, 2), dtype=np.float64)
+            missing = tuple(int(k) for k in np.flatnonzero(coverage < MIN_SLICE_COVERAGE))
+            if missing:
+                logger.warning(
+                    "%s covers less than %.0f%% of LGE slice(s) %s: they are segmented without %s data",
+                    name,
+                    100 * MIN_SLICE_COVERAGE,
+                    list(missing),
+                    name,
+                )
+                if uncovered is not None:
+                    uncovered[name] = missing
+        values.append(array)
+        insides.append(inside)
+    return ResampledSequences(tuple(values), tuple(insides))
+
+
+def normalize_sequences(
+    sequences: ResampledSequences,
+    percentiles: Sequence[float] = (0.5, 99.5),
+    stats_region_yx: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """The second half of :func:`prepare_sequences`: each series normalised (:func:`normalize_intensity`) over
+    the voxels it covers, within ``stats_region_yx`` when given; float32 (3, z, y, x)."""
+    arrays = []
+    for name, values, inside in zip(SEQUENCE_NAMES, sequences.values, sequences.inside):
+        mask = inside
+        if stats_region_yx is not None:
+            region = np.broadcast_to(np.asarray(stats_region_yx, dtype=bool), values.shape)
+            mask = region if inside is None else (inside & region)
+            if not mask.any():  # the region misses this series' coverage: fall back to all of it
+                mask = inside
+        try:
+            arrays.append(normalize_intensity(values, percentiles, mask=mask))
+        except ValueError:
+            raise InputError(name, "is constant where it overlaps the LGE volume") from None
+    return np.stack(arrays)
+
+
 def prepare_sequences(
     bssfp: sitk.Image,
     lge: sitk.Image,
@@ -297,40 +370,7 @@ def prepare_sequences(
     Returns:
         float32 array (3, z, y, x) in the order bSSFP, LGE, T2, on the LGE grid.
     """
-    arrays = []
-    for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)):
-        inside: Optional[np.ndarray] = None
-        if name != "LGE" and not same_grid(image, lge):
-            inside = _inside_mask(image, lge).astype(bool)  # (z, y, x) on the LGE grid
-        on_grid = resample_onto(image, lge, name, inside)
-        values = sitk.GetArrayViewFromImage(on_grid)
-        if inside is not None:
-            # zero outside the covered voxels, so that a voxel centre on the field of view's edge is 0 whatever
-            # the rounding of the grids (the interpolator decides such a voxel by its own rounding)
-            values = np.where(inside, values, np.float32(0.0))
-            coverage = inside.mean(axis=(1, 2), dtype=np.float64)
-            missing = tuple(int(k) for k in np.flatnonzero(coverage < MIN_SLICE_COVERAGE))
-            if missing:
-                logger.warning(
-                    "%s covers less than %.0f%% of LGE slice(s) %s: they are segmented without %s data",
-                    name,
-                    100 * MIN_SLICE_COVERAGE,
-                    list(missing),
-                    name,
-                )
-                if uncovered is not None:
-                    uncovered[name] = missing
-        mask = inside
-        if stats_region_yx is not None:
-            region = np.broadcast_to(np.asarray(stats_region_yx, dtype=bool), values.shape)
-            mask = region if inside is None else (inside & region)
-            if not mask.any():  # the region misses this series' coverage: fall back to all of it
-                mask = inside
-        try:
-            arrays.append(normalize_intensity(values, percentiles, mask=mask))
-        except ValueError:
-            raise InputError(name, "is constant where it overlaps the LGE volume") from None
-    return np.stack(arrays)
+    return normalize_sequences(resample_sequences(bssfp, lge, t2, uncovered), percentiles, stats_region_yx)
 
 
 def _window_grid(window: Window, n_slices: int, shape_yx: Tuple[int, int], spacing_yx: Tuple[float, float]):
