@@ -61,6 +61,24 @@ def test_offsets_in_mm_follow_the_pixel_size_and_flag_the_search_limit():
     assert est["T2"].distance_mm == pytest.approx(0.0, abs=0.1)
 
 
+def test_an_estimate_from_fewer_than_three_slices_is_not_trusted():
+    """The same far offset (beyond a 2 mm search) is a gross one on 3 slices and no evidence on 1 or 2."""
+    from myops.alignment import MIN_SLICES
+    from myops.pipeline import alignment_warning, offset_needs_check
+
+    assert MIN_SLICES == 3
+    lge = _textured_windows(2, slices=3)
+    far = _shift(lge, 0.0, 6.0)
+    for depth, trusted in ((1, False), (2, False), (3, True)):
+        windows = np.stack([lge, lge, far], axis=1)[:depth]
+        est = estimate_offsets(windows, spacing_mm=1.0, max_shift_mm=2.0, radius_mm=30.0)
+        assert est["T2"].slices == depth and est["T2"].at_limit
+        assert est["T2"].trusted is trusted and est["bSSFP"].trusted is trusted
+        assert offset_needs_check(est["T2"]) is trusted
+        assert not offset_needs_check(est["bSSFP"])
+        assert (alignment_warning(est) is not None) is trusted
+
+
 def test_bad_windows_are_refused():
     with pytest.raises(ValueError, match=r"\(z, 3, S, S\)"):
         estimate_offsets(np.zeros((2, 2, 64, 64), np.float32), 1.0)
@@ -100,7 +118,7 @@ def test_a_gross_offset_is_warned_about_by_the_pipeline_and_the_cli(tiny_model_d
     from myops.cli import main
     from myops.phantom import write_phantom_case
 
-    case = make_phantom_case(seed=5, n_slices=2)
+    case = make_phantom_case(seed=5, n_slices=3)
     moved = case._replace(t2=_moved(case.t2, 0.0, 12.0))
     seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=False)
     with caplog.at_level(logging.WARNING, logger="myops.pipeline"):
@@ -123,7 +141,7 @@ def test_a_gross_offset_is_warned_about_by_the_pipeline_and_the_cli(tiny_model_d
 def test_align_series_samples_the_moved_series_where_its_content_is(tiny_model_dir):
     """With the correction on, the T2 window of the moved phantom matches the unmoved one's (the networks see
     aligned series), and without it, it does not."""
-    case = make_phantom_case(seed=4, n_slices=2)
+    case = make_phantom_case(seed=4, n_slices=3)
     moved_t2 = _moved(case.t2, 0.0, -3.0)
     windows = {}
     for align in (False, True):
@@ -152,3 +170,33 @@ def test_align_series_samples_the_moved_series_where_its_content_is(tiny_model_d
     err_aligned = np.abs(windows[True][:, 2] - truth_t2)[inner].mean()
     assert err_aligned < 0.25 * err_plain
     np.testing.assert_allclose(windows[True][:, 1], windows[False][:, 1])  # the LGE is never moved
+
+
+def test_a_two_slice_stack_is_neither_warned_about_nor_corrected(tiny_model_dir, caplog):
+    """Two slices are too few for the estimate (it flags 9 of 154 registered train25 pairs): a T2 moved 12 mm
+    gets no registration warning, the log says the alignment was not checked, and with the correction on the T2
+    window stays where the geometry puts it (``aligned`` is False)."""
+    case = make_phantom_case(seed=5, n_slices=2)
+    moved_t2 = _moved(case.t2, 0.0, 12.0)
+    seen = {}
+    for align in (False, True):
+        seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=False, align_series=align)
+        crops_seen = []
+        seg.assn_pass = lambda crops, crops_seen=crops_seen, **_: (
+            crops_seen.append(crops.copy())
+            or np.zeros(  # type: ignore[method-assign]
+                (crops.shape[0], 2, crops.shape[2], crops.shape[3]), np.float32
+            )
+        )
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="myops.pipeline"):
+            result = seg.predict(case.bssfp, case.lge, moved_t2)
+        messages = [r.getMessage() for r in caplog.records]
+        assert result.alignment["T2"].slices == 2 and not result.alignment["T2"].trusted
+        assert not any("check the registration" in m for m in messages)
+        (note,) = [m for m in messages if "not checked" in m]
+        assert note.startswith("alignment of bSSFP and T2 not checked")
+        assert ("nor corrected" in note) is align and "2 slice(s)" in note
+        assert result.aligned is False
+        seen[align] = crops_seen[0]
+    np.testing.assert_array_equal(seen[True], seen[False])

@@ -124,9 +124,11 @@ def test_run_warnings_name_only_gross_offsets():
 
     from myops.alignment import SeriesOffset
 
-    near = SeriesOffset("bSSFP", 3.0, 1.0, 1.0, False)
-    far = SeriesOffset("T2", 8.0, 2.0, 1.0, True)
+    near = SeriesOffset("bSSFP", 3.0, 1.0, 1.0, False, slices=3)
+    far = SeriesOffset("T2", 8.0, 2.0, 1.0, True, slices=3)
+    far_on_two_slices = SeriesOffset("T2", 8.0, 2.0, 1.0, True, slices=2)  # untrusted: no warning
     assert worker.runWarnings(SimpleNamespace(alignment={"bSSFP": near}, aligned=False)) == []
+    assert worker.runWarnings(SimpleNamespace(alignment={"T2": far_on_two_slices}, aligned=False)) == []
     assert worker.runWarnings(SimpleNamespace(alignment={"bSSFP": near, "T2": far}, aligned=False)) == [
         "T2 8.2 mm or more from the LGE on the heart window; check the registration"
     ]

@@ -27,7 +27,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from .alignment import SeriesOffset, estimate_offsets
+from .alignment import MIN_SLICES, SeriesOffset, estimate_offsets
 from .errors import CancelledError, InputError, ModelError
 from .io import read_image, write_output
 from .metrics import hausdorff_distance
@@ -127,7 +127,8 @@ class SegmentationResult:
             slice (the LGE's own rows and columns when ``axis_order`` is ``(0, 1, 2)``).
         localized: False when the localiser found no heart and the image centre was used.
         alignment: the bSSFP and T2 offsets against the LGE found on the heart window
-            (:func:`myops.alignment.estimate_offsets`), and whether they were corrected (``aligned``).
+            (:func:`myops.alignment.estimate_offsets`), and whether they were corrected (``aligned``; an offset
+            from fewer than ``myops.alignment.MIN_SLICES`` slices is untrusted: neither reported nor corrected).
         agreement: how much the model's members and test-time transforms agree on this case, without a reference
             (:func:`myops.quality.case_agreement`: ``lv``, ``lv_worst_slice``, ``scar_edema``, ``scar``, each a
             Dice in [0, 1], and with several ASSNs ``lv_members_mm``, ``lv_members_worst_slice_mm`` and
@@ -181,7 +182,8 @@ class CaseProbabilities:
         timings_s: seconds per stage so far.
         heart_center_yx: the heart centre (row, col) in ``reference``'s index units used for the fine crop.
         localized: False when the localiser found no heart and the image centre was used.
-        alignment: the bSSFP and T2 offsets against the LGE on the heart window; ``aligned``: corrected.
+        alignment: the bSSFP and T2 offsets against the LGE on the heart window; ``aligned``: corrected (by the
+            trusted ones).
         guarded_slices: z indices where the ASSN guard (``inference.assn_guard``) used its reference members
             alone; empty without a guard (``guarded`` says whether one ran).
         assn_member_distance_mm: per z slice, how far apart the ASSN members draw the LV region
@@ -328,8 +330,9 @@ ALIGNMENT_WARN_MM = 7.0
 
 
 def offset_needs_check(offset: SeriesOffset) -> bool:
-    """A gross offset: at least :data:`ALIGNMENT_WARN_MM`, or beyond the search range."""
-    return offset.at_limit or offset.distance_mm >= ALIGNMENT_WARN_MM
+    """A gross offset: at least :data:`ALIGNMENT_WARN_MM`, or beyond the search range, from a trusted estimate
+    (:attr:`myops.alignment.SeriesOffset.trusted`: enough slices pooled)."""
+    return offset.trusted and (offset.at_limit or offset.distance_mm >= ALIGNMENT_WARN_MM)
 
 
 def _distance_mm(a: np.ndarray, b: np.ndarray, spacing_yx: Tuple[float, float]) -> float:
@@ -417,7 +420,8 @@ class Segmenter:
         align_series: override the manifest's ``inference.align_series``: sample the bSSFP and T2 heart windows
             moved by their estimated offsets against the LGE (:mod:`myops.alignment`). Off by default: on v7's CV
             it cost 1.4 points of scar + edema and 0.8 of LV Dice (docs/results.md, session 10). The offsets are
-            estimated either way, and gross ones (``ALIGNMENT_WARN_MM``) are reported.
+            estimated either way, and gross ones (``ALIGNMENT_WARN_MM``) are reported; on a stack of fewer than
+            ``myops.alignment.MIN_SLICES`` slices they are not trusted, so neither reported nor corrected.
         region_threshold: override the manifest's ``inference.lv_region_threshold`` (default 0.5): the LV
             epicardial region is where the ASSNs' averaged probability exceeds it, both for the PRSN's input
             ``C = I * M`` and for the output. Below 0.5 the region leans wider.
@@ -565,7 +569,8 @@ class Segmenter:
         crops: np.ndarray,
         alignment: Dict[str, SeriesOffset],
     ) -> np.ndarray:
-        """The heart windows with bSSFP and T2 sampled where their content sits (window moved by the offset).
+        """The heart windows with bSSFP and T2 sampled where their content sits (window moved by the offset;
+        an untrusted offset moves nothing).
 
         Args:
             volumes: ``(3, z, y, x)`` on the LGE grid; ``crops``: their ``(z, 3, S, S)`` windows at ``window``.
@@ -573,6 +578,8 @@ class Segmenter:
         out = crops.copy()
         for channel, name in ((0, "bSSFP"), (2, "T2")):
             offset = alignment[name]
+            if not offset.trusted:
+                continue  # too few slices for the estimate to say where the content is
             step = window.spacing_mm
             moved = Window(
                 np.asarray(window.center_yx, dtype=np.float64)
@@ -807,7 +814,17 @@ class Segmenter:
                 )
                 center = moved
                 window, crops, alignment, epi_prob, assn_report = self._fine_stage(volumes, spacing_yx, center)
-        warning = alignment_warning(alignment, self.align_series)
+        aligned = self.align_series and any(o.trusted for o in alignment.values())
+        untrusted = [o.series for o in alignment.values() if not o.trusted]  # bSSFP, T2
+        if untrusted:
+            logger.info(
+                "alignment of %s not checked%s: %d slice(s) are too few for the estimate (it needs %d)",
+                " and ".join(untrusted),
+                " nor corrected" if self.align_series else "",
+                crops.shape[0],
+                MIN_SLICES,
+            )
+        warning = alignment_warning(alignment, aligned)
         if warning:
             logger.warning("%s", warning)
         epi_mask = (epi_prob[:, 1] > self.region_threshold).astype(np.float32)
@@ -830,7 +847,7 @@ class Segmenter:
             heart_center_yx=center,
             localized=localized,
             alignment=alignment,
-            aligned=self.align_series,
+            aligned=aligned,
             guarded_slices=tuple(assn_report.guarded_slices),
             guarded=self.assn_guard is not None,
             assn_member_distance_mm=tuple(assn_report.member_distance_mm),
