@@ -14,7 +14,7 @@ information, not correlation, because the contrasts differ (bright blood in bSSF
 The estimate needs enough slices to pool: on the registered train25 cases, taken on runs of N consecutive slices,
 it flags a gross offset (7 mm, or the search's edge) on 19 of 204 single slices, 9 of 154 pairs, 3 of 106 runs
 of three and none of the 50 whole stacks (2-6 slices), and a 4 mm move is recovered to within 0.49 mm on 90 % of
-the runs of three against 1.56 mm on single slices (docs/results.md, session 32;
+the runs of three against 1.56 mm on single slices (docs/results.md, sessions 32-33;
 ``benchmarks/alignment_recovery.py --slices``). Offsets from fewer than :data:`MIN_SLICES` slices are therefore
 marked untrusted (:attr:`SeriesOffset.trusted`): the engine neither warns nor corrects by them.
 """
