@@ -198,6 +198,78 @@ def test_overwrite_replaces_an_edited_segmentation_when_asked(case):
     )
 
 
+def _nodeIds(scene):
+    return sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+
+
+def refuseImport(monkeypatch) -> None:
+    """From now on Slicer's label map import reports failure (as it does for a label map it cannot take)."""
+    real = slicer.vtkSlicerSegmentationsModuleLogic
+
+    class Refusing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def ImportLabelmapToSegmentationNode(*args):
+            return False
+
+    monkeypatch.setattr(slicer, "vtkSlicerSegmentationsModuleLogic", Refusing())
+
+
+def test_a_failed_import_into_a_new_output_leaves_no_node_behind(case, monkeypatch):
+    case.run()  # a first result and its table exist
+    before = _nodeIds(case.scene)
+    refuseImport(monkeypatch)
+    with pytest.raises(RuntimeError, match="could not import"):
+        case.run()
+    assert _nodeIds(case.scene) == before
+
+
+def test_a_failed_import_over_an_edited_segmentation_keeps_the_users_edits(case, monkeypatch):
+    first = case.run()
+    table = case.logic.quantificationTableNode(first)
+    rows = segments.quantificationRows(table)
+    painted = segments.segmentLabelArray(first, case.lge) == SCAR
+    painted[1, 3:8, 3:8] = True
+    segments.setSegmentMask(first, "Scar", painted, case.lge)
+    edited = segments.segmentLabelArray(first, case.lge)
+    attributes = {name: first.GetAttribute(name) for name in first.GetAttributeNames()}
+    before = _nodeIds(case.scene)
+
+    refuseImport(monkeypatch)
+    with pytest.raises(RuntimeError, match="could not import"):
+        case.run(outputSegmentationNode=first, overwrite=True)
+    assert names(first) == [spec.name for spec in SEGMENTS]
+    np.testing.assert_array_equal(segments.segmentLabelArray(first, case.lge), edited)
+    assert {name: first.GetAttribute(name) for name in first.GetAttributeNames()} == attributes
+    assert case.logic.isEditedSinceLastRun(first)  # still protected as edited
+    assert case.logic.quantificationTableNode(first) is table and segments.quantificationRows(table) == rows
+    assert first.GetNodeReference(first.GetReferenceImageGeometryReferenceRole()).GetID() == case.lge.GetID()
+    assert _nodeIds(case.scene) == before
+
+
+def test_a_table_that_cannot_be_written_undoes_the_labels_already_written(case, monkeypatch):
+    first = case.run()
+    table = case.logic.quantificationTableNode(first)
+    rows = segments.quantificationRows(table)
+    written = segments.segmentLabelArray(first, case.lge)
+    before = _nodeIds(case.scene)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no table today")
+
+    monkeypatch.setattr(segments, "writeQuantificationTable", broken)
+    with pytest.raises(RuntimeError, match="no table today"):
+        case.logic.writeResult(case.lgeImage * 0, [("Scar", 99.0, "mL")], case.lge, first)
+    np.testing.assert_array_equal(segments.segmentLabelArray(first, case.lge), written)  # not the all-zero labels
+    assert not case.logic.isEditedSinceLastRun(first)
+    assert segments.quantificationRows(case.logic.quantificationTableNode(first)) == rows
+    with pytest.raises(RuntimeError, match="no table today"):
+        case.logic.writeResult(case.lgeImage * 0, [], case.lge)  # a new output: removed again
+    assert _nodeIds(case.scene) == before
+
+
 def test_a_users_own_segmentation_is_protected_and_an_empty_one_is_used(case):
     own = case.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "manual contours")
     own.GetSegmentation().AddEmptySegment("mine", "mine", [1.0, 0.0, 0.0])

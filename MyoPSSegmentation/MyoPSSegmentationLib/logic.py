@@ -404,7 +404,10 @@ class MyoPSLogic:
     ):
         """Write an engine result (label map on the LGE grid + quantification rows) into the scene.
 
-        Shared by :meth:`segment` and the panel's background run, so both land identically.
+        Shared by :meth:`segment` and the panel's background run, so both land identically. All or nothing: when
+        writing fails part way (Slicer refuses the label map, the table cannot be made), the scene is left as it
+        was, with no new node and the chosen output as it was (:func:`segments.restoredOnFailure`), and the
+        error goes on.
 
         Returns:
             the segmentation node (new when ``outputSegmentationNode`` is None).
@@ -413,18 +416,19 @@ class MyoPSLogic:
             raise RuntimeError("the engine returned labels that are not on the LGE volume's grid")
         self.checkOutputWritable(outputSegmentationNode, overwrite)
         scene = lgeNode.GetScene()
-        segmentationNode = outputSegmentationNode
-        if segmentationNode is None:
-            # a segmentation takes the converter rules registered when it is made: register them first, or a
-            # headless script's first result would never get its closed surface
-            ensureSegmentationConverterRules()
-            segmentationNode = scene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{lgeNode.GetName()} MyoPS")
-            )
-        segments.writeLabelsToSegmentation(labels, segmentationNode, lgeNode, createClosedSurface)
-        if info and info.get("device"):
-            segmentationNode.SetAttribute(segments.DEVICE_ATTRIBUTE, str(info["device"]))
-        segments.writeQuantificationTable(quantificationRows, segmentationNode)
+        with segments.restoredOnFailure(scene, outputSegmentationNode):
+            segmentationNode = outputSegmentationNode
+            if segmentationNode is None:
+                # a segmentation takes the converter rules registered when it is made: register them first, or a
+                # headless script's first result would never get its closed surface
+                ensureSegmentationConverterRules()
+                segmentationNode = scene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{lgeNode.GetName()} MyoPS")
+                )
+            segments.writeLabelsToSegmentation(labels, segmentationNode, lgeNode, createClosedSurface)
+            if info and info.get("device"):
+                segmentationNode.SetAttribute(segments.DEVICE_ATTRIBUTE, str(info["device"]))
+            segments.writeQuantificationTable(quantificationRows, segmentationNode)
         return segmentationNode
 
     def landFinishedResult(

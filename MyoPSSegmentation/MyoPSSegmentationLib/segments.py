@@ -339,6 +339,77 @@ def _removingNodesAddedMeanwhile(scene):
                 scene.RemoveNode(node)
 
 
+@contextlib.contextmanager
+def restoredOnFailure(scene, segmentationNode=None):
+    """Undo a failed write: on an exception inside the block, every node added to ``scene`` in it is removed
+    (a new output segmentation, its display node, a new quantification table), and ``segmentationNode``, when
+    given, gets back what it held before: its segments (with their layers and reference geometry), attributes
+    (the fingerprints), parent transform, reference-geometry volume, quantification table reference and that
+    table's contents, and its 3D display representation. Then the exception goes on.
+
+    So a run that fails while its result is written leaves the scene as it was, never a half-filled node or a
+    user's segmentation emptied (``writeLabelsToSegmentation`` removes the old segments before the import).
+    """
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    saved = None
+    if segmentationNode is not None:
+        segmentation = slicer.vtkSegmentation()
+        segmentation.DeepCopy(segmentationNode.GetSegmentation())
+        table = segmentationNode.GetNodeReference(QUANTIFICATION_REFERENCE_ROLE)
+        tableContents = None
+        if table is not None and table.GetTable() is not None:
+            tableContents = vtk.vtkTable()
+            tableContents.DeepCopy(table.GetTable())
+        display = segmentationNode.GetDisplayNode()
+        geometryRole = segmentationNode.GetReferenceImageGeometryReferenceRole()
+        saved = {
+            "segmentation": segmentation,
+            "attributes": {
+                name: segmentationNode.GetAttribute(name) for name in segmentationNode.GetAttributeNames() or ()
+            },
+            "transform": segmentationNode.GetTransformNodeID(),
+            "geometry": (geometryRole, segmentationNode.GetNodeReferenceID(geometryRole)),
+            "table": (table, tableContents, table.GetLocked() if table is not None else False),
+            "display3D": display.GetPreferredDisplayRepresentationName3D() if display is not None else None,
+        }
+    try:
+        yield
+    except BaseException:
+        if saved is not None and segmentationNode.GetScene() is scene:
+            _restore(segmentationNode, saved)
+        for node in [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]:
+            if node is not None and node.GetID() not in before:
+                scene.RemoveNode(node)
+        raise
+
+
+def _restore(segmentationNode, saved: dict) -> None:
+    """Put back what :func:`restoredOnFailure` saved of ``segmentationNode``."""
+    wasModifying = segmentationNode.StartModify()
+    try:
+        segmentationNode.GetSegmentation().DeepCopy(saved["segmentation"])
+        for name in segmentationNode.GetAttributeNames() or ():
+            if name not in saved["attributes"]:
+                segmentationNode.RemoveAttribute(name)
+        for name, value in saved["attributes"].items():
+            segmentationNode.SetAttribute(name, value)
+        segmentationNode.SetAndObserveTransformNodeID(saved["transform"])
+        role, referenceID = saved["geometry"]
+        segmentationNode.SetNodeReferenceID(role, referenceID)
+        table, contents, locked = saved["table"]
+        segmentationNode.SetNodeReferenceID(QUANTIFICATION_REFERENCE_ROLE, table.GetID() if table is not None else None)
+        if table is not None and contents is not None and table.GetScene() is not None:
+            wasModifyingTable = table.StartModify()
+            table.SetAndObserveTable(contents)
+            table.SetLocked(locked)
+            table.EndModify(wasModifyingTable)
+        display = segmentationNode.GetDisplayNode()
+        if display is not None and saved["display3D"] is not None:
+            display.SetPreferredDisplayRepresentationName3D(saved["display3D"])
+    finally:
+        segmentationNode.EndModify(wasModifying)
+
+
 def _exportArray(segmentationNode, segmentIDs: Sequence[str], referenceVolumeNode):
     """Export ``segmentIDs`` (index i + 1 for the i-th) into a temporary label map node on the grid of
     ``referenceVolumeNode``, or, when it is None, on the segmentation's own grid over the union of the segments'
