@@ -62,7 +62,8 @@ def test_offsets_in_mm_follow_the_pixel_size_and_flag_the_search_limit():
 
 
 def test_an_estimate_from_fewer_than_three_slices_is_not_trusted():
-    """The same far offset (beyond a 2 mm search) is a gross one on 3 slices and no evidence on 1 or 2."""
+    """The same far offset (beyond a 2 mm search) is a gross one on 3 slices and no evidence on 1 or 2 (the
+    warning then says the alignment was not checked)."""
     from myops.alignment import MIN_SLICES
     from myops.pipeline import alignment_warning, offset_needs_check
 
@@ -76,7 +77,9 @@ def test_an_estimate_from_fewer_than_three_slices_is_not_trusted():
         assert est["T2"].trusted is trusted and est["bSSFP"].trusted is trusted
         assert offset_needs_check(est["T2"]) is trusted
         assert not offset_needs_check(est["bSSFP"])
-        assert (alignment_warning(est) is not None) is trusted
+        warning = alignment_warning(est)
+        assert warning.startswith("T2 2.0 mm or more from the LGE") is trusted
+        assert ("not checked" in warning) is not trusted
 
 
 def test_bad_windows_are_refused():
@@ -172,9 +175,9 @@ def test_align_series_samples_the_moved_series_where_its_content_is(tiny_model_d
     np.testing.assert_allclose(windows[True][:, 1], windows[False][:, 1])  # the LGE is never moved
 
 
-def test_a_two_slice_stack_is_neither_warned_about_nor_corrected(tiny_model_dir, caplog):
+def test_a_two_slice_stack_is_reported_unchecked_and_not_corrected(tiny_model_dir, caplog):
     """Two slices are too few for the estimate (it flags 9 of 154 registered train25 pairs): a T2 moved 12 mm
-    gets no registration warning, the log says the alignment was not checked, and with the correction on the T2
+    gets no offset figure, the warning says the alignment was not checked, and with the correction on the T2
     window stays where the geometry puts it (``aligned`` is False)."""
     case = make_phantom_case(seed=5, n_slices=2)
     moved_t2 = _moved(case.t2, 0.0, 12.0)
@@ -193,10 +196,13 @@ def test_a_two_slice_stack_is_neither_warned_about_nor_corrected(tiny_model_dir,
             result = seg.predict(case.bssfp, case.lge, moved_t2)
         messages = [r.getMessage() for r in caplog.records]
         assert result.alignment["T2"].slices == 2 and not result.alignment["T2"].trusted
-        assert not any("check the registration" in m for m in messages)
-        (note,) = [m for m in messages if "not checked" in m]
-        assert note.startswith("alignment of bSSFP and T2 not checked")
-        assert ("nor corrected" in note) is align and "2 slice(s)" in note
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warning == (
+            "the alignment of bSSFP and T2 with the LGE was not checked: 2 slices are too few for the estimate "
+            "(it needs 3); check the registration by eye"
+        )
+        assert "from the LGE on the heart window" not in warning
+        assert any(m == "bSSFP and T2 not corrected: the alignment estimate is not trusted" for m in messages) is align
         assert result.aligned is False
         seen[align] = crops_seen[0]
     np.testing.assert_array_equal(seen[True], seen[False])

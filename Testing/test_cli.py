@@ -40,6 +40,13 @@ def outputs_in(folder: Path):
 
 
 # -- happy paths -----------------------------------------------------------------------------------------------
+def test_segment_says_when_a_short_stack_leaves_the_alignment_unchecked(tiny_model_dir, tmp_path, capsys):
+    files = write_phantom_case(make_phantom_case(seed=3, n_slices=2), tmp_path / "case", name="p003")
+    assert run_cli(*segment_args(files, tmp_path / "out.nii.gz", tiny_model_dir)) == 0
+    text = capsys.readouterr().out
+    assert "WARNING: the alignment of bSSFP and T2 with the LGE was not checked: 2 slices are too few" in text
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".seg.nrrd"])
 def test_segment_writes_output_on_the_lge_grid(case_files, tiny_model_dir, tmp_path, capsys, suffix):
     out = tmp_path / f"result{suffix}"

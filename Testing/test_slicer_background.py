@@ -126,9 +126,12 @@ def test_run_warnings_name_only_gross_offsets():
 
     near = SeriesOffset("bSSFP", 3.0, 1.0, 1.0, False, slices=3)
     far = SeriesOffset("T2", 8.0, 2.0, 1.0, True, slices=3)
-    far_on_two_slices = SeriesOffset("T2", 8.0, 2.0, 1.0, True, slices=2)  # untrusted: no warning
+    far_on_one_slice = SeriesOffset("T2", 8.0, 2.0, 1.0, True, slices=1)  # untrusted: no figure, "not checked"
     assert worker.runWarnings(SimpleNamespace(alignment={"bSSFP": near}, aligned=False)) == []
-    assert worker.runWarnings(SimpleNamespace(alignment={"T2": far_on_two_slices}, aligned=False)) == []
+    assert worker.runWarnings(SimpleNamespace(alignment={"T2": far_on_one_slice}, aligned=False)) == [
+        "the alignment of T2 with the LGE was not checked: 1 slice is too few for the estimate (it needs 3); "
+        "check the registration by eye"
+    ]
     assert worker.runWarnings(SimpleNamespace(alignment={"bSSFP": near, "T2": far}, aligned=False)) == [
         "T2 8.2 mm or more from the LGE on the heart window; check the registration"
     ]

@@ -16,7 +16,8 @@ it flags a gross offset (7 mm, or the search's edge) on 19 of 204 single slices,
 of three and none of the 50 whole stacks (2-6 slices), and a 4 mm move is recovered to within 0.49 mm on 90 % of
 the runs of three against 1.56 mm on single slices (docs/results.md, sessions 32-33;
 ``benchmarks/alignment_recovery.py --slices``). Offsets from fewer than :data:`MIN_SLICES` slices are therefore
-marked untrusted (:attr:`SeriesOffset.trusted`): the engine neither warns nor corrects by them.
+marked untrusted (:attr:`SeriesOffset.trusted`): the engine does not correct by them, and its warning says the
+alignment was not checked instead of giving their figure.
 """
 
 from __future__ import annotations

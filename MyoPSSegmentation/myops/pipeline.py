@@ -128,7 +128,8 @@ class SegmentationResult:
         localized: False when the localiser found no heart and the image centre was used.
         alignment: the bSSFP and T2 offsets against the LGE found on the heart window
             (:func:`myops.alignment.estimate_offsets`), and whether they were corrected (``aligned``; an offset
-            from fewer than ``myops.alignment.MIN_SLICES`` slices is untrusted: neither reported nor corrected).
+            from fewer than ``myops.alignment.MIN_SLICES`` slices is untrusted: not corrected, and reported as not
+            checked).
         agreement: how much the model's members and test-time transforms agree on this case, without a reference
             (:func:`myops.quality.case_agreement`: ``lv``, ``lv_worst_slice``, ``scar_edema``, ``scar``, each a
             Dice in [0, 1], and with several ASSNs ``lv_members_mm``, ``lv_members_worst_slice_mm`` and
@@ -361,16 +362,27 @@ def coverage_warning(uncovered_slices: Dict[str, Sequence[int]]) -> Optional[str
 
 
 def alignment_warning(alignment: Dict[str, SeriesOffset], aligned: bool = False) -> Optional[str]:
-    """One sentence naming the series that sit grossly off the LGE (:func:`offset_needs_check`), or None.
+    """One sentence naming the series that sit grossly off the LGE (:func:`offset_needs_check`), or that could
+    not be checked (an estimate from fewer than ``myops.alignment.MIN_SLICES`` slices), or None.
 
-    The log, ``myops segment``, ``segment-batch`` and the Slicer panel all show this text.
+    The log, ``myops segment``, ``segment-batch`` and the Slicer panel all show this text, so that no warning
+    means "checked, and no gross offset", never "not checked".
     """
+    texts = []
     far = [o for o in alignment.values() if offset_needs_check(o)]
-    if not far:
-        return None
-    parts = [f"{o.series} {o.distance_mm:.1f} mm{' or more' if o.at_limit else ''}" for o in far]
-    done = " (corrected)" if aligned else ""
-    return f"{', '.join(parts)} from the LGE on the heart window{done}; check the registration"
+    if far:
+        parts = [f"{o.series} {o.distance_mm:.1f} mm{' or more' if o.at_limit else ''}" for o in far]
+        done = " (corrected)" if aligned else ""
+        texts.append(f"{', '.join(parts)} from the LGE on the heart window{done}; check the registration")
+    unchecked = [o for o in alignment.values() if not o.trusted]
+    if unchecked:
+        slices = min(o.slices for o in unchecked)
+        texts.append(
+            f"the alignment of {' and '.join(o.series for o in unchecked)} with the LGE was not checked: "
+            f"{slices} slice{'s are' if slices != 1 else ' is'} too few for the estimate (it needs {MIN_SLICES}); "
+            "check the registration by eye"
+        )
+    return "; ".join(texts) or None
 
 
 #: Test-time transforms of a (N, C, H, W) batch as (k, flip): ``rot90(flip_x(x) if flip else x, k)`` in-plane.
@@ -421,7 +433,8 @@ class Segmenter:
             moved by their estimated offsets against the LGE (:mod:`myops.alignment`). Off by default: on v7's CV
             it cost 1.4 points of scar + edema and 0.8 of LV Dice (docs/results.md, session 10). The offsets are
             estimated either way, and gross ones (``ALIGNMENT_WARN_MM``) are reported; on a stack of fewer than
-            ``myops.alignment.MIN_SLICES`` slices they are not trusted, so neither reported nor corrected.
+            ``myops.alignment.MIN_SLICES`` slices they are not trusted: not corrected, and the warning says the
+            alignment was not checked.
         region_threshold: override the manifest's ``inference.lv_region_threshold`` (default 0.5): the LV
             epicardial region is where the ASSNs' averaged probability exceeds it, both for the PRSN's input
             ``C = I * M`` and for the output. Below 0.5 the region leans wider.
@@ -816,14 +829,8 @@ class Segmenter:
                 window, crops, alignment, epi_prob, assn_report = self._fine_stage(volumes, spacing_yx, center)
         aligned = self.align_series and any(o.trusted for o in alignment.values())
         untrusted = [o.series for o in alignment.values() if not o.trusted]  # bSSFP, T2
-        if untrusted:
-            logger.info(
-                "alignment of %s not checked%s: %d slice(s) are too few for the estimate (it needs %d)",
-                " and ".join(untrusted),
-                " nor corrected" if self.align_series else "",
-                crops.shape[0],
-                MIN_SLICES,
-            )
+        if untrusted and self.align_series:
+            logger.info("%s not corrected: the alignment estimate is not trusted", " and ".join(untrusted))
         warning = alignment_warning(alignment, aligned)
         if warning:
             logger.warning("%s", warning)
