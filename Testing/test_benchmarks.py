@@ -206,6 +206,25 @@ def test_pathology_error_anatomy_hand_counted(tmp_path):
     assert missing.returncode != 0 and "no reference" in missing.stderr
 
 
+def test_site_shift_without_a_run_scores_every_case_with_the_shipped_model(tmp_path):
+    """No ``--run``: one pass of the shipped model (None) over every case in the folder; with a run, each fold's
+    model over its own held-out cases; the fold-only options are refused without a run."""
+    shifts = _load_script("cv_site_shift")
+    for case in ("c2", "c1"):
+        (tmp_path / f"{case}_DE.nii.gz").touch()
+        (tmp_path / f"{case}_C0.nii.gz").touch()
+    assert shifts._models(None, tmp_path) == [("shipped", None, ["c1", "c2"])]
+    run = tmp_path / "run"
+    for fold, cases in (("fold_1", ["c2"]), ("fold_0", ["c1"])):
+        (run / fold).mkdir(parents=True)
+        (run / fold / "metrics.json").write_text(json.dumps({"held_out": cases}))
+    assert shifts._models(run, tmp_path) == [("fold_0", run / "fold_0" / "model", ["c1"]),
+                                             ("fold_1", run / "fold_1" / "model", ["c2"])]  # fmt: skip
+    script = [sys.executable, str(ROOT / "benchmarks" / "cv_site_shift.py"), "--data", str(tmp_path)]
+    refused = subprocess.run([*script, "--assn-rot90"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "need --run" in refused.stderr
+
+
 def test_site_shifts_are_what_they_say_and_keep_the_geometry():
     """Each shift of cv_site_shift.py on an oblique, anisotropic, off-centre volume: values by hand, geometry kept."""
     import SimpleITK as sitk
