@@ -141,6 +141,19 @@ def test_a_gross_offset_is_warned_about_by_the_pipeline_and_the_cli(tiny_model_d
     assert out.is_file()
 
 
+def _recording_crops(segmenter: Segmenter) -> list:
+    """Make ``segmenter``'s ASSN pass a stand-in that records the crops it is given (``(z, 3, S, S)`` each) and
+    draws no LV region; returns the list it records into."""
+    seen: list = []
+
+    def assn_pass(crops, **_):
+        seen.append(crops.copy())
+        return np.zeros((crops.shape[0], 2, crops.shape[2], crops.shape[3]), np.float32)
+
+    segmenter.assn_pass = assn_pass  # type: ignore[method-assign]
+    return seen
+
+
 def test_align_series_samples_the_moved_series_where_its_content_is(tiny_model_dir):
     """With the correction on, the T2 window of the moved phantom matches the unmoved one's (the networks see
     aligned series), and without it, it does not."""
@@ -149,23 +162,11 @@ def test_align_series_samples_the_moved_series_where_its_content_is(tiny_model_d
     windows = {}
     for align in (False, True):
         seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=False, align_series=align)
-        seen = []
-        seg.assn_pass = lambda crops, seen=seen, **_: (
-            seen.append(crops.copy())
-            or np.zeros(  # type: ignore[method-assign]
-                (crops.shape[0], 2, crops.shape[2], crops.shape[3]), np.float32
-            )
-        )
+        seen = _recording_crops(seg)
         seg.predict(case.bssfp, case.lge, moved_t2)
         windows[align] = seen[0]
     reference = Segmenter(tiny_model_dir, device="cpu", tta_flips=False)
-    seen_ref = []
-    reference.assn_pass = lambda crops, **_: (
-        seen_ref.append(crops.copy())
-        or np.zeros(  # type: ignore[method-assign]
-            (crops.shape[0], 2, crops.shape[2], crops.shape[3]), np.float32
-        )
-    )
+    seen_ref = _recording_crops(reference)
     reference.predict(case.bssfp, case.lge, case.t2)
     truth_t2 = seen_ref[0][:, 2]
     inner = (slice(None), slice(20, -20), slice(20, -20))
@@ -184,13 +185,7 @@ def test_a_two_slice_stack_is_reported_unchecked_and_not_corrected(tiny_model_di
     seen = {}
     for align in (False, True):
         seg = Segmenter(tiny_model_dir, device="cpu", tta_flips=False, align_series=align)
-        crops_seen = []
-        seg.assn_pass = lambda crops, crops_seen=crops_seen, **_: (
-            crops_seen.append(crops.copy())
-            or np.zeros(  # type: ignore[method-assign]
-                (crops.shape[0], 2, crops.shape[2], crops.shape[3]), np.float32
-            )
-        )
+        crops_seen = _recording_crops(seg)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="myops.pipeline"):
             result = seg.predict(case.bssfp, case.lge, moved_t2)
