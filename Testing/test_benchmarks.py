@@ -308,7 +308,7 @@ def test_alignment_pipeline_study_counts_the_shipped_pipelines_warnings(tmp_path
     """--pipeline runs the shipped model's window on an aligned oblique phantom: a small estimate, no warning."""
     from myops.phantom import make_phantom_case, write_phantom_case
 
-    write_phantom_case(make_phantom_case(seed=6, n_slices=2), tmp_path, name="ph6")
+    write_phantom_case(make_phantom_case(seed=6, n_slices=3), tmp_path, name="ph6")
     result = _load_script("alignment_recovery").pipeline_study(tmp_path)
     (row,) = result["cases"]
     assert row["case"] == "ph6" and row["warning"] is None and result["warnings"] == 0
