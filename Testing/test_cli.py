@@ -604,6 +604,17 @@ def test_unwritable_output_is_refused(case_files, tiny_model_dir, tmp_path, caps
     assert "does not exist" in err[0] or "not writable" in err[0]
 
 
+@pytest.mark.parametrize("below", ["o.nii.gz", "sub/o.nii.gz"])
+def test_an_output_below_a_file_says_the_file_is_in_the_way(case_files, tiny_model_dir, tmp_path, capsys, below):
+    blocking = tmp_path / "notes.txt"
+    blocking.write_text("a file, not a folder")
+    code = run_cli(*segment_args(case_files, blocking / below, tiny_model_dir))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"{blocking} is a file, not a folder" in err[0]
+    assert blocking.read_text() == "a file, not a folder"
+
+
 def test_bad_output_suffix_and_tampered_model(case_files, tiny_model_dir, tmp_path, capsys):
     assert run_cli(*segment_args(case_files, tmp_path / "seg.png", tiny_model_dir)) == 2
     assert "must end with" in capsys.readouterr().err

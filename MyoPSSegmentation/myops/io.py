@@ -611,6 +611,9 @@ def check_side_output(output: PathLike, inputs: Iterable[PathLike] = (), *, over
             raise InputError(out, "output path is the same as an input; refusing to overwrite an input")
     folder = out_resolved.parent
     if not folder.is_dir():
+        blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise InputError(out, f"output folder {folder} does not exist: {blocking} is a file, not a folder")
         raise InputError(out, f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or not _can_create_file_in(folder):
         raise InputError(out, f"output folder {folder} is not writable")
