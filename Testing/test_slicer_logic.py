@@ -177,6 +177,32 @@ def test_a_recoloured_or_recoded_segment_counts_as_an_edit(case, edit):
         assert segments.segmentTerminologyString(scar) == "user~edited~terminology"
 
 
+def test_moving_the_lge_onto_a_transform_after_the_run_asks_before_replacing(case):
+    """docs/slicer.md: the result no longer sits with its LGE, and the module cannot tell which of the two moved,
+    so a rerun asks (refuses without ``overwrite``); the segments stay as they were, and overwriting puts the new
+    result under the LGE's transform."""
+    first = case.run()
+    before = segments.segmentLabelArray(first, case.lge)
+    assert not case.logic.isEditedSinceLastRun(first)
+    registration = case.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 3.0)
+    registration.SetMatrixTransformToParent(matrix)
+    for node in (case.bssfp, case.lge, case.t2):
+        node.SetAndObserveTransformNodeID(registration.GetID())
+    assert case.logic.isEditedSinceLastRun(first)
+    with pytest.raises(SegmentationEditedError, match="edited"):
+        case.run(outputSegmentationNode=first)
+    assert first.GetTransformNodeID() is None
+    registration.SetMatrixTransformToParent(vtk.vtkMatrix4x4())  # back in place: the same voxels as before
+    np.testing.assert_array_equal(segments.segmentLabelArray(first, case.lge), before)
+    matrix.SetElement(0, 3, 3.0)
+    registration.SetMatrixTransformToParent(matrix)
+    again = case.run(outputSegmentationNode=first, overwrite=True)
+    assert again is first and first.GetTransformNodeID() == registration.GetID()
+    assert not case.logic.isEditedSinceLastRun(first)
+
+
 def test_refusal_happens_before_the_engine_runs(case):
     first = case.run()
     first.GetSegmentation().GetSegment("Edema").SetName("Edema (checked)")
