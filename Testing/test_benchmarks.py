@@ -602,3 +602,34 @@ def test_intensity_by_label_hand_computed():
     assert pooled["DE"]["normal myocardium"]["median_z"] == pytest.approx(0.75)
     assert pooled["DE"]["normal myocardium"]["near_zero"] == pytest.approx(0.25)
     assert pooled["DE"]["scar"]["n_cases"] == 3 and "edema" not in pooled["DE"]
+
+
+def test_normalisation_window_errors_by_hand():
+    """No cut: the cut image is the whole one, so its error is 0. The calibrated estimate of a case uses the other
+    cases' square statistics only (leave one out), checked on hand-made cases."""
+    nw = _load_script("normalisation_window")
+    rng = np.random.default_rng(3)
+    values = rng.uniform(0.0, 100.0, size=(2, 30, 40)).astype(np.float32)
+    region = np.zeros(values.shape, bool)
+    region[:, 12:18, 10:16] = True
+    spacing = (8.0, 1.0, 1.5)
+    whole = nw.sequence_cases(values, None, region, spacing, side_mm=1000.0, cut=0.0)
+    np.testing.assert_allclose(whole.cut, whole.full, atol=1e-6)
+    np.testing.assert_allclose(whole.window, whole.full, atol=1e-6)  # the square covers everything
+    assert whole.square_mean == pytest.approx(0.0, abs=1e-5) and whole.square_sd == pytest.approx(1.0, abs=1e-5)
+    cut = nw.sequence_cases(values, None, region, spacing, side_mm=12.0, cut=0.5)
+    assert cut.full.size == region[:, :, :20].sum() == 72  # the region lies in the kept half
+    assert not np.allclose(cut.cut, cut.full)
+    full = np.array([0.0, 1.0])
+    cases = [
+        nw.SequenceCase(full=full, cut=full + 0.5, window=np.array([1.0, 2.0]), square_mean=1.0, square_sd=2.0),
+        nw.SequenceCase(full=full, cut=full - 1.0, window=np.array([0.0, 0.0]), square_mean=3.0, square_sd=0.5),
+    ]
+    e = nw.errors(cases)
+    # case 0 with case 1's statistics: 3 + 0.5 * [1, 2] - [0, 1] = [3.5, 3] (mean 3.25);
+    # case 1 with case 0's: 1 + 2 * [0, 0] - [0, 1] = [1, 0] (mean 0.5)
+    assert e["calibrated"]["median_abs_error"] == pytest.approx(np.median([3.25, 0.5]))
+    assert e["calibrated"]["mean_signed_error"] == pytest.approx(np.mean([3.25, 0.5]))
+    assert e["cut"]["median_abs_error"] == pytest.approx(0.75) and e["cut"]["mean_signed_error"] == pytest.approx(-0.25)
+    with pytest.raises(ValueError, match="two cases"):
+        nw.errors(cases[:1])
