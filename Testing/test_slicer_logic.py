@@ -56,6 +56,18 @@ def names(segmentationNode):
     return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
 
 
+def _allUnderTranslation(case, name: str, axis: int, mm: float):
+    """Put the three volumes under a new linear transform that translates by ``mm`` along RAS ``axis``; returns
+    the transform node and its matrix."""
+    transform = case.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(axis, 3, mm)
+    transform.SetMatrixTransformToParent(matrix)
+    for node in (case.bssfp, case.lge, case.t2):
+        node.SetAndObserveTransformNodeID(transform.GetID())
+    return transform, matrix
+
+
 def test_segment_returns_named_segments_with_colours_and_terminology(case):
     node = case.run()
     assert node.IsA("vtkMRMLSegmentationNode") and node.GetScene() is case.scene
@@ -184,12 +196,7 @@ def test_moving_the_lge_onto_a_transform_after_the_run_asks_before_replacing(cas
     first = case.run()
     before = segments.segmentLabelArray(first, case.lge)
     assert not case.logic.isEditedSinceLastRun(first)
-    registration = case.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
-    matrix = vtk.vtkMatrix4x4()
-    matrix.SetElement(0, 3, 3.0)
-    registration.SetMatrixTransformToParent(matrix)
-    for node in (case.bssfp, case.lge, case.t2):
-        node.SetAndObserveTransformNodeID(registration.GetID())
+    registration, matrix = _allUnderTranslation(case, "registration", axis=0, mm=3.0)
     assert case.logic.isEditedSinceLastRun(first)
     with pytest.raises(SegmentationEditedError, match="edited"):
         case.run(outputSegmentationNode=first)
@@ -308,12 +315,7 @@ def test_a_users_own_segmentation_is_protected_and_an_empty_one_is_used(case):
 
 
 def test_segmentation_follows_the_lge_parent_transform(case):
-    transform = case.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "to scanner")
-    matrix = vtk.vtkMatrix4x4()
-    matrix.SetElement(1, 3, 12.0)
-    transform.SetMatrixTransformToParent(matrix)
-    for node in (case.bssfp, case.lge, case.t2):
-        node.SetAndObserveTransformNodeID(transform.GetID())
+    transform, _ = _allUnderTranslation(case, "to scanner", axis=1, mm=12.0)
     node = case.run()
     assert node.GetTransformNodeID() == transform.GetID()
     np.testing.assert_array_equal(
