@@ -37,6 +37,27 @@ def test_identity_window_round_trip_is_exact():
     assert (back[0][:, :12] == 0).all() and (back[0][:, :, 33:] == 0).all()
 
 
+def test_window_fill_is_the_value_outside_the_source_and_leaves_the_inside_alone():
+    """A window hanging over the image's edge: inside the source the values are those of the default (fill 0)
+    sampling; outside they are the fill, one per channel; fill 0 is the engine's and training's sampling."""
+    rng = np.random.default_rng(4)
+    vol = rng.normal(size=(2, 2, 20, 30)).astype(np.float32)
+    window = Window(np.array([3.5, 27.5]), 1.0, 12)  # rows -2..9 and cols 22..33, on pixel centres: past two edges
+    plain = sample_windows(vol, (1.0, 1.0), window, mode="nearest")
+    filled = sample_windows(vol, (1.0, 1.0), window, mode="nearest", fill=[-3.0, 5.0])
+    rows = 3.5 + np.arange(12) - 5.5
+    cols = 27.5 + np.arange(12) - 5.5
+    outside = (rows[:, None] < 0) | (cols[None, :] > 29)
+    np.testing.assert_array_equal(plain[:, :, ~outside], vol.transpose(1, 0, 2, 3)[:, :, 0:10, 22:30].reshape(2, 2, -1))
+    assert outside.any() and (~outside).any()
+    np.testing.assert_allclose(filled[:, :, ~outside], plain[:, :, ~outside], atol=1e-6)  # shifted and back
+    assert (plain[:, :, outside] == 0).all()
+    assert (filled[:, 0, outside] == -3.0).all() and (filled[:, 1, outside] == 5.0).all()
+    np.testing.assert_array_equal(
+        sample_windows(vol, (1.0, 1.0), window, fill=0.0), sample_windows(vol, (1.0, 1.0), window)
+    )
+
+
 @pytest.mark.parametrize("spacing_yx", [(0.75, 0.8), (1.3, 0.7)])
 @pytest.mark.parametrize("center", [(20.0, 31.0), (14.3, 40.7)])
 def test_window_sampling_is_exact_for_linear_intensity(spacing_yx, center):

@@ -15,7 +15,7 @@ LGE whose largest spacing lies along another axis so that it is (the pipeline do
 from __future__ import annotations
 
 import logging
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -390,7 +390,11 @@ def _window_grid(window: Window, n_slices: int, shape_yx: Tuple[int, int], spaci
 
 
 def sample_windows(
-    volumes: np.ndarray, spacing_yx: Tuple[float, float], window: Window, mode: str = "bilinear"
+    volumes: np.ndarray,
+    spacing_yx: Tuple[float, float],
+    window: Window,
+    mode: str = "bilinear",
+    fill: Union[float, Sequence[float]] = 0.0,
 ) -> np.ndarray:
     """Sample a window from every slice.
 
@@ -399,15 +403,20 @@ def sample_windows(
         spacing_yx: in-plane voxel size (row, column) of the source grid in mm.
         window: where and how finely to sample.
         mode: ``"bilinear"`` for images and probabilities, ``"nearest"`` for labels.
+        fill: the value outside the source, one for all channels or one per channel (C,). The engine and
+            training use 0 (after the z-score, the mean intensity); studies may ask for another.
 
     Returns:
-        float32 (z, C, size, size); outside the source the value is 0.
+        float32 (z, C, size, size); outside the source the value is ``fill`` (blended with the source across its
+        last half pixel in bilinear mode).
     """
-    _, z, ny, nx = volumes.shape
+    c, z, ny, nx = volumes.shape
     grid = _window_grid(window, z, (ny, nx), spacing_yx)
-    src = torch.from_numpy(np.ascontiguousarray(volumes.transpose(1, 0, 2, 3), dtype=np.float32))
-    out = F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=True)
-    return out.numpy()
+    offset = np.broadcast_to(np.asarray(fill, dtype=np.float32), (c,)).reshape(c, 1, 1, 1)
+    shifted = volumes if not offset.any() else volumes - offset
+    src = torch.from_numpy(np.ascontiguousarray(shifted.transpose(1, 0, 2, 3), dtype=np.float32))
+    out = F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=True).numpy()
+    return out if not offset.any() else out + offset.reshape(1, c, 1, 1)
 
 
 def slice_context_indices(n_slices: int, context: int) -> np.ndarray:
