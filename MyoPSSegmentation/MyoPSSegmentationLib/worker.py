@@ -105,15 +105,12 @@ def errorPayload(error: BaseException) -> Dict[str, Any]:
 
 
 def runWarnings(result) -> List[str]:
-    """What a finished run warns about, for the panel's status line: series grossly off the LGE, and LGE slices
-    that the bSSFP or the T2 hardly covers (segmented without that series' data)."""
-    from myops.pipeline import alignment_warning, coverage_warning
+    """What a finished run warns about, for the panel's status line (:func:`myops.pipeline.case_warnings`): series
+    grossly off the LGE, LGE slices that the bSSFP or the T2 hardly covers (segmented without that series' data),
+    and an LV region at the edge of the field of view."""
+    from myops.pipeline import case_warnings
 
-    texts = (
-        alignment_warning(getattr(result, "alignment", {}) or {}, bool(getattr(result, "aligned", False))),
-        coverage_warning(getattr(result, "uncovered_slices", {}) or {}),
-    )
-    return [text for text in texts if text]
+    return case_warnings(result)
 
 
 def run(workDir: Path, device: str = "auto", modelDir: Optional[str] = None, segmenterFactory=None) -> int:

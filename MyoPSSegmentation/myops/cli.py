@@ -55,12 +55,10 @@ def _format_timings(timings: Dict[str, float]) -> str:
 
 
 def _run_warnings(result) -> List[str]:
-    """The engine's warnings about a finished case, as lines for people: series grossly off the LGE, and LGE
-    slices that the bSSFP or the T2 hardly covers."""
-    from .pipeline import alignment_warning, coverage_warning
+    """The engine's warnings about a finished case (:func:`myops.pipeline.case_warnings`), as lines for people."""
+    from .pipeline import case_warnings
 
-    texts = (alignment_warning(result.alignment, result.aligned), coverage_warning(result.uncovered_slices))
-    return [f"WARNING: {text}" for text in texts if text]
+    return [f"WARNING: {text}" for text in case_warnings(result)]
 
 
 def _make_segmenter(model: Optional[str], device: str, quiet: bool = False):

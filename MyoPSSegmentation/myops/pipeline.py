@@ -30,6 +30,7 @@ from torch import nn
 from .alignment import MIN_SLICES, SeriesOffset, estimate_offsets
 from .errors import CancelledError, InputError, ModelError
 from .io import read_image, write_output
+from .labels import LV_EPICARDIUM_LABELS
 from .metrics import hausdorff_distance
 from .model import ModelBundle, resolve_model_dir
 from .postprocessing import PATHOLOGY_DECODINGS, PostprocessingConfig, compose_labels, pathology_classes
@@ -64,6 +65,10 @@ REFERENCE_FOV_MM = 380.0
 #: When the ASSNs' LV region lies farther than this (mm) from the crop centre, the crop is moved onto it and the
 #: fine stage runs once more (``recentre_crop``): training moved its crops by at most ``jitter_mm`` = 8 mm.
 RECENTRE_MM = 8.0
+#: An LV region within this distance (mm, in-plane) of the LGE's outer border is "at the edge": the view may cut
+#: the heart there, and the crops reach past the image (filled with the series' mean), which no training image
+#: did; a one-sided cut that crossed the heart lost 9-30 points of scar Dice (docs/results.md, session 35).
+EDGE_MARGIN_MM = 2.0
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -141,6 +146,8 @@ class SegmentationResult:
             of that series (:func:`coverage_warning` says so in one sentence); empty when all are covered.
         axis_order: the ``sitk.PermuteAxes`` order that made the LGE's slice axis its third axis for the cascade
             (:func:`myops.preprocessing.slice_axis_order`); ``(0, 1, 2)``: the LGE was used as it is.
+        edge_slices: the LGE slices ``k`` whose LV epicardial region lies within :data:`EDGE_MARGIN_MM` of the
+            field of view's border (:func:`slices_at_edge`; :func:`edge_warning` says so); empty when none does.
     """
 
     labels: sitk.Image
@@ -155,6 +162,7 @@ class SegmentationResult:
     agreement: Dict[str, float] = field(default_factory=dict)
     uncovered_slices: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     axis_order: Tuple[int, int, int] = (0, 1, 2)
+    edge_slices: Tuple[int, ...] = ()
 
     @property
     def slice_axis(self) -> int:
@@ -359,6 +367,61 @@ def coverage_warning(uncovered_slices: Dict[str, Sequence[int]]) -> Optional[str
         f"the LGE has slices that another series covers less than {100 * MIN_SLICE_COVERAGE:.0f}% of "
         f"({'; '.join(parts)}); they were segmented without that series' data; check the coverage"
     )
+
+
+def slices_at_edge(
+    region_zyx: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float = EDGE_MARGIN_MM
+) -> Tuple[int, ...]:
+    """The slices whose region comes within ``margin_mm`` of the field of view's in-plane border.
+
+    Args:
+        region_zyx: bool (z, y, x), the LV epicardial region, slices along axis 0.
+        spacing_zyx: voxel size in mm.
+        margin_mm: a voxel whose centre lies at most this far inside the border (the outer face of the first or
+            last row or column) counts; the first row's centre lies half a pixel inside.
+
+    Returns:
+        The slice indices ``k``, ascending.
+    """
+    region = np.asarray(region_zyx, dtype=bool)
+    if region.ndim != 3:
+        raise ValueError(f"region_zyx must be (z, y, x), got shape {region.shape}")
+    _, ny, nx = region.shape
+    rows = max(0, min(ny, int(np.floor(margin_mm / float(spacing_zyx[1]) + 0.5))))
+    cols = max(0, min(nx, int(np.floor(margin_mm / float(spacing_zyx[2]) + 0.5))))
+    band = np.zeros((ny, nx), dtype=bool)
+    if rows:
+        band[:rows] = band[-rows:] = True
+    if cols:
+        band[:, :cols] = band[:, -cols:] = True
+    return tuple(int(k) for k in np.flatnonzero((region & band).any(axis=(1, 2))))
+
+
+def edge_warning(edge_slices: Sequence[int]) -> Optional[str]:
+    """One sentence naming the LGE slices where the LV region reaches the field of view's border, or None."""
+    if not len(edge_slices):
+        return None
+    many = len(edge_slices) > 1
+    return (
+        f"the LV region reaches the edge of the LGE's field of view on slice{'s' if many else ''} "
+        f"k = {', '.join(str(int(k)) for k in edge_slices)}: the heart may be cut off there, and its scar and edema "
+        "are less reliable (the networks never saw a heart at the image's edge); check "
+        f"{'those slices' if many else 'that slice'}"
+    )
+
+
+def case_warnings(result) -> List[str]:
+    """The warnings about a finished case, as sentences, for every surface (the log, ``myops segment``,
+    ``segment-batch`` and the Slicer panel): series grossly off the LGE or not checked (:func:`alignment_warning`),
+    LGE slices another series hardly covers (:func:`coverage_warning`), and an LV region at the field of view's
+    edge (:func:`edge_warning`). ``result`` is a :class:`SegmentationResult`; a missing attribute (a stand-in
+    engine) counts as nothing to warn about."""
+    texts = (
+        alignment_warning(getattr(result, "alignment", {}) or {}, bool(getattr(result, "aligned", False))),
+        coverage_warning(getattr(result, "uncovered_slices", {}) or {}),
+        edge_warning(getattr(result, "edge_slices", ()) or ()),
+    )
+    return [text for text in texts if text]
 
 
 def alignment_warning(alignment: Dict[str, SeriesOffset], aligned: bool = False) -> Optional[str]:
@@ -879,6 +942,9 @@ class Segmenter:
         epicardium = probabilities.epicardium > self.region_threshold
         classes = pathology_classes(probabilities.pathology, self.pathology_decoding)
         labels_zyx = compose_labels(epicardium, classes, spacing_zyx, self.postprocessing)
+        at_edge = slices_at_edge(np.isin(labels_zyx, LV_EPICARDIUM_LABELS), spacing_zyx)
+        if at_edge:
+            logger.warning("%s", edge_warning(at_edge))
         labels = sitk.GetImageFromArray(labels_zyx)
         labels.CopyInformation(probabilities.reference)
         quant = quantify(labels_zyx, spacing_zyx)
@@ -909,6 +975,7 @@ class Segmenter:
             agreement=agreement,
             uncovered_slices=dict(probabilities.uncovered_slices),
             axis_order=tuple(probabilities.axis_order),
+            edge_slices=at_edge,
         )
 
     def segment(
