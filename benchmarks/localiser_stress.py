@@ -11,6 +11,8 @@ every case as it is and under each *field-of-view shift*, applied alike to the t
   centre along both axes (113 mm in all);
 - ``cut35``: the 35 % of the columns on the high-column side removed: the real anatomy stays, the LV moves
   towards the new edge and the field of view shrinks;
+- ``fov300``, ``fov260``, ``fov220``: the central square of that side in mm (both in-plane axes cut evenly), as
+  a site with a smaller field of view would acquire it; train25's narrowest image is 294 mm;
 - ``single``: the middle slice alone.
 
 Per case it records the distance in mm from the crop centre the pipeline chose to the centroid of the true LV
@@ -73,6 +75,33 @@ def cut35(image: sitk.Image) -> sitk.Image:
     return sitk.Crop(image, [0, 0, 0], [round(0.35 * nx), 0, 0])
 
 
+def _crop_to_mm(image: sitk.Image, side_mm: float) -> sitk.Image:
+    """The central ``side_mm`` square of every slice (each in-plane axis cut evenly on both sides to at most that
+    many mm; an axis already that short is kept), as a site with a smaller field of view would acquire it."""
+    size = image.GetSize()
+    lower, upper = [0, 0, 0], [0, 0, 0]
+    for axis in (0, 1):
+        keep = min(size[axis], max(1, round(side_mm / image.GetSpacing()[axis])))
+        lower[axis] = (size[axis] - keep) // 2
+        upper[axis] = size[axis] - keep - lower[axis]
+    return sitk.Crop(image, lower, upper)
+
+
+def fov300(image: sitk.Image) -> sitk.Image:
+    """The central 300 mm square (about the narrowest train25 image, 294 mm)."""
+    return _crop_to_mm(image, 300.0)
+
+
+def fov260(image: sitk.Image) -> sitk.Image:
+    """The central 260 mm square."""
+    return _crop_to_mm(image, 260.0)
+
+
+def fov220(image: sitk.Image) -> sitk.Image:
+    """The central 220 mm square."""
+    return _crop_to_mm(image, 220.0)
+
+
 def single(image: sitk.Image) -> sitk.Image:
     """The middle slice alone (a one-slice 3D image, same geometry)."""
     k = image.GetSize()[2] // 2
@@ -84,6 +113,9 @@ SHIFTS: Dict[str, Callable[[sitk.Image], sitk.Image]] = {
     "pad150": pad150,
     "offset80": offset80,
     "cut35": cut35,
+    "fov300": fov300,
+    "fov260": fov260,
+    "fov220": fov220,
     "single": single,
 }
 
@@ -125,6 +157,7 @@ def _summary(rows: List[dict]) -> dict:
         }
     out["not_localized"] = int(sum(not r["localized"] for r in rows))
     out["lv_dice_below_0.9"] = int(sum(r["dice_lv"] < 0.9 for r in rows))
+    out["edge_warnings"] = int(sum(bool(r.get("edge_slices")) for r in rows))
     return out
 
 
@@ -153,6 +186,7 @@ def run_study(run: Optional[Path], data: Path, shifts: List[str], options: dict)
                     "case": case,
                     "centre_error_mm": centre_error_mm(result.heart_center_yx, truth, spacing_zyx),
                     "localized": bool(result.localized),
+                    "edge_slices": [int(k) for k in result.edge_slices],
                     "fov_mm": [round(n * d, 1) for n, d in zip(truth_image.GetSize()[:2], spacing_zyx[::-1][:2])],
                     **metrics,
                 }
@@ -185,6 +219,7 @@ def main() -> int:
             f"  LV Dice mean {s['dice_lv']['mean']:.4f} (min cases < 0.9: {s['lv_dice_below_0.9']})"
             f"  HD2D {s['hd_lv_2d_mm']['mean']:.2f} mm  scar {s['dice_scar']['mean']:.4f}"
             f"  scar+edema {s['dice_scar_edema']['mean']:.4f}  not localised {s['not_localized']}"
+            f"  edge warnings {s['edge_warnings']}"
             f"  {entry['median_s']:.2f} s/case"
         )
     if args.json:

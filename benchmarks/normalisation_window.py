@@ -9,7 +9,8 @@ such a square has, in whole-field units, on the training images.
 This measures whether that mapping lands closer to the whole-field values than the cut field's own normalisation
 does. Per case and sequence, the three series are resampled onto the LGE grid as the engine does; the truth's LV
 epicardial region marks the voxels that matter (the PRSN sees only those). The high-column side of every image
-is cut away (``--cut``), and two estimates of the whole-field z-scores inside the LV region are compared with
+is cut away (``--cut``; or, with ``--centred-mm``, only the central square of that side is kept), and two
+estimates of the whole-field z-scores inside the LV region are compared with
 the uncut values:
 
 - ``cut``: the cut image normalised over all of itself (what the engine does today);
@@ -28,7 +29,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,6 +66,21 @@ class SequenceCase(NamedTuple):
     square_sd: float
 
 
+def kept_yx(
+    shape_yx: Tuple[int, int], spacing_zyx: Sequence[float], cut: float, centred_mm: Optional[float] = None
+) -> Tuple[slice, slice]:
+    """The rows and columns that stay: all rows and the low-column ``1 - cut`` of the columns, or with
+    ``centred_mm`` the central square of that side (an axis already that short is kept whole)."""
+    if centred_mm is None:
+        return slice(None), slice(0, shape_yx[1] - round(shape_yx[1] * cut))
+    kept = []
+    for n, spacing in zip(shape_yx, spacing_zyx[1:]):
+        keep = min(n, max(1, round(centred_mm / spacing)))
+        start = (n - keep) // 2
+        kept.append(slice(start, start + keep))
+    return kept[0], kept[1]
+
+
 def sequence_cases(
     values: np.ndarray,
     inside: np.ndarray | None,
@@ -72,6 +88,7 @@ def sequence_cases(
     spacing_zyx: Sequence[float],
     side_mm: float,
     cut: float,
+    centred_mm: Optional[float] = None,
 ) -> SequenceCase:
     """The three normalisations of one resampled sequence.
 
@@ -82,6 +99,8 @@ def sequence_cases(
         spacing_zyx: voxel spacing in mm.
         side_mm: side of the heart square in mm.
         cut: fraction of the columns removed on the high-column side, in [0, 1).
+        centred_mm: instead of ``cut``, keep the central square of this side in mm (each in-plane axis cut evenly
+            on both sides, as ``localiser_stress.py``'s ``fov*`` shifts do).
     """
     if not region.any():
         raise ValueError("the LV region is empty")
@@ -93,12 +112,12 @@ def sequence_cases(
     covered = np.ones(values.shape, bool) if inside is None else inside
     in_square = np.broadcast_to(square, values.shape) & covered
     full = normalize_intensity(values, mask=covered)
-    keep = nx - round(nx * cut)
-    kept_region = region[:, :, :keep]
-    cut_z = normalize_intensity(values[:, :, :keep], mask=covered[:, :, :keep])
-    window_z = normalize_intensity(values[:, :, :keep], mask=in_square[:, :, :keep])
+    keep = (slice(None), *kept_yx((ny, nx), spacing_zyx, cut, centred_mm))
+    kept_region = region[keep]
+    cut_z = normalize_intensity(values[keep], mask=covered[keep])
+    window_z = normalize_intensity(values[keep], mask=in_square[keep])
     return SequenceCase(
-        full=full[:, :, :keep][kept_region],
+        full=full[keep][kept_region],
         cut=cut_z[kept_region],
         window=window_z[kept_region],
         square_mean=float(full[in_square].mean()),
@@ -132,6 +151,9 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="folder in MyoPS layout (<case>_C0/_DE/_T2/_gd.nii.gz)")
     parser.add_argument("--side", type=float, nargs="+", default=[100.0, 160.0], help="heart square sides (mm)")
     parser.add_argument("--cut", type=float, default=0.35, help="fraction of the columns cut away (default 0.35)")
+    parser.add_argument(
+        "--centred-mm", type=float, default=None, help="instead of --cut: keep the central square of this side (mm)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     truths = sorted(Path(args.data).glob("*_gd.nii.gz"))
@@ -141,7 +163,10 @@ def main() -> int:
     if not 0.0 <= args.cut < 1.0:
         print("error: --cut must be in [0, 1)", file=sys.stderr)
         return 2
-    results: Dict[str, dict] = {"cut": args.cut, "cases": len(truths), "sides_mm": {}}
+    if args.centred_mm is not None and args.centred_mm <= 0:
+        print("error: --centred-mm must be positive", file=sys.stderr)
+        return 2
+    results: Dict[str, dict] = {"cut": args.cut, "centred_mm": args.centred_mm, "cases": len(truths), "sides_mm": {}}
     per_side: Dict[float, List[List[SequenceCase]]] = {s: [[], [], []] for s in args.side}
     for truth_path in truths:
         base = str(truth_path)[: -len("_gd.nii.gz")]
@@ -152,7 +177,9 @@ def main() -> int:
         spacing = spacing_zyx_of(images[1])
         for side in args.side:
             for k, (values, inside) in enumerate(zip(resampled.values, resampled.inside)):
-                per_side[side][k].append(sequence_cases(values, inside, region, spacing, side, args.cut))
+                per_side[side][k].append(
+                    sequence_cases(values, inside, region, spacing, side, args.cut, args.centred_mm)
+                )
     for side in args.side:
         summary = {name: errors(per_side[side][k]) for k, name in enumerate(SEQUENCE_NAMES)}
         results["sides_mm"][str(side)] = summary
