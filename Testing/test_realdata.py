@@ -40,6 +40,22 @@ def test_shipped_model_on_real_case(shipped_segmenter, case, tmp_path):
     assert metrics["dice_lv"] > 0.8, metrics
     assert metrics["dice_myocardium"] > 0.6, metrics
     assert np.isfinite(metrics["hd_lv_2d_mm"])
+    assert result.edge_slices == ()  # the heart lies well inside every train25 view
+
+
+def test_a_view_cut_through_the_heart_is_named_slice_by_slice(shipped_segmenter):
+    """Case 102 with 35 % of its columns cut away (benchmarks/localiser_stress.py's cut35): the cut crosses its LV
+    by 13 mm; session 35 measured the warning on slices 1 and 2 there, and scar Dice 58 -> 29."""
+    import SimpleITK as sitk
+
+    from myops.pipeline import case_warnings, edge_warning
+
+    images = [sitk.ReadImage(str(REAL_DATA / f"myops_training_102_{k}.nii.gz")) for k in ("C0", "DE", "T2")]
+    nx = images[1].GetSize()[0]
+    cut = [sitk.Crop(sitk.Cast(image, sitk.sitkFloat32), [0, 0, 0], [round(0.35 * nx), 0, 0]) for image in images]
+    result = shipped_segmenter.segment(*cut)
+    assert result.edge_slices == (1, 2)
+    assert edge_warning((1, 2)) in case_warnings(result)
 
 
 def test_the_annotated_region_is_the_closed_ring_the_trim_switch_assumes():
