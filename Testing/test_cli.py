@@ -85,7 +85,10 @@ def test_segment_writes_output_on_the_lge_grid(case_files, tiny_model_dir, tmp_p
     assert [r[0] for r in csv_rows[-4:]] == [label for _, label in dice_figures]
     assert all(r[2] == "Dice" and 0.0 <= float(r[1]) <= 1.0 for r in csv_rows[-4:])
     data = json.loads((tmp_path / "q.json").read_text())
-    assert list(data)[-len(FIGURES) :] == [f"self_agreement_{key}" for key, _, _ in FIGURES]
+    assert list(data)[-1] == "warnings" and isinstance(data["warnings"], list)  # the sentences, as printed
+    printed = [t for t in text.splitlines() if t.startswith("WARNING: ") and "UNTRAINED" not in t]
+    assert [f"WARNING: {w}" for w in data["warnings"]] == printed
+    assert list(data)[-len(FIGURES) - 1 : -1] == [f"self_agreement_{key}" for key, _, _ in FIGURES]
     assert all(0.0 <= data[f"self_agreement_{key}"] <= 1.0 for key, _ in dice_figures)
     assert all(data[f"self_agreement_{key}"] is None for key, _, unit in FIGURES if unit != "Dice")
 
@@ -146,6 +149,36 @@ def test_segment_batch_logs_one_line_per_case_and_refuses_a_broken_link_first(
     assert any(line.startswith("FAILED b:") and "broken symbolic link" in line for line in err), err
     assert "\r" not in captured.err and "Segmenting:" not in captured.err
     assert "Segmented 1 of 2" in captured.out and (out_dir / "b_seg.nii.gz").is_symlink()
+
+
+def test_segment_batch_writes_each_cases_warnings_into_its_row(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """The sentences the engine warns with (here two, stood in for) go to stderr per case, into the ``warnings``
+    column (joined by " | ", since a sentence may hold "; "), and the cases are listed at the end; a kept label map
+    and a failed case have none."""
+    import myops.pipeline
+
+    said = ["T2 8.0 mm or more from the LGE on the heart window; check the registration", "second"]
+    monkeypatch.setattr(myops.pipeline, "case_warnings", lambda result: list(said))
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    for seed, name in ((1, "a"), (2, "b"), (3, "c")):
+        write_phantom_case(make_phantom_case(seed=seed, n_slices=3), in_dir, name=name)
+    (in_dir / "c_T2.nii.gz").write_text("not an image")
+    base = ["segment-batch", in_dir, out_dir, "--model", tiny_model_dir, "--device", "cpu"]
+    assert run_cli(*base, "--quiet") == 1
+    captured = capsys.readouterr()
+    assert f"a: WARNING: {said[0]}" in captured.err and f"b: WARNING: {said[1]}" in captured.err
+    assert "Cases with warnings (2; the warnings column of quantification.csv): a, b" in captured.out
+    with open(out_dir / "quantification.csv", newline="") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert rows["a"]["warnings"] == rows["b"]["warnings"] == " | ".join(said)
+    assert rows["c"]["source"] == "failed" and rows["c"]["warnings"] == ""
+    (in_dir / "c_T2.nii.gz").unlink()  # a rerun keeps a and b's maps: read back, nothing to warn about
+    assert run_cli(*base, "--quiet") == 1  # c is now missing its T2
+    with open(out_dir / "quantification.csv", newline="") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert rows["a"]["source"] == "existing" and rows["a"]["warnings"] == ""
+    assert "Cases with warnings" not in capsys.readouterr().out
 
 
 def test_a_closed_stdout_does_not_stop_the_command(tiny_model_dir, tmp_path):

@@ -54,10 +54,19 @@ def _format_timings(timings: Dict[str, float]) -> str:
     return ", ".join(parts)
 
 
-def _run_warnings(result) -> List[str]:
-    """The engine's warnings about a finished case (:func:`myops.pipeline.case_warnings`), as lines for people."""
-    from .pipeline import case_warnings
+#: Between a case's warnings in ``segment-batch``'s ``warnings`` column (a warning's own text may hold "; ").
+WARNING_SEPARATOR = " | "
 
+
+def case_warnings(result) -> List[str]:
+    """The engine's warnings about a finished case, as sentences (:func:`myops.pipeline.case_warnings`)."""
+    from .pipeline import case_warnings as engine_warnings
+
+    return engine_warnings(result)
+
+
+def _run_warnings(result) -> List[str]:
+    """The engine's warnings about a finished case, as lines for people (``WARNING: <sentence>``)."""
     return [f"WARNING: {text}" for text in case_warnings(result)]
 
 
@@ -112,7 +121,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         result.quantification.write_csv(args.csv, extra_rows=rows, overwrite=args.overwrite)
         _print(f"Wrote {args.csv}")
     if args.json:
-        columns = agreement_columns(result.agreement)
+        columns: Dict[str, object] = {**agreement_columns(result.agreement), "warnings": case_warnings(result)}
         result.quantification.write_json(args.json, extra=columns, overwrite=args.overwrite)
         _print(f"Wrote {args.json}")
     _print(f"Timings: {_format_timings(result.timings_s)}")
@@ -259,7 +268,8 @@ def _batch_table(rows: List[dict], failures: List[Tuple[str, str]]) -> List[dict
     empty = {f.name: None for f in fields(Quantification)}
     table = [{**row, "error": ""} for row in rows]
     table += [
-        {"case": name, "source": "failed", **empty, **agreement_columns({}), "error": why} for name, why in failures
+        {"case": name, "source": "failed", **empty, **agreement_columns({}), "warnings": "", "error": why}
+        for name, why in failures
     ]
     return sorted(table, key=lambda row: row["case"])
 
@@ -306,7 +316,9 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         try:
             if name in keep:  # an earlier run's (maybe corrected) label map: quantified, never replaced
                 quant = _quantify_existing(out, paths["lge"])  # no probabilities: no self-agreement cells
-                rows.append({"case": name, "source": "existing", **quant.to_dict(), **agreement_columns({})})
+                rows.append(
+                    {"case": name, "source": "existing", **quant.to_dict(), **agreement_columns({}), "warnings": ""}
+                )
                 if lines:
                     print(f"{name}: kept the label map already there ({i} of {len(cases)})", file=sys.stderr)
                 continue
@@ -324,14 +336,16 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         times.append(result.timings_s["total"])
         if lines:
             print(f"{name}: segmented in {result.timings_s['total']:.1f} s ({i} of {len(cases)})", file=sys.stderr)
-        for warning in _run_warnings(result):
-            tqdm.write(f"{name}: {warning}", file=sys.stderr)
+        warnings = case_warnings(result)
+        for warning in warnings:
+            tqdm.write(f"{name}: WARNING: {warning}", file=sys.stderr)
         rows.append(
             {
                 "case": name,
                 "source": "segmented",
                 **result.quantification.to_dict(),
                 **agreement_columns(result.agreement),
+                "warnings": WARNING_SEPARATOR.join(warnings),
             }
         )
     # every case of IN_DIR gets its row, a failed one too (source "failed", why in "error"), and the table is
@@ -350,6 +364,9 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
         _print(f"Median time per case: {times[len(times) // 2]:.2f} s (model loaded)")
     if segmented >= 2:
         _print_review_order(rows)
+    warned = [r["case"] for r in rows if r["warnings"]]
+    if warned:
+        _print(f"Cases with warnings ({len(warned)}; the warnings column of quantification.csv): " + ", ".join(warned))
     for name, why in failures:
         _print(f"  failed: {name}: {why}")
     return EXIT_FAILED if failures else EXIT_OK

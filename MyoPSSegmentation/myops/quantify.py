@@ -95,16 +95,15 @@ class Quantification:
 
         write_atomically(path, write, overwrite)
 
-    def write_json(
-        self, path: PathLike, extra: Optional[Dict[str, Optional[float]]] = None, overwrite: bool = True
-    ) -> None:
-        """Write :meth:`to_dict` (and the ``extra`` keys after it) as a JSON object; NaN written as ``null``.
+    def write_json(self, path: PathLike, extra: Optional[Dict[str, object]] = None, overwrite: bool = True) -> None:
+        """Write :meth:`to_dict` (and the ``extra`` keys after it, numbers or any JSON value, e.g. a list of
+        warnings) as a JSON object; a NaN number written as ``null``.
 
         Written atomically, like :meth:`write_csv`."""
         from .io import write_atomically
 
         values = {**self.to_dict(), **(extra or {})}
-        data = {k: None if v is None or math.isnan(v) else v for k, v in values.items()}
+        data = {k: None if v is None or (isinstance(v, float) and math.isnan(v)) else v for k, v in values.items()}
         text = json.dumps(data, indent=2) + "\n"
         write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite)
 
