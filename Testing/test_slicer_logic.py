@@ -210,6 +210,27 @@ def test_moving_the_lge_onto_a_transform_after_the_run_asks_before_replacing(cas
     assert not case.logic.isEditedSinceLastRun(first)
 
 
+def test_the_runs_warnings_are_kept_on_the_segmentation_and_replaced_by_the_next_run(case, monkeypatch):
+    """Saved with the scene as a JSON list; a rerun into the same output replaces them (here with none), and a
+    write that does not say (a script's ``writeResult`` without ``info``) leaves no stale ones behind."""
+    import json
+
+    from MyoPSSegmentationLib import worker
+
+    said = ["the LV region reaches the edge of the LGE's field of view on slice k = 2: ...; check that slice"]
+    monkeypatch.setattr(worker, "runWarnings", lambda result: list(said))
+    first = case.run()
+    assert json.loads(first.GetAttribute(segments.WARNINGS_ATTRIBUTE)) == said
+    assert case.logic.lastRunInfo["warnings"] == said and not case.logic.isEditedSinceLastRun(first)
+    said.clear()
+    again = case.run(outputSegmentationNode=first)
+    assert again is first and json.loads(first.GetAttribute(segments.WARNINGS_ATTRIBUTE)) == []
+    labels = sitk.GetImageFromArray(segments.segmentLabelArray(first, case.lge))
+    labels.CopyInformation(case.lgeImage)
+    case.logic.writeResult(labels, [], case.lge, outputSegmentationNode=first)
+    assert first.GetAttribute(segments.WARNINGS_ATTRIBUTE) is None
+
+
 def test_refusal_happens_before_the_engine_runs(case):
     first = case.run()
     first.GetSegmentation().GetSegment("Edema").SetName("Edema (checked)")

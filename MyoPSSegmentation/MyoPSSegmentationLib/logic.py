@@ -11,6 +11,7 @@ SimpleITK images (in the LGE volume's frame), checks the inputs, and writes the 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -409,6 +410,9 @@ class MyoPSLogic:
         was, with no new node and the chosen output as it was (:func:`segments.restoredOnFailure`), and the
         error goes on.
 
+        ``info["warnings"]`` (the run's warnings, :func:`worker.runWarnings`) is kept on the segmentation as the
+        JSON list :data:`segments.WARNINGS_ATTRIBUTE`; without that key the attribute is removed.
+
         Returns:
             the segmentation node (new when ``outputSegmentationNode`` is None).
         """
@@ -428,6 +432,11 @@ class MyoPSLogic:
             segments.writeLabelsToSegmentation(labels, segmentationNode, lgeNode, createClosedSurface)
             if info and info.get("device"):
                 segmentationNode.SetAttribute(segments.DEVICE_ATTRIBUTE, str(info["device"]))
+            if info is not None and "warnings" in info:  # kept with the scene, for a later review
+                warnings = [str(w) for w in info.get("warnings") or []]
+                segmentationNode.SetAttribute(segments.WARNINGS_ATTRIBUTE, json.dumps(warnings))
+            else:  # the caller did not say: an earlier run's warnings must not stand for this one
+                segmentationNode.RemoveAttribute(segments.WARNINGS_ATTRIBUTE)
             segments.writeQuantificationTable(quantificationRows, segmentationNode)
         return segmentationNode
 

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 FINGERPRINT_ATTRIBUTE = "MyoPSSegmentation.Fingerprint"
 #: Node attribute naming the engine device of the last run.
 DEVICE_ATTRIBUTE = "MyoPSSegmentation.Device"
+#: Node attribute holding the last run's warnings (a JSON list of sentences, ``[]`` for none), saved with the scene.
+WARNINGS_ATTRIBUTE = "MyoPSSegmentation.Warnings"
 #: Node reference role from a segmentation to its quantification table.
 QUANTIFICATION_REFERENCE_ROLE = "MyoPSQuantification"
 #: Node attribute holding the fingerprint of the segments the table was last recomputed from (after edits).
