@@ -124,6 +124,19 @@ def test_fingerprints_match_within_the_position_tolerance_only():
     assert not segments.sameFingerprint(None, base)
 
 
+def test_the_runs_warnings_survive_save_and_reopen(tmp_path, monkeypatch):
+    import json
+
+    from MyoPSSegmentationLib import worker
+
+    said = ["T2 8.0 mm or more from the LGE on the heart window; check the registration", 'ünïcode, "quoted"']
+    monkeypatch.setattr(worker, "runWarnings", lambda result: list(said))
+    scene, nodes, logic = _study({})
+    result = logic.segment(*nodes)
+    again = _saveAndOpen(scene, tmp_path / "scene").GetFirstNodeByName(result.GetName())
+    assert json.loads(again.GetAttribute(segments.WARNINGS_ATTRIBUTE)) == said
+
+
 def test_the_lge_moved_alone_leaves_the_table_current_but_a_rerun_asks():
     scene, nodes, logic = _study({})
     result = logic.segment(*nodes)
