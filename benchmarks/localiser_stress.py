@@ -33,7 +33,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -75,15 +75,21 @@ def cut35(image: sitk.Image) -> sitk.Image:
     return sitk.Crop(image, [0, 0, 0], [round(0.35 * nx), 0, 0])
 
 
+def central_span(n: int, spacing_mm: float, side_mm: float) -> Tuple[int, int]:
+    """``(start, keep)``: the central run of an axis of ``n`` voxels that spans at most ``side_mm``, cut evenly on
+    both sides (an axis already that short is kept whole). ``normalisation_window.py`` cuts the same way."""
+    keep = min(n, max(1, round(side_mm / spacing_mm)))
+    return (n - keep) // 2, keep
+
+
 def _crop_to_mm(image: sitk.Image, side_mm: float) -> sitk.Image:
-    """The central ``side_mm`` square of every slice (each in-plane axis cut evenly on both sides to at most that
-    many mm; an axis already that short is kept), as a site with a smaller field of view would acquire it."""
+    """The central ``side_mm`` square of every slice (:func:`central_span` along each in-plane axis), as a site
+    with a smaller field of view would acquire it."""
     size = image.GetSize()
     lower, upper = [0, 0, 0], [0, 0, 0]
     for axis in (0, 1):
-        keep = min(size[axis], max(1, round(side_mm / image.GetSpacing()[axis])))
-        lower[axis] = (size[axis] - keep) // 2
-        upper[axis] = size[axis] - keep - lower[axis]
+        start, keep = central_span(size[axis], image.GetSpacing()[axis], side_mm)
+        lower[axis], upper[axis] = start, size[axis] - keep - start
     return sitk.Crop(image, lower, upper)
 
 

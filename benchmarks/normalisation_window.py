@@ -35,8 +35,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MyoPSSegmentation"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # a sibling study: localiser_stress's fov* shifts cut the same way
 
 import SimpleITK as sitk  # noqa: E402
+from localiser_stress import central_span  # noqa: E402
 
 from myops.labels import LV_EPICARDIUM_LABELS  # noqa: E402
 from myops.preprocessing import (  # noqa: E402
@@ -73,12 +75,8 @@ def kept_yx(
     ``centred_mm`` the central square of that side (an axis already that short is kept whole)."""
     if centred_mm is None:
         return slice(None), slice(0, shape_yx[1] - round(shape_yx[1] * cut))
-    kept = []
-    for n, spacing in zip(shape_yx, spacing_zyx[1:]):
-        keep = min(n, max(1, round(centred_mm / spacing)))
-        start = (n - keep) // 2
-        kept.append(slice(start, start + keep))
-    return kept[0], kept[1]
+    spans = [central_span(n, spacing, centred_mm) for n, spacing in zip(shape_yx, spacing_zyx[1:])]
+    return slice(spans[0][0], sum(spans[0])), slice(spans[1][0], sum(spans[1]))
 
 
 def sequence_cases(
