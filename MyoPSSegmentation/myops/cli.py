@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
-from .errors import InputError, ModelError, MyoPSError
+from .errors import REPORTED_WARNING, InputError, ModelError, MyoPSError
 from .quality import agreement_columns, agreement_rows, format_agreement
 
 EXIT_OK = 0
@@ -506,6 +506,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"Label map:     {seg_path}")
     _print(f"Segmentation:  {seg_nrrd}")
     _print(f"Figure:        {png}")
+    for warning in _run_warnings(result):
+        _print(warning)
     _print("")
     _print(result.quantification.format_table())
     _print_agreement(result)
@@ -734,14 +736,31 @@ def _raise_on_sigterm():
     return signal.SIG_DFL if previous is None else previous
 
 
+def _not_reported_here(record: logging.LogRecord) -> bool:
+    """False for the engine's log records that the commands show in their own words
+    (:data:`myops.errors.REPORTED_WARNING`: a case's warnings, an untrained model), so the log does not repeat them."""
+    return not getattr(record, REPORTED_WARNING, False)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """The engine's log on stderr (INFO with ``--verbose``, WARNING otherwise), without the warnings the commands
+    print themselves (:func:`_not_reported_here`). A process whose root logger has handlers already (a host
+    program, pytest) keeps its own logging as it is."""
+    root = logging.getLogger()
+    fresh = not root.handlers
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if fresh:
+        for handler in root.handlers:
+            handler.addFilter(_not_reported_here)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``myops`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.verbose)
     t0 = time.perf_counter()
     previous = _raise_on_sigterm()
     try:

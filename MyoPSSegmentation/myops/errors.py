@@ -30,3 +30,11 @@ class ModelError(MyoPSError):
 
 class CancelledError(MyoPSError):
     """The caller asked to stop (for example the Cancel button in Slicer)."""
+
+
+#: ``extra=`` for a ``logging`` call whose message the command line shows the user in its own words: a case's
+#: warnings (:func:`myops.pipeline.case_warnings`, printed as ``WARNING: ...`` lines, named by case in a batch)
+#: and an untrained model. The engine logs them as it finds them, for every host; ``myops`` drops records that carry
+#: the attribute :data:`REPORTED_WARNING` from its own log, so that each warning reaches the terminal once.
+REPORTED_WARNING = "myops_reported_warning"
+REPORTED = {REPORTED_WARNING: True}

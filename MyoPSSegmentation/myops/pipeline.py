@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .alignment import MIN_SLICES, SeriesOffset, estimate_offsets
-from .errors import CancelledError, InputError, ModelError
+from .errors import REPORTED, CancelledError, InputError, ModelError
 from .io import read_image, write_output
 from .labels import LV_EPICARDIUM_LABELS
 from .metrics import hausdorff_distance
@@ -412,16 +412,58 @@ def edge_warning(edge_slices: Sequence[int]) -> Optional[str]:
 
 def case_warnings(result) -> List[str]:
     """The warnings about a finished case, as sentences, for every surface (the log, ``myops segment``,
-    ``segment-batch`` and the Slicer panel): series grossly off the LGE or not checked (:func:`alignment_warning`),
-    LGE slices another series hardly covers (:func:`coverage_warning`), and an LV region at the field of view's
-    edge (:func:`edge_warning`). ``result`` is a :class:`SegmentationResult`; a missing attribute (a stand-in
-    engine) counts as nothing to warn about."""
+    ``segment-batch`` and the Slicer panel): no LV region at all, or one found without the localiser
+    (:func:`localisation_warning`), an LGE whose slice axis its spacing cannot tell (:func:`isotropic_warning`),
+    series grossly off the LGE or not checked (:func:`alignment_warning`), LGE slices another series hardly covers
+    (:func:`coverage_warning`), and an LV region at the field of view's edge (:func:`edge_warning`). ``result`` is a
+    :class:`SegmentationResult`; a missing attribute (a stand-in engine) counts as nothing to warn about."""
+    labels_zyx = getattr(result, "labels_zyx", None)
+    found = labels_zyx is None or bool(np.isin(labels_zyx, LV_EPICARDIUM_LABELS).any())
+    labels = getattr(result, "labels", None)
     texts = (
+        localisation_warning(bool(getattr(result, "localized", True)), found),
+        isotropic_warning(labels) if isinstance(labels, sitk.Image) else None,
         alignment_warning(getattr(result, "alignment", {}) or {}, bool(getattr(result, "aligned", False))),
         coverage_warning(getattr(result, "uncovered_slices", {}) or {}),
         edge_warning(getattr(result, "edge_slices", ()) or ()),
     )
     return [text for text in texts if text]
+
+
+def localisation_warning(localized: bool, found: bool) -> Optional[str]:
+    """One sentence when the case holds no LV region at all (an empty result: 0 mL everywhere), or when one was
+    found although the localiser found no heart (the LV was then looked for around the field of view's centre),
+    or None.
+
+    Args:
+        localized: :attr:`SegmentationResult.localized`.
+        found: whether the label map holds any LV epicardial voxel (:data:`myops.labels.LV_EPICARDIUM_LABELS`).
+    """
+    if not found:
+        where = "the localiser found no heart and " if not localized else ""
+        return (
+            f"{where}no LV region was found on any slice, so the result is empty; check that the LGE shows the "
+            "heart in short axis"
+        )
+    if not localized:
+        return (
+            "the localiser found no heart, so the LV was looked for around the centre of the field of view; check "
+            "that the region drawn is the LV"
+        )
+    return None
+
+
+def isotropic_warning(lge: sitk.Image) -> Optional[str]:
+    """One sentence when the LGE (as given) is a 3D volume whose voxels are nearly isotropic
+    (:func:`myops.preprocessing.nearly_isotropic`), so that its slices are taken along its stored third axis,
+    which may not be short-axis; otherwise None."""
+    if lge.GetDimension() != 3 or min(lge.GetSize()) <= 1 or not nearly_isotropic(lge.GetSpacing()):
+        return None
+    return (
+        f"the LGE's voxels are nearly isotropic ({' x '.join(f'{v:g}' for v in lge.GetSpacing())} mm): its slices "
+        "are taken along its third axis as stored; the networks segment 2D short-axis slices, so reformat a 3D "
+        "acquisition to short-axis slices first"
+    )
 
 
 def alignment_warning(alignment: Dict[str, SeriesOffset], aligned: bool = False) -> Optional[str]:
@@ -592,7 +634,9 @@ class Segmenter:
         # PrsnOutput -> (N, 4, H, W) probabilities with the branches mixed in (used when the weight is not 0)
         self._prsn_probabilities = partial(fused_pathology_probabilities, branch_weight=self.branch_weight)
         if not self.bundle.trained:
-            logger.warning("model %s is UNTRAINED (random weights): results are meaningless", self.model_dir)
+            logger.warning(
+                "model %s is UNTRAINED (random weights): results are meaningless", self.model_dir, extra=REPORTED
+            )
 
     @property
     def trained(self) -> bool:
@@ -838,12 +882,9 @@ class Segmenter:
             validate_image(image, name)
         t0 = time.perf_counter()
         axis_order = slice_axis_order(given_lge)
-        if given_lge.GetDimension() == 3 and min(given_lge.GetSize()) > 1 and nearly_isotropic(given_lge.GetSpacing()):
-            logger.warning(
-                "the LGE's voxels are nearly isotropic (%s mm): its slices are taken along its third axis as stored; "
-                "the networks segment 2D short-axis slices, so reformat a 3D acquisition to short-axis slices first",
-                " x ".join(f"{v:g}" for v in given_lge.GetSpacing()),
-            )
+        isotropic = isotropic_warning(given_lge)
+        if isotropic:
+            logger.warning("%s", isotropic, extra=REPORTED)
         uncovered: Dict[str, Tuple[int, ...]] = {}
         resampled = resample_sequences(bssfp, lge, t2, uncovered=uncovered)
         volumes = normalize_sequences(resampled, self.percentiles)  # (3, z, y, x)
@@ -857,7 +898,7 @@ class Segmenter:
         center = self._localize(volumes, spacing_zyx, coarse_window)
         localized = center is not None
         if center is None:
-            logger.warning("the localiser found no heart; using the centre of the field of view")
+            logger.warning("the localiser found no heart; using the centre of the field of view", extra=REPORTED)
             center = np.array([(shape_zyx[1] - 1) / 2.0, (shape_zyx[2] - 1) / 2.0])
         wide = max(shape_zyx[1] * spacing_yx[0], shape_zyx[2] * spacing_yx[1]) > REFERENCE_FOV_MM + 1e-6
         if self.recentre_crop and localized and wide:
@@ -896,7 +937,7 @@ class Segmenter:
             logger.info("%s not corrected: the alignment estimate is not trusted", " and ".join(untrusted))
         warning = alignment_warning(alignment, aligned)
         if warning:
-            logger.warning("%s", warning)
+            logger.warning("%s", warning, extra=REPORTED)
         epi_mask = (epi_prob[:, 1] > self.region_threshold).astype(np.float32)
         t0 = lap("assn", t0)
 
@@ -942,9 +983,12 @@ class Segmenter:
         epicardium = probabilities.epicardium > self.region_threshold
         classes = pathology_classes(probabilities.pathology, self.pathology_decoding)
         labels_zyx = compose_labels(epicardium, classes, spacing_zyx, self.postprocessing)
-        at_edge = slices_at_edge(np.isin(labels_zyx, LV_EPICARDIUM_LABELS), spacing_zyx)
+        region = np.isin(labels_zyx, LV_EPICARDIUM_LABELS)
+        at_edge = slices_at_edge(region, spacing_zyx)
         if at_edge:
-            logger.warning("%s", edge_warning(at_edge))
+            logger.warning("%s", edge_warning(at_edge), extra=REPORTED)
+        if not region.any():
+            logger.warning("%s", localisation_warning(probabilities.localized, False), extra=REPORTED)
         labels = sitk.GetImageFromArray(labels_zyx)
         labels.CopyInformation(probabilities.reference)
         quant = quantify(labels_zyx, spacing_zyx)

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from .errors import REPORTED, InputError
 from .io import same_grid
 
 logger = logging.getLogger(__name__)
@@ -311,6 +311,7 @@ def resample_sequences(
                     100 * MIN_SLICE_COVERAGE,
                     list(missing),
                     name,
+                    extra=REPORTED,
                 )
                 if uncovered is not None:
                     uncovered[name] = missing
