@@ -1,5 +1,6 @@
-"""A case's warnings: an empty result or one found without the localiser, an LGE whose slice axis its spacing
-cannot tell, each reaching every surface (the result, the log, the command line) and the terminal once."""
+"""A case's warnings: an empty result or one found without the localiser, a model unsure where the LV is, a series
+whose blood pool is bright or dark unlike its role's, an LGE whose slice axis its spacing cannot tell, each
+reaching every surface (the result, the log, the command line) and the terminal once."""
 
 from __future__ import annotations
 
@@ -17,7 +18,17 @@ import SimpleITK as sitk
 from myops.errors import REPORTED_WARNING
 from myops.labels import LV_BLOOD_POOL, MYOCARDIUM
 from myops.phantom import make_phantom_case, write_phantom_case
-from myops.pipeline import Segmenter, case_warnings, isotropic_warning, localisation_warning
+from myops.pipeline import (
+    BLOOD_POOL_SIGN,
+    LV_AGREEMENT_WARN,
+    Segmenter,
+    agreement_warning,
+    case_warnings,
+    contrast_warning,
+    isotropic_warning,
+    localisation_warning,
+    series_contrast,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +42,49 @@ def test_localisation_warning_by_hand():
     assert empty.startswith("no LV region was found on any slice, so the result is empty")
     both = localisation_warning(False, False)
     assert both == "the localiser found no heart and " + empty
+
+
+def test_agreement_warning_by_hand():
+    assert LV_AGREEMENT_WARN == 0.90
+    assert agreement_warning({}) is None and agreement_warning({"lv": float("nan")}) is None
+    assert agreement_warning({"lv": 0.90}) is None and agreement_warning({"lv": 0.97, "scar": 0.1}) is None
+    text = agreement_warning({"lv": 0.8994})
+    assert text.startswith("the model is unsure where the LV is (self-agreement of the LV region 0.899, below 0.90;")
+    assert "check that each series is in its role (bSSFP, LGE, T2)" in text
+    assert agreement_warning({"lv": 0.93}, below=0.95).startswith("the model is unsure")
+
+
+def test_series_contrast_by_hand():
+    """One row of 50 voxels, all in the region: 25 of blood pool (class 0), 20 of normal myocardium (class 1), 5 of
+    scar (class 3, left out). bSSFP 3 against 1: +2; LGE 2 against 0 with its scar at 9: +2; T2 -1 against 0.5:
+    -1.5, and left out when it covers only 12 of the blood pool's voxels (fewer than 20)."""
+    classes = np.array([0] * 25 + [1] * 20 + [3] * 5).reshape(1, 1, 50)
+    region = np.ones((1, 1, 50), bool)
+    volumes = np.zeros((3, 1, 1, 50), np.float32)
+    volumes[0, ..., :25], volumes[0, ..., 25:] = 3.0, 1.0
+    volumes[1, ..., :25], volumes[1, ..., 45:] = 2.0, 9.0
+    volumes[2, ..., :25], volumes[2, ..., 25:] = -1.0, 0.5
+    full = series_contrast(volumes, (None, None, None), region, classes)
+    assert full == pytest.approx({"bSSFP": 2.0, "LGE": 2.0, "T2": -1.5})
+    half = np.ones((1, 1, 50), bool)
+    half[..., 12:25] = False
+    assert set(series_contrast(volumes, (None, None, half), region, classes)) == {"bSSFP", "LGE"}
+    outside = region.copy()
+    outside[..., :10] = False  # 15 blood pool voxels left in the region
+    assert series_contrast(volumes, (None, None, None), outside, classes) == {}
+
+
+def test_contrast_warning_by_hand():
+    assert BLOOD_POOL_SIGN == {"bSSFP": 1, "LGE": 1, "T2": -1}
+    assert contrast_warning({}) is None and contrast_warning({"bSSFP": 1.3, "LGE": 0.5, "T2": -0.2}) is None
+    text = contrast_warning({"bSSFP": 1.9, "LGE": -0.62, "T2": 0.0})
+    assert text.startswith(
+        "the LV blood pool, against the myocardium, is darker in the series given as the LGE (-0.62 z) and brighter "
+        "in the series given as the T2 (+0.00 z); the model learnt on"
+    )
+    assert "bSSFP (" not in text and text.endswith(
+        "check that each series is in its role, or expect a less reliable result"
+    )
 
 
 def test_isotropic_warning_by_hand():
@@ -69,11 +123,22 @@ def test_case_warnings_say_when_the_result_is_empty_or_the_localiser_was_lost():
     assert case_warnings(rv_only) == [localisation_warning(True, False)]
     iso = _labels({(1, 2, 2): MYOCARDIUM}, spacing=(1.5, 1.5, 1.5))
     assert case_warnings(iso) == [isotropic_warning(iso.labels)]
+    unsure = _labels({(1, 2, 2): MYOCARDIUM})
+    unsure.agreement = {"lv": 0.7, "scar": 0.2}
+    assert case_warnings(unsure) == [agreement_warning(unsure.agreement)]
+    empty.agreement = {"lv": 0.0}  # nothing drawn: the empty result is the warning, not its agreement
+    assert case_warnings(empty) == [localisation_warning(True, False)]
 
 
-def _blind(segmenter: Segmenter, region: bool) -> Segmenter:
+def _disc(size: int, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < radius**2
+
+
+def _blind(segmenter: Segmenter, region: bool, soft: bool = False) -> Segmenter:
     """Make ``segmenter``'s localiser find nothing and its ASSNs draw either nothing or a disc at the crop's centre
-    on every slice (``region``)."""
+    on every slice (``region``): P = 1 inside radius S/6, or (``soft``) P = 0.8 inside S/8 and 0.6 out to S/5, so
+    that the region at 0.3 and at 0.7 agree with Dice 2 (1/64) / (1/64 + 1/25) = 0.56."""
 
     def nothing(crops, **_):
         return np.zeros((crops.shape[0], 2, crops.shape[2], crops.shape[3]), np.float32)
@@ -81,10 +146,11 @@ def _blind(segmenter: Segmenter, region: bool) -> Segmenter:
     def disc(crops, **_):
         out = nothing(crops)
         size = crops.shape[2]
-        yy, xx = np.mgrid[:size, :size]
-        inside = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 6) ** 2
-        out[:, 1] = inside
-        out[:, 0] = ~inside
+        if soft:
+            out[:, 1] = np.where(_disc(size, size / 8), 0.8, np.where(_disc(size, size / 5), 0.6, 0.0))
+        else:
+            out[:, 1] = _disc(size, size / 6)
+        out[:, 0] = 1.0 - out[:, 1]
         return out
 
     segmenter.localize_pass = nothing  # type: ignore[method-assign]
@@ -105,6 +171,40 @@ def test_the_engine_reports_an_empty_result_and_a_lost_localiser(tiny_model_dir,
     assert logged and all(getattr(r, REPORTED_WARNING, False) for r in logged)  # each one the CLI prints itself
     assert any("the localiser found no heart" in r.getMessage() for r in logged)
     assert any("no LV region was found" in r.getMessage() for r in logged) is not region
+
+
+def test_the_engine_warns_when_it_is_unsure_where_the_lv_is(tiny_model_dir, caplog):
+    case = make_phantom_case(seed=1, n_slices=3)
+    sure = _blind(Segmenter(tiny_model_dir, device="cpu", tta_flips=False), region=True)
+    certain = sure.segment(case.bssfp, case.lge, case.t2)  # pasted back by interpolation: a soft rim only
+    assert certain.agreement["lv"] > 0.95 and agreement_warning(certain.agreement) is None
+    unsure = _blind(Segmenter(tiny_model_dir, device="cpu", tta_flips=False), region=True, soft=True)
+    with caplog.at_level(logging.WARNING, logger="myops"):
+        result = unsure.segment(case.bssfp, case.lge, case.t2)
+    assert result.agreement["lv"] == pytest.approx(2 / 64 / (1 / 64 + 1 / 25), abs=0.03)
+    text = agreement_warning(result.agreement)
+    assert text in case_warnings(result)
+    (record,) = [r for r in caplog.records if r.getMessage() == text]
+    assert getattr(record, REPORTED_WARNING)
+
+
+def test_the_shipped_model_names_a_t2_picked_as_the_lge():
+    """The phantom's series have train25's contrasts (a dark blood pool in T2 only): as they are, no contrast
+    warning; with the T2 and the LGE swapped, the sentence names both roles."""
+    from myops.model import DEFAULT_MODEL_DIR, ModelBundle
+
+    if not (DEFAULT_MODEL_DIR / "manifest.json").is_file() or not ModelBundle(DEFAULT_MODEL_DIR).trained:
+        pytest.skip("no trained model is shipped")
+    segmenter = Segmenter(device="cpu")
+    case = make_phantom_case(seed=2, n_slices=3)
+    right = segmenter.segment(case.bssfp, case.lge, case.t2)
+    assert all(value * BLOOD_POOL_SIGN[name] > 0 for name, value in right.series_contrast.items())
+    assert len(right.series_contrast) == 3 and contrast_warning(right.series_contrast) is None
+    swapped = segmenter.segment(case.bssfp, case.t2, case.lge)
+    assert swapped.series_contrast["LGE"] < 0 < swapped.series_contrast["T2"]
+    text = contrast_warning(swapped.series_contrast)
+    assert "darker in the series given as the LGE" in text and "brighter in the series given as the T2" in text
+    assert text in case_warnings(swapped)
 
 
 def _run(args, cwd: Path) -> subprocess.CompletedProcess:

@@ -36,6 +36,7 @@ from .model import ModelBundle, resolve_model_dir
 from .postprocessing import PATHOLOGY_DECODINGS, PostprocessingConfig, compose_labels, pathology_classes
 from .preprocessing import (
     MIN_SLICE_COVERAGE,
+    SEQUENCE_NAMES,
     Window,
     array_in_source_order,
     fov_region_yx,
@@ -69,6 +70,18 @@ RECENTRE_MM = 8.0
 #: the heart there, and the crops reach past the image (filled with the series' mean), which no training image
 #: did; a one-sided cut that crossed the heart lost 9-30 points of scar Dice (docs/results.md, session 35).
 EDGE_MARGIN_MM = 2.0
+#: Below this self-agreement of the LV region (:func:`myops.quality.case_agreement`'s ``lv``: the Dice between the
+#: region at probability 0.3 and 0.7) the model is unsure where the LV is, and the case is warned about. No
+#: cross-validated train25 case of v9's procedure, v8's or v7's came below 0.94; noise, a gradient or a series in
+#: the wrong role came to 0.70-0.90 (docs/results.md, session 36; benchmarks/series_mixups.py).
+LV_AGREEMENT_WARN = 0.90
+#: The sign of (median intensity of the LV blood pool - that of the normal myocardium) in each series of the
+#: images the networks learnt on: a bright blood pool in bSSFP and LGE, a dark one in the (black-blood) T2. In all
+#: 25 train25 cases, with the shipped model's regions: bSSFP +1.27 to +3.03 z, LGE +0.49 to +2.77, T2 -0.16 to
+#: -1.91 (docs/results.md, session 36). A series of the other sign is in the wrong role, or unlike the training's.
+BLOOD_POOL_SIGN: Dict[str, int] = {"bSSFP": 1, "LGE": 1, "T2": -1}
+#: The fewest voxels of blood pool and of normal myocardium for :func:`series_contrast` to measure.
+MIN_CONTRAST_VOXELS = 20
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -148,6 +161,8 @@ class SegmentationResult:
             (:func:`myops.preprocessing.slice_axis_order`); ``(0, 1, 2)``: the LGE was used as it is.
         edge_slices: the LGE slices ``k`` whose LV epicardial region lies within :data:`EDGE_MARGIN_MM` of the
             field of view's border (:func:`slices_at_edge`; :func:`edge_warning` says so); empty when none does.
+        series_contrast: per series, how much brighter the LV blood pool is than the normal myocardium (z units,
+            :func:`series_contrast`; :func:`contrast_warning` names a series of the other sign than its role's).
     """
 
     labels: sitk.Image
@@ -163,6 +178,7 @@ class SegmentationResult:
     uncovered_slices: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     axis_order: Tuple[int, int, int] = (0, 1, 2)
     edge_slices: Tuple[int, ...] = ()
+    series_contrast: Dict[str, float] = field(default_factory=dict)
 
     @property
     def slice_axis(self) -> int:
@@ -201,6 +217,8 @@ class CaseProbabilities:
             than :data:`myops.preprocessing.MIN_SLICE_COVERAGE` of (see :class:`SegmentationResult`).
         axis_order: the ``sitk.PermuteAxes`` order that turned the LGE as given into ``reference``.
         lge: the LGE as given, the grid :meth:`Segmenter.decode` returns labels on; ``None``: ``reference``.
+        series_contrast: per series, median(LV blood pool) - median(normal myocardium) in z
+            (:func:`series_contrast`, on the region and the classes of the manifest's pathology decoding).
     """
 
     epicardium: np.ndarray
@@ -218,6 +236,7 @@ class CaseProbabilities:
     uncovered_slices: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     axis_order: Tuple[int, int, int] = (0, 1, 2)
     lge: Optional[sitk.Image] = None
+    series_contrast: Dict[str, float] = field(default_factory=dict)
 
     @property
     def permuted(self) -> bool:
@@ -413,15 +432,19 @@ def edge_warning(edge_slices: Sequence[int]) -> Optional[str]:
 def case_warnings(result) -> List[str]:
     """The warnings about a finished case, as sentences, for every surface (the log, ``myops segment``,
     ``segment-batch`` and the Slicer panel): no LV region at all, or one found without the localiser
-    (:func:`localisation_warning`), an LGE whose slice axis its spacing cannot tell (:func:`isotropic_warning`),
-    series grossly off the LGE or not checked (:func:`alignment_warning`), LGE slices another series hardly covers
-    (:func:`coverage_warning`), and an LV region at the field of view's edge (:func:`edge_warning`). ``result`` is a
-    :class:`SegmentationResult`; a missing attribute (a stand-in engine) counts as nothing to warn about."""
+    (:func:`localisation_warning`), a model unsure where the LV is (:func:`agreement_warning`), a series whose
+    blood pool is bright or dark unlike its role's (:func:`contrast_warning`), an LGE whose slice axis its
+    spacing cannot tell (:func:`isotropic_warning`), series grossly off the LGE or not checked
+    (:func:`alignment_warning`), LGE slices another series hardly covers (:func:`coverage_warning`), and an LV
+    region at the field of view's edge (:func:`edge_warning`). ``result`` is a :class:`SegmentationResult`; a
+    missing attribute (a stand-in engine) counts as nothing to warn about."""
     labels_zyx = getattr(result, "labels_zyx", None)
     found = labels_zyx is None or bool(np.isin(labels_zyx, LV_EPICARDIUM_LABELS).any())
     labels = getattr(result, "labels", None)
     texts = (
         localisation_warning(bool(getattr(result, "localized", True)), found),
+        agreement_warning(getattr(result, "agreement", {}) or {}) if found else None,
+        contrast_warning(getattr(result, "series_contrast", {}) or {}),
         isotropic_warning(labels) if isinstance(labels, sitk.Image) else None,
         alignment_warning(getattr(result, "alignment", {}) or {}, bool(getattr(result, "aligned", False))),
         coverage_warning(getattr(result, "uncovered_slices", {}) or {}),
@@ -451,6 +474,73 @@ def localisation_warning(localized: bool, found: bool) -> Optional[str]:
             "that the region drawn is the LV"
         )
     return None
+
+
+def agreement_warning(agreement: Dict[str, float], below: float = LV_AGREEMENT_WARN) -> Optional[str]:
+    """One sentence when the LV region's self-agreement (``agreement["lv"]``, :attr:`SegmentationResult.agreement`)
+    is below ``below`` (:data:`LV_AGREEMENT_WARN`): images unlike those the model learnt on, most often a series
+    in the wrong role or not a short-axis view of the heart; otherwise None (also without the figure)."""
+    lv = agreement.get("lv")
+    if lv is None or not np.isfinite(lv) or lv >= below:
+        return None
+    return (
+        f"the model is unsure where the LV is (self-agreement of the LV region {lv:.3f}, below {below:.2f}; no "
+        "cross-validated training case came below 0.94): check that each series is in its role (bSSFP, LGE, T2) "
+        "and shows the heart in short axis, and review the result"
+    )
+
+
+def series_contrast(
+    volumes: np.ndarray,
+    inside: Sequence[Optional[np.ndarray]],
+    region: np.ndarray,
+    classes: np.ndarray,
+    min_voxels: int = MIN_CONTRAST_VOXELS,
+) -> Dict[str, float]:
+    """How much brighter the LV blood pool is than the normal myocardium in each series.
+
+    Args:
+        volumes: float (3, z, y, x), the normalised bSSFP, LGE and T2 on the LGE grid (z units).
+        inside: per series, bool (z, y, x) of the voxels it covers, or None for all
+            (:class:`myops.preprocessing.ResampledSequences`).
+        region: bool (z, y, x), the LV epicardial region.
+        classes: int (z, y, x), the PRSN classes (0 background, 1 normal myocardium, 2 edema, 3 scar): the blood
+            pool is the region's class-0 voxels.
+        min_voxels: a series with fewer covered voxels of either tissue is left out.
+
+    Returns:
+        Series name -> median(blood pool) - median(normal myocardium), in z; only the series measured.
+    """
+    region = np.asarray(region, dtype=bool)
+    blood = region & (classes == 0)
+    normal = region & (classes == 1)
+    out: Dict[str, float] = {}
+    for name, volume, covered in zip(SEQUENCE_NAMES, volumes, inside):
+        b, m = (mask if covered is None else mask & covered for mask in (blood, normal))
+        if b.sum() >= min_voxels and m.sum() >= min_voxels:
+            out[name] = float(np.median(volume[b]) - np.median(volume[m]))
+    return out
+
+
+def contrast_warning(contrast: Dict[str, float]) -> Optional[str]:
+    """One sentence naming the series whose blood pool is, against the myocardium, of the other sign than in the
+    images the model learnt on (:data:`BLOOD_POOL_SIGN`), or None.
+
+    Args:
+        contrast: :attr:`SegmentationResult.series_contrast` (:func:`series_contrast`).
+    """
+    parts = [
+        f"{'darker' if value < 0 else 'brighter'} in the series given as the {name} ({value:+.2f} z)"
+        for name, value in contrast.items()
+        if name in BLOOD_POOL_SIGN and value * BLOOD_POOL_SIGN[name] <= 0
+    ]
+    if not parts:
+        return None
+    return (
+        f"the LV blood pool, against the myocardium, is {' and '.join(parts)}; the model learnt on a bright blood "
+        "pool in bSSFP and LGE and a dark one in T2: check that each series is in its role, or expect a less "
+        "reliable result"
+    )
 
 
 def isotropic_warning(lge: sitk.Image) -> Optional[str]:
@@ -948,6 +1038,15 @@ class Segmenter:
         step(0.85, "Pasting back and applying anatomical constraints")
         patches = np.concatenate([epi_prob[:, 1:2], prsn_prob], axis=1)
         pasted = paste_windows(patches, shape_zyx, spacing_yx, window, fill=[0.0, 1.0, 0.0, 0.0, 0.0])
+        contrast = series_contrast(
+            volumes,
+            resampled.inside,
+            pasted[0] > self.region_threshold,
+            pathology_classes(pasted[1:], self.pathology_decoding),
+        )
+        unlike = contrast_warning(contrast)
+        if unlike:
+            logger.warning("%s", unlike, extra=REPORTED)
         lap("paste", t0)
         return CaseProbabilities(
             epicardium=pasted[0].astype(np.float32, copy=False),
@@ -965,6 +1064,7 @@ class Segmenter:
             uncovered_slices=uncovered,
             axis_order=axis_order,
             lge=given_lge,
+            series_contrast=contrast,
         )
 
     def decode(self, probabilities: CaseProbabilities) -> SegmentationResult:
@@ -1004,6 +1104,9 @@ class Segmenter:
             member_distance_mm=probabilities.assn_member_distance_mm,
             guarded_slices=probabilities.guarded_slices if probabilities.guarded else None,
         )
+        unsure = agreement_warning(agreement) if region.any() else None
+        if unsure:
+            logger.warning("%s", unsure, extra=REPORTED)
         timings["postprocess"] = timings.pop("paste", 0.0) + time.perf_counter() - t0
         timings["total"] = sum(timings.values())
         return SegmentationResult(
@@ -1020,6 +1123,7 @@ class Segmenter:
             uncovered_slices=dict(probabilities.uncovered_slices),
             axis_order=tuple(probabilities.axis_order),
             edge_slices=at_edge,
+            series_contrast=dict(probabilities.series_contrast),
         )
 
     def segment(
