@@ -633,3 +633,35 @@ def test_normalisation_window_errors_by_hand():
     assert e["cut"]["median_abs_error"] == pytest.approx(0.75) and e["cut"]["mean_signed_error"] == pytest.approx(-0.25)
     with pytest.raises(ValueError, match="two cases"):
         nw.errors(cases[:1])
+
+
+def test_series_mixups_puts_each_series_in_the_role_it_says_and_counts_the_warnings(tiny_model_dir, tmp_path):
+    """The wrong-role conditions hand the named series to each role and keep the truth only while the LGE role
+    holds the LGE; a run on one phantom case writes, per condition, the contrast and warning counts."""
+    from myops.phantom import make_phantom_case, write_phantom_case
+
+    mixups = _load_script("series_mixups")
+    images = {name: sitk.Image([4, 4, 2], sitk.sitkUInt8) for name in ("C0", "DE", "T2", "gd")}
+    for value, image in enumerate(images.values(), start=1):
+        image[0, 0, 0] = value
+    swapped = mixups.CONDITIONS["lge_t2"][1](images, 0)
+    assert swapped["DE"] is images["T2"] and swapped["T2"] is images["DE"] and swapped["C0"] is images["C0"]
+    assert "gd" not in swapped and mixups.CONDITIONS["c0_t2"][1](images, 0)["gd"] is images["gd"]
+    assert all(mixups.CONDITIONS[name][0] is False for name in ("as_is", "gamma", "noise", "coarse", "misreg4"))
+
+    write_phantom_case(make_phantom_case(seed=1, n_slices=3), tmp_path / "data", name="p1")
+    out = tmp_path / "mixups.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "series_mixups.py"), "--data", str(tmp_path / "data")]
+    cmd += ["--model", str(tiny_model_dir), "--conditions", "as_is", "all_t2", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    study = json.loads(out.read_text())
+    assert study["engine_threshold"] == 0.9 and set(study) == {"model", "engine_threshold", "as_is", "all_t2"}
+    for name in ("as_is", "all_t2"):
+        (row,) = study[name]["cases"]
+        summary = study[name]["summary"]
+        assert row["case"] == "p1" and summary["n"] == 1
+        unlike = any(w.startswith("the LV blood pool, against") for w in row["warnings"])
+        assert summary["contrast_warned"] == int(unlike)
+        assert summary["either_warned"] == int(unlike or summary["engine_warned"] == 1)
+    assert study["as_is"]["cases"][0]["dice_lv"] is not None and study["all_t2"]["cases"][0]["dice_lv"] is None
