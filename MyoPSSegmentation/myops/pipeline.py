@@ -72,8 +72,9 @@ RECENTRE_MM = 8.0
 EDGE_MARGIN_MM = 2.0
 #: Below this self-agreement of the LV region (:func:`myops.quality.case_agreement`'s ``lv``: the Dice between the
 #: region at probability 0.3 and 0.7) the model is unsure where the LV is, and the case is warned about. No
-#: cross-validated train25 case of v9's procedure, v8's or v7's came below 0.94; noise, a gradient or a series in
-#: the wrong role came to 0.70-0.90 (docs/results.md, session 36; benchmarks/series_mixups.py).
+#: cross-validated train25 case of v9's procedure, v8's or v7's came below 0.94; noise or a gradient came to
+#: 0.70-0.77, and a series in the wrong role to 0.66-0.97, below 0.90 in 83 of 150 runs (docs/results.md,
+#: session 36; benchmarks/series_mixups.py).
 LV_AGREEMENT_WARN = 0.90
 #: The sign of (median intensity of the LV blood pool - that of the normal myocardium) in each series of the
 #: images the networks learnt on: a bright blood pool in bSSFP and LGE, a dark one in the (black-blood) T2. In all
@@ -509,7 +510,9 @@ def series_contrast(
         min_voxels: a series with fewer covered voxels of either tissue is left out.
 
     Returns:
-        Series name -> median(blood pool) - median(normal myocardium), in z; only the series measured.
+        Series name -> median(blood pool) - median(normal myocardium), in z; only the series measured. With
+        ``inference.align_series`` on, the bSSFP and T2 are read where the geometry puts them, not where the
+        correction moved their crops (the shipped model leaves it off).
     """
     region = np.asarray(region, dtype=bool)
     blood = region & (classes == 0)
@@ -530,7 +533,8 @@ def contrast_warning(contrast: Dict[str, float]) -> Optional[str]:
         contrast: :attr:`SegmentationResult.series_contrast` (:func:`series_contrast`).
     """
     parts = [
-        f"{'darker' if value < 0 else 'brighter'} in the series given as the {name} ({value:+.2f} z)"
+        f"{'not brighter' if BLOOD_POOL_SIGN[name] > 0 else 'not darker'} in the series given as the {name} "
+        f"({value:+.2f} z)"
         for name, value in contrast.items()
         if name in BLOOD_POOL_SIGN and value * BLOOD_POOL_SIGN[name] <= 0
     ]
