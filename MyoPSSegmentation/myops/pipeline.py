@@ -1042,12 +1042,10 @@ class Segmenter:
         step(0.85, "Pasting back and applying anatomical constraints")
         patches = np.concatenate([epi_prob[:, 1:2], prsn_prob], axis=1)
         pasted = paste_windows(patches, shape_zyx, spacing_yx, window, fill=[0.0, 1.0, 0.0, 0.0, 0.0])
-        contrast = series_contrast(
-            volumes,
-            resampled.inside,
-            pasted[0] > self.region_threshold,
-            pathology_classes(pasted[1:], self.pathology_decoding),
-        )
+        lv_region = pasted[0] > self.region_threshold
+        classes = np.full(lv_region.shape, -1, dtype=np.int64)  # decided inside the region only: all the check reads
+        classes[lv_region] = pathology_classes(pasted[1:][:, lv_region], self.pathology_decoding)
+        contrast = series_contrast(volumes, resampled.inside, lv_region, classes)
         unlike = contrast_warning(contrast)
         if unlike:
             logger.warning("%s", unlike, extra=REPORTED)
