@@ -665,3 +665,33 @@ def test_series_mixups_puts_each_series_in_the_role_it_says_and_counts_the_warni
         assert summary["contrast_warned"] == int(unlike)
         assert summary["either_warned"] == int(unlike or summary["engine_warned"] == 1)
     assert study["as_is"]["cases"][0]["dice_lv"] is not None and study["all_t2"]["cases"][0]["dice_lv"] is None
+
+
+def test_branch_wall_shift_finds_a_known_roll_and_reports_each_distance(tiny_model_dir, tmp_path):
+    """The offset estimator undoes a whole-pixel roll of a ring exactly (and a flat score stays at zero); a run on
+    one phantom case writes, per distance, each series' estimate, its true move and the summary."""
+    from myops.phantom import make_phantom_case, write_phantom_case
+
+    probe = _load_script("branch_wall_shift")
+    yy, xx = np.mgrid[:48, :48]
+    radius = np.hypot(yy - 22.0, xx - 25.0)
+    ring = np.exp(-((radius - 10.0) ** 2) / 4.0)[None].repeat(2, axis=0)  # (z, H, W), a soft wall
+    moved = np.roll(ring, (3, -2), axis=(1, 2))
+    assert probe.wall_offset_px(ring, moved) == pytest.approx((-3.0, 2.0), abs=1e-6)
+    assert probe.wall_offset_px(ring, ring) == pytest.approx((0.0, 0.0), abs=1e-6)
+    image = sitk.Image([8, 8, 2], sitk.sitkFloat32)
+    assert np.hypot(*probe.true_move_yx(image, 5, 4.0)) == pytest.approx(4.0)
+
+    write_phantom_case(make_phantom_case(seed=1, n_slices=3), tmp_path / "data", name="p1")
+    out = tmp_path / "probe.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "branch_wall_shift.py"), "--data", str(tmp_path / "data")]
+    cmd += ["--model", str(tiny_model_dir), "--distances", "0", "3", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    study = json.loads(out.read_text())
+    assert study["distances_mm"] == [0.0, 3.0] and {"0mm", "3mm"} <= set(study)
+    (still,), (row,) = study["0mm"]["cases"], study["3mm"]["cases"]
+    assert still["case"] == row["case"] == "p1" and still["bssfp_true_mm"] == [0.0, 0.0]
+    assert np.hypot(*row["t2_true_mm"]) == pytest.approx(3.0, abs=1e-3) and still["t2_along_move_mm"] is None
+    assert row["bssfp_length_mm"] == pytest.approx(np.hypot(*row["bssfp_estimate_mm"]), abs=2e-3)
+    assert study["3mm"]["summary"]["n"] == 1 and "bssfp_along_move_mm" in study["3mm"]["summary"]
