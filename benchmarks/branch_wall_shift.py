@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import SimpleITK as sitk
 from cv_site_shift import misregister
 
+from myops.alignment import _parabolic_peak  # the engine's own sub-pixel peak
 from myops.cli import find_cases
 from myops.pipeline import Segmenter
 
@@ -58,15 +59,7 @@ def wall_offset_px(reference: np.ndarray, moving: np.ndarray, radius: int = 8) -
     scores = np.array([[float((reference * np.roll(moving, (dy, dx), axis=(1, 2))).sum()) for dx in steps]
                        for dy in steps])  # fmt: skip
     i, j = np.unravel_index(int(scores.argmax()), scores.shape)
-
-    def refine(line: np.ndarray, k: int) -> float:
-        if 0 < k < len(line) - 1:
-            curve = line[k - 1] - 2.0 * line[k] + line[k + 1]
-            if curve < 0:
-                return k + 0.5 * (line[k - 1] - line[k + 1]) / curve
-        return float(k)
-
-    return refine(scores[:, j], i) - radius, refine(scores[i, :], j) - radius
+    return _parabolic_peak(scores[:, j], int(i)) - radius, _parabolic_peak(scores[i, :], int(j)) - radius
 
 
 def true_move_yx(image: sitk.Image, seed: int, distance_mm: float) -> Tuple[float, float]:
