@@ -53,7 +53,7 @@ def wall_offset_px(reference: np.ndarray, moving: np.ndarray, radius: int = 8) -
             neighbours along each axis.
 
     Returns:
-        ``(dy, dx)``: ``np.roll(moving, (dy, dx))`` lies best on ``reference`` (rounded to whole pixels).
+        ``(dy, dx)``, to a fraction of a pixel: ``moving`` moved by it lies best on ``reference``.
     """
     steps = range(-radius, radius + 1)
     scores = np.array([[float((reference * np.roll(moving, (dy, dx), axis=(1, 2))).sum()) for dx in steps]
