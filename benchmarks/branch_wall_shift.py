@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MyoPSSegmentation"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,6 +63,21 @@ def wall_offset_px(reference: np.ndarray, moving: np.ndarray, radius: int = 8) -
     return _parabolic_peak(scores[:, j], int(i)) - radius, _parabolic_peak(scores[i, :], int(j)) - radius
 
 
+def branch_walls(segmenter: Segmenter, candidates: np.ndarray) -> Dict[str, np.ndarray]:
+    """Each branch's LV wall probability ``(z, S, S)`` from ``candidates`` ``(z, 3, S, S)``: one pass of the PRSNs
+    (members and test-time transforms averaged, as the engine does) for all three branches."""
+    sizes: List[int] = []
+
+    def pick(out) -> torch.Tensor:
+        probs = [torch.softmax(getattr(out, name).float(), dim=1) for name in WALL_CLASSES]
+        sizes[:] = [int(p.shape[1]) for p in probs]
+        return torch.cat(probs, dim=1)
+
+    joined = segmenter._forward(segmenter.prsns, candidates, pick, probabilities=True)
+    parts = np.split(joined, np.cumsum(sizes)[:-1], axis=1)
+    return {name: part[:, cls].sum(1) for (name, cls), part in zip(WALL_CLASSES.items(), parts)}
+
+
 def true_move_yx(image: sitk.Image, seed: int, distance_mm: float) -> Tuple[float, float]:
     """The in-plane move :func:`cv_site_shift.misregister` applies, as (y, x) mm along the image's j and i axes."""
     angle = np.random.default_rng(seed).uniform(0.0, 2.0 * np.pi)
@@ -86,11 +102,7 @@ def probe_case(segmenter: Segmenter, images: Dict[str, sitk.Image], seed: int, d
         segmenter.segment(moved["C0"], images["DE"], moved["T2"])
     finally:
         del segmenter.prsn_pass
-    candidates = seen["candidates"]
-    walls = {
-        name: segmenter._forward(segmenter.prsns, candidates, lambda out, n=name: getattr(out, n))[:, cls].sum(1)
-        for name, cls in WALL_CLASSES.items()
-    }
+    walls = branch_walls(segmenter, seen["candidates"])
     spacing = segmenter.crop_spacing_mm
     row: Dict[str, object] = {"distance_mm": distance_mm}
     for name, tag, offset_seed in (("bssfp", "C0", seed + 1), ("t2", "T2", seed + 2)):
