@@ -568,3 +568,59 @@ def test_evaluate_scores_a_prediction_saved_with_its_slices_reversed(tmp_path):
     sitk.WriteImage(moved, str(tmp_path / "pred" / "p1_seg.nii.gz"))
     with pytest.raises(InputError, match="grid differs"):
         evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+
+
+def _tilted(tilt: float) -> np.ndarray:
+    """A direction matrix (3, 3) whose third column leans by ``tilt`` (radians) towards the first: not
+    perpendicular to it, a shear of about ``tilt``."""
+    direction = np.array([[1.0, 0.0, tilt], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    return direction / np.linalg.norm(direction, axis=0)
+
+
+def test_evaluate_scores_the_engines_nifti_output_of_a_nearly_orthogonal_nrrd_truth(tmp_path):
+    """Scanners round their orientation cosines, so the engine accepts a direction off orthogonal by up to 1e-3.
+    NIfTI straightens such a matrix on writing (here by 2.5e-4), and the truth kept in NRRD does not: the two
+    are the same grid to a small fraction of a voxel and must be scored, not refused."""
+    from myops.io import write_labelmap
+
+    pred, truth, spacing = _tiny_case()
+    _pred_gt_folders(tmp_path)
+    truth_image = sitk.GetImageFromArray(truth)
+    truth_image.SetSpacing(tuple(reversed(spacing)))
+    truth_image.SetDirection(tuple(_tilted(5e-4).ravel()))
+    truth_image.SetOrigin((-100.0, -120.0, 50.0))
+    sitk.WriteImage(truth_image, str(tmp_path / "gt" / "p1_gd.nrrd"))
+    pred_image = sitk.GetImageFromArray(pred)
+    pred_image.CopyInformation(truth_image)  # what the engine does with the LGE's grid
+    write_labelmap(tmp_path / "pred" / "p1_seg.nii.gz", pred_image)
+    written = np.array(sitk.ReadImage(str(tmp_path / "pred" / "p1_seg.nii.gz")).GetDirection())
+    assert 1e-4 < np.abs(written - _tilted(5e-4).ravel()).max() < 1e-3  # NIfTI did straighten it
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    for key, expected in TINY_EXPECTED.items():
+        assert report.cases[0].metrics[key] == pytest.approx(expected), key
+
+
+def test_evaluate_refuses_a_sheared_label_map_whose_distances_would_not_be_mm(tmp_path):
+    """On a grid whose slice axis leans 45 degrees, a voxel-index distance is not a physical one: refused."""
+    pred, truth, spacing = _tiny_case()
+    _pred_gt_folders(tmp_path)
+    for path, labels in ((tmp_path / "gt" / "p1_gd.nrrd", truth), (tmp_path / "pred" / "p1_seg.nrrd", pred)):
+        image = sitk.GetImageFromArray(labels)
+        image.SetSpacing(tuple(reversed(spacing)))
+        image.SetDirection(tuple(_tilted(1.0).ravel()))
+        sitk.WriteImage(image, str(path))
+    with pytest.raises(InputError, match=r"p1_gd\.nrrd: has a sheared voxel grid"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+
+
+def test_evaluate_reads_a_prediction_stored_as_a_hdr_img_pair(tmp_path):
+    """The engine reads NIfTI/Analyze pairs; evaluate must not skip one and score its case as missing."""
+    pred, truth, spacing = _tiny_case()
+    _pred_gt_folders(tmp_path)
+    _write(tmp_path / "gt" / "p1_gd.nii.gz", truth, spacing)
+    _write(tmp_path / "pred" / "p1_seg.hdr", pred, spacing)
+    assert (tmp_path / "pred" / "p1_seg.img").is_file()
+    report = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    assert not report.missing_predictions and report.cases[0].prediction_path.endswith("p1_seg.hdr")
+    for key, expected in TINY_EXPECTED.items():
+        assert report.cases[0].metrics[key] == pytest.approx(expected), key

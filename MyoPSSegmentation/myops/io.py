@@ -429,6 +429,22 @@ def _check_slice_headers(folder: PathLike, headers: Sequence[_SliceHeader]) -> N
         )
 
 
+def refuse_sheared(image: sitk.Image, source: str) -> None:
+    """Refuse a 3D ``image`` whose voxel axes are not perpendicular (beyond :data:`_ORTHO_TOL`, the rounding of
+    scanners' orientation cosines): distances in mm and NIfTI's storage both assume an orthogonal grid.
+
+    Raises:
+        InputError: naming ``source`` (a file path or sequence name).
+    """
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction, np.eye(3), atol=_ORTHO_TOL):
+        raise InputError(
+            source,
+            "has a sheared voxel grid (its axis directions are not perpendicular); resample it onto an orthogonal "
+            "grid first",
+        )
+
+
 def validate_image(image: sitk.Image, source: str) -> None:
     """Refuse images the cascade cannot use.
 
@@ -460,15 +476,9 @@ def validate_image(image: sitk.Image, source: str) -> None:
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InputError(source, f"has invalid voxel spacing {tuple(spacing)}")
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction, np.eye(3), atol=_ORTHO_TOL):
-        # a sheared grid: NIfTI cannot store it (ITK would write the label map rotated off the input) and the
-        # in-plane windows assume perpendicular axes
-        raise InputError(
-            source,
-            "has a sheared voxel grid (its axis directions are not perpendicular); resample it onto an orthogonal "
-            "grid first",
-        )
+    # a sheared grid: NIfTI cannot store it (ITK would write the label map rotated off the input) and the
+    # in-plane windows assume perpendicular axes
+    refuse_sheared(image, source)
     from .preprocessing import slice_axis_order  # here: preprocessing imports this module
 
     # in-plane: the two axes beside the slice axis (the largest spacing), whatever the array order

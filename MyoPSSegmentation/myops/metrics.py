@@ -42,6 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from myops.errors import InputError
+from myops.io import IMAGE_SUFFIXES
 from myops.labels import (
     BACKGROUND,
     EDEMA,
@@ -71,11 +72,15 @@ METRIC_NAMES: Tuple[str, ...] = (
     "hd_myocardium_2d_mm",
 )
 
-#: Tolerance (mm for spacing/origin, unitless for direction cosines) of the prediction/truth grid check.
-GRID_TOLERANCE = 1e-4
+#: Tolerance (mm for spacing/origin, unitless for direction cosines) of the prediction/truth grid check. The same
+#: as ``segment-batch``'s check of a kept label map: NIfTI stores the geometry in single precision and straightens
+#: a direction matrix that the engine accepts as nearly orthogonal (up to 1e-3, ``io._ORTHO_TOL``), so the
+#: engine's own NIfTI output of an NRRD or DICOM case may differ from its truth's header by a few 1e-4.
+GRID_TOLERANCE = 1e-3
 
-#: File extensions :func:`evaluate_folders` reads (longest first so ``.nii.gz`` wins over ``.gz``).
-IMAGE_EXTENSIONS: Tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: File extensions :func:`evaluate_folders` reads: every image the engine reads, a NIfTI/Analyze ``.hdr`` (with
+#: its ``.img``) included (longest first so ``.nii.gz`` wins over ``.nii``).
+IMAGE_EXTENSIONS: Tuple[str, ...] = IMAGE_SUFFIXES
 PREDICTION_SUFFIX = "_seg"
 TRUTH_SUFFIX = "_gd"
 
@@ -598,7 +603,7 @@ def _index_folder(folder: PathLike, suffix: str, unused: Optional[Dict[str, Path
 
 
 def _read_labels(path: Path) -> sitk.Image:
-    from .io import SEGMENTATION_SUFFIX, has_suffix, read_file, read_labelmap
+    from .io import SEGMENTATION_SUFFIX, has_suffix, read_file, read_labelmap, refuse_sheared
 
     try:
         image = read_labelmap(path, strict=True) if has_suffix(path, (SEGMENTATION_SUFFIX,)) else read_file(path)
@@ -610,6 +615,7 @@ def _read_labels(path: Path) -> sitk.Image:
             f"is not a 3D scalar label map (dimension {image.GetDimension()}, "
             f"{image.GetNumberOfComponentsPerPixel()} components)",
         )
+    refuse_sheared(image, str(path))  # the distances in mm assume perpendicular axes
     return image
 
 
