@@ -96,6 +96,43 @@ def test_segmentation_lies_on_the_lge_geometry_and_holds_exactly_the_engine_labe
     np.testing.assert_array_equal(exported, expected)
 
 
+def _storeFromIndex(node, start) -> None:
+    """Give ``node`` the same voxels in image data whose extent starts at ``start`` (i, j, k), as a script's
+    ``vtkExtractVOI`` or ``vtkImageClip`` leaves it: Slicer then places the first stored voxel at IJK-to-RAS @
+    ``start``, not at the matrix's origin."""
+    moved = vtk.vtkImageData()
+    moved.DeepCopy(node.GetImageData())
+    e = moved.GetExtent()
+    moved.SetExtent(
+        e[0] + start[0], e[1] + start[0], e[2] + start[1], e[3] + start[1], e[4] + start[2], e[5] + start[2]
+    )
+    node.SetAndObserveImageData(moved)
+
+
+def test_volumes_stored_from_a_nonzero_index_are_read_where_slicer_shows_them(case):
+    """The engine gets each voxel at the patient position Slicer draws it, and the segmentation exported back on
+    the LGE's own grid lines up with the LGE's stored voxels."""
+    _storeFromIndex(case.lge, (6, 4, 1))
+    _storeFromIndex(case.t2, (0, 3, 2))
+    node = case.run()
+    (bssfp, lge, t2) = case.logic.getSegmenter("auto").calls[-1]
+    for seen, image, start in (
+        (lge, case.lgeImage, (6, 4, 1)),
+        (t2, case.t2Image, (0, 3, 2)),
+        (bssfp, case.bssfpImage, (0, 0, 0)),
+    ):
+        expected = sitk.Image(image)
+        expected.SetOrigin(image.TransformIndexToPhysicalPoint(start))  # where that stored voxel lies
+        assertSameImage(seen, expected, 1e-9)
+    exported = segments.segmentLabelArray(node, case.lge)  # Slicer's own export onto the LGE's extent
+    np.testing.assert_array_equal(exported, fakeLabelsZyx(sitk.GetArrayViewFromImage(case.lgeImage).shape))
+    assert not case.logic.isEditedSinceLastRun(node)
+    mask = np.zeros_like(exported)
+    mask[2, 1:5, 2:9] = 1  # a correction painted in the background of the LGE's stored voxels lands on them
+    segments.setSegmentMask(node, segments.segmentId(SEGMENTS[2]), mask, case.lge)
+    np.testing.assert_array_equal(segments.segmentLabelArray(node, case.lge) == SCAR, mask == 1)
+
+
 def test_one_shared_layer_keeps_the_segments_non_overlapping(case):
     node = case.run()
     assert node.GetSegmentation().GetNumberOfLayers() == 1

@@ -93,8 +93,29 @@ def _arrayToMatrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
     return matrix
 
 
+def localIjkToRas(volumeNode) -> np.ndarray:
+    """The 4x4 matrix from the node's *stored* voxel indices (the first stored voxel is (0, 0, 0), as in
+    :func:`voxelArray`) to RAS in the node's own frame (no parent transform).
+
+    Slicer places voxel (i, j, k) of the image data's extent at IJK-to-RAS @ (i, j, k). Slicer's readers give
+    extents that start at 0, but image data made in a script (``vtkExtractVOI``, ``vtkImageClip``) may start
+    elsewhere: the first stored voxel then sits at the extent's start, and reading it as (0, 0, 0) would shift
+    the volume, and the segmentation made from it, by that many voxels.
+    """
+    local = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(local)
+    matrix = _matrixToArray(local)
+    imageData = volumeNode.GetImageData()
+    if imageData is not None:
+        extent = imageData.GetExtent()
+        start = np.array([extent[0], extent[2], extent[4], 1.0])
+        matrix[:, 3] = matrix @ start
+    return matrix
+
+
 def volumeIjkToRas(volumeNode, frameNode=None, source: Optional[str] = None) -> np.ndarray:
-    """The IJK-to-RAS matrix of ``volumeNode`` with its parent transforms applied.
+    """The IJK-to-RAS matrix of ``volumeNode`` with its parent transforms applied, from its stored voxel indices
+    (:func:`localIjkToRas`).
 
     Args:
         volumeNode: any vtkMRMLVolumeNode.
@@ -105,12 +126,11 @@ def volumeIjkToRas(volumeNode, frameNode=None, source: Optional[str] = None) -> 
     Raises:
         InputError: a non-linear transform lies between the two coordinate frames.
     """
-    local = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(local)
+    local = localIjkToRas(volumeNode)
     sourceTransform = volumeNode.GetParentTransformNode()
     targetTransform = frameNode.GetParentTransformNode() if frameNode is not None else None
     if sourceTransform is None and targetTransform is None:
-        return _matrixToArray(local)
+        return local
     between = vtk.vtkMatrix4x4()
     if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(sourceTransform, targetTransform, between):
         raise InputError(
@@ -118,7 +138,7 @@ def volumeIjkToRas(volumeNode, frameNode=None, source: Optional[str] = None) -> 
             "is under a non-linear transform; harden it (Data module: right-click the transform, "
             "'Harden transform') before segmenting",
         )
-    return _matrixToArray(between) @ _matrixToArray(local)
+    return _matrixToArray(between) @ local
 
 
 def voxelArray(volumeNode) -> np.ndarray:
@@ -186,11 +206,10 @@ def addVolumeNodeFromSitkImage(scene, image: sitk.Image, name: str, className: s
 
 
 def sameGrid(image: sitk.Image, volumeNode, tolerance: float = 1e-4) -> bool:
-    """True when ``image`` lies exactly on the voxel grid of ``volumeNode`` (local IJK-to-RAS, no transforms)."""
+    """True when ``image`` lies exactly on the voxel grid of ``volumeNode`` (:func:`localIjkToRas`, no
+    transforms)."""
     dims = volumeNode.GetImageData().GetDimensions() if volumeNode.GetImageData() else None
     if dims is None or tuple(image.GetSize()) != tuple(dims):
         return False
-    local = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(local)
     expected = ijkToRasFromLpsGeometry(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
-    return bool(np.allclose(_matrixToArray(local), expected, atol=tolerance))
+    return bool(np.allclose(localIjkToRas(volumeNode), expected, atol=tolerance))

@@ -26,7 +26,7 @@ from vtk.util import numpy_support
 from myops.errors import InputError
 from myops.labels import EDEMA, LV_BLOOD_POOL, MYOCARDIUM, SCAR, SEGMENTS, SegmentSpec, terminology_string
 
-from .conversion import ijkToRasFromLpsGeometry
+from .conversion import ijkToRasFromLpsGeometry, localIjkToRas
 from .headless import ensureSegmentationConverterRules
 
 logger = logging.getLogger(__name__)
@@ -534,9 +534,7 @@ def setSegmentMask(segmentationNode, segmentID: str, maskKji: np.ndarray, refere
     dims = referenceVolumeNode.GetImageData().GetDimensions()
     if tuple(maskKji.shape) != tuple(reversed(dims)):
         raise ValueError(f"mask shape {maskKji.shape} does not match the reference volume (K, J, I) {dims[::-1]}")
-    ijkToRas = vtk.vtkMatrix4x4()
-    referenceVolumeNode.GetIJKToRASMatrix(ijkToRas)
-    matrix = np.array([[ijkToRas.GetElement(r, c) for c in range(4)] for r in range(4)])
+    matrix = localIjkToRas(referenceVolumeNode)  # maskKji[0, 0, 0] is the first stored voxel
     ids = vtk.vtkStringArray()
     ids.InsertNextValue(segmentID)
     image = _orientedImage(np.asarray(maskKji) > 0, matrix)
