@@ -550,7 +550,10 @@ def test_input_volumes_are_guessed_from_obvious_names(case):
     assert "T2" not in guessInputVolumes([case.t2, ambiguous, case.lge])  # two T2-weighted candidates: no guess
     t2map = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), "T2 map")
     assert guessInputVolumes([case.t2, t2map, case.lge])["T2"] is case.t2  # a map is no candidate
-    for name in ("T2* map", "T2star", "T2 mapping", "t2s_sax"):  # not the T2-weighted series
+    for name in ("T2* map", "T2star", "T2 mapping", "t2s_sax", "T2_star", "SAX_T2-STAR"):  # not T2-weighted
+        other = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), name)
+        assert guessInputVolumes([other]) == {}, name
+    for name in ("SAX_T2_TRUFI_MAP_MOCO", "cine T1 map", "DE maps"):  # a map is none of the three series
         other = conversion.addVolumeNodeFromSitkImage(case.scene, obliqueImage(), name)
         assert guessInputVolumes([other]) == {}, name
     cine = case.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "SA cine")  # a whole cine series

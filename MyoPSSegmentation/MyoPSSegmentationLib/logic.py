@@ -560,8 +560,11 @@ _ROLE_TOKENS = {
     "LGE": ("de", "lge", "psir", "late"),
     "T2": ("t2", "t2w", "stir"),
 }
-#: Name tokens that rule out the T2-weighted series (T2* and quantitative maps share the "t2" token).
-_NOT_T2_WEIGHTED = {"t2s", "t2star", "map", "mapping", "t2map"}
+#: Name tokens that rule out the T2-weighted series (T2* shares the "t2" token).
+_NOT_T2_WEIGHTED = {"t2s", "t2star"}
+#: Name tokens of a quantitative map: none of the three input series, whatever else the name says (a T2 map
+#: acquired with a trufi readout is no bSSFP cine).
+_MAP_TOKENS = {"map", "maps", "mapping", "t2map", "t1map", "t2smap"}
 
 
 def _roleOfName(name: str) -> List[str]:
@@ -569,12 +572,14 @@ def _roleOfName(name: str) -> List[str]:
 
     lower = (name or "").lower()
     tokens = [t for t in re.split(r"[^a-z0-9]+", lower) if t]
+    if _MAP_TOKENS & set(tokens):
+        return []
     roles = []
     for role, keys in _ROLE_TOKENS.items():
         if any(token in keys for token in tokens):
             roles.append(role)
-    if "T2" in roles and (re.search(r"t2\s*(\*|star\b)", lower) or _NOT_T2_WEIGHTED & set(tokens)):
-        roles.remove("T2")  # a T2* image or a parametric map is not the T2-weighted series
+    if "T2" in roles and (re.search(r"t2[\s_-]*(\*|star\b)", lower) or _NOT_T2_WEIGHTED & set(tokens)):
+        roles.remove("T2")  # a T2* image ("T2*", "T2 star", "T2_star", "T2-STAR") is not the T2-weighted series
     return roles
 
 
