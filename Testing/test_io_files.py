@@ -130,6 +130,17 @@ def test_values_beyond_single_precision_are_refused() -> None:
         validate_image(sitk.GetImageFromArray(array), "LGE")
 
 
+def test_a_complex_image_read_from_a_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    # raw complex MR data: ITK reads it as one component per voxel, and the real part alone would be segmented
+    rng = np.random.default_rng(0)
+    array = (rng.random((4, 20, 24)) + 1j * rng.random((4, 20, 24))).astype(np.complex64)
+    path = tmp_path / "lge.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    with pytest.raises(InputError, match=r"complex values .*give the magnitude image") as caught:
+        read_image(path)
+    assert "\n" not in str(caught.value)
+
+
 def _labels() -> sitk.Image:
     return sitk.Cast(volume(), sitk.sitkUInt16)
 

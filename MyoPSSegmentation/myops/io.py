@@ -448,8 +448,8 @@ def refuse_sheared(image: sitk.Image, source: str) -> None:
 def validate_image(image: sitk.Image, source: str) -> None:
     """Refuse images the cascade cannot use.
 
-    Checks: 3 dimensions (a 4D cine series and a 2D image are refused), one component per voxel, finite
-    values, and more than one intensity.
+    Checks: 3 dimensions (a 4D cine series and a 2D image are refused), one real component per voxel (colour
+    and complex data are refused), finite values, and more than one intensity.
 
     Args:
         image: the image to check.
@@ -472,6 +472,11 @@ def validate_image(image: sitk.Image, source: str) -> None:
         raise InputError(
             source,
             f"has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour?); a scalar MR volume is needed",
+        )
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise InputError(
+            source,
+            f"holds complex values ({image.GetPixelIDTypeAsString()}, raw MR data?); give the magnitude image",
         )
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
