@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,65 @@ def test_a_complex_image_read_from_a_file_is_refused_in_one_line(tmp_path: Path)
     with pytest.raises(InputError, match=r"complex values .*give the magnitude image") as caught:
         read_image(path)
     assert "\n" not in str(caught.value)
+
+
+def _patched_nifti(path: Path, slice_pixdim: float, sform_code: int) -> Path:
+    """``volume()`` written as NIfTI-1 with ``pixdim[3]`` and ``sform_code`` replaced (its sform says 8 mm)."""
+    sitk.WriteImage(volume(), str(path))
+    header = bytearray(path.read_bytes())
+    header[88:92] = struct.pack("<f", slice_pixdim)
+    header[254:256] = struct.pack("<h", sform_code)
+    path.write_bytes(bytes(header))
+    return path
+
+
+@pytest.mark.parametrize("slice_pixdim", [0.0, float("nan"), -8.0], ids=["zero", "nan", "negative"])
+@pytest.mark.parametrize("sform_code", [0, 1], ids=["qform only", "with sform"])
+def test_a_zero_nan_or_negative_nifti_voxel_size_is_refused(tmp_path: Path, slice_pixdim, sform_code) -> None:
+    # ITK reads a zero or NaN pixdim as 1 mm (an 8 mm stack would shrink eightfold) and a negative one as a flipped
+    # axis, with at most a warning
+    path = _patched_nifti(tmp_path / "lge.nii", slice_pixdim, sform_code)
+    with pytest.raises(InputError, match=r"voxel size \(1\.25, 1\.25, .*\) in its header \(pixdim\)"):
+        read_image(path)
+
+
+def test_a_nifti_pixdim_that_disagrees_with_its_sform_is_refused(tmp_path: Path) -> None:
+    path = _patched_nifti(tmp_path / "lge.nii", 1.0, 1)
+    assert sitk.ReadImage(str(path)).GetSpacing()[2] == 1.0  # what ITK would have used
+    with pytest.raises(InputError, match=r"pixdim 1\.25, 1\.25, 1\) disagrees with its sform \(1\.25, 1\.25, 8\)"):
+        read_image(path)
+
+
+def _nifti2_header(path: Path, pixdim, sform_lengths) -> Path:
+    """A NIfTI-2 header (no voxels) for a 24 x 20 x 4 volume with ``pixdim[1:4]`` and a diagonal sform."""
+    header = bytearray(540)
+    header[0:4] = struct.pack("<i", 540)
+    header[4:12] = b"n+2\0\r\n\x1a\n"
+    header[16:80] = struct.pack("<8q", 3, 24, 20, 4, 1, 1, 1, 1)
+    header[104:168] = struct.pack("<8d", 1.0, *pixdim, 0.0, 0.0, 0.0, 0.0)
+    header[348:352] = struct.pack("<i", 1)
+    for row, length in enumerate(sform_lengths):
+        values = [0.0, 0.0, 0.0, 0.0]
+        values[row] = length
+        header[400 + 32 * row : 432 + 32 * row] = struct.pack("<4d", *values)
+    path.write_bytes(bytes(header))
+    return path
+
+
+def test_a_nifti2_header_is_checked_at_its_own_offsets(tmp_path: Path) -> None:
+    good = _nifti2_header(tmp_path / "a.nii", (1.25, 1.25, 8.0), (1.25, 1.25, 8.0))
+    assert io.nifti_spacing_problem(good) is None
+    zero = _nifti2_header(tmp_path / "b.nii", (1.25, 1.25, 0.0), (1.25, 1.25, 8.0))
+    assert "in its header (pixdim)" in io.nifti_spacing_problem(zero)
+    mismatch = _nifti2_header(tmp_path / "c.nii", (1.25, 1.25, 1.0), (1.25, 1.25, 8.0))
+    assert "disagrees with its sform (1.25, 1.25, 8)" in io.nifti_spacing_problem(mismatch)
+
+
+def test_a_nifti_whose_pixdim_and_sform_agree_is_read_with_its_spacing(tmp_path: Path) -> None:
+    path = _patched_nifti(tmp_path / "lge.nii", 8.0, 1)
+    assert read_image(path).GetSpacing() == (1.25, 1.25, 8.0)
+    # a qform-only file (as MyoPS's are) has no sform to compare
+    assert read_image(_patched_nifti(tmp_path / "t2.nii", 8.0, 0)).GetSpacing() == (1.25, 1.25, 8.0)
 
 
 def _labels() -> sitk.Image:
