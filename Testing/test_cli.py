@@ -389,6 +389,7 @@ def _bad_inputs(case_files, folder: Path):
     nan.CopyInformation(lge)
     text = folder / "notes.nii.gz"
     text.write_text("hello")
+    float_truth = sitk.Cast(sitk.ReadImage(str(case_files["gd"])), sitk.sitkFloat32)
     return {
         "missing file": ("t2", folder / "absent_T2.nii.gz", "file not found"),
         "not an image": ("t2", text, "not a readable image"),
@@ -399,6 +400,9 @@ def _bad_inputs(case_files, folder: Path):
         "NaN": ("t2", _write(nan, folder / "nan.nrrd"), "NaN"),
         "truncated .nii.gz": ("t2", _truncated(case_files["T2"], folder / "cut_T2.nii.gz"), "cut short"),
         "truncated .nii": ("bssfp", _truncated(_write(lge, folder / "plain.nii"), folder / "cut.nii"), "cut short"),
+        # a ground truth (or the engine's own output) picked as an input: segmented without complaint before
+        "label map": ("lge", case_files["gd"], "holds only MyoPS label values (0, 200, 500, "),
+        "float label map": ("t2", _write(float_truth, folder / "truth.nrrd"), "a label map, not an MR image"),
     }
 
 
@@ -422,6 +426,8 @@ def _truncated(source: Path, target: Path) -> Path:
         "NaN",
         "truncated .nii.gz",
         "truncated .nii",
+        "label map",
+        "float label map",
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(case_files, tiny_model_dir, tmp_path, capsys, kind):
@@ -429,7 +435,7 @@ def test_bad_input_gives_one_line_and_exit_2(case_files, tiny_model_dir, tmp_pat
     bad_dir.mkdir()
     role, path, expected = _bad_inputs(case_files, bad_dir)[kind]
     files = dict(case_files)
-    files[{"bssfp": "C0", "t2": "T2"}[role]] = path
+    files[{"bssfp": "C0", "lge": "DE", "t2": "T2"}[role]] = path
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     code = run_cli(*segment_args(files, out_dir / "seg.nii.gz", tiny_model_dir))

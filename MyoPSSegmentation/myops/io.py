@@ -20,7 +20,18 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .labels import SEGMENTS, TERMINOLOGY_CONTEXT, SegmentSpec, Terminology
+from .labels import (
+    BACKGROUND,
+    EDEMA,
+    LV_BLOOD_POOL,
+    MYOCARDIUM,
+    RV_BLOOD_POOL,
+    SCAR,
+    SEGMENTS,
+    TERMINOLOGY_CONTEXT,
+    SegmentSpec,
+    Terminology,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -566,6 +577,32 @@ def validate_image(image: sitk.Image, source: str) -> None:
     largest = max(abs(float(lo)), abs(float(hi)))
     if array.dtype.kind == "f" and largest > float(np.finfo(np.float32).max):
         raise InputError(source, f"has values beyond single precision (up to {largest:.3g}); is it corrupt?")
+
+
+#: Every value a MyoPS label map (or this engine's output) holds: background, myocardium, LV and RV blood pool,
+#: edema, scar.
+_MYOPS_VALUES = np.array(sorted({BACKGROUND, MYOCARDIUM, LV_BLOOD_POOL, RV_BLOOD_POOL, EDEMA, SCAR}), dtype=float)
+
+
+def refuse_label_map(image: sitk.Image, source: str) -> None:
+    """Refuse a label map given where an MR image is expected: an image whose every voxel holds a MyoPS label value
+    (0, 200, 500, 600, 1220, 2221), such as a ground truth or this engine's own output picked as the LGE. The
+    cascade would otherwise segment it without complaint. A strided sample of the voxels is looked at first, so an
+    MR image costs next to nothing.
+
+    Args:
+        image: a 3D scalar image that :func:`validate_image` has accepted.
+        source: file path or sequence name, used in the message.
+
+    Raises:
+        InputError: the image holds label values only.
+    """
+    array = sitk.GetArrayViewFromImage(image).ravel()
+    for values in (array[:: max(1, array.size // 4096)], array):
+        if not np.all(np.isin(values, _MYOPS_VALUES)):
+            return
+    found = ", ".join(str(int(v)) for v in np.unique(array))
+    raise InputError(source, f"holds only MyoPS label values ({found}): a label map, not an MR image")
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:

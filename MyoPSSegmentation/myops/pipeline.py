@@ -951,7 +951,7 @@ class Segmenter:
             InputError: unusable images or sequences that do not overlap.
             CancelledError: ``should_cancel`` said so.
         """
-        from .io import validate_image
+        from .io import refuse_label_map, validate_image
 
         timings: Dict[str, float] = {}
 
@@ -974,6 +974,7 @@ class Segmenter:
         bssfp, lge, t2 = (slice_axis_last(image, name) for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)))
         for name, image in (("bSSFP", bssfp), ("LGE", lge), ("T2", t2)):
             validate_image(image, name)
+            refuse_label_map(image, name)
         t0 = time.perf_counter()
         axis_order = slice_axis_order(given_lge)
         isotropic = isotropic_warning(given_lge)
