@@ -201,6 +201,31 @@ def test_a_nifti_whose_pixdim_and_sform_agree_is_read_with_its_spacing(tmp_path:
     assert read_image(_patched_nifti(tmp_path / "t2.nii", 8.0, 0)).GetSpacing() == (1.25, 1.25, 8.0)
 
 
+@pytest.mark.parametrize(
+    "written, named", [("lge.mha", "LGE.MHA"), ("lge.mhd", "LGE.MHD"), ("lge.nii.gz", "LGE.NII.GZ")]
+)
+def test_an_upper_case_name_is_read_like_a_lower_case_one(tmp_path: Path, written, named) -> None:
+    # ITK chooses its MetaImage reader by a lower-case name only; batch folders list either case
+    sitk.WriteImage(volume(), str(tmp_path / written))
+    (tmp_path / written).rename(tmp_path / named)
+    image = read_image(tmp_path / named)
+    assert image.GetSpacing() == (1.25, 1.25, 8.0)
+    assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(volume()))
+    assert io.on_grid_of(image, tmp_path / named)
+
+
+def test_a_mixed_case_nifti_name_is_refused_with_its_fix(tmp_path: Path) -> None:
+    # the NIfTI library reads neither scan.Nii.gz nor scan.Hdr; name the fix instead of "not a readable image"
+    sitk.WriteImage(volume(), str(tmp_path / "lge.nii.gz"))
+    (tmp_path / "lge.nii.gz").rename(tmp_path / "lge.Nii.gz")
+    with pytest.raises(InputError, match=r"mixed-case suffix '\.Nii\.gz'.*cannot read; name it \.nii\.gz"):
+        read_image(tmp_path / "lge.Nii.gz")
+    # the engine would write one (through a lower-case temporary file) that nothing of ITK's reads back
+    with pytest.raises(InputError, match=r"cannot read back; name it \.nii$"):
+        io.check_output_path(tmp_path / "seg.Nii")
+    assert io.check_output_path(tmp_path / "SEG.NII.GZ") == tmp_path / "SEG.NII.GZ"
+
+
 def _labels() -> sitk.Image:
     return sitk.Cast(volume(), sitk.sitkUInt16)
 

@@ -182,15 +182,43 @@ def nifti_spacing_problem(path: PathLike) -> Optional[str]:
     return None
 
 
+#: NIfTI suffixes (lower case): the NIfTI library reads them in lower or upper case only, never mixed.
+_NIFTI_NAME_SUFFIXES = (".nii.gz", ".nii", ".hdr.gz", ".hdr", ".img.gz", ".img")
+#: MetaImage suffixes (lower case): ITK chooses its MetaImage reader by the lower-case name only.
+_META_SUFFIXES = (".mha", ".mhd")
+
+
+def mixed_case_nifti_suffix(path: PathLike) -> Optional[str]:
+    """The suffix of a NIfTI name that mixes upper and lower case (``scan.Nii.gz``), which the NIfTI library
+    refuses to read or write, or None."""
+    name = Path(path).name
+    for suffix in _NIFTI_NAME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            found = name[-len(suffix) :]
+            return None if found in (suffix, suffix.upper()) else found
+    return None
+
+
+def _refuse_mixed_case_nifti(path: PathLike, what: str) -> None:
+    found = mixed_case_nifti_suffix(path)
+    if found is not None:
+        raise InputError(
+            path,
+            f"has the mixed-case suffix {found!r}, which ITK's NIfTI library cannot {what}; name it {found.lower()}",
+        )
+
+
 def read_file(path: PathLike) -> sitk.Image:
     """``sitk.ReadImage``, refusing a NIfTI file that is cut short (:func:`nifti_is_complete`) or whose voxel size
     cannot be trusted (:func:`nifti_spacing_problem`).
 
     Raises:
         RuntimeError: the reader's own failure (callers turn it into their message).
-        InputError: a truncated or damaged NIfTI file.
+        InputError: a truncated or damaged NIfTI file, or a NIfTI name in mixed case.
     """
-    image = sitk.ReadImage(str(path))
+    _refuse_mixed_case_nifti(path, "read")
+    # ITK picks the MetaImage reader by a lower-case name only: an upper-case .MHA would be "not readable"
+    image = sitk.ReadImage(str(path), imageIO="MetaImageIO" if has_suffix(path, _META_SUFFIXES) else "")
     if has_suffix(path, _NIFTI_SUFFIXES):
         n_values = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel()
         if not nifti_is_complete(path, n_values):
@@ -658,6 +686,8 @@ def on_grid_of(image: sitk.Image, path: PathLike, tol: float = 1e-4) -> bool:
         return same_grid(image, read_image(p), tol)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
+    if has_suffix(p, _META_SUFFIXES):
+        reader.SetImageIO("MetaImageIO")  # as read_file does, for an upper-case name
     try:
         with _itk_warnings_hidden():
             reader.ReadImageInformation()
@@ -686,13 +716,14 @@ def check_output_path(
         The output as a :class:`~pathlib.Path`.
 
     Raises:
-        InputError: wrong suffix, same as an input, an existing file without ``overwrite``, or a folder that is
-            missing or not writable.
+        InputError: wrong suffix (or a NIfTI suffix in mixed case), same as an input, an existing file without
+            ``overwrite``, or a folder that is missing or not writable.
     """
     out = Path(output)
     allowed = LABELMAP_SUFFIXES + ((SEGMENTATION_SUFFIX,) if segmentation_ok else ())
     if not has_suffix(out, allowed):
         raise InputError(out, f"output must end with one of {', '.join(allowed)}")
+    _refuse_mixed_case_nifti(out, "read back")
     return check_side_output(out, inputs, overwrite=overwrite)
 
 
