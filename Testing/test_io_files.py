@@ -226,6 +226,27 @@ def test_a_mixed_case_nifti_name_is_refused_with_its_fix(tmp_path: Path) -> None
     assert io.check_output_path(tmp_path / "SEG.NII.GZ") == tmp_path / "SEG.NII.GZ"
 
 
+@pytest.mark.parametrize("name", ["lge.nrrd", "lge.mha", "lge.nii.gz"])
+def test_a_single_frame_stored_as_4d_is_read_as_its_3d_volume_in_every_format(tmp_path: Path, name) -> None:
+    # NIfTI's reader dropped the trailing size-1 axis and NRRD's and MHA's kept it (refused as a 4D cine)
+    frame = volume()
+    frame.SetOrigin((3.0, -4.0, 5.0))
+    c, s = np.cos(0.3), np.sin(0.3)
+    frame.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    stored = sitk.JoinSeries([frame])
+    assert stored.GetSize() == (24, 20, 4, 1)
+    sitk.WriteImage(stored, str(tmp_path / name))
+    image = read_image(tmp_path / name)
+    assert io.same_grid(image, frame, tol=1e-6)
+    assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(frame))
+
+
+def test_a_4d_series_of_two_frames_is_still_refused(tmp_path: Path) -> None:
+    sitk.WriteImage(sitk.JoinSeries([volume(), volume()]), str(tmp_path / "cine.nrrd"))
+    with pytest.raises(InputError, match="is 4D"):
+        read_image(tmp_path / "cine.nrrd")
+
+
 def _labels() -> sitk.Image:
     return sitk.Cast(volume(), sitk.sitkUInt16)
 

@@ -219,6 +219,10 @@ def read_file(path: PathLike) -> sitk.Image:
     _refuse_mixed_case_nifti(path, "read")
     # ITK picks the MetaImage reader by a lower-case name only: an upper-case .MHA would be "not readable"
     image = sitk.ReadImage(str(path), imageIO="MetaImageIO" if has_suffix(path, _META_SUFFIXES) else "")
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        # one frame stored as 4D (x, y, z, 1): NIfTI's reader drops the trailing axis, NRRD's and MHA's keep it;
+        # the 3D frame keeps the spatial part of the geometry (a time axis mixed into it is refused as sheared)
+        image = image[:, :, :, 0]
     if has_suffix(path, _NIFTI_SUFFIXES):
         n_values = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel()
         if not nifti_is_complete(path, n_values):
