@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,19 @@ def test_a_4d_series_of_two_frames_is_still_refused(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.JoinSeries([volume(), volume()]), str(tmp_path / "cine.nrrd"))
     with pytest.raises(InputError, match="is 4D"):
         read_image(tmp_path / "cine.nrrd")
+
+
+def test_a_damaged_metaimage_header_prints_nothing_but_the_refusal(tmp_path: Path, capfd) -> None:
+    # ITK's MetaImage reader printed four lines of its own ("MetaImage: Read: Cannot parse file") to the console
+    sitk.WriteImage(volume(), str(tmp_path / "lge.mhd"))
+    header = tmp_path / "lge.mhd"
+    header.write_bytes(header.read_bytes()[:60])  # cut before DimSize
+    capfd.readouterr()
+    with pytest.raises(InputError, match="not a readable image"):
+        read_image(header)
+    assert capfd.readouterr().err == ""
+    print("stderr still works", file=sys.stderr)  # the descriptor is restored
+    assert capfd.readouterr().err == "stderr still works\n"
 
 
 def _labels() -> sitk.Image:

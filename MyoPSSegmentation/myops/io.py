@@ -11,6 +11,7 @@ import gzip
 import logging
 import os
 import struct
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -208,6 +209,51 @@ def _refuse_mixed_case_nifti(path: PathLike, what: str) -> None:
         )
 
 
+@contextmanager
+def _native_stderr_into(lines: List[str]) -> Iterator[None]:
+    """Collect what C and C++ code writes to file descriptor 2 during the block into ``lines`` (stripped, blank
+    lines dropped), restoring the descriptor after it.
+
+    ITK's MetaImage and NIfTI readers print their complaints there themselves (``MetaImage: Read: Cannot parse
+    file``), before and beside the one line the CLI gives for the same failure. Where descriptor 2 cannot be
+    duplicated (no console), the block runs as it is.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved is None:
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", errors="replace")
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _read_quietly(path: PathLike, image_io: str) -> sitk.Image:
+    """``sitk.ReadImage`` with the reader's own console output turned into log records: a warning each when the
+    image is read (``unexpected scales in sform``), debug records when it is not (the caller's one line says so)."""
+    printed: List[str] = []
+    try:
+        with _native_stderr_into(printed):
+            image = sitk.ReadImage(str(path), imageIO=image_io)
+    except RuntimeError:
+        for line in printed:
+            logger.debug("%s: %s", path, line)
+        raise
+    for line in printed:
+        logger.warning("%s: %s", path, line)
+    return image
+
+
 def read_file(path: PathLike) -> sitk.Image:
     """``sitk.ReadImage``, refusing a NIfTI file that is cut short (:func:`nifti_is_complete`) or whose voxel size
     cannot be trusted (:func:`nifti_spacing_problem`).
@@ -218,7 +264,7 @@ def read_file(path: PathLike) -> sitk.Image:
     """
     _refuse_mixed_case_nifti(path, "read")
     # ITK picks the MetaImage reader by a lower-case name only: an upper-case .MHA would be "not readable"
-    image = sitk.ReadImage(str(path), imageIO="MetaImageIO" if has_suffix(path, _META_SUFFIXES) else "")
+    image = _read_quietly(path, "MetaImageIO" if has_suffix(path, _META_SUFFIXES) else "")
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         # one frame stored as 4D (x, y, z, 1): NIfTI's reader drops the trailing axis, NRRD's and MHA's keep it;
         # the 3D frame keeps the spatial part of the geometry (a time axis mixed into it is refused as sheared)
