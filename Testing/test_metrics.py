@@ -478,6 +478,16 @@ def test_evaluate_folders_refuses_when_no_prediction_matches(tmp_path):
         evaluate_folders(pred_dir, gt_dir)
 
 
+def test_evaluate_folders_refuses_case_names_that_differ_only_in_letter_case(tmp_path):
+    # Case02's truth was scored against an empty prediction (Dice 0 in the mean) beside an unused case02_SEG
+    pred, truth, _ = _tiny_case()
+    pred_dir, gt_dir = _scored_pair(tmp_path, pred, truth)
+    _write(gt_dir / "Case02_gd.nii.gz", truth)
+    _write(pred_dir / "case02_SEG.nii.gz", pred)
+    with pytest.raises(InputError, match=r"case02_SEG\.nii\.gz: .*'case02' and the truth Case02_gd\.nii\.gz for "):
+        evaluate_folders(pred_dir, gt_dir)
+
+
 def test_evaluate_folders_warns_on_a_truth_without_lv_wall(tmp_path, caplog):
     pred, truth, _ = _tiny_case()
     pred_dir, gt_dir = _scored_pair(tmp_path, pred, np.where(np.isin(truth, (LV_BLOOD_POOL, RV_BLOOD_POOL)), truth, 0))

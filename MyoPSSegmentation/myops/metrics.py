@@ -678,7 +678,8 @@ def evaluate_folders(
     :class:`~myops.errors.InputError` names the prediction. A truth without a prediction is scored as an
     all-empty prediction (as the challenge does) and listed in ``missing_predictions``; a prediction without a
     truth is listed in ``missing_truths`` and not scored; when no prediction matches any truth (a naming
-    mistake, or the wrong folder) :class:`~myops.errors.InputError` says so instead. Metrics use the truth's
+    mistake, or the wrong folder) :class:`~myops.errors.InputError` says so instead, as it does for a prediction
+    and a truth whose case names differ only in letter case (``case02`` and ``Case02``). Metrics use the truth's
     spacing. Both files must hold MyoPS label codes only (:data:`MYOPS_LABEL_VALUES`); a truth without any LV
     wall label is scored with a warning.
 
@@ -707,6 +708,15 @@ def evaluate_folders(
         missing_predictions=sorted(set(truths) - set(predictions)),
         missing_truths=sorted(set(predictions) - set(truths)),
     )
+    unmatched_truths = {case.lower(): case for case in report.missing_predictions}
+    for case in report.missing_truths:
+        truth_case = unmatched_truths.get(case.lower())
+        if truth_case is not None:  # scored as an empty prediction, it would pull the means down unseen
+            raise InputError(
+                predictions[case],
+                f"is named for case {case!r} and the truth {truths[truth_case].name} for {truth_case!r}: case names "
+                "must match letter for letter; rename one",
+            )
     if report.missing_predictions:
         logger.warning(
             "%d case(s) have no prediction: %s",
