@@ -129,6 +129,27 @@ def test_segment_batch_reports_failures_and_goes_on(tiny_model_dir, tmp_path, ca
     assert (out_dir / "quantification.csv").is_file()
 
 
+def test_segment_batch_prints_the_median_time_of_an_even_number_of_cases(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    # the upper middle value (3.00 s) was printed as the median of 1 s and 3 s
+    import myops.pipeline
+
+    segment = myops.pipeline.Segmenter.segment
+    totals = iter([1.0, 3.0])
+
+    def timed(self, *args, **kwargs):
+        result = segment(self, *args, **kwargs)
+        result.timings_s["total"] = next(totals)
+        return result
+
+    monkeypatch.setattr(myops.pipeline.Segmenter, "segment", timed)
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    for seed, name in ((1, "a"), (2, "b")):
+        write_phantom_case(make_phantom_case(seed=seed, n_slices=3), in_dir, name=name)
+    assert run_cli("segment-batch", in_dir, tmp_path / "out", "--model", tiny_model_dir, "--device", "cpu") == 0
+    assert "Median time per case: 2.00 s (model loaded)" in capsys.readouterr().out
+
+
 def test_segment_batch_logs_one_line_per_case_and_refuses_a_broken_link_first(
     tiny_model_dir, tmp_path, capsys, monkeypatch
 ):

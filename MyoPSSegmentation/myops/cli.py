@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -360,8 +361,7 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
             "--overwrite segments those cases again"
         )
     if times:
-        times.sort()
-        _print(f"Median time per case: {times[len(times) // 2]:.2f} s (model loaded)")
+        _print(f"Median time per case: {statistics.median(times):.2f} s (model loaded)")
     if segmented >= 2:
         _print_review_order(rows)
     warned = [r["case"] for r in rows if r["warnings"]]
