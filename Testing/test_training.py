@@ -769,6 +769,27 @@ def test_overwrite_under_another_config_never_mixes_the_old_results_in(phantom_d
     assert json.loads((run_dir / "config.json").read_text())["dae"]["steps"] == 30
 
 
+def test_a_stage_commands_overwrite_retrains_that_stage_and_never_removes_the_other_folds(
+    phantom_dir, tmp_path, capsys
+):
+    """``localizer --fold 0 --overwrite`` with another seed (a new split) removed fold_1 and the CV files, with
+    only a log warning; a stage command now reopens the run as it is and refuses another config in one line."""
+    base = ["--runs-dir", str(tmp_path), "--run-name", "r", "--no-progress", "--no-validate"]
+    steps = ["--set", "localizer.steps=2"]
+    assert cli_main(["localizer", "--fold", "0", "--config", "tiny", "--data", str(phantom_dir), *base, *steps]) == 0
+    (tmp_path / "r" / "fold_1" / "prsn").mkdir(parents=True)  # stands for a trained fold
+    (tmp_path / "r" / "cv_metrics.json").write_text("{}")
+    capsys.readouterr()
+    again = ["localizer", "--fold", "0", "--overwrite", "--data", str(phantom_dir), *base]
+    assert cli_main([*again, "--set", "seed=7"]) == 2
+    assert "another config (differs in seed); use a new --run-name or `cv --overwrite`" in capsys.readouterr().err
+    assert (tmp_path / "r" / "fold_1" / "prsn").is_dir() and (tmp_path / "r" / "cv_metrics.json").is_file()
+    # the same config: the stage is retrained, with or without --data (the split is the run's)
+    assert cli_main([*again, *steps]) == 0
+    assert cli_main(["localizer", "--fold", "0", "--overwrite", *base, *steps]) == 0
+    assert (tmp_path / "r" / "fold_1" / "prsn").is_dir() and (tmp_path / "r" / "cv_metrics.json").is_file()
+
+
 def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path):
     from myops.model import ModelBundle
     from myops.pipeline import Segmenter

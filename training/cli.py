@@ -106,7 +106,12 @@ def _common(p: argparse.ArgumentParser, data_required: bool = False) -> None:
         "this flag decides)",
     )
     p.add_argument("--resume", action="store_true", help="continue from checkpoints; reuse completed stages")
-    p.add_argument("--overwrite", action="store_true", help="discard what the run or stage folder holds")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="cv: rebuild the run under this config and data (removes every fold); a stage command: retrain that "
+        "stage of that fold (the run's config and data stay)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--reuse-from",
@@ -444,7 +449,15 @@ def _run_folds(args: argparse.Namespace, folds_arg: List[str], stages=STAGE_ORDE
                 validate = False
         created = not (run_dir / "split.json").exists()
         run = open_run(
-            run_dir, args.config, args.overrides, args.data, runtime, overwrite=args.overwrite, packed=packed
+            run_dir,
+            args.config,
+            args.overrides,
+            args.data,
+            runtime,
+            overwrite=args.overwrite,
+            packed=packed,
+            # a stage command's --overwrite retrains that stage of that fold; only `cv` may rebuild the whole run
+            rebuild=args.func is cmd_cv,
         )
         try:
             folds = parse_folds(folds_arg, len(run["split"]["folds"]))

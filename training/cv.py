@@ -99,14 +99,17 @@ def open_run(
     runtime: Runtime,
     overwrite: bool = False,
     packed: Optional[PackedCases] = None,
+    rebuild: bool = True,
 ) -> Dict[str, Any]:
     """Create a run folder or reopen it; returns ``{"config", "split"}``.
 
     A new run writes ``config.json`` and ``split.json``. An existing run keeps its own config; a different
-    config (apart from the ``runtime`` section) is refused unless ``overwrite``. With ``overwrite`` and no
+    config (apart from the ``runtime`` section) is refused unless ``overwrite`` and ``rebuild``. With both and no
     ``config_arg`` the overrides apply to the run's own config; where the config or the split then differs from
     the stored one, the run's folds and CV files (trained and scored under the old one) are removed first, so
-    the run never mixes results of two configs. With ``packed`` (a packed bank,
+    the run never mixes results of two configs. Without ``rebuild`` (a command that retrains one stage of one
+    fold: its ``overwrite`` is that stage's) an existing run is reopened as it is, and another config or other
+    data is refused rather than every fold removed. With ``packed`` (a packed bank,
     :mod:`training.pack`) instead of ``data_dir`` the cases are the pack's, and ``split["data"]`` is the folder the
     pack was made from.
     """
@@ -117,7 +120,7 @@ def open_run(
         except PackError as exc:
             raise RunError(f"--packed and --data disagree: {exc}") from None
     cfg_path, split_path = run_dir / "config.json", run_dir / "split.json"
-    if cfg_path.is_file() and split_path.is_file() and not overwrite:
+    if cfg_path.is_file() and split_path.is_file() and not (overwrite and rebuild):
         config = read_json(cfg_path)
         split = read_json(split_path)
         if config_arg is not None or overrides:
@@ -132,9 +135,10 @@ def open_run(
                         f"{run_dir} was made with another value of {', '.join(paths)}, whose default has changed "
                         f"since; to go on with the run as it was made, add {keep}"
                     )
+                fix = "`cv --overwrite` (which retrains every fold)" if overwrite else "--overwrite"
                 raise RunError(
                     f"{run_dir} was made with another config (differs in {', '.join(paths[:4])}); use a new "
-                    "--run-name or --overwrite"
+                    f"--run-name or {fix}"
                 )
             config["runtime"] = wanted["runtime"]
         if data_dir is not None and Path(data_dir).resolve() != Path(split["data"]).resolve():
