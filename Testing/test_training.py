@@ -790,6 +790,31 @@ def test_a_stage_commands_overwrite_retrains_that_stage_and_never_removes_the_ot
     assert (tmp_path / "r" / "fold_1" / "prsn").is_dir() and (tmp_path / "r" / "cv_metrics.json").is_file()
 
 
+def test_export_refuses_cv_metrics_that_describe_other_weights_than_the_folds_hold(phantom_dir, tmp_path, capsys):
+    """A fold's PRSN retrained with --no-validate left cv_metrics.json as it was, and export wrote the old model's
+    CV into the new model's manifest; now export names the stale fold, and `cv --resume` scores it again."""
+    base = ["--runs-dir", str(tmp_path), "--run-name", "r", "--no-progress"]
+    assert cli_main(["cv", "--config", "tiny", "--data", str(phantom_dir), *base]) == 0
+    export = ["export", "--runs-dir", str(tmp_path), "--run-name", "r", "--folds", "all"]
+    metrics_path = tmp_path / "r" / "fold_0" / "metrics.json"
+    stored = json.loads(metrics_path.read_text())
+    tampered = {**stored, "stage_weights_sha256": {**stored["stage_weights_sha256"], "prsn": "0" * 64}}
+    metrics_path.write_text(json.dumps(tampered))  # stands for a PRSN whose weights changed under the scores
+    capsys.readouterr()
+    assert cli_main([*export, "--out", str(tmp_path / "m1")]) == 2
+    assert "(fold_0's prsn weights changed since it was scored)" in capsys.readouterr().err
+    assert not (tmp_path / "m1").exists()
+    metrics_path.write_text(json.dumps(stored))
+    assert cli_main(["prsn", "--fold", "0", "--overwrite", "--no-validate", *base]) == 0
+    assert cli_main([*export, "--out", str(tmp_path / "m2")]) == 2
+    err = capsys.readouterr().err
+    assert "(fold_0 was exported again without being scored)" in err and "cv --run-name r --resume" in err
+    assert cli_main(["cv", "--resume", *base]) == 0
+    assert cli_main([*export, "--out", str(tmp_path / "m3")]) == 0
+    manifest = json.loads((tmp_path / "m3" / "manifest.json").read_text())
+    assert manifest["metrics"]["cross_validation"]["n_cases"] == N_TRAINING_PHANTOMS
+
+
 def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path):
     from myops.model import ModelBundle
     from myops.pipeline import Segmenter
@@ -1233,6 +1258,7 @@ def test_swap_replaces_one_member_and_keeps_every_other_file(phantom_dir, runtim
         swap_member(old, "prsn", "seed2", seed3_dir, tmp_path / "other", runtime)
     # a fold ensemble holds several members of one run: which of them a swap would replace is not defined
     run_fold(main_dir, open_run(main_dir, "tiny", steps, phantom_dir, runtime), 0, runtime, cache)
+    aggregate(main_dir)  # the CV of the fold it exports (a stand-in CV without it is refused)
     folds = export_ensemble(main_dir, [0, ALL], tmp_path / "folds", runtime, tta_flips=True, tta_study=study)
     assert len(ModelBundle(folds).weight_files("prsn")) == 2
     with pytest.raises(RunError, match="do not map one to one"):

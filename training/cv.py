@@ -588,6 +588,12 @@ def aggregate(run_dir: Path) -> Dict[str, Any]:
     for path in sorted(run_dir.glob("fold_*/metrics.json")):
         data = read_json(path)
         if "cases" not in data:
+            if re.fullmatch(r"fold_\d+", path.parent.name):
+                logger.warning(
+                    "%s: exported without validation since it was last scored; left out of the CV (`cv --resume` "
+                    "scores it)",
+                    path.parent.name,
+                )
             continue
         fold = path.parent.name
         folds[fold] = {
@@ -623,6 +629,34 @@ def aggregate(run_dir: Path) -> Dict[str, Any]:
         for r in rows:
             writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
     return result
+
+
+def stale_cv_reason(run_dir: Path, cv: Mapping[str, Any], folds: Sequence[Fold] = ()) -> Optional[str]:
+    """Why ``cv_metrics.json`` (``cv``) no longer describes the run's fold models, or None when it does.
+
+    Each fold it pools must still hold the scores it was pooled from (a stage retrained with ``--no-validate``
+    rewrites the fold's ``metrics.json`` without them) and the stage weights they were scored with (their sha256,
+    kept in the fold's ``metrics.json``); every CV fold in ``folds`` (those an export takes) must be pooled.
+    """
+    from myops.model import sha256_of
+
+    run_dir = Path(run_dir)
+    for name, entry in sorted(cv.get("folds", {}).items()):
+        try:
+            stored = read_json(run_dir / name / "metrics.json")
+        except (OSError, ValueError):
+            return f"{name}/metrics.json cannot be read"
+        if "cases" not in stored or stored.get("summary") != entry.get("summary"):
+            return f"{name} was exported again without being scored"
+        stamps = stored.get("stage_weights_sha256") or {}
+        for stage, digest in sorted(stamps.items()):
+            weights = Path(stored.get("stage_folders", {}).get(stage, "")) / FINAL_WEIGHTS
+            if not weights.is_file() or sha256_of(weights) != digest:
+                return f"{name}'s {stage} weights changed since it was scored"
+    unscored = [fold_dirname(f) for f in folds if f != ALL and fold_dirname(f) not in cv.get("folds", {})]
+    if unscored:
+        return f"{', '.join(unscored)} not scored"
+    return None
 
 
 def _may_join(stage: str, member: StageResult, first: StageResult) -> bool:
@@ -699,6 +733,13 @@ def export_ensemble(
     metrics: Dict[str, Any] = {}
     if (run_dir / "cv_metrics.json").is_file():
         cv = read_json(run_dir / "cv_metrics.json")
+        stale = stale_cv_reason(run_dir, cv, folds)
+        if stale is not None:  # the manifest would give the CV of other weights as this model's
+            raise RunError(
+                f"{run_dir / 'cv_metrics.json'} does not describe the folds' current weights ({stale}); score "
+                f"them again with `python -m training cv --run-name {run_dir.name} --resume` (it validates only "
+                "what changed)"
+            )
         metrics = {
             "cross_validation": {
                 "run": cv["run"],
