@@ -1020,6 +1020,14 @@ def test_fold_lists_and_missing_runs_are_checked_before_anything_is_written(phan
     assert "nor" in capsys.readouterr().err and not (tmp_path / "nodae2").exists()
     assert cli_main([*base, "--run-name", "other", "--stages", "prsn", *reuse, "--set", "localizer.steps=3"]) == 2
     assert "differs in config section 'localizer'" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    # the same case names and folds, but other images: loc's localizer was trained on what this run holds out
+    other_images = tmp_path / "other_images"
+    shutil.copytree(phantom_dir, other_images)
+    shutil.copyfile(phantom_dir / "ph01_T2.nii.gz", other_images / "ph00_T2.nii.gz")
+    moved = ["--data", str(other_images), "--runs-dir", str(tmp_path), "--no-progress"]
+    assert cli_main(["cv", "--config", "tiny", *moved, "--run-name", "imgs", "--stages", "prsn", *reuse]) == 2
+    assert "trained on other images under the same case names" in capsys.readouterr().err
+    assert not (tmp_path / "imgs").exists()
     for command in (["report"], ["summarize"], ["export", "--out", str(tmp_path / "m")]):
         assert cli_main([*command, "--run-name", "nosuch", "--runs-dir", str(tmp_path)]) == 2
         assert "is not a run folder" in capsys.readouterr().err

@@ -511,6 +511,14 @@ def check_data_record(
         )
 
 
+def _other_images(split: Mapping[str, Any], other_split: Mapping[str, Any]) -> bool:
+    """Whether two runs' splits record other case files (their sha256, ``split["data_files"]``): the same case
+    names and folds, but other images or labels, so one run's stages were trained on what the other holds out.
+    A run made before the record was kept cannot tell (False)."""
+    mine, theirs = split.get("data_files"), other_split.get("data_files")
+    return bool(mine and theirs and records_differ(mine, theirs))
+
+
 def check_reusable(run: Mapping[str, Any], other_dir: Path, stages: Sequence[str]) -> None:
     """Refuse to reuse another run's stages unless it has the same split, data geometry, seed and stage configs."""
     if not (Path(other_dir) / "config.json").is_file() or not (Path(other_dir) / "split.json").is_file():
@@ -520,6 +528,10 @@ def check_reusable(run: Mapping[str, Any], other_dir: Path, stages: Sequence[str
     config, split = with_defaults(run["config"]), run["split"]
     if other_split["cases"] != split["cases"] or other_split["folds"] != split["folds"]:
         raise RunError(f"{other_dir} has another split; its stages cannot be reused")
+    if _other_images(split, other_split):
+        raise RunError(
+            f"{other_dir} was trained on other images under the same case names; its stages cannot be reused"
+        )
     for key in ("data", "seed", *stages):
         if other_cfg[key] != config[key]:
             raise RunError(f"{other_dir} differs in config section {key!r}; its stages cannot be reused")
@@ -716,8 +728,14 @@ def export_ensemble(
             stages.setdefault(stage, []).append(load_stage(folder))
     for stage, other_dir in extra_members:
         other_dir = Path(other_dir)
-        if read_json(other_dir / "split.json")["folds"] != run["split"]["folds"]:
+        other_split = read_json(other_dir / "split.json")
+        if other_split["folds"] != run["split"]["folds"]:
             raise RunError(f"{other_dir} has another split; its {stage} cannot join this ensemble")
+        if _other_images(run["split"], other_split):
+            raise RunError(
+                f"{other_dir} was trained on other images under the same case names; its {stage} cannot "
+                "join this ensemble"
+            )
         for fold in folds if stage in stages_to_ensemble else list(folds)[:1]:
             folder = _stage_folder(other_dir, fold, stage)
             if folder is None:
