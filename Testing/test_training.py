@@ -813,6 +813,11 @@ def test_export_refuses_cv_metrics_that_describe_other_weights_than_the_folds_ho
     assert cli_main([*export, "--out", str(tmp_path / "m3")]) == 0
     manifest = json.loads((tmp_path / "m3" / "manifest.json").read_text())
     assert manifest["metrics"]["cross_validation"]["n_cases"] == N_TRAINING_PHANTOMS
+    # a model that runs with flips the folds were not scored with: the no-flip CV would go into its manifest
+    capsys.readouterr()
+    assert cli_main([*export, "--tta-flips", "on", "--out", str(tmp_path / "m4")]) == 2
+    assert "scored without test-time flips and this model runs with them" in capsys.readouterr().err
+    assert not (tmp_path / "m4").exists()
 
 
 def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path):

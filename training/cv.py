@@ -751,6 +751,13 @@ def export_ensemble(
     metrics: Dict[str, Any] = {}
     if (run_dir / "cv_metrics.json").is_file():
         cv = read_json(run_dir / "cv_metrics.json")
+        validated_flips = bool(run["config"]["export"]["tta_flips"])  # what the fold models were scored with
+        if tta_study is None and bool(config["export"]["tta_flips"]) != validated_flips:
+            raise RunError(
+                f"the folds of {run_dir} were scored {'with' if validated_flips else 'without'} test-time flips and "
+                f"this model runs {'with' if config['export']['tta_flips'] else 'without'} them: give --tta-study "
+                "(benchmarks/cv_inference_options.py) for its own CV, or export as the folds were scored"
+            )
         stale = stale_cv_reason(run_dir, cv, folds)
         if stale is not None:  # the manifest would give the CV of other weights as this model's
             raise RunError(
