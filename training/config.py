@@ -1,8 +1,13 @@
 """Run configuration: one JSON file holds every hyper-parameter and the seed.
 
 A config file is merged over :data:`DEFAULTS` (so a file may list only what it changes) and checked: an unknown
-key is an error (a typo must not silently fall back to a default). ``--set key.path=value`` overrides on the
-command line are applied after the file and recorded in the run's ``config.json``.
+key is an error (a typo must not silently fall back to a default). A file may name another config as its
+``base`` (a name or path, looked up beside that file first, then in the working directory and among the shipped
+configs; a chain that loops is refused), and is merged over it. ``--set key.path=value`` overrides on the command
+line are applied after the file and recorded in the run's ``config.json``. The complete config is then validated
+(:func:`validate_config`) before anything trains: every value keeps its default's type, counts, sizes and seeds
+are true integers, numbers lie in their meaningful ranges (probabilities in [0, 1], loss weights and magnitudes
+>= 0, learning rates > 0, ...), and ``data.crop_size`` / ``data.coarse_size`` fit the networks that read them.
 
 Sections:
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -292,21 +298,173 @@ def _check_kinds(config: Mapping[str, Any], defaults: Mapping[str, Any], where: 
             _check_kinds(config[key], default, path)
 
 
+def _is_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float (a JSON number), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_integer(value: Any, path: str, minimum: int, note: str = "") -> None:
+    """``value`` is an integer >= ``minimum``.
+
+    Only a true integer passes: a float is refused even when its value is integral (``2.0``), as the other
+    integer keys (``steps``, ``batch_size``, ...) always were, so ``2.7`` is never silently truncated by ``int()``.
+
+    Raises:
+        ConfigError: ``{path} must be an integer >= {minimum}{note}, got {value!r}``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{path} must be an integer >= {minimum}{note}, got {value!r}")
+
+
+def _check_number(
+    value: Any,
+    path: str,
+    low: float = 0.0,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    noun: str = "",
+    note: str = "",
+) -> None:
+    """``value`` is a finite number between ``low`` and ``high`` (each bound included unless ``*_open``; an
+    infinite ``high`` means no upper bound). NaN and infinities are refused: ``float("nan") <= 0`` is false, so a
+    plain comparison lets them through.
+
+    Raises:
+        ConfigError: e.g. ``assn.lr must be a finite number > 0, got nan``.
+    """
+    if _is_number(value) and math.isfinite(value):
+        above = low < value if low_open else low <= value
+        below = value < high if high_open else value <= high
+        if above and below:
+            return
+    if math.isinf(high):
+        bounds = f"{'>' if low_open else '>='} {low:g}"
+        noun = noun or "a finite number"
+    else:
+        bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        noun = noun or "a number"
+    raise ConfigError(f"{path} must be {noun} {bounds}{note}, got {value!r}")
+
+
+def _check_probabilities(node: Mapping[str, Any], where: str = "") -> None:
+    """Every ``*_prob`` key, in any section (``augment.flip_prob``, ``dae.noise.morph_prob``, ...), is a
+    probability in [0, 1]; a network's ``config`` object is left to the network."""
+    for key, value in node.items():
+        path = f"{where}.{key}" if where else key
+        if isinstance(value, Mapping):
+            if key != "config":
+                _check_probabilities(value, path)
+        elif key.endswith("_prob"):
+            _check_number(value, path, 0.0, 1.0, noun="a probability")
+
+
+def _check_noise(noise: Mapping[str, Any], where: str) -> None:
+    """The sizes of a shape-corruption section (``dae.noise``, ``prsn.mask_noise``; see
+    :func:`training.augment.corrupt_masks`): erosion/dilation radii and blob counts drawn from 1..max, blob radii
+    ``[low, high]`` px with 0 < low <= high, warp magnitudes >= 0. Keys left out are off, so only present keys are
+    checked (their probabilities by :func:`_check_probabilities`)."""
+    for key in ("morph_max_px", "max_blobs"):
+        if key in noise:
+            _check_integer(noise[key], f"{where}.{key}", 1)
+    if "warp_px" in noise:
+        _check_number(noise["warp_px"], f"{where}.warp_px", 0.0)
+    if "blob_radius_px" in noise:
+        pair = noise["blob_radius_px"]
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or not all(_is_number(v) and math.isfinite(v) for v in pair)
+            or not 0 < pair[0] <= pair[1]
+        ):
+            raise ConfigError(f"{where}.blob_radius_px must be [low, high] px with 0 < low <= high, got {pair!r}")
+
+
+def _check_percentiles(value: Any) -> None:
+    """``data.percentiles``: the clipping percentiles of the intensity normalisation, ``[low, high]`` with
+    0 <= low < high <= 100 (checked now: a bad pair used to fail only at export, after every stage had trained)."""
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(_is_number(v) and math.isfinite(v) for v in value)
+        or not 0 <= value[0] < value[1] <= 100
+    ):
+        raise ConfigError(f"data.percentiles must be [low, high] with 0 <= low < high <= 100, got {value!r}")
+
+
+#: Factors of ``augment`` drawn uniformly in ``[1 - x, 1 + x]`` (:func:`training.augment.random_affines`,
+#: :func:`training.augment.augment_intensity`): x < 1 keeps them > 0 (no collapsed or mirrored warp, no inverted
+#: or zeroed contrast).
+_FACTOR_SPREADS = ("scale", "intensity_scale")
+#: Other ``augment`` magnitudes (half-widths of ranges drawn symmetrically, or a noise level): >= 0, 0 = off.
+_AUGMENT_MAGNITUDES = ("coarse_shift_fraction", "gamma", "intensity_shift", "noise_std")
+
+
+def _is_loss_weight(key: str) -> bool:
+    """Whether a stage key weighs a loss term (``beta``, ``lambda_*``, ``ce_weight``, ``dice_weight``,
+    ``boundary_weight``, ...)."""
+    return key == "beta" or key.startswith("lambda_") or key.endswith("_weight")
+
+
+def _check_ranges(config: Mapping[str, Any]) -> None:
+    """Numbers outside any meaningful range, refused before training (after :func:`_check_kinds`, so every value
+    has its default's type family): the seeds, ``data``'s counts, sizes and lengths, ``augment``'s magnitudes,
+    every probability, the stages' loss weights and optimiser settings, and ``runtime``'s intervals.
+
+    Integers must be true integers (see :func:`_check_integer`); other numbers must be finite.
+    """
+    _check_integer(config["seed"], "seed", 0)
+    data = config["data"]
+    _check_integer(data["folds"], "data.folds", 2)
+    for key in ("crop_size", "coarse_size"):  # divisibility by the networks' levels: _check_input_sizes
+        _check_integer(data[key], f"data.{key}", 16)
+    _check_number(data["crop_spacing_mm"], "data.crop_spacing_mm", 0.0, low_open=True)
+    _check_number(data["jitter_mm"], "data.jitter_mm", 0.0)
+    _check_number(data["context_factor"], "data.context_factor", 1.0)
+    _check_percentiles(data["percentiles"])
+    aug = config["augment"]
+    _check_number(aug["rotation_deg"], "augment.rotation_deg", 0.0, 180.0, note=" (angles drawn in [-x, x])")
+    for key in _FACTOR_SPREADS:
+        _check_number(aug[key], f"augment.{key}", 0.0, 1.0, high_open=True, note=" (factors drawn in [1 - x, 1 + x])")
+    for key in _AUGMENT_MAGNITUDES:
+        _check_number(aug[key], f"augment.{key}", 0.0)
+    _check_probabilities(config)
+    _check_noise(config["dae"]["noise"], "dae.noise")
+    _check_noise(config["prsn"]["mask_noise"], "prsn.mask_noise")
+    for stage in STAGE_ORDER:
+        section = config[stage]
+        for key, value in section.items():
+            if _is_loss_weight(key):
+                _check_number(value, f"{stage}.{key}", 0.0, note=" (a loss weight)")
+        for key in ("steps", "batch_size"):  # 1.5 would train 1 step
+            _check_integer(section[key], f"{stage}.{key}", 1)
+        _check_number(section["lr"], f"{stage}.lr", 0.0, low_open=True)
+        _check_number(section["weight_decay"], f"{stage}.weight_decay", 0.0)
+        _check_integer(section["warmup_steps"], f"{stage}.warmup_steps", 0, " (0 = no warm-up)")
+        _check_number(section["min_lr_fraction"], f"{stage}.min_lr_fraction", 0.0, 1.0)
+        _check_number(section["grad_clip"], f"{stage}.grad_clip", 0.0, note=" (0 = off)")
+        own_seed = section.get("seed")
+        if own_seed is not None and (isinstance(own_seed, bool) or not isinstance(own_seed, int) or own_seed < 0):
+            raise ConfigError(f"{stage}.seed must be an integer >= 0 or null (the run's seed), got {own_seed!r}")
+    runtime = config["runtime"]
+    _check_integer(runtime["num_threads"], "runtime.num_threads", 0, " (0 = torch's default)")
+    for key in ("checkpoint_every", "log_every"):  # steps between checkpoints / log records
+        _check_integer(runtime[key], f"runtime.{key}", 1, " (steps)")
+
+
 def validate_config(config: Mapping[str, Any]) -> None:
-    """Check values that would otherwise fail late (after minutes of training)."""
+    """Check values that would otherwise fail late (after minutes of training) or silently train nonsense: types
+    (:func:`_check_kinds`), ranges (:func:`_check_ranges`), choices, and the networks each stage builds with the
+    sizes they read (:func:`_check_networks`).
+
+    Raises:
+        ConfigError: the first bad value, in one line naming its key.
+    """
     _check_kinds(config, DEFAULTS)
     if config["runtime"].get("device", "auto") not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"runtime.device must be auto, cpu or cuda, got {config['runtime']['device']!r}")
-    data = config["data"]
-    if int(data["folds"]) < 2:
-        raise ConfigError(f"data.folds must be >= 2, got {data['folds']}")
-    for key in ("crop_size", "coarse_size"):
-        if int(data[key]) < 16:
-            raise ConfigError(f"data.{key} must be >= 16, got {data[key]}")
-    if float(data["crop_spacing_mm"]) <= 0:
-        raise ConfigError("data.crop_spacing_mm must be > 0")
-    if float(data["context_factor"]) < 1.0:
-        raise ConfigError("data.context_factor must be >= 1")
+    _check_ranges(config)
     if config["assn"]["variant"] not in ASSN_VARIANTS:
         raise ConfigError(f"assn.variant must be one of {list(ASSN_VARIANTS)}, got {config['assn']['variant']!r}")
     if config["prsn"]["variant"] not in PRSN_VARIANTS:
@@ -378,20 +536,11 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("prsn.config.slice_context needs the 'prsn' or 'mfb_prsn' variant")
     for stage in STAGE_ORDER:
         section = config[stage]
-        for key in ("steps", "batch_size"):
-            value = section[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # 1.5 would train 1 step
-                raise ConfigError(f"{stage}.{key} must be an integer >= 1, got {value!r}")
-        if float(section["lr"]) <= 0:
-            raise ConfigError(f"{stage}.lr must be > 0")
         if section["lr_schedule"] not in ("cosine", "constant"):
             raise ConfigError(f"{stage}.lr_schedule must be 'cosine' or 'constant'")
         ema = section["ema_decay"]
         if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
             raise ConfigError(f"{stage}.ema_decay must be a number in [0, 1) (0 = off)")
-        own_seed = section.get("seed")
-        if own_seed is not None and (isinstance(own_seed, bool) or not isinstance(own_seed, int)):
-            raise ConfigError(f"{stage}.seed must be an integer or null, got {section['seed']!r}")
     if config["runtime"]["amp"] not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError("runtime.amp must be one of auto, bf16, fp16, off")
     _check_networks(config)
@@ -451,12 +600,52 @@ def _check_networks(config: Mapping[str, Any]) -> None:
             ShapeConstrainedASSN(built["assn"], built["dae"])
         except ValueError as exc:
             raise ConfigError(f"assn.config and dae.config do not fit together: {exc}") from None
+    _check_input_sizes(config["data"], built)
     from myops.postprocessing import PostprocessingConfig
 
     try:  # what the exported manifest will hold: checked now, not after every stage has trained
         PostprocessingConfig.from_dict(config["export"]["postprocessing"])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"export.postprocessing: {exc}") from None
+
+
+#: The ``data`` size each stage's network is fed (px, square): the localiser reads the coarse full-view windows,
+#: the DAE, the ASSN (or its variant) and the PRSN (or its variant) the fine crops (:mod:`training.stages`, and the
+#: model folder's input spec at inference).
+INPUT_SIZE_KEYS: Dict[str, str] = {
+    "localizer": "coarse_size",
+    "dae": "crop_size",
+    "assn": "crop_size",
+    "prsn": "crop_size",
+}
+
+
+def _check_input_sizes(data: Mapping[str, Any], built: Mapping[str, Any]) -> None:
+    """Each size of :data:`INPUT_SIZE_KEYS` fits every network that consumes it: divisible by
+    ``2 ** (len(features) - 1)`` of that network (its encoder halves the input at each level), and, for instance
+    norm, leaving a bottleneck larger than 1 x 1 (the networks' own input check, made now rather than when that
+    stage's first batch arrives, e.g. after the localiser has trained).
+
+    Args:
+        data: the ``data`` section (sizes already checked to be integers >= 16).
+        built: stage -> the network built from its config (with ``features`` and ``norm`` attributes).
+    """
+    for stage, key in INPUT_SIZE_KEYS.items():
+        net, size = built[stage], data[key]
+        levels = len(net.features)
+        factor = 2 ** (levels - 1)
+        if size % factor:
+            lower, upper = size // factor * factor, (size // factor + 1) * factor
+            nearest = f"{lower} or {upper}" if lower >= 16 else f"{upper}"
+            raise ConfigError(
+                f"data.{key} must be divisible by {factor} (2**(len(features)-1) of {stage}.config's {levels}-level "
+                f"features, which read data.{key} inputs), got {size}; use {nearest}"
+            )
+        if getattr(net, "norm", None) == "instance" and size // factor < 2:
+            raise ConfigError(
+                f"data.{key} {size} leaves {stage}'s {levels}-level network a 1 x 1 bottleneck, which instance norm "
+                f"cannot normalise; use at least {2 * factor} (or fewer levels in {stage}.config.features)"
+            )
 
 
 def _looks_like_path(text: str) -> bool:
@@ -490,8 +679,70 @@ def resolve_config_path(name_or_path: PathLike) -> Path:
     raise ConfigError(f"config {text!r} not found (shipped configs: {known})")
 
 
+def _resolve_base(base: Any, referrer: Path) -> Path:
+    """The file a config's ``base`` names: first beside the config that names it (``base`` as a path relative to
+    that file's folder, and a bare name also with ``.json`` added), then as :func:`resolve_config_path` resolves a
+    ``--config`` value (the working directory, then the shipped configs).
+
+    Args:
+        base: the ``base`` value of ``referrer``.
+        referrer: the config file that names it.
+
+    Raises:
+        ConfigError: ``base`` is not a non-empty string, or names no config file; the message names ``referrer``.
+    """
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{referrer}: base must be the name or path of a config (text), got {base!r}")
+    folder = referrer.parent
+    beside = [folder / base]
+    if not _looks_like_path(base) and Path(base).suffix != ".json":
+        beside.append(folder / f"{base}.json")
+    for candidate in beside:
+        if candidate.is_file():
+            return candidate
+    try:
+        return resolve_config_path(base)
+    except ConfigError:
+        raise ConfigError(
+            f"{referrer}: base {base!r} is not a config file beside it (in {folder}), in the working directory or "
+            f"a shipped config (in {CONFIG_DIR})"
+        ) from None
+
+
+def _read_config_file(path: Path, chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """One config file merged over its ``base`` chain (or over :data:`DEFAULTS`), without validation.
+
+    Args:
+        path: the file.
+        chain: the files that named it as their base, outermost first (to refuse a loop).
+
+    Raises:
+        ConfigError: malformed JSON, a top level that is not an object, a bad or missing ``base``, a ``base``
+            chain that loops, unknown keys.
+    """
+    key = path.resolve()
+    if key in chain:
+        names = " -> ".join(str(p) for p in (*chain, key))
+        raise ConfigError(f"{path}: its base chain loops ({names})")
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be an object")
+    base = loaded.pop("base", None)
+    config = copy.deepcopy(DEFAULTS) if base is None else _read_config_file(_resolve_base(base, path), (*chain, key))
+    return _merge(config, loaded, "", strict=True)
+
+
 def load_config(name_or_path: Optional[PathLike] = None, overrides: Iterable[str] = ()) -> Dict[str, Any]:
     """Load a config file over :data:`DEFAULTS`, apply overrides, validate.
+
+    A file may name another config as its ``base`` (a name or path, see :func:`_resolve_base`: first beside the
+    file); it is merged over that one, which is merged over its own base, and so on (a chain that loops is
+    refused). Only the complete config is validated, so a base need not be valid on its own.
 
     Args:
         name_or_path: a JSON file, the name of a shipped config, or ``None`` for the defaults.
@@ -501,21 +752,11 @@ def load_config(name_or_path: Optional[PathLike] = None, overrides: Iterable[str
         The complete config (every key present).
 
     Raises:
-        ConfigError: unknown keys, malformed JSON or invalid values.
+        ConfigError: unknown keys, malformed JSON, a bad ``base`` or invalid values.
     """
     config = copy.deepcopy(DEFAULTS)
     if name_or_path is not None:
-        path = resolve_config_path(name_or_path)
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be an object")
-        base = loaded.pop("base", None)
-        if base is not None:
-            config = load_config(base)
-        config = _merge(config, loaded, "", strict=True)
+        config = _read_config_file(resolve_config_path(name_or_path))
     config = apply_overrides(config, list(overrides))
     validate_config(config)
     return config
