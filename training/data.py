@@ -105,6 +105,9 @@ class DataError(ValueError):
 def find_cases(folder: PathLike) -> List[CaseFiles]:
     """All complete cases of a MyoPS-layout folder, sorted by name.
 
+    Hidden files (names starting with ``.``: ``.DS_Store``, the ``._<name>_C0.nii.gz`` copies macOS writes beside
+    every file on foreign disks) are ignored, as ``myops segment-batch`` ignores them.
+
     Raises:
         FileNotFoundError: the folder is missing or holds no complete case.
         DataError: the path is a file, not a folder; a case lacks one of its four files, or has one twice.
@@ -121,6 +124,8 @@ def find_cases(folder: PathLike) -> List[CaseFiles]:
     )
     found: Dict[str, Dict[str, Path]] = {}
     for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue  # hidden: .DS_Store, macOS AppleDouble "._x" files
         m = pattern.match(path.name)
         if m and path.is_file():
             roles = found.setdefault(m.group("name"), {})

@@ -11,8 +11,10 @@ A stage folder receives:
   stage's ``ema_decay`` > 0 those weights are the moving average of the training weights (:class:`WeightAverage`,
   kept in the checkpoint as ``ema.*``), not the last step's.
 
-``resume=True`` continues from the checkpoint (model, optimizer, random state, step), so an interrupted run
-ends with the same weights as an uninterrupted one (on the same hardware and thread count).
+``resume=True`` continues from the checkpoint (model, optimizer, random state, step, and the last
+:data:`RECENT_LOSSES` step losses), so an interrupted run ends with the same weights as an uninterrupted one (on the
+same hardware and thread count), and ``final.json``'s ``final_loss_mean_last20`` is the mean of the run's last
+steps, whichever session ran them.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ LossFn = Callable[[nn.Module, torch.Generator], Tuple[torch.Tensor, Dict[str, to
 
 #: Section keys added after checkpoints were first written: left out of the fingerprint while they are off.
 FINGERPRINT_OMITTED_WHEN_OFF = ("ema_decay", "deep_supervision")
+
+#: Step losses ``final.json`` averages (``final_loss_mean_last20``); the checkpoint keeps this many of the latest
+#: (``recent_losses``) so that the mean covers the run's last steps across a resume.
+RECENT_LOSSES = 20
 
 
 def section_fingerprint(section: Mapping[str, Any]) -> str:
@@ -241,6 +247,9 @@ def fit(
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.amp_dtype == torch.float16 else None
     ema_decay = float(section.get("ema_decay", 0.0))
     stored_average = None
+    # the run's latest step losses, across resumes; a checkpoint written before they were kept has none, and the
+    # mean then covers the steps run since the resume
+    recent: List[float] = []
     if resume and has_checkpoint(folder):
         tensors, meta = load_checkpoint(folder)
         if meta.get("fingerprint") != fp:
@@ -279,6 +288,7 @@ def fit(
         if scaler is not None and meta.get("grad_scaler"):
             scaler.load_state_dict(meta["grad_scaler"])
         start, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+        recent = [float(v) for v in meta.get("recent_losses", [])][-RECENT_LOSSES:]
         logger.info("%s: resuming at step %d of %d", stage, start, steps)
         if runtime.is_main:
             _truncate_log(folder / "log.jsonl", start)
@@ -335,6 +345,8 @@ def fit(
         if not math.isfinite(value):
             raise FloatingPointError(f"{stage}: loss became {value} at step {step}")
         losses.append(value)
+        recent.append(value)
+        del recent[:-RECENT_LOSSES]
         interval.setdefault("loss", []).append(value)
         for k, v in parts.items():
             interval.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))
@@ -369,6 +381,7 @@ def fit(
                         "fingerprint": fp,
                         "world_size": runtime.world_size,
                         "elapsed_s": elapsed_before + time.perf_counter() - t0,
+                        "recent_losses": list(recent),
                         **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
                     },
                     average=None if average is None else average.state,
@@ -383,7 +396,6 @@ def fit(
     git, hardware = git_state(), runtime.describe()
     if runtime.is_main:
         save_tensors(folder / FINAL_WEIGHTS, module.state_dict())
-        tail = losses[-min(len(losses), 20) :]
         write_json(
             folder / FINAL_META,
             {
@@ -392,7 +404,7 @@ def fit(
                 "config": config,
                 "steps": steps,
                 "wall_s": round(wall, 2),
-                "final_loss_mean_last20": (sum(tail) / len(tail)) if tail else None,
+                "final_loss_mean_last20": (sum(recent) / len(recent)) if recent else None,
                 "weights": "moving average" if average is not None else "last step",
                 "runtime": hardware,
                 "git": git,

@@ -679,8 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="challenge metrics of predictions against ground truth",
         description=(
-            "Pair PRED_DIR/<name>_seg.nii.gz with GT_DIR/<name>_gd.nii.gz and report Dice (scar, scar+edema, "
-            "myocardium, LV) and Hausdorff distances in mm per case and in summary."
+            "Pair PRED_DIR/<case>_seg.* with GT_DIR/<case>_gd.* (any image format the engine reads, or a "
+            ".seg.nrrd prediction; _seg/_gd in any letter case; a folder with no _seg/_gd file is read as plain "
+            "<case>.* files) and report Dice (scar, scar+edema, myocardium, LV) and Hausdorff distances in mm per "
+            "case and in summary. A case without a prediction is scored as empty."
         ),
     )
     p.add_argument("pred_dir")

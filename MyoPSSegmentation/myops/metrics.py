@@ -41,7 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from myops.errors import InputError
+from myops.errors import REPORTED, InputError
 from myops.io import IMAGE_SUFFIXES
 from myops.labels import (
     BACKGROUND,
@@ -722,6 +722,7 @@ def evaluate_folders(
             "%d case(s) have no prediction: %s",
             len(report.missing_predictions),
             ", ".join(report.missing_predictions),
+            extra=REPORTED,  # `myops evaluate` prints the list itself (format_table)
         )
         for case in report.missing_predictions:
             if case in unused:  # e.g. case.nii.gz beside other_seg.nii.gz: named like a prediction, but unmarked
@@ -740,6 +741,7 @@ def evaluate_folders(
             "%d prediction(s) have no ground truth: %s",
             len(report.missing_truths),
             ", ".join(report.missing_truths),
+            extra=REPORTED,  # `myops evaluate` prints the list itself (format_table)
         )
     names = sorted(truths)
     for done, case in enumerate(names, start=1):
