@@ -818,6 +818,32 @@ def test_export_refuses_cv_metrics_that_describe_other_weights_than_the_folds_ho
     assert cli_main([*export, "--tta-flips", "on", "--out", str(tmp_path / "m4")]) == 2
     assert "scored without test-time flips and this model runs with them" in capsys.readouterr().err
     assert not (tmp_path / "m4").exists()
+    # a study JSON cut short (or from an older script): one line, not a KeyError/TypeError traceback
+    for n, study in enumerate(({"run": "r", "tta": {"flips": {}}}, {"tta_flips": {"summary": 3}})):
+        path = tmp_path / f"study{n}.json"
+        path.write_text(json.dumps(study))
+        out = tmp_path / f"s{n}"
+        assert cli_main([*export, "--tta-flips", "on", "--tta-study", str(path), "--out", str(out)]) == 2
+        assert "is not a complete study of this run" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_assn_trained_behind_another_dae_is_refused_until_it_is_retrained(phantom_dir, tmp_path, capsys):
+    """A fold's DAE retrained (``dae --fold 0 --overwrite``) was exported and validated with the ASSN trained behind
+    the old DAE; the ASSN now records its prior's sha256 and a stale one is refused in one line."""
+    from myops.model import sha256_of
+    from training.loop import FINAL_WEIGHTS
+
+    base = ["--runs-dir", str(tmp_path), "--run-name", "r", "--no-progress"]
+    assert cli_main(["cv", "--config", "tiny", "--data", str(phantom_dir), "--folds", "0", *base]) == 0
+    base.append("--no-validate")
+    record = tmp_path / "r" / "fold_0" / "assn" / "prior.json"
+    assert json.loads(record.read_text())["dae_sha256"] == sha256_of(tmp_path / "r" / "fold_0" / "dae" / FINAL_WEIGHTS)
+    record.write_text(json.dumps({"dae_sha256": "0" * 64}))  # stands for a DAE retrained since
+    capsys.readouterr()
+    assert cli_main(["prsn", "--fold", "0", "--overwrite", *base]) == 2
+    assert "was trained behind another DAE" in capsys.readouterr().err
+    assert cli_main(["assn", "--fold", "0", "--overwrite", *base]) == 0  # retrained behind the DAE it now has
+    assert cli_main(["prsn", "--fold", "0", "--overwrite", *base]) == 0
 
 
 def test_cv_fold_exports_a_model_the_engine_runs(phantom_dir, runtime, tmp_path):

@@ -63,6 +63,7 @@ from .data import DataError
 from .loop import StageExistsError
 from .pack import PackError
 from .runtime import Runtime, amp_dtype_for, setup_runtime, shutdown_runtime
+from .stages import StalePriorError
 
 logger = logging.getLogger("training")
 
@@ -958,7 +959,16 @@ def _main(args: argparse.Namespace) -> int:
     try:
         _check_locations(args)
         return int(args.func(args) or 0)
-    except (ConfigError, RunError, StageExistsError, FileNotFoundError, PackError, ModelError, DataError) as exc:
+    except (
+        ConfigError,
+        RunError,
+        StageExistsError,
+        StalePriorError,
+        FileNotFoundError,
+        PackError,
+        ModelError,
+        DataError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except InputError as exc:  # the engine's readers: a truncated file, a 4D image, ...

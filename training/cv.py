@@ -777,12 +777,20 @@ def export_ensemble(
         }
         if tta_study is None and cv.get("one_sided_slices") is not None:  # counts of this very summary
             metrics["cross_validation"]["one_sided_slices"] = cv["one_sided_slices"]
-        if tta_study is not None and "tta" in tta_study:  # benchmarks/cv_decoding.py
-            config, studied = decoding_study_metrics(config, cv["summary"], tta_study, run["config"])
-            metrics["cross_validation"].update(studied)
-        elif tta_study is not None and config["export"]["tta_flips"]:
-            flips = tta_study["tta_flips"]["summary"]
-            metrics["cross_validation"]["summary"] = {k: {**cv["summary"][k], **v} for k, v in flips.items()}
+        try:  # a study JSON cut short or of an older script: one line, not a traceback
+            if tta_study is not None and "tta" in tta_study:  # benchmarks/cv_decoding.py
+                config, studied = decoding_study_metrics(config, cv["summary"], tta_study, run["config"])
+                metrics["cross_validation"].update(studied)
+            elif tta_study is not None and config["export"]["tta_flips"]:
+                flips = tta_study["tta_flips"]["summary"]
+                summary = {k: {**cv["summary"][k], **v} for k, v in flips.items()}
+                metrics["cross_validation"]["summary"] = summary
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+            raise RunError(
+                f"the --tta-study JSON is not a complete study of this run ({type(exc).__name__}: {exc}); rerun the "
+                "benchmark that wrote it"
+            ) from None
+        if tta_study is not None and "tta" not in tta_study and config["export"]["tta_flips"]:
             metrics["cross_validation"]["summary_without_tta"] = cv["summary"]
             metrics["cross_validation"]["note"] = (
                 "'summary' is the CV of the same procedure with test-time flip averaging, as this model runs "

@@ -37,10 +37,11 @@ from .baselines import (
     assn_variant_network,
     prsn_variant_network,
 )
+from .checkpoint import write_json
 from .config import STAGE_ORDER, stage_seed
 from .data import SliceBank, epicardium_of, lge_target_of, lv_blood_of, main_target_of, t2_target_of, wall_of
 from .deep_supervision import DeepSupervision, deep_supervision_loss
-from .loop import StageResult, fit, is_complete, load_final
+from .loop import FINAL_WEIGHTS, StageResult, fit, is_complete, load_final
 from .losses import (
     border_band,
     boundary_loss,
@@ -351,6 +352,41 @@ def load_stage(folder: Path) -> StageResult:
     )
 
 
+#: The file beside an ASSN's weights naming the DAE it was trained behind (its shape prior, frozen).
+PRIOR_RECORD = "prior.json"
+
+
+class StalePriorError(RuntimeError):
+    """An ASSN trained behind another DAE than the one its fold now holds (the DAE was retrained since)."""
+
+
+def _dae_digest(dae: StageResult) -> str:
+    from myops.model import sha256_of
+
+    return sha256_of(Path(dae.folder) / FINAL_WEIGHTS)
+
+
+def _check_prior(assn: StageResult, dae: StageResult) -> None:
+    """Refuse an ASSN whose shape prior is not ``dae`` (the sha256 its :data:`PRIOR_RECORD` names). An ASSN trained
+    before the record was kept cannot tell, and passes (file times are no evidence: a copied run reorders them).
+
+    Raises:
+        StalePriorError: naming both folders and the command that retrains the ASSN.
+    """
+    record = Path(assn.folder) / PRIOR_RECORD
+    if not record.is_file():
+        return
+    try:
+        stale = json.loads(record.read_text(encoding="utf-8")).get("dae_sha256") != _dae_digest(dae)
+    except (OSError, ValueError, AttributeError):
+        stale = True
+    if stale:
+        raise StalePriorError(
+            f"the ASSN in {assn.folder} was trained behind another DAE than {dae.folder} (retrained since); "
+            "retrain the ASSN too (the assn command with --overwrite), or train both with cv"
+        )
+
+
 def run_stages(
     config: Mapping[str, Any],
     bank: SliceBank,
@@ -398,6 +434,11 @@ def run_stages(
         if stage == "assn":
             dae = results["dae"].module if "dae" in results else None
             results[stage] = train_assn(config, bank, folder, runtime, fold, dae, resume, overwrite)
+            if "dae" in results and needs_dae and runtime.is_main:  # which prior it was trained behind
+                record = {"dae_sha256": _dae_digest(results["dae"]), "dae_folder": str(results["dae"].folder)}
+                write_json(folder / PRIOR_RECORD, record)
         else:
             results[stage] = trainers[stage](config, bank, folder, runtime, fold, resume, overwrite)
+    if needs_dae and "assn" in results and "dae" in results:
+        _check_prior(results["assn"], results["dae"])
     return results
