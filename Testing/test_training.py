@@ -1704,3 +1704,31 @@ def test_prsn_deep_supervision_trains_exports_the_bare_network_and_resumes(phant
 def test_prsn_deep_supervision_values_are_checked_when_the_config_is_read(overrides, match):
     with pytest.raises(ConfigError, match=match):
         tiny(*overrides)
+
+
+def test_pooling_that_fails_midway_leaves_the_previous_cv_cases_csv_whole(tmp_path, monkeypatch):
+    """cv_cases.csv was written in place: a failure (or a second process pooling at once) left it cut short."""
+    import csv as csv_module
+
+    from myops.metrics import METRIC_NAMES
+
+    run_dir = tmp_path / "run"
+    rows = [{"case": name, **{m: 0.5 for m in METRIC_NAMES}} for name in ("a", "b", "c")]
+    (run_dir / "fold_0").mkdir(parents=True)
+    (run_dir / "fold_0" / "metrics.json").write_text(json.dumps({"cases": rows, "summary": {}}))
+    aggregate(run_dir)
+    before = (run_dir / "cv_cases.csv").read_text()
+    assert before.count("\n") == 4
+    written = []
+
+    def fail_on_the_second_row(self, row):
+        written.append(row)
+        if len(written) == 2:
+            raise OSError("disk full")
+        return original(self, row)
+
+    original = csv_module.DictWriter.writerow
+    monkeypatch.setattr(csv_module.DictWriter, "writerow", fail_on_the_second_row)
+    with pytest.raises(OSError, match="disk full"):
+        aggregate(run_dir)
+    assert (run_dir / "cv_cases.csv").read_text() == before

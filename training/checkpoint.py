@@ -98,6 +98,13 @@ def write_json(path: Path, data: Any) -> None:
     _atomic_write_bytes(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a text file (a CSV report) atomically: readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, lambda p: p.write_text(text, encoding="utf-8", newline=""))
+
+
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
     """Save contiguous CPU copies of ``tensors`` to a safetensors file atomically."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from myops.metrics import METRIC_NAMES, SLICE_HD_STRUCTURES
 
-from .checkpoint import remove_stale_temp_files, write_json
+from .checkpoint import remove_stale_temp_files, write_json, write_text_atomically
 from .config import (
     LEGACY_DEFAULTS,
     STAGE_ORDER,
@@ -635,11 +636,12 @@ def aggregate(run_dir: Path) -> Dict[str, Any]:
     }
     write_json(run_dir / "cv_metrics.json", result)
     columns = ["case", "fold", *METRIC_NAMES, *sided.values(), "localized", "slices", "inference_s"]
-    with open(run_dir / "cv_cases.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    write_text_atomically(run_dir / "cv_cases.csv", table.getvalue())  # two processes may pool at once
     return result
 
 
