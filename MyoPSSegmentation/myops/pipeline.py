@@ -52,6 +52,7 @@ from .preprocessing import (
     slice_axis_order,
     spacing_zyx_of,
     stack_slice_context,
+    thin_slices,
     window_to_source,
 )
 from .quality import case_agreement, member_distances_mm
@@ -549,9 +550,19 @@ def contrast_warning(contrast: Dict[str, float]) -> Optional[str]:
 
 def isotropic_warning(lge: sitk.Image) -> Optional[str]:
     """One sentence when the LGE (as given) is a 3D volume whose voxels are nearly isotropic
-    (:func:`myops.preprocessing.nearly_isotropic`), so that its slices are taken along its stored third axis,
-    which may not be short-axis; otherwise None."""
-    if lge.GetDimension() != 3 or min(lge.GetSize()) <= 1 or not nearly_isotropic(lge.GetSpacing()):
+    (:func:`myops.preprocessing.nearly_isotropic`), or whose slices are closer than its pixels
+    (:func:`myops.preprocessing.thin_slices`), so that its slices are taken along its stored third axis, which may
+    not be short-axis; otherwise None."""
+    if lge.GetDimension() != 3 or min(lge.GetSize()) <= 1:
+        return None
+    if thin_slices(lge.GetSpacing()):
+        x, y, z = lge.GetSpacing()
+        return (
+            f"the LGE's slices ({z:g} mm apart) are closer than its pixels ({x:g} x {y:g} mm), so its slice axis "
+            "cannot be told from its spacing: its slices are taken along its third axis as stored; check that they "
+            "are short-axis slices"
+        )
+    if not nearly_isotropic(lge.GetSpacing()):
         return None
     return (
         f"the LGE's voxels are nearly isotropic ({' x '.join(f'{v:g}' for v in lge.GetSpacing())} mm): its slices "

@@ -57,8 +57,8 @@ SLICE_AXIS_TOLERANCE = 0.25
 def slice_axis_order(image: sitk.Image, tolerance: float = SLICE_AXIS_TOLERANCE) -> Tuple[int, int, int]:
     """The ``sitk.PermuteAxes`` order that puts ``image``'s slice axis (its largest spacing) last.
 
-    The third ITK axis stays the slice axis unless another axis's spacing exceeds its spacing by more than
-    ``tolerance`` (relative); then that axis (the largest spacing; the first on a tie) goes last by a cyclic shift
+    The third ITK axis stays the slice axis unless another axis's spacing exceeds both others by more than
+    ``tolerance`` (relative); then that axis (the largest spacing) goes last by a cyclic shift
     of the axes, so the permuted grid keeps the image's handedness (undoing e.g. ``sitk.PermuteAxes(image,
     [2, 0, 1])`` exactly). ``(0, 1, 2)`` means: leave the image as it is.
     """
@@ -71,17 +71,29 @@ def slice_axis_order(image: sitk.Image, tolerance: float = SLICE_AXIS_TOLERANCE)
 def slice_axis_of_spacing(spacing_xyz: Sequence[float], tolerance: float = SLICE_AXIS_TOLERANCE) -> int:
     """The ITK axis (0 = x, 1 = y, 2 = z) that is the slice axis of a 3D grid with ``spacing_xyz`` (mm).
 
-    The third axis unless another axis's spacing exceeds it by more than ``tolerance`` (relative); then the axis
-    of the largest spacing (the first on a tie). The rule of :func:`slice_axis_order`; :mod:`myops.metrics`
-    uses it (``2 - axis`` in numpy's ``(z, y, x)`` order) to choose the slices of its per-slice distances.
+    The third axis unless another axis's spacing exceeds both others by more than ``tolerance`` (relative); then
+    that axis. Two axes that share the largest spacing are the pixel axes of a stack whose slices are closer than
+    its pixels (1.8 x 1.8 x 1.4 mm): its slice axis is the third, as stored, not the first of the two
+    (:func:`thin_slices`). The rule of :func:`slice_axis_order`; :mod:`myops.metrics` uses it (``2 - axis`` in
+    numpy's ``(z, y, x)`` order) to choose the slices of its per-slice distances.
     """
     spacing = [float(s) for s in spacing_xyz]
     if len(spacing) != 3:
         raise ValueError(f"expected three spacings (x, y, z), got {tuple(spacing_xyz)}")
     axis = int(np.argmax(spacing))
-    if spacing[axis] <= spacing[2] * (1.0 + tolerance):
+    others = [spacing[a] for a in range(3) if a != axis]
+    if axis == 2 or spacing[axis] <= max(others) * (1.0 + tolerance):
         return 2
     return axis
+
+
+def thin_slices(spacing_xyz: Sequence[float], tolerance: float = SLICE_AXIS_TOLERANCE) -> bool:
+    """True when the slice axis :func:`slice_axis_of_spacing` takes (the third, kept as stored) has a spacing
+    smaller than another axis's by more than ``tolerance``, yet the volume is not :func:`nearly_isotropic`: slices
+    closer than their pixels, which the slice axis cannot be told from."""
+    spacing = [float(s) for s in spacing_xyz]
+    axis = slice_axis_of_spacing(spacing, tolerance)
+    return axis == 2 and max(spacing) > spacing[2] * (1.0 + tolerance)
 
 
 def nearly_isotropic(spacing_xyz: Sequence[float], tolerance: float = SLICE_AXIS_TOLERANCE) -> bool:
