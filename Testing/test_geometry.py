@@ -227,3 +227,33 @@ def test_a_field_of_view_edge_through_voxel_centres_does_not_depend_on_the_file_
     assert not np.all(t2_channel[:, :, 158] == edge.flat[0])  # the column before holds data
     for other in results[1:]:
         np.testing.assert_allclose(other, results[0], atol=1e-4)
+
+
+def test_a_padding_value_outside_the_acquired_view_is_read_as_background(caplog):
+    """DICOM's Pixel Padding Value (-32768 outside the scanned area) took the normalisation's lower percentile and
+    squeezed every tissue into a sliver of the networks' range: scar Dice 0.77 -> 0.19 in the audit's real case."""
+    import logging
+
+    from myops.phantom import make_phantom_case
+    from myops.preprocessing import normalize_sequences, padding_value, resample_sequences
+
+    case = make_phantom_case(seed=3, n_slices=4)
+    lge = sitk.Cast(sitk.RescaleIntensity(case.lge, 0, 3000), sitk.sitkInt16)
+    array = sitk.GetArrayFromImage(lge)
+    assert padding_value(lge) is None  # its own dark background is no padding
+    padded_array = array.copy()
+    padded_array[:, :12, :] = -32768  # outside the acquired view
+    padded = sitk.GetImageFromArray(padded_array)
+    padded.CopyInformation(lge)
+    value, share, low, _ = padding_value(padded)
+    assert value == -32768 and share == pytest.approx(12 / array.shape[1]) and low >= 0
+    with caplog.at_level(logging.WARNING, logger="myops.preprocessing"):
+        got = normalize_sequences(resample_sequences(case.bssfp, padded, case.t2))
+    assert "LGE: " in caplog.text and "hold -32768" in caplog.text and "padding" in caplog.text
+    # the same as the series whose view is filled with its darkest tissue value, not squeezed by -32768
+    filled_array = array.copy()
+    filled_array[:, :12, :] = np.int16(low)
+    filled = sitk.GetImageFromArray(filled_array)
+    filled.CopyInformation(lge)
+    np.testing.assert_array_equal(got, normalize_sequences(resample_sequences(case.bssfp, filled, case.t2)))
+    assert float(got[1][:, 12:].std()) > 0.5  # tissue spread over the range, not a sliver

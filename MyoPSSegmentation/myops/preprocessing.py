@@ -295,16 +295,74 @@ class ResampledSequences(NamedTuple):
 SEQUENCE_NAMES = ("bSSFP", "LGE", "T2")
 
 
+#: A constant that fills at least this share of a series' voxels, at its minimum or maximum, may be padding.
+PADDING_MIN_SHARE = 0.005
+
+
+def padding_value(image: sitk.Image) -> Optional[Tuple[float, float, float, float]]:
+    """A padding value of ``image``, or None: its minimum or maximum, held by at least :data:`PADDING_MIN_SHARE` of
+    its voxels and farther from the rest of its intensities than their whole range (their 0.5th to 99.5th
+    percentile), such as DICOM's Pixel Padding Value -32768 outside the acquired view of an int16 series. An
+    ordinary dark background (0 next to intensities from 1 up) is not one.
+
+    Returns:
+        ``(value, share, low, high)``: the value, the share of voxels holding it, and the rest's 0.5th and 99.5th
+        percentiles.
+    """
+    flat = sitk.GetArrayViewFromImage(image).ravel()
+    sample = flat[:: max(1, flat.size // 200_000)]
+    for value in (flat.min(), flat.max()):
+        share = float(np.count_nonzero(flat == value)) / flat.size
+        if share < PADDING_MIN_SHARE:
+            continue
+        rest = sample[sample != value]
+        if rest.size == 0:
+            continue
+        low, high = (float(v) for v in np.percentile(rest, (0.5, 99.5)))
+        gap = low - float(value) if value < low else float(value) - high
+        if gap > high - low:
+            return float(value), share, low, high
+    return None
+
+
+def padding_filled(image: sitk.Image, name: str) -> sitk.Image:
+    """``image`` with its :func:`padding_value` (if any) replaced by the rest's 0.5th percentile, its darkest
+    tissue, with a warning; else ``image`` itself. Left in, -32768 would take the normalisation's lower percentile
+    and squeeze every tissue into a sliver of the networks' range (scar Dice 0.77 -> 0.19 in the audit's case)."""
+    found = padding_value(image)
+    if found is None:
+        return image
+    value, share, low, high = found
+    array = sitk.GetArrayFromImage(image)
+    array[array == value] = np.asarray(low).astype(array.dtype)
+    filled = sitk.GetImageFromArray(array)
+    filled.CopyInformation(image)
+    logger.warning(
+        "%s: %.1f%% of its voxels hold %g, far outside its other intensities (%g to %g): read as padding outside "
+        "the acquired view, and given its darkest tissue value",
+        name,
+        100 * share,
+        value,
+        low,
+        high,
+    )
+    return filled
+
+
 def resample_sequences(
     bssfp: sitk.Image,
     lge: sitk.Image,
     t2: sitk.Image,
     uncovered: Optional[Dict[str, Tuple[int, ...]]] = None,
 ) -> ResampledSequences:
-    """The first half of :func:`prepare_sequences`: bSSFP and T2 resampled onto the LGE grid, the LGE slices
-    either covers too little of logged (and recorded in ``uncovered``), nothing normalised yet."""
+    """The first half of :func:`prepare_sequences`: each series' padding value replaced (:func:`padding_filled`),
+    bSSFP and T2 resampled onto the LGE grid, the LGE slices either covers too little of logged (and recorded in
+    ``uncovered``), nothing normalised yet."""
     values, insides = [], []
+    lge = padding_filled(lge, "LGE")
     for name, image in zip(SEQUENCE_NAMES, (bssfp, lge, t2)):
+        if name != "LGE":
+            image = padding_filled(image, name)
         inside: Optional[np.ndarray] = None
         if name != "LGE" and not same_grid(image, lge):
             inside = _inside_mask(image, lge).astype(bool)  # (z, y, x) on the LGE grid
