@@ -165,6 +165,8 @@ class SegmentationResult:
             field of view's border (:func:`slices_at_edge`; :func:`edge_warning` says so); empty when none does.
         series_contrast: per series, how much brighter the LV blood pool is than the normal myocardium (z units,
             :func:`series_contrast`; :func:`contrast_warning` names a series of the other sign than its role's).
+        narrow_view_mm: ``(height, width, window)`` in mm when the LGE's in-plane field of view is narrower than
+            the networks' fine window (:func:`narrow_view_warning`), else None.
     """
 
     labels: sitk.Image
@@ -181,6 +183,7 @@ class SegmentationResult:
     axis_order: Tuple[int, int, int] = (0, 1, 2)
     edge_slices: Tuple[int, ...] = ()
     series_contrast: Dict[str, float] = field(default_factory=dict)
+    narrow_view_mm: Optional[Tuple[float, float, float]] = None
 
     @property
     def slice_axis(self) -> int:
@@ -431,14 +434,29 @@ def edge_warning(edge_slices: Sequence[int]) -> Optional[str]:
     )
 
 
+def narrow_view_warning(narrow_view_mm: Optional[Sequence[float]]) -> Optional[str]:
+    """One sentence when the LGE's field of view (``(height, width, window)`` mm, :attr:`SegmentationResult.
+    narrow_view_mm`) is narrower than the networks' fine window, or None: the window then reaches past the image,
+    and the series are normalised on heart-only statistics, unlike the full views the networks learnt from."""
+    if not narrow_view_mm:
+        return None
+    height, width, window = (float(v) for v in narrow_view_mm)
+    return (
+        f"the LGE's field of view ({height:.0f} x {width:.0f} mm) is narrower than the networks' {window:.0f} mm "
+        "window: a view cropped around the heart is segmented less accurately (myocardium Dice about 0.05 lower "
+        "on real cases cropped to 93 mm); give the series uncropped"
+    )
+
+
 def case_warnings(result) -> List[str]:
     """The warnings about a finished case, as sentences, for every surface (the log, ``myops segment``,
     ``segment-batch`` and the Slicer panel): no LV region at all, or one found without the localiser
     (:func:`localisation_warning`), a model unsure where the LV is (:func:`agreement_warning`), a series whose
     blood pool is bright or dark unlike its role's (:func:`contrast_warning`), an LGE whose slice axis its
     spacing cannot tell (:func:`isotropic_warning`), series grossly off the LGE or not checked
-    (:func:`alignment_warning`), LGE slices another series hardly covers (:func:`coverage_warning`), and an LV
-    region at the field of view's edge (:func:`edge_warning`). ``result`` is a :class:`SegmentationResult`; a
+    (:func:`alignment_warning`), LGE slices another series hardly covers (:func:`coverage_warning`), an LV
+    region at the field of view's edge (:func:`edge_warning`), and a field of view narrower than the networks'
+    window (:func:`narrow_view_warning`). ``result`` is a :class:`SegmentationResult`; a
     missing attribute (a stand-in engine) counts as nothing to warn about."""
     labels_zyx = getattr(result, "labels_zyx", None)
     found = labels_zyx is None or bool(np.isin(labels_zyx, LV_EPICARDIUM_LABELS).any())
@@ -451,6 +469,7 @@ def case_warnings(result) -> List[str]:
         alignment_warning(getattr(result, "alignment", {}) or {}, bool(getattr(result, "aligned", False))),
         coverage_warning(getattr(result, "uncovered_slices", {}) or {}),
         edge_warning(getattr(result, "edge_slices", ()) or ()),
+        narrow_view_warning(getattr(result, "narrow_view_mm", None)),
     )
     return [text for text in texts if text]
 
@@ -1101,6 +1120,11 @@ class Segmenter:
         at_edge = slices_at_edge(region, spacing_zyx)
         if at_edge:
             logger.warning("%s", edge_warning(at_edge), extra=REPORTED)
+        view = (labels_zyx.shape[1] * spacing_zyx[1], labels_zyx.shape[2] * spacing_zyx[2])
+        window_mm = self.crop_size * self.crop_spacing_mm
+        narrow = (round(view[0], 1), round(view[1], 1), window_mm) if min(view) < window_mm - 1e-6 else None
+        if narrow:
+            logger.warning("%s", narrow_view_warning(narrow), extra=REPORTED)
         if not region.any():
             logger.warning("%s", localisation_warning(probabilities.localized, False), extra=REPORTED)
         labels = sitk.GetImageFromArray(labels_zyx)
@@ -1138,6 +1162,7 @@ class Segmenter:
             axis_order=tuple(probabilities.axis_order),
             edge_slices=at_edge,
             series_contrast=dict(probabilities.series_contrast),
+            narrow_view_mm=narrow,
         )
 
     def segment(
