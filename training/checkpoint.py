@@ -8,7 +8,8 @@ present ``checkpoint.json`` always describes a complete ``checkpoint.safetensors
 - ``rng_rank<r>.safetensors``: the random state of process ``r`` (its batch-sampling generator, torch's CPU
   generator and, on CUDA, the device generator), written by each process before the checkpoint itself.
 - ``checkpoint.json``: the step reached, the optimizer's param groups and non-tensor state, elapsed seconds,
-  and a fingerprint of the stage config (resuming under a different config is refused).
+  the latest step losses (``recent_losses``, for ``final.json``'s loss summary across a resume), and a
+  fingerprint of the stage config (resuming under a different config is refused).
 """
 
 from __future__ import annotations
