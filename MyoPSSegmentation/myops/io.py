@@ -21,18 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .labels import (
-    BACKGROUND,
-    EDEMA,
-    LV_BLOOD_POOL,
-    MYOCARDIUM,
-    RV_BLOOD_POOL,
-    SCAR,
-    SEGMENTS,
-    TERMINOLOGY_CONTEXT,
-    SegmentSpec,
-    Terminology,
-)
+from .labels import MYOPS_LABEL_VALUES, SEGMENTS, TERMINOLOGY_CONTEXT, SegmentSpec, Terminology
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +76,43 @@ def _nifti_data_file(path: Path) -> Optional[Path]:
     return None
 
 
+class _NiftiHeader(NamedTuple):
+    """The fields of a NIfTI-1 (or Analyze) or NIfTI-2 header that the checks here read."""
+
+    bitpix: int
+    vox_offset: int
+    n_dims: int
+    pixdim: np.ndarray  # pixdim[1:4], mm
+    sform_code: int  # 0 for Analyze, which has no sform
+    srow: np.ndarray  # (3, 4) sform rows
+
+
+def _parse_nifti_header(header: bytes) -> Optional[_NiftiHeader]:
+    """The fields of a NIfTI-1/Analyze (348-byte) or NIfTI-2 (540-byte) header in either byte order, or None
+    when ``header`` (its first 540 bytes) is neither."""
+    for order in ("<", ">"):
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            nifti = header[344:348] in (b"n+1\0", b"ni1\0")
+            return _NiftiHeader(
+                bitpix=struct.unpack(order + "h", header[72:74])[0],
+                vox_offset=int(struct.unpack(order + "f", header[108:112])[0]),
+                n_dims=struct.unpack(order + "h", header[40:42])[0],
+                pixdim=np.array(struct.unpack(order + "3f", header[80:92]), dtype=float),
+                sform_code=struct.unpack(order + "h", header[254:256])[0] if nifti else 0,
+                srow=np.array(struct.unpack(order + "12f", header[280:328]), dtype=float).reshape(3, 4),
+            )
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            return _NiftiHeader(
+                bitpix=struct.unpack(order + "h", header[14:16])[0],
+                vox_offset=int(struct.unpack(order + "q", header[168:176])[0]),
+                n_dims=struct.unpack(order + "q", header[16:24])[0],
+                pixdim=np.array(struct.unpack(order + "3d", header[112:136]), dtype=float),
+                sform_code=struct.unpack(order + "i", header[348:352])[0],
+                srow=np.array(struct.unpack(order + "12d", header[400:496]), dtype=float).reshape(3, 4),
+            )
+    return None
+
+
 def nifti_is_complete(path: PathLike, n_values: int) -> bool:
     """Whether a NIfTI file holds all ``n_values`` voxel values its header promises.
 
@@ -109,20 +135,12 @@ def nifti_is_complete(path: PathLike, n_values: int) -> bool:
             _, total = _byte_count(data_file)
     except (OSError, EOFError):
         return False
-    for order in ("<", ">"):
-        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
-            offset = int(struct.unpack(order + "f", header[108:112])[0])
-            break
-        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
-            offset = int(struct.unpack(order + "q", header[168:176])[0])
-            break
-    else:
+    fields = _parse_nifti_header(header)
+    if fields is None:
         # shorter than any NIfTI header: cut short (a full disk leaves the writer's file empty); else not NIfTI
         return len(header) >= 348
     # for a pair, vox_offset counts bytes into the .img (usually 0)
-    return total >= offset + n_values * max(int(bitpix), 0) // 8
+    return total >= fields.vox_offset + n_values * max(int(fields.bitpix), 0) // 8
 
 
 #: Suffixes of NIfTI files whose voxel count :func:`nifti_is_complete` checks (a ``.hdr`` through its ``.img``).
@@ -153,29 +171,16 @@ def nifti_spacing_problem(path: PathLike) -> Optional[str]:
         header = _nifti_header(Path(path))
     except (OSError, EOFError):
         return None  # nifti_is_complete has refused it already
-    for order in ("<", ">"):
-        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
-            n_dims = struct.unpack(order + "h", header[40:42])[0]
-            pixdim = np.array(struct.unpack(order + "3f", header[80:92]), dtype=float)
-            nifti = header[344:348] in (b"n+1\0", b"ni1\0")
-            sform_code = struct.unpack(order + "h", header[254:256])[0] if nifti else 0
-            srow = np.array(struct.unpack(order + "12f", header[280:328]), dtype=float).reshape(3, 4)
-            break
-        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
-            n_dims = struct.unpack(order + "q", header[16:24])[0]
-            pixdim = np.array(struct.unpack(order + "3d", header[112:136]), dtype=float)
-            sform_code = struct.unpack(order + "i", header[348:352])[0]
-            srow = np.array(struct.unpack(order + "12d", header[400:496]), dtype=float).reshape(3, 4)
-            break
-    else:
+    fields = _parse_nifti_header(header)
+    if fields is None:
         return None
-    axes = slice(0, int(min(max(n_dims, 0), 3)))
-    pixdim = pixdim[axes]
+    axes = slice(0, int(min(max(fields.n_dims, 0), 3)))
+    pixdim = fields.pixdim[axes]
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
         shown = ", ".join(f"{v:g}" for v in pixdim)
         return f"has voxel size ({shown}) in its header (pixdim); a positive size in mm is needed for every axis"
-    if sform_code > 0:
-        lengths = np.linalg.norm(srow[:, :3], axis=0)[axes]
+    if fields.sform_code > 0:
+        lengths = np.linalg.norm(fields.srow[:, :3], axis=0)[axes]
         if not np.allclose(lengths, pixdim, rtol=1e-3, atol=0.0):
             return "has a header whose voxel size (pixdim {}) disagrees with its sform ({}); fix the header".format(
                 ", ".join(f"{v:g}" for v in pixdim), ", ".join(f"{v:.4g}" for v in lengths)
@@ -187,6 +192,12 @@ def nifti_spacing_problem(path: PathLike) -> Optional[str]:
 _NIFTI_NAME_SUFFIXES = (".nii.gz", ".nii", ".hdr.gz", ".hdr", ".img.gz", ".img")
 #: MetaImage suffixes (lower case): ITK chooses its MetaImage reader by the lower-case name only.
 _META_SUFFIXES = (".mha", ".mhd")
+
+
+def _image_io_for(path: PathLike) -> str:
+    """The ITK ImageIO to read ``path`` with: MetaImage for ``.mha``/``.mhd`` in any case (ITK picks it by a
+    lower-case name only: an upper-case ``.MHA`` would be "not readable"), else "" (ITK's own choice)."""
+    return "MetaImageIO" if has_suffix(path, _META_SUFFIXES) else ""
 
 
 def mixed_case_nifti_suffix(path: PathLike) -> Optional[str]:
@@ -263,8 +274,7 @@ def read_file(path: PathLike) -> sitk.Image:
         InputError: a truncated or damaged NIfTI file, or a NIfTI name in mixed case.
     """
     _refuse_mixed_case_nifti(path, "read")
-    # ITK picks the MetaImage reader by a lower-case name only: an upper-case .MHA would be "not readable"
-    image = _read_quietly(path, "MetaImageIO" if has_suffix(path, _META_SUFFIXES) else "")
+    image = _read_quietly(path, _image_io_for(path))
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         # one frame stored as 4D (x, y, z, 1): NIfTI's reader drops the trailing axis, NRRD's and MHA's keep it;
         # the 3D frame keeps the spatial part of the geometry (a time axis mixed into it is refused as sheared)
@@ -657,11 +667,6 @@ def validate_image(image: sitk.Image, source: str) -> None:
         raise InputError(source, f"has values beyond single precision (up to {largest:.3g}); is it corrupt?")
 
 
-#: Every value a MyoPS label map (or this engine's output) holds: background, myocardium, LV and RV blood pool,
-#: edema, scar.
-_MYOPS_VALUES = np.array(sorted({BACKGROUND, MYOCARDIUM, LV_BLOOD_POOL, RV_BLOOD_POOL, EDEMA, SCAR}), dtype=float)
-
-
 def refuse_label_map(image: sitk.Image, source: str) -> None:
     """Refuse a label map given where an MR image is expected: an image whose every voxel holds a MyoPS label value
     (0, 200, 500, 600, 1220, 2221), such as a ground truth or this engine's own output picked as the LGE. The
@@ -677,7 +682,7 @@ def refuse_label_map(image: sitk.Image, source: str) -> None:
     """
     array = sitk.GetArrayViewFromImage(image).ravel()
     for values in (array[:: max(1, array.size // 4096)], array):
-        if not np.all(np.isin(values, _MYOPS_VALUES)):
+        if not np.all(np.isin(values, MYOPS_LABEL_VALUES)):
             return
     found = ", ".join(str(int(v)) for v in np.unique(array))
     raise InputError(source, f"holds only MyoPS label values ({found}): a label map, not an MR image")
@@ -736,8 +741,7 @@ def on_grid_of(image: sitk.Image, path: PathLike, tol: float = 1e-4) -> bool:
         return same_grid(image, read_image(p), tol)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
-    if has_suffix(p, _META_SUFFIXES):
-        reader.SetImageIO("MetaImageIO")  # as read_file does, for an upper-case name
+    reader.SetImageIO(_image_io_for(p))
     try:
         with _itk_warnings_hidden():
             reader.ReadImageInformation()

@@ -15,6 +15,9 @@ RV_BLOOD_POOL = 600  # present in the training labels; not predicted
 EDEMA = 1220
 SCAR = 2221
 
+#: Every value a MyoPS label map may hold (the engine's output holds all but RV_BLOOD_POOL).
+MYOPS_LABEL_VALUES: Tuple[int, ...] = (BACKGROUND, MYOCARDIUM, LV_BLOOD_POOL, RV_BLOOD_POOL, EDEMA, SCAR)
+
 #: Labels that form the LV wall (myocardium in the broad sense).
 LV_WALL_LABELS: Tuple[int, ...] = (MYOCARDIUM, EDEMA, SCAR)
 #: Labels that form the LV epicardial region (ASSN target): wall + blood pool.

@@ -44,14 +44,10 @@ import SimpleITK as sitk
 from myops.errors import REPORTED, InputError
 from myops.io import IMAGE_SUFFIXES
 from myops.labels import (
-    BACKGROUND,
-    EDEMA,
-    LV_BLOOD_POOL,
     LV_EPICARDIUM_LABELS,
     LV_WALL_LABELS,
-    MYOCARDIUM,
+    MYOPS_LABEL_VALUES,  # the values evaluate_folders accepts in a file
     PATHOLOGY_LABELS,
-    RV_BLOOD_POOL,
     SCAR,
 )
 from myops.preprocessing import slice_axis_of_spacing
@@ -84,8 +80,6 @@ IMAGE_EXTENSIONS: Tuple[str, ...] = IMAGE_SUFFIXES
 PREDICTION_SUFFIX = "_seg"
 TRUTH_SUFFIX = "_gd"
 
-#: The values a MyoPS label map may hold; :func:`evaluate_folders` refuses files with any other value.
-MYOPS_LABEL_VALUES: Tuple[int, ...] = (BACKGROUND, MYOCARDIUM, LV_BLOOD_POOL, RV_BLOOD_POOL, EDEMA, SCAR)
 
 #: Structures whose per-slice Hausdorff distance is reported, and the labels that form them.
 SLICE_HD_STRUCTURES: Dict[str, Tuple[int, ...]] = {"lv": LV_EPICARDIUM_LABELS, "myocardium": LV_WALL_LABELS}
